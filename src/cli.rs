@@ -1,0 +1,146 @@
+//! Command-line surface (clap derive types only; no domain logic). Names follow
+//! CONTRACT.md §2 exactly.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keep cryptographic keys in step across PKCS#11 HSM clusters, declaratively.
+#[derive(Debug, Parser)]
+#[command(name = "hsm-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// How diagnostics are printed: human-readable, or JSON for CI annotations.
+    #[arg(long, global = true, value_enum, default_value_t = DiagnosticsFormat::Human)]
+    pub diagnostics: DiagnosticsFormat,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The format of error and warning diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagnosticsFormat {
+    /// miette's graphical report.
+    Human,
+    /// miette's JSON report, one object per diagnostic.
+    Json,
+}
+
+/// The subcommands of CONTRACT.md §2.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a plan offline; with --online also log in and prove clone lineage.
+    Validate(ValidateArgs),
+    /// Print the dry-run diff of a plan.
+    Plan(PlanArgs),
+    /// Apply a plan: wrap on the source, unwrap on each target, verify.
+    Apply(ApplyArgs),
+    /// List the keys on one cluster, with handles and fingerprints.
+    Inventory(InventoryArgs),
+    /// Make SoftHSM tokens, keys and a plan, then validate, plan, apply and plan again.
+    Demo(DemoArgs),
+    /// Print a JSON Schema.
+    Schema(SchemaArgs),
+}
+
+/// `validate PLAN [--online]`
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Also log in to every cluster and prove lineage for every (source, target) pair.
+    #[arg(long)]
+    pub online: bool,
+}
+
+/// Output format of `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Human-readable diff.
+    Text,
+    /// The report shape of CONTRACT.md §4 with status `pending`.
+    Json,
+    /// A summary table and one section per target, for pull requests.
+    Markdown,
+}
+
+/// `plan PLAN [--format ...] [--detailed-exitcode]`
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Exit 2 when changes are pending, 0 when there are none.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+/// `apply PLAN [--jobs N] [--report FILE] [--quiet]`
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Worker threads (default: `options.parallelism`, else the available CPUs).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Write the JSON report here (atomically: complete or absent).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Allow `state: absent` selectors to delete keys from targets.
+    #[arg(long)]
+    pub allow_destroy: bool,
+    /// No progress bars and no per-job lines; the summary and errors only.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Output format of `inventory`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InventoryFormat {
+    /// A table.
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// `inventory PLAN CLUSTER [--format text|json]`
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// The cluster to list.
+    pub cluster: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InventoryFormat::Text)]
+    pub format: InventoryFormat,
+}
+
+/// `demo [--dir DIR]`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to make the tokens, plan and report (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many keys to create on the demo's primary token.
+    #[arg(long, default_value_t = 100)]
+    pub keys: usize,
+}
+
+/// Which schema to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The plan file.
+    Plan,
+    /// The apply/plan JSON report.
+    Report,
+}
+
+/// `schema plan|report`
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Which schema.
+    #[arg(value_enum)]
+    pub kind: SchemaKind,
+}

@@ -1,0 +1,222 @@
+//! `hsm-sync demo [--dir DIR]`: makes two SoftHSM tokens that share a domain key (a
+//! "cloned" pair), about 100 AES and HMAC keys on `primary`, and a plan; then runs
+//! validate → plan → apply → plan, as an operator would.
+
+use std::path::{Path, PathBuf};
+
+use miette::{miette, IntoDiagnostic, WrapErr};
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::cli::{ApplyArgs, DemoArgs, PlanArgs, PlanFormat, ValidateArgs};
+use crate::exit::ExitStatus;
+use crate::hsm::provision::{self, Provisioner, SecretSpec};
+use crate::plan::DEFAULT_DOMAIN_KEY;
+
+use super::Ui;
+
+fn random_hex(n: usize) -> miette::Result<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(vec![0u8; n]);
+    getrandom::fill(&mut buf).map_err(|e| miette!("no randomness available: {e}"))?;
+    Ok(Zeroizing::new(hex::encode(&*buf)))
+}
+
+fn write_private(path: &Path, contents: &str) -> miette::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes()).into_diagnostic()
+}
+
+fn demo_dir(dir: Option<&Path>) -> miette::Result<PathBuf> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("creating {}", d.display()))?;
+            if d.join("softhsm2.conf").exists() {
+                return Err(miette!(
+                    help = "choose an empty directory",
+                    "{} already holds a demo",
+                    d.display()
+                ));
+            }
+            Ok(d.to_path_buf())
+        }
+        None => {
+            // tmpfs makes SoftHSM's one-file-per-object store about ten times faster.
+            let base = Path::new("/dev/shm");
+            let b = tempfile::Builder::new()
+                .prefix("hsm-sync-demo-")
+                .tempdir_in(if base.is_dir() { base } else { Path::new("/tmp") });
+            Ok(b.into_diagnostic()?.keep())
+        }
+    }
+}
+
+pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
+    let Some(module) = provision::softhsm_module() else {
+        eprintln!("hsm-sync demo needs SoftHSM2, which is not installed: run `sudo apt-get install -y softhsm2` (Debian/Ubuntu) and try again");
+        return Ok(ExitStatus::Error);
+    };
+    let dir = demo_dir(a.dir.as_deref())?;
+    let conf = provision::write_conf(&dir).into_diagnostic()?;
+    // SoftHSM reads its configuration at C_Initialize; no other thread runs yet.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    println!("demo directory: {}", dir.display());
+
+    let prov = Provisioner::new(&module)?;
+    let domain = Zeroizing::new({
+        let mut v = vec![0u8; 32];
+        getrandom::fill(&mut v).map_err(|e| miette!("no randomness available: {e}"))?;
+        v
+    });
+    for token in ["primary", "dr"] {
+        let so = SecretString::from(random_hex(8)?.to_string());
+        let user_hex = random_hex(8)?;
+        write_private(&dir.join(format!("{token}.pin")), &user_hex)?;
+        let user = SecretString::from(user_hex.to_string());
+        prov.init_token(token, &so, &user)?;
+        let s = prov.user_session(token, &user)?;
+        provision::import_domain_key(&s, DEFAULT_DOMAIN_KEY, &domain)?;
+        if token == "primary" {
+            for i in 0..a.keys {
+                let aes = i % 3 != 2;
+                let label = if aes {
+                    format!("payments-{i:03}")
+                } else {
+                    format!("hmac-{i:03}")
+                };
+                let spec = SecretSpec {
+                    aes,
+                    bytes: 32,
+                    id: (i as u32 + 1).to_be_bytes().to_vec(),
+                    label,
+                    extractable: true,
+                    private: true,
+                    sensitive: true,
+                };
+                provision::generate_secret(&s, &spec)?;
+            }
+            // A 20-byte HMAC key: SoftHSM stores its copy zero-padded; hsm-sync verifies HMACs agree.
+            let odd = SecretSpec {
+                aes: false,
+                bytes: 20,
+                id: vec![0xff, 0x20],
+                label: "hmac-odd-20".into(),
+                extractable: true,
+                private: true,
+                sensitive: true,
+            };
+            provision::generate_secret(&s, &odd)?;
+        }
+    }
+    drop(prov);
+    println!(
+        "made SoftHSM tokens `primary` and `dr` sharing domain key `{DEFAULT_DOMAIN_KEY}`, and {} keys on `primary`",
+        a.keys + 1
+    );
+
+    let plan_path = dir.join("plan.yaml");
+    std::fs::write(&plan_path, demo_plan(&module)).into_diagnostic()?;
+    println!("wrote {}\n", plan_path.display());
+
+    let step = |name: &str| println!("\n$ hsm-sync {name}");
+    step("validate plan.yaml --online");
+    super::validate::run(
+        ui,
+        &ValidateArgs {
+            plan: plan_path.clone(),
+            online: true,
+        },
+    )?;
+    step("plan plan.yaml");
+    let first = super::plan::run(
+        ui,
+        &PlanArgs {
+            plan: plan_path.clone(),
+            format: PlanFormat::Text,
+            detailed_exitcode: true,
+        },
+    )?;
+    let report = dir.join("report.json");
+    step("apply plan.yaml --report report.json");
+    let applied = super::apply::run(
+        ui,
+        &ApplyArgs {
+            plan: plan_path.clone(),
+            jobs: None,
+            report: Some(report.clone()),
+            allow_destroy: false,
+            quiet: false,
+        },
+    )?;
+    step("plan plan.yaml --detailed-exitcode");
+    let second = super::plan::run(
+        ui,
+        &PlanArgs {
+            plan: plan_path.clone(),
+            format: PlanFormat::Text,
+            detailed_exitcode: true,
+        },
+    )?;
+    println!(
+        "\ndemo done: the first plan had changes ({}), apply {}, the second plan {}.\nreport: {}\ntry:    SOFTHSM2_CONF={} hsm-sync inventory {} dr",
+        if first == ExitStatus::ChangesPending { "exit 2" } else { "none?" },
+        if applied == ExitStatus::Success { "succeeded" } else { "left work undone (exit 3)" },
+        if second == ExitStatus::Success { "shows no changes" } else { "still shows changes" },
+        report.display(),
+        conf.display(),
+        plan_path.display()
+    );
+    Ok(if applied == ExitStatus::Success && second == ExitStatus::Success {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Incomplete
+    })
+}
+
+fn demo_plan(module: &Path) -> String {
+    format!(
+        r#"# yaml-language-server: $schema=https://hsm-sync.invalid/schemas/plan.schema.json
+# Made by `hsm-sync demo`: two SoftHSM tokens that share a domain key, as clones do.
+version: 1
+
+clusters:
+  primary:
+    module: {m}
+    token: {{ label: primary }}
+    credentials:
+      role: crypto-user
+      user: demo-cu
+      pin: {{ file: ./primary.pin }}
+  dr:
+    module: {m}
+    token: {{ label: dr }}
+    cloned_from: primary
+    credentials:
+      role: crypto-user
+      user: demo-cu
+      pin: {{ file: ./dr.pin }}
+
+sync:
+  - name: payments
+    source: primary
+    targets: [dr]
+    keys:
+      - label: "payments-*"
+  - name: hmac
+    source: primary
+    targets: [dr]
+    keys:
+      - label: "hmac-*"
+"#,
+        m = module.display()
+    )
+}

@@ -1,0 +1,94 @@
+//! `hsm-sync inventory PLAN CLUSTER [--format text|json]`: the keys of one cluster, as
+//! CloudHSM's `findAllKeys` lists them, plus the lineage fingerprint to pin in the plan.
+
+use miette::{miette, IntoDiagnostic};
+use serde::Serialize;
+
+use crate::cli::{InventoryArgs, InventoryFormat};
+use crate::connect::{lineage_fingerprint, login};
+use crate::exit::ExitStatus;
+use crate::key::{KeyClass, KeyFlags, KeyType};
+
+use super::Ui;
+
+#[derive(Serialize)]
+struct Listing {
+    cluster: String,
+    token: String,
+    lineage_fingerprint: String,
+    keys: Vec<Entry>,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    handle: u64,
+    class: KeyClass,
+    key_type: KeyType,
+    id: String,
+    label: String,
+    flags: KeyFlags,
+    fingerprint: Option<String>,
+}
+
+pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
+    let plan = ui.load(&a.plan)?;
+    let Some(cluster) = plan.cluster(&a.cluster) else {
+        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
+        let help = format!("defined clusters: {}", names.join(", "));
+        return Err(miette!(
+            code = "inventory::unknown_cluster",
+            help = help,
+            "cluster `{}` is not defined in {}",
+            a.cluster,
+            a.plan.display()
+        ));
+    };
+    let tokens = login(&[cluster])?;
+    let lineage = lineage_fingerprint(cluster, &tokens)?;
+    let token = tokens.get(&cluster.name);
+    let keys = token.session()?.list_keys()?;
+    let listing = Listing {
+        cluster: cluster.name.clone(),
+        token: token.facts.label.clone(),
+        lineage_fingerprint: lineage,
+        keys: keys
+            .into_iter()
+            .map(|k| Entry {
+                handle: k.handle,
+                class: k.class,
+                key_type: k.key_type,
+                id: hex::encode(&k.id),
+                label: k.label,
+                flags: k.flags,
+                fingerprint: k.fingerprint,
+            })
+            .collect(),
+    };
+    match a.format {
+        InventoryFormat::Json => println!("{}", serde_json::to_string_pretty(&listing).into_diagnostic()?),
+        InventoryFormat::Text => {
+            println!(
+                "cluster {} (token `{}`), lineage fingerprint {}",
+                listing.cluster, listing.token, listing.lineage_fingerprint
+            );
+            println!(
+                "{:>8}  {:<11} {:<15} {:<16} {:<16} {:<24} flags",
+                "handle", "class", "type", "id", "fingerprint", "label"
+            );
+            for k in &listing.keys {
+                println!(
+                    "{:>8}  {:<11} {:<15} {:<16} {:<16} {:<24} {}",
+                    k.handle,
+                    crate::render::serde_plain(&k.class),
+                    crate::render::serde_plain(&k.key_type),
+                    k.id,
+                    k.fingerprint.as_deref().unwrap_or("-"),
+                    k.label,
+                    k.flags
+                );
+            }
+            println!("{} key(s)", listing.keys.len());
+        }
+    }
+    Ok(ExitStatus::Success)
+}

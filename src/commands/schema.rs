@@ -1,0 +1,20 @@
+//! `hsm-sync schema plan|report`: the JSON Schemas, identical to `schemas/*.json`.
+
+use miette::IntoDiagnostic;
+
+use crate::cli::{SchemaArgs, SchemaKind};
+use crate::exit::ExitStatus;
+
+/// The schema text of a kind, as committed under `schemas/`.
+pub fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
+    let schema = match kind {
+        SchemaKind::Plan => schemars::schema_for!(crate::plan::raw::RawPlan),
+        SchemaKind::Report => crate::report::schema(),
+    };
+    Ok(serde_json::to_string_pretty(&schema)? + "\n")
+}
+
+pub(super) fn run(a: &SchemaArgs) -> miette::Result<ExitStatus> {
+    print!("{}", schema_text(a.kind).into_diagnostic()?);
+    Ok(ExitStatus::Success)
+}

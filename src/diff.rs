@@ -1,0 +1,574 @@
+//! Stage 5: the diff, pure data. `diff(plan, inventories)` decides one action per
+//! (key, target) pair (CONTRACT.md §3); `plan` renders it, `apply` executes it. No
+//! token is touched here, so it is unit-tested with in-memory inventories.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventories;
+use crate::key::{Identity, KeyClass, KeyObject, KeyRef, KeyType};
+use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector};
+
+/// What happens to one key on one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Copy the key to the target.
+    Create,
+    /// Same key material, drifted label or usage flags: set them.
+    Update,
+    /// `state: absent`: remove it from the target.
+    Delete,
+    /// Already there, same key material and attributes.
+    Unchanged,
+    /// Same identity, different key material, or duplicates: never overwritten.
+    Conflict,
+    /// Cannot be synced (see the reason).
+    Blocked,
+}
+
+impl Action {
+    /// Whether `apply` changes a token for this action.
+    pub fn is_change(self) -> bool {
+        matches!(self, Action::Create | Action::Update | Action::Delete)
+    }
+
+    /// The one-character marker of the text diff.
+    pub fn marker(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Delete => "-",
+            Action::Unchanged => "=",
+            Action::Conflict => "!",
+            Action::Blocked => "×",
+        }
+    }
+
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::Unchanged => "unchanged",
+            Action::Conflict => "conflict",
+            Action::Blocked => "blocked",
+        }
+    }
+
+    /// Every action, in report order.
+    pub const ALL: [Action; 6] = [
+        Action::Create,
+        Action::Update,
+        Action::Delete,
+        Action::Unchanged,
+        Action::Conflict,
+        Action::Blocked,
+    ];
+}
+
+/// One (key, target) decision.
+#[derive(Debug, Clone)]
+pub struct DiffItem {
+    /// Sync entry name.
+    pub sync: String,
+    /// Source cluster.
+    pub source: String,
+    /// Target cluster.
+    pub target: String,
+    /// The key as reported.
+    pub key: KeyRef,
+    /// The decision.
+    pub action: Action,
+    /// Why (blocked, conflict, update), machine-readable first word.
+    pub reason: Option<String>,
+    /// The source key's fingerprint, where known.
+    pub fingerprint: Option<String>,
+    /// The source key, for create and update.
+    pub source_key: Option<KeyObject>,
+    /// The target's object, for update and delete.
+    pub target_key: Option<KeyObject>,
+}
+
+/// The whole dry-run diff.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    /// Decisions, grouped by sync entry and target.
+    pub items: Vec<DiffItem>,
+    /// Observations that are not decisions (a glob that matched nothing).
+    pub notes: Vec<String>,
+}
+
+impl Diff {
+    /// How many items have this action.
+    pub fn count(&self, a: Action) -> usize {
+        self.items.iter().filter(|i| i.action == a).count()
+    }
+
+    /// Whether `apply` would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.items.iter().any(|i| i.action.is_change())
+    }
+}
+
+/// Key types whose material travels by AES key wrap in this version.
+fn supported(k: &KeyObject) -> bool {
+    k.class == KeyClass::SecretKey && matches!(k.key_type, KeyType::Aes | KeyType::GenericSecret | KeyType::Des3)
+}
+
+/// A generic secret whose length is not a multiple of 8 comes back from SoftHSM's unwrap
+/// zero-padded (PKCS11-NOTES.md). HMAC gives the same results for both values, nothing
+/// else does: such keys sync only when HMAC is all they may do (README, "Odd-length
+/// generic secrets").
+fn odd_length_blocker(k: &KeyObject) -> Option<String> {
+    let len = k.value_len?;
+    if k.key_type != KeyType::GenericSecret || len % 8 == 0 || len == 0 {
+        return None;
+    }
+    let f = &k.flags;
+    (f.encrypt || f.decrypt || f.wrap || f.unwrap || f.derive).then(|| {
+        format!("odd-length-secret: a {len}-byte generic secret would arrive zero-padded to {} bytes; only HMAC-only keys (sign/verify) are synced", len.div_ceil(8) * 8)
+    })
+}
+
+/// Attributes `update` may set, and how they differ.
+fn drift(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
+    let (a, b) = (&src.flags, &dst.flags);
+    let mut out = Vec::new();
+    if src.label != dst.label {
+        out.push("label");
+    }
+    for (name, x, y) in [
+        ("encrypt", a.encrypt, b.encrypt),
+        ("decrypt", a.decrypt, b.decrypt),
+        ("sign", a.sign, b.sign),
+        ("verify", a.verify, b.verify),
+        ("wrap", a.wrap, b.wrap),
+        ("unwrap", a.unwrap, b.unwrap),
+        ("derive", a.derive, b.derive),
+    ] {
+        if x != y {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Protection attributes that `update` must not touch (they only move one way).
+fn protection_mismatch(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
+    let (a, b) = (&src.flags, &dst.flags);
+    [
+        ("private", a.private, b.private),
+        ("sensitive", a.sensitive, b.sensitive),
+        ("extractable", a.extractable, b.extractable),
+    ]
+    .into_iter()
+    .filter(|(_, x, y)| x != y)
+    .map(|(n, ..)| n)
+    .collect()
+}
+
+fn matches(m: &KeyMatcher, k: &KeyObject) -> bool {
+    match m {
+        KeyMatcher::Id(id) => &k.id == id,
+        KeyMatcher::Label(l) => &k.label == l,
+        KeyMatcher::LabelGlob(_, g) => g.is_match(&k.label),
+        KeyMatcher::Handle(h) => k.handle == *h,
+    }
+}
+
+/// The key a selector names when nothing on the source matches it.
+fn missing_ref(m: &KeyMatcher) -> KeyRef {
+    let (id, label) = match m {
+        KeyMatcher::Id(id) => (hex::encode(id), String::new()),
+        KeyMatcher::Label(l) | KeyMatcher::LabelGlob(l, _) => (String::new(), l.clone()),
+        KeyMatcher::Handle(_) => (String::new(), String::new()),
+    };
+    KeyRef {
+        id,
+        label,
+        class: None,
+        key_type: None,
+        handle: if let KeyMatcher::Handle(h) = m { Some(*h) } else { None },
+    }
+}
+
+/// Computes the diff of a plan against the inventories of its clusters.
+pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
+    let mut out = Diff::default();
+    for entry in &plan.syncs {
+        let Some(src_inv) = inv.get(&entry.source) else {
+            continue;
+        };
+        let role = plan
+            .cluster(&entry.source)
+            .map_or(Role::CryptoUser, |c| c.credentials.role);
+        let mut seen: HashSet<(String, Identity)> = HashSet::new();
+        let mut items = Vec::new();
+        for sel in &entry.selectors {
+            let picked: Vec<&KeyObject> = src_inv.keys.iter().filter(|k| matches(&sel.matcher, k)).collect();
+            match sel.state {
+                DesiredState::Present => {
+                    if picked.is_empty() {
+                        if matches!(sel.matcher, KeyMatcher::LabelGlob(..)) {
+                            out.notes.push(format!(
+                                "sync `{}`: selector {} matched no key on `{}`",
+                                entry.name,
+                                sel.matcher.describe(),
+                                entry.source
+                            ));
+                        } else {
+                            for t in &sel.targets {
+                                items.push(item(
+                                    entry.name.clone(),
+                                    &entry.source,
+                                    t,
+                                    missing_ref(&sel.matcher),
+                                    Action::Blocked,
+                                    Some("not-found-on-source".into()),
+                                    None,
+                                    None,
+                                ));
+                            }
+                        }
+                    }
+                    for k in &picked {
+                        for t in &sel.targets {
+                            if seen.insert((t.clone(), k.identity())) {
+                                items.push(decide(
+                                    &entry.name,
+                                    &entry.source,
+                                    t,
+                                    k,
+                                    src_inv.by_identity(&k.identity()).len(),
+                                    role,
+                                    inv,
+                                ));
+                            }
+                        }
+                    }
+                }
+                DesiredState::Absent => items.extend(deletions(
+                    entry.name.as_str(),
+                    &entry.source,
+                    sel,
+                    &picked,
+                    inv,
+                    &mut seen,
+                )),
+            }
+        }
+        // Group by target (in the entry's order), then key identity.
+        let order = entry.all_targets();
+        items.sort_by_key(|i: &DiffItem| {
+            (
+                order.iter().position(|t| *t == i.target),
+                i.key.class,
+                i.key.id.clone(),
+                i.key.label.clone(),
+            )
+        });
+        out.items.extend(items);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn item(
+    sync: String,
+    source: &str,
+    target: &str,
+    key: KeyRef,
+    action: Action,
+    reason: Option<String>,
+    src: Option<&KeyObject>,
+    dst: Option<&KeyObject>,
+) -> DiffItem {
+    DiffItem {
+        sync,
+        source: source.into(),
+        target: target.into(),
+        key,
+        action,
+        reason,
+        fingerprint: src.and_then(|k| k.fingerprint.clone()),
+        source_key: src.cloned(),
+        target_key: dst.cloned(),
+    }
+}
+
+fn decide(
+    sync: &str,
+    source: &str,
+    target: &str,
+    k: &KeyObject,
+    twins_on_source: usize,
+    role: Role,
+    inv: &Inventories,
+) -> DiffItem {
+    let mk = |action, reason: Option<String>, dst: Option<&KeyObject>| {
+        item(sync.into(), source, target, k.key_ref(), action, reason, Some(k), dst)
+    };
+    if twins_on_source > 1 {
+        return mk(
+            Action::Conflict,
+            Some(format!(
+                "duplicate-on-source: {twins_on_source} objects on `{source}` share this identity"
+            )),
+            None,
+        );
+    }
+    if !supported(k) {
+        return mk(Action::Blocked, Some("unsupported-key-type".into()), None);
+    }
+    if role == Role::CryptoUser && !k.flags.private {
+        return mk(
+            Action::Blocked,
+            Some("not-owned: a crypto-user syncs only its private objects (CKA_PRIVATE true)".into()),
+            None,
+        );
+    }
+    if !k.flags.extractable || k.fingerprint.is_none() {
+        return mk(Action::Blocked, Some("not-extractable".into()), None);
+    }
+    if let Some(why) = odd_length_blocker(k) {
+        return mk(Action::Blocked, Some(why), None);
+    }
+    let Some(tinv) = inv.get(target) else {
+        return mk(Action::Create, None, None);
+    };
+    match tinv.by_identity(&k.identity()).as_slice() {
+        [] => mk(Action::Create, None, None),
+        [t] => {
+            if t.fingerprint.is_none() {
+                return mk(
+                    Action::Conflict,
+                    Some("cannot-compare: the target's copy cannot be fingerprinted (not extractable)".into()),
+                    Some(t),
+                );
+            }
+            if t.fingerprint != k.fingerprint {
+                return mk(Action::Conflict, Some("different-key-material".into()), Some(t));
+            }
+            let prot = protection_mismatch(k, t);
+            if !prot.is_empty() {
+                return mk(
+                    Action::Conflict,
+                    Some(format!("protection-differs: {}", prot.join(", "))),
+                    Some(t),
+                );
+            }
+            let d = drift(k, t);
+            if d.is_empty() {
+                mk(Action::Unchanged, None, Some(t))
+            } else {
+                mk(Action::Update, Some(format!("drifted: {}", d.join(", "))), Some(t))
+            }
+        }
+        many => mk(
+            Action::Conflict,
+            Some(format!(
+                "duplicate-on-target: {} objects on `{target}` share this identity",
+                many.len()
+            )),
+            None,
+        ),
+    }
+}
+
+fn deletions(
+    sync: &str,
+    source: &str,
+    sel: &Selector,
+    picked: &[&KeyObject],
+    inv: &Inventories,
+    seen: &mut HashSet<(String, Identity)>,
+) -> Vec<DiffItem> {
+    let mut out = Vec::new();
+    for t in &sel.targets {
+        let Some(tinv) = inv.get(t) else { continue };
+        for k in &tinv.keys {
+            let hit = match &sel.matcher {
+                // A handle names a source object: delete its copies.
+                KeyMatcher::Handle(_) => picked.iter().any(|p| p.identity() == k.identity()),
+                m => matches(m, k),
+            };
+            if hit && seen.insert((t.clone(), k.identity())) {
+                let mut key = k.key_ref();
+                key.handle = None;
+                out.push(item(sync.into(), source, t, key, Action::Delete, None, None, Some(k)));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+    use crate::key::KeyFlags;
+
+    fn key(handle: u64, id: &str, label: &str, fp: &str) -> KeyObject {
+        KeyObject {
+            handle,
+            class: KeyClass::SecretKey,
+            key_type: KeyType::Aes,
+            id: hex::decode(id).unwrap(),
+            label: label.into(),
+            flags: KeyFlags {
+                private: true,
+                extractable: true,
+                encrypt: true,
+                decrypt: true,
+                ..Default::default()
+            },
+            value_len: Some(32),
+            fingerprint: Some(fp.into()),
+        }
+    }
+
+    fn plan(keys: &str) -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "version: 1\nclusters:\n  a: {{module: /x.so, token: {{label: a}}, credentials: {{role: crypto-user, user: u, pin: {{env: P}}}}}}\n  b: {{module: /x.so, token: {{label: b}}, cloned_from: a, credentials: {{role: crypto-user, user: u, pin: {{env: P}}}}}}\nsync:\n  - name: s\n    source: a\n    targets: [b]\n    keys:\n{keys}"
+        );
+        crate::plan::validate::validate(&dir.path().join("p.yaml"), "p.yaml", text)
+            .unwrap()
+            .plan
+    }
+
+    fn inv(a: Vec<KeyObject>, b: Vec<KeyObject>) -> Inventories {
+        Inventories::from([
+            (
+                "a".to_string(),
+                Inventory {
+                    cluster: "a".into(),
+                    keys: a,
+                },
+            ),
+            (
+                "b".to_string(),
+                Inventory {
+                    cluster: "b".into(),
+                    keys: b,
+                },
+            ),
+        ])
+    }
+
+    fn actions(d: &Diff) -> Vec<(Action, Option<String>)> {
+        d.items
+            .iter()
+            .map(|i| {
+                (
+                    i.action,
+                    i.reason.clone().map(|r| r.split(':').next().unwrap().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn create_unchanged_conflict_by_fingerprint() {
+        let p = plan("      - label: \"k*\"\n");
+        let d = diff(
+            &p,
+            &inv(
+                vec![
+                    key(1, "01", "k1", "aa"),
+                    key(2, "02", "k2", "bb"),
+                    key(3, "03", "k3", "cc"),
+                ],
+                vec![key(9, "02", "k2", "bb"), key(8, "03", "k3", "zz")],
+            ),
+        );
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Create, None),
+                (Action::Unchanged, None),
+                (Action::Conflict, Some("different-key-material".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn blocked_reasons() {
+        let p = plan("      - id: \"01\"\n      - id: \"02\"\n      - id: \"0f\"\n");
+        let mut unext = key(1, "01", "x", "aa");
+        unext.flags.extractable = false;
+        unext.fingerprint = None;
+        let mut public = key(2, "02", "y", "bb");
+        public.flags.private = false;
+        let d = diff(&p, &inv(vec![unext, public], vec![]));
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Blocked, Some("not-extractable".into())),
+                (Action::Blocked, Some("not-owned".into())),
+                (Action::Blocked, Some("not-found-on-source".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn drift_is_an_update_and_duplicates_are_conflicts() {
+        let p = plan("      - id: \"01\"\n      - id: \"02\"\n");
+        let renamed = key(9, "01", "old-name", "aa");
+        let d = diff(
+            &p,
+            &inv(
+                vec![key(1, "01", "new-name", "aa"), key(2, "02", "y", "bb")],
+                vec![renamed, key(7, "02", "y", "bb"), key(8, "02", "y", "bb")],
+            ),
+        );
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Update, Some("drifted".into())),
+                (Action::Conflict, Some("duplicate-on-target".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_length_generic_secrets_sync_only_for_hmac() {
+        let p = plan("      - id: \"01\"\n      - id: \"02\"\n");
+        let mut hmac = key(1, "01", "h", "aa");
+        hmac.key_type = KeyType::GenericSecret;
+        hmac.value_len = Some(20);
+        hmac.flags = KeyFlags {
+            private: true,
+            extractable: true,
+            sign: true,
+            verify: true,
+            ..Default::default()
+        };
+        let mut derive = hmac.clone();
+        derive.handle = 2;
+        derive.id = vec![2];
+        derive.flags.derive = true;
+        let d = diff(&p, &inv(vec![hmac, derive], vec![]));
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Create, None),
+                (Action::Blocked, Some("odd-length-secret".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn absent_selectors_delete_from_targets() {
+        let p = plan("      - label: old\n        state: absent\n");
+        let d = diff(
+            &p,
+            &inv(vec![], vec![key(5, "05", "old", "aa"), key(6, "06", "keep", "bb")]),
+        );
+        assert_eq!(actions(&d), vec![(Action::Delete, None)]);
+        assert_eq!(d.items[0].target_key.as_ref().unwrap().handle, 5);
+    }
+}

@@ -1,0 +1,124 @@
+//! Errors of the token layer. Every variant names the cluster; PKCS#11 failures keep the
+//! function and the `CKR_*` value so operators can look them up.
+
+use std::path::PathBuf;
+
+use miette::Diagnostic;
+
+/// A token-layer failure.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum HsmError {
+    /// The module file cannot be loaded.
+    #[error("cluster `{cluster}`: cannot load PKCS#11 module {}: {detail}", module.display())]
+    #[diagnostic(
+        code(hsm::module),
+        help("check `module:` in the plan; SoftHSM2 is `apt-get install -y softhsm2` on Debian")
+    )]
+    Module {
+        /// The cluster.
+        cluster: String,
+        /// The module path.
+        module: PathBuf,
+        /// What the loader said.
+        detail: String,
+    },
+    /// No token matches the plan's token reference.
+    #[error("cluster `{cluster}`: no token with {wanted} in {}", module.display())]
+    #[diagnostic(code(hsm::token_not_found), help("tokens present: {present}"))]
+    TokenNotFound {
+        /// The cluster.
+        cluster: String,
+        /// The module path.
+        module: PathBuf,
+        /// The plan's token reference.
+        wanted: String,
+        /// Labels of the tokens that are there.
+        present: String,
+    },
+    /// The PIN is wrong. It is never tried again in this run.
+    #[error(
+        "cluster `{cluster}`: login failed: wrong PIN for {role} `{user}` (tried once; hsm-sync never retries a PIN)"
+    )]
+    #[diagnostic(
+        code(hsm::wrong_pin),
+        help("fix the PIN in {pin_source}; a retry loop would lock the account")
+    )]
+    WrongPin {
+        /// The cluster.
+        cluster: String,
+        /// The role.
+        role: String,
+        /// The user.
+        user: String,
+        /// Where the PIN came from (never the PIN).
+        pin_source: String,
+    },
+    /// The PIN is locked, or one more failure would lock it: no login is attempted.
+    #[error("cluster `{cluster}`: {what}; hsm-sync did not try to log in")]
+    #[diagnostic(
+        code(hsm::pin_locked),
+        help("an HSM administrator must reset or unblock the user PIN")
+    )]
+    PinLocked {
+        /// The cluster.
+        cluster: String,
+        /// "the user PIN is locked" or "the user PIN is on its final try".
+        what: String,
+    },
+    /// The PIN could not be read.
+    #[error("cluster `{cluster}`: {source}")]
+    #[diagnostic(code(hsm::credentials))]
+    Credentials {
+        /// The cluster.
+        cluster: String,
+        /// Why.
+        source: crate::credentials::CredentialError,
+    },
+    /// The domain (wrapping) key is missing or ambiguous.
+    #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
+    #[diagnostic(code(hsm::domain_key), help("every cluster of a lineage holds the same secret key under this label (set `lineage.domain_key` to change it)"))]
+    DomainKey {
+        /// The cluster.
+        cluster: String,
+        /// The label.
+        label: String,
+        /// "no" or "more than one".
+        problem: &'static str,
+    },
+    /// The target does not share the source's domain key.
+    #[error("lineage: `{target}` is not a clone of `{source_cluster}`: {detail}")]
+    #[diagnostic(code(hsm::lineage), help("a target must hold the same domain key as its source (a cluster restored from the source's backup does); nothing was written"))]
+    Lineage {
+        /// The source cluster.
+        source_cluster: String,
+        /// The target cluster.
+        target: String,
+        /// What the proof saw.
+        detail: String,
+    },
+    /// The lineage fingerprint differs from the one pinned in the plan.
+    #[error("cluster `{cluster}`: lineage fingerprint is {actual}, the plan pins {pinned}")]
+    #[diagnostic(
+        code(hsm::lineage_pin),
+        help("the token's domain key changed, or the plan points at the wrong token")
+    )]
+    LineagePin {
+        /// The cluster.
+        cluster: String,
+        /// What the token proves.
+        actual: String,
+        /// What the plan says.
+        pinned: String,
+    },
+    /// Any other PKCS#11 failure.
+    #[error("cluster `{cluster}`: {op}: {source}")]
+    #[diagnostic(code(hsm::pkcs11))]
+    Pkcs11 {
+        /// The cluster.
+        cluster: String,
+        /// What hsm-sync was doing.
+        op: &'static str,
+        /// cryptoki's error, with the function and `CKR_*` value.
+        source: cryptoki::error::Error,
+    },
+}

@@ -1,0 +1,225 @@
+//! Stage 3: the tokens. The only module that names `cryptoki`: it loads each PKCS#11
+//! module once, finds tokens, logs in once per token, and offers key operations in the
+//! domain types of [`crate::key`].
+//!
+//! Thread model (rust-cryptoki `thread_local_session.rs`, parsec): one `Pkcs11` context
+//! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes
+//! off) and shared; one `Session` per worker (`Send`, not `Sync`).
+
+mod error;
+pub mod ops;
+pub mod provision;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+pub use error::HsmError;
+pub use ops::TokenSession;
+
+use crate::plan::{Cluster, TokenRef};
+
+/// The loaded PKCS#11 modules of a run, each loaded and initialised once.
+#[derive(Default)]
+pub struct Modules {
+    loaded: Mutex<HashMap<PathBuf, Arc<Pkcs11>>>,
+}
+
+impl Modules {
+    /// Loads (or returns the already loaded) module at `path`.
+    pub fn load(&self, cluster: &str, path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
+        let module_err = |detail: String| HsmError::Module {
+            cluster: cluster.to_string(),
+            module: path.to_path_buf(),
+            detail,
+        };
+        // Two spellings of one library must share one context: a second C_Initialize
+        // of the same library would fail.
+        let key = std::fs::canonicalize(path).map_err(|e| module_err(e.to_string()))?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ctx) = loaded.get(&key) {
+            return Ok(ctx.clone());
+        }
+        let ctx = Pkcs11::new(&key).map_err(|e| module_err(e.to_string()))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(module_err(format!("C_Initialize failed: {e}"))),
+        }
+        let ctx = Arc::new(ctx);
+        loaded.insert(key, ctx.clone());
+        Ok(ctx)
+    }
+}
+
+/// Facts about a token, for messages and saved-plan digests.
+#[derive(Debug, Clone)]
+pub struct TokenFacts {
+    /// Token label.
+    pub label: String,
+    /// Serial number.
+    pub serial: String,
+    /// Manufacturer id.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+}
+
+/// One cluster's token, logged in for the whole run.
+pub struct Token {
+    /// The plan's cluster name.
+    pub cluster: String,
+    ctx: Arc<Pkcs11>,
+    slot: Slot,
+    /// Facts read from `C_GetTokenInfo`.
+    pub facts: TokenFacts,
+    domain_label: String,
+    /// Keeps the login alive: PKCS#11 logs out when the application's last session closes.
+    anchor: Mutex<Option<Session>>,
+    domain_key: Mutex<Option<ObjectHandle>>,
+}
+
+impl Token {
+    /// Finds the cluster's token in its module.
+    pub fn open(modules: &Modules, cluster: &Cluster) -> Result<Token, HsmError> {
+        let ctx = modules.load(&cluster.name, &cluster.module)?;
+        let pk = |op, source| HsmError::Pkcs11 {
+            cluster: cluster.name.clone(),
+            op,
+            source,
+        };
+        let slots = ctx.get_slots_with_token().map_err(|e| pk("listing slots", e))?;
+        let mut present = Vec::new();
+        for slot in slots {
+            let info = ctx.get_token_info(slot).map_err(|e| pk("reading token info", e))?;
+            let hit = match &cluster.token {
+                TokenRef::Label(l) => info.label() == l,
+                TokenRef::Serial(s) => info.serial_number() == s,
+                TokenRef::Slot(id) => slot.id() == *id,
+            };
+            if hit {
+                return Ok(Token {
+                    cluster: cluster.name.clone(),
+                    ctx: ctx.clone(),
+                    slot,
+                    facts: TokenFacts {
+                        label: info.label().to_string(),
+                        serial: info.serial_number().to_string(),
+                        manufacturer: info.manufacturer_id().to_string(),
+                        model: info.model().to_string(),
+                    },
+                    domain_label: cluster.domain_key.clone(),
+                    anchor: Mutex::new(None),
+                    domain_key: Mutex::new(None),
+                });
+            }
+            if info.token_initialized() {
+                present.push(format!(
+                    "`{}` (slot {}, serial {})",
+                    info.label(),
+                    slot.id(),
+                    info.serial_number()
+                ));
+            }
+        }
+        Err(HsmError::TokenNotFound {
+            cluster: cluster.name.clone(),
+            module: cluster.module.clone(),
+            wanted: cluster.token.to_string(),
+            present: if present.is_empty() {
+                "none".into()
+            } else {
+                present.join(", ")
+            },
+        })
+    }
+
+    fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
+        move |source| HsmError::Pkcs11 {
+            cluster: self.cluster.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Logs in as `CKU_USER`, once. The PIN is tried at most once: a locked token or one
+    /// on its final try is not even attempted, and a wrong PIN is never retried.
+    pub fn login(&self, cluster: &Cluster, pin: &SecretString) -> Result<(), HsmError> {
+        let info = self
+            .ctx
+            .get_token_info(self.slot)
+            .map_err(self.pk("reading token info"))?;
+        let locked = |what: &str| HsmError::PinLocked {
+            cluster: self.cluster.clone(),
+            what: what.into(),
+        };
+        if info.user_pin_locked() {
+            return Err(locked("the user PIN is locked"));
+        }
+        if info.user_pin_final_try() {
+            return Err(locked("the user PIN is on its final try (one more failure locks it)"));
+        }
+        let session = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(self.pk("opening a session"))?;
+        match session.login(UserType::User, Some(pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
+                return Err(HsmError::WrongPin {
+                    cluster: self.cluster.clone(),
+                    role: cluster.credentials.role.to_string(),
+                    user: cluster.credentials.user.clone(),
+                    pin_source: cluster.credentials.pin.to_string(),
+                })
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => return Err(locked("the user PIN is locked")),
+            Err(e) => return Err(self.pk("logging in")(e)),
+        }
+        *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
+        Ok(())
+    }
+
+    /// A new read-write session (one per worker; the login is shared by all).
+    pub fn session(&self) -> Result<TokenSession, HsmError> {
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(self.pk("opening a session"))?;
+        let mut dk = self.domain_key.lock().unwrap_or_else(|p| p.into_inner());
+        let domain_key = match *dk {
+            Some(h) => h,
+            None => {
+                let h = ops::find_domain_key(&s, &self.cluster, &self.domain_label)?;
+                *dk = Some(h);
+                h
+            }
+        };
+        Ok(TokenSession::new(s, self.cluster.clone(), domain_key))
+    }
+}
+
+/// Whether a PKCS#11 error is worth retrying: the device or session hiccuped, the
+/// request itself was fine.
+pub fn is_transient(e: &HsmError) -> bool {
+    matches!(
+        e,
+        HsmError::Pkcs11 {
+            source: CkError::Pkcs11(
+                RvError::DeviceError
+                    | RvError::DeviceMemory
+                    | RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::HostMemory,
+                _
+            ),
+            ..
+        }
+    )
+}

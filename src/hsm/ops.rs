@@ -1,0 +1,440 @@
+//! Key operations on one session, in domain types: inventory, wrap, unwrap, verify, and
+//! the lineage proof. Wrapped blobs exist only inside [`Wrapped`], zeroized on drop.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::HsmError;
+use crate::key::{KeyClass, KeyFlags, KeyObject, KeyType};
+
+/// A wrapped key blob: never printed, never serialized, zeroized on drop.
+pub struct Wrapped(Zeroizing<Vec<u8>>);
+
+impl Wrapped {
+    /// The fingerprint of the key inside (see [`fingerprint_of`]).
+    pub fn fingerprint(&self, class: KeyClass) -> String {
+        fingerprint_of(class, &self.0)
+    }
+}
+
+/// A key fingerprint: SHA-256 over a domain-separation tag, the class and the RFC 5649
+/// wrap of the key under the domain key, first 8 bytes in hex. AES key wrap is
+/// deterministic, so equal keys under one lineage give equal fingerprints, and the digest
+/// reveals nothing of the key (CONTRACT.md §1; 64 bits, not a 3-byte KCV).
+pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hsm-sync/key-fingerprint/v1\0");
+    h.update([class as u8]);
+    h.update(blob);
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The attributes read per key, in one `C_GetAttributeValue` round (cryptoki adds a
+/// second for the variable-length ones). Not `CKA_KEY_GEN_MECHANISM`: SoftHSM answers
+/// "unavailable" for unwrapped keys and cryptoki then fails the whole call.
+const READ: &[AttributeType] = &[
+    AttributeType::Class,
+    AttributeType::KeyType,
+    AttributeType::Id,
+    AttributeType::Label,
+    AttributeType::Private,
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::Encrypt,
+    AttributeType::Decrypt,
+    AttributeType::Sign,
+    AttributeType::Verify,
+    AttributeType::Wrap,
+    AttributeType::Unwrap,
+    AttributeType::Derive,
+    AttributeType::Modifiable,
+    AttributeType::ValueLen,
+];
+
+const WRAP: Mechanism<'static> = Mechanism::AesKeyWrapPad;
+
+/// Finds the one domain key of a token by label.
+pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result<ObjectHandle, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|source| HsmError::Pkcs11 {
+            cluster: cluster.into(),
+            op: "finding the domain key",
+            source,
+        })?;
+    match found.as_slice() {
+        [h] => Ok(*h),
+        [] => Err(HsmError::DomainKey {
+            cluster: cluster.into(),
+            label: label.into(),
+            problem: "no",
+        }),
+        _ => Err(HsmError::DomainKey {
+            cluster: cluster.into(),
+            label: label.into(),
+            problem: "more than one",
+        }),
+    }
+}
+
+fn class_of(c: ObjectClass) -> Option<KeyClass> {
+    match c {
+        ObjectClass::SECRET_KEY => Some(KeyClass::SecretKey),
+        ObjectClass::PRIVATE_KEY => Some(KeyClass::PrivateKey),
+        ObjectClass::PUBLIC_KEY => Some(KeyClass::PublicKey),
+        _ => None,
+    }
+}
+
+fn ck_class(c: KeyClass) -> ObjectClass {
+    match c {
+        KeyClass::SecretKey => ObjectClass::SECRET_KEY,
+        KeyClass::PrivateKey => ObjectClass::PRIVATE_KEY,
+        KeyClass::PublicKey => ObjectClass::PUBLIC_KEY,
+    }
+}
+
+fn type_of(t: CkKeyType) -> KeyType {
+    match t {
+        CkKeyType::AES => KeyType::Aes,
+        CkKeyType::GENERIC_SECRET => KeyType::GenericSecret,
+        CkKeyType::DES3 => KeyType::Des3,
+        CkKeyType::RSA => KeyType::Rsa,
+        CkKeyType::EC => KeyType::Ec,
+        _ => KeyType::Other,
+    }
+}
+
+fn ck_type(t: KeyType) -> Option<CkKeyType> {
+    Some(match t {
+        KeyType::Aes => CkKeyType::AES,
+        KeyType::GenericSecret => CkKeyType::GENERIC_SECRET,
+        KeyType::Des3 => CkKeyType::DES3,
+        KeyType::Rsa => CkKeyType::RSA,
+        KeyType::Ec => CkKeyType::EC,
+        KeyType::Other => return None,
+    })
+}
+
+/// A session on one token, with its domain key found.
+pub struct TokenSession {
+    s: Session,
+    cluster: String,
+    domain_key: ObjectHandle,
+}
+
+impl TokenSession {
+    pub(crate) fn new(s: Session, cluster: String, domain_key: ObjectHandle) -> Self {
+        TokenSession { s, cluster, domain_key }
+    }
+
+    fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
+        move |source| HsmError::Pkcs11 {
+            cluster: self.cluster.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Every key object on the token (token objects of the three key classes), the domain
+    /// key excluded, each with its fingerprint where it can be wrapped.
+    pub fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
+        let mut out = Vec::new();
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            let handles = self
+                .s
+                .find_objects(&[Attribute::Token(true), Attribute::Class(class)])
+                .map_err(self.pk("listing keys"))?;
+            for h in handles {
+                if h == self.domain_key {
+                    continue;
+                }
+                if let Some(mut k) = self.read_key(h)? {
+                    k.fingerprint = self.fingerprint(&k)?;
+                    out.push(k);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.identity().cmp(&b.identity()).then(a.handle.cmp(&b.handle)));
+        Ok(out)
+    }
+
+    /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
+    pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
+        let attrs = match self.s.get_attributes(h, READ) {
+            Ok(a) => a,
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+            Err(e) => return Err(self.pk("reading key attributes")(e)),
+        };
+        let mut class = None;
+        let mut key_type = KeyType::Other;
+        let mut id = Vec::new();
+        let mut label = String::new();
+        let mut f = KeyFlags::default();
+        let mut value_len = None;
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = class_of(c),
+                Attribute::KeyType(t) => key_type = type_of(t),
+                Attribute::Id(v) => id = v,
+                Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
+                Attribute::Private(b) => f.private = b,
+                Attribute::Sensitive(b) => f.sensitive = b,
+                Attribute::Extractable(b) => f.extractable = b,
+                Attribute::Encrypt(b) => f.encrypt = b,
+                Attribute::Decrypt(b) => f.decrypt = b,
+                Attribute::Sign(b) => f.sign = b,
+                Attribute::Verify(b) => f.verify = b,
+                Attribute::Wrap(b) => f.wrap = b,
+                Attribute::Unwrap(b) => f.unwrap = b,
+                Attribute::Derive(b) => f.derive = b,
+                Attribute::Modifiable(b) => f.modifiable = b,
+                Attribute::ValueLen(n) => value_len = Some(u64::from(n)),
+                _ => {}
+            }
+        }
+        Ok(class.map(|class| KeyObject {
+            handle: h.handle(),
+            class,
+            key_type,
+            id,
+            label,
+            flags: f,
+            value_len,
+            fingerprint: None,
+        }))
+    }
+
+    /// The handle of a key named by the plan's `handle:` selector, if it is a key here.
+    pub fn key_by_handle(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        // SAFETY: a handle from the operator may name nothing; the token answers
+        // CKR_OBJECT_HANDLE_INVALID, which read_key turns into None.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        match self.read_key(h)? {
+            Some(mut k) => {
+                k.fingerprint = self.fingerprint(&k)?;
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
+        if k.class == KeyClass::PublicKey || !k.flags.extractable {
+            return Ok(None);
+        }
+        match self.wrap(k.handle) {
+            Ok(w) => Ok(Some(w.fingerprint(k.class))),
+            Err(HsmError::Pkcs11 {
+                source:
+                    CkError::Pkcs11(
+                        RvError::KeyUnextractable | RvError::KeyNotWrappable | RvError::KeyFunctionNotPermitted,
+                        _,
+                    ),
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wraps a key under the domain key (RFC 5649).
+    pub fn wrap(&self, handle: u64) -> Result<Wrapped, HsmError> {
+        // SAFETY: handles come from this token's own listing.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let blob = self
+            .s
+            .wrap_key(&WRAP, self.domain_key, h)
+            .map_err(self.pk("wrapping a key"))?;
+        Ok(Wrapped(Zeroizing::new(blob)))
+    }
+
+    /// Unwraps a blob as a token object carrying the source key's attributes, every one
+    /// set explicitly: SoftHSM's unwrap defaults differ from the source's
+    /// (PKCS11-NOTES.md). `CKA_VALUE_LEN` is never sent; SoftHSM refuses it there.
+    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+        let f = &like.flags;
+        let key_type = ck_type(like.key_type).ok_or(HsmError::Pkcs11 {
+            cluster: self.cluster.clone(),
+            op: "unwrapping a key of an unsupported type",
+            source: CkError::NotSupported,
+        })?;
+        let template = vec![
+            Attribute::Class(ck_class(like.class)),
+            Attribute::KeyType(key_type),
+            Attribute::Token(true),
+            Attribute::Id(like.id.clone()),
+            Attribute::Label(like.label.as_bytes().to_vec()),
+            Attribute::Private(f.private),
+            Attribute::Sensitive(f.sensitive),
+            Attribute::Extractable(f.extractable),
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::Verify(f.verify),
+            Attribute::Wrap(f.wrap),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+            Attribute::Modifiable(f.modifiable),
+        ];
+        let h = self
+            .s
+            .unwrap_key(&WRAP, self.domain_key, &blob.0, &template)
+            .map_err(self.pk("unwrapping a key"))?;
+        Ok(h.handle())
+    }
+
+    /// Sets a copy's label and usage flags to the source's (`update`).
+    pub fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own listing.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let f = &like.flags;
+        let template = [
+            Attribute::Label(like.label.as_bytes().to_vec()),
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::Verify(f.verify),
+            Attribute::Wrap(f.wrap),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+        ];
+        self.s
+            .update_attributes(h, &template)
+            .map_err(self.pk("updating attributes"))
+    }
+
+    /// Destroys an object (used to remove a copy that failed verification).
+    pub fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own listing or unwrap.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        self.s.destroy_object(h).map_err(self.pk("destroying an object"))
+    }
+
+    /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
+    /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
+    /// SHA-1). `None` when the key fits neither.
+    pub fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        // SAFETY: as above.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
+            match self.s.sign(&mech, h, data) {
+                Ok(mac) => return Ok(Some(mac)),
+                Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
+                Err(e) => return Err(self.pk("computing an HMAC")(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Random bytes from the token's generator.
+    pub fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
+        let mut buf = vec![0u8; n];
+        self.s
+            .generate_random_slice(&mut buf)
+            .map_err(self.pk("generating random bytes"))?;
+        Ok(buf)
+    }
+
+    /// The lineage fingerprint: a fixed, public 256-bit probe key wrapped under the domain
+    /// key (RFC 3394, deterministic), hashed. Equal on every token holding the same domain
+    /// key, different otherwise; it reveals nothing of the domain key.
+    pub fn lineage_fingerprint(&self) -> Result<String, HsmError> {
+        let probe: [u8; 32] = Sha256::digest(b"hsm-sync lineage probe v1").into();
+        let key = self
+            .s
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(CkKeyType::AES),
+                Attribute::Token(false),
+                Attribute::Extractable(true),
+                Attribute::Sensitive(false),
+                Attribute::Value(probe.to_vec()),
+            ])
+            .map_err(self.pk("creating the lineage probe"))?;
+        let blob = self.s.wrap_key(&Mechanism::AesKeyWrap, self.domain_key, key);
+        let _ = self.s.destroy_object(key);
+        let blob = Zeroizing::new(blob.map_err(self.pk("wrapping the lineage probe"))?);
+        let mut h = Sha256::new();
+        h.update(b"hsm-sync/lineage/v1\0");
+        h.update(&blob[..]);
+        Ok(hex::encode(&h.finalize()[..8]))
+    }
+
+    /// Source half of the lineage proof: a fresh session AES key, wrapped under the domain
+    /// key, and its encryption of `challenge`.
+    pub fn lineage_offer(&self, challenge: &[u8; 16]) -> Result<(Wrapped, Vec<u8>), HsmError> {
+        let key = self
+            .s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(CkKeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(false),
+                    Attribute::Extractable(true),
+                    Attribute::Encrypt(true),
+                ],
+            )
+            .map_err(self.pk("generating the lineage session key"))?;
+        let result = (|| {
+            let blob = self
+                .s
+                .wrap_key(&WRAP, self.domain_key, key)
+                .map_err(self.pk("wrapping the lineage session key"))?;
+            let check = self
+                .s
+                .encrypt(&Mechanism::AesEcb, key, challenge)
+                .map_err(self.pk("encrypting the lineage challenge"))?;
+            Ok((Wrapped(Zeroizing::new(blob)), check))
+        })();
+        let _ = self.s.destroy_object(key);
+        result
+    }
+
+    /// Target half: unwrap the session key under this token's domain key and encrypt the
+    /// same challenge. `Err(detail)` when the blob does not unwrap here.
+    pub fn lineage_accept(&self, blob: &Wrapped, challenge: &[u8; 16]) -> Result<Result<Vec<u8>, String>, HsmError> {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(CkKeyType::AES),
+            Attribute::Token(false),
+            Attribute::Encrypt(true),
+            Attribute::Extractable(false),
+        ];
+        let key = match self.s.unwrap_key(&WRAP, self.domain_key, &blob.0, &template) {
+            Ok(k) => k,
+            Err(CkError::Pkcs11(
+                rv @ (RvError::WrappedKeyInvalid
+                | RvError::EncryptedDataInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::UnwrappingKeyHandleInvalid
+                | RvError::UnwrappingKeySizeRange
+                | RvError::UnwrappingKeyTypeInconsistent),
+                _,
+            )) => {
+                return Ok(Err(format!(
+                    "the source's wrapped session key does not unwrap under this token's domain key ({rv})"
+                )));
+            }
+            Err(e) => return Err(self.pk("unwrapping the lineage session key")(e)),
+        };
+        let out = self
+            .s
+            .encrypt(&Mechanism::AesEcb, key, challenge)
+            .map_err(self.pk("encrypting the lineage challenge"));
+        let _ = self.s.destroy_object(key);
+        Ok(Ok(out?))
+    }
+}

@@ -1,0 +1,140 @@
+//! Keys in domain terms: what inventory reads, the diff compares and the report prints.
+//! No PKCS#11 types here, so the diff stays pure and testable without a token.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// PKCS#11 object class of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyClass {
+    /// `CKO_SECRET_KEY`
+    SecretKey,
+    /// `CKO_PRIVATE_KEY`
+    PrivateKey,
+    /// `CKO_PUBLIC_KEY`
+    PublicKey,
+}
+
+/// Key type, as far as hsm-sync distinguishes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyType {
+    /// `CKK_AES`
+    Aes,
+    /// `CKK_GENERIC_SECRET` (HMAC keys)
+    GenericSecret,
+    /// `CKK_DES3`
+    Des3,
+    /// `CKK_RSA`
+    Rsa,
+    /// `CKK_EC`
+    Ec,
+    /// Anything else.
+    Other,
+}
+
+/// The boolean attributes hsm-sync reads and reproduces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[allow(missing_docs)]
+pub struct KeyFlags {
+    pub private: bool,
+    pub sensitive: bool,
+    pub extractable: bool,
+    pub encrypt: bool,
+    pub decrypt: bool,
+    pub sign: bool,
+    pub verify: bool,
+    pub wrap: bool,
+    pub unwrap: bool,
+    pub derive: bool,
+    pub modifiable: bool,
+}
+
+/// The usage flags of a key as one short string, e.g. `E D S V`.
+impl std::fmt::Display for KeyFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.encrypt, "encrypt"),
+            (self.decrypt, "decrypt"),
+            (self.sign, "sign"),
+            (self.verify, "verify"),
+            (self.wrap, "wrap"),
+            (self.unwrap, "unwrap"),
+            (self.derive, "derive"),
+        ];
+        let on: Vec<&str> = parts.iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        f.write_str(&on.join(","))
+    }
+}
+
+/// One key object on a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyObject {
+    /// The object handle on its token (valid for this run only).
+    pub handle: u64,
+    /// Object class.
+    pub class: KeyClass,
+    /// Key type.
+    pub key_type: KeyType,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// Boolean attributes.
+    pub flags: KeyFlags,
+    /// `CKA_VALUE_LEN` where the token reports one (0 on SoftHSM for unwrapped keys).
+    pub value_len: Option<u64>,
+    /// Digest proving the key material without revealing it; `None` when the key cannot
+    /// be wrapped (not extractable).
+    pub fingerprint: Option<String>,
+}
+
+/// How keys are matched across clusters: class + `CKA_ID`, or class + `CKA_LABEL` when
+/// the id is empty (CONTRACT.md §1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Identity {
+    /// By id.
+    Id(KeyClass, Vec<u8>),
+    /// By label, for keys without an id.
+    Label(KeyClass, String),
+}
+
+impl KeyObject {
+    /// The cross-cluster identity of this key.
+    pub fn identity(&self) -> Identity {
+        if self.id.is_empty() {
+            Identity::Label(self.class, self.label.clone())
+        } else {
+            Identity::Id(self.class, self.id.clone())
+        }
+    }
+
+    /// The report's view of this key.
+    pub fn key_ref(&self) -> KeyRef {
+        KeyRef {
+            id: hex::encode(&self.id),
+            label: self.label.clone(),
+            class: Some(self.class),
+            key_type: Some(self.key_type),
+            handle: Some(self.handle),
+        }
+    }
+}
+
+/// A key as the report and diff name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRef {
+    /// `CKA_ID` in hex (empty when the key has none).
+    pub id: String,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// Object class (absent when the key was not found).
+    pub class: Option<KeyClass>,
+    /// Key type (absent when the key was not found).
+    pub key_type: Option<KeyType>,
+    /// Object handle on the source, where the key exists there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+}

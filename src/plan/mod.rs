@@ -1,0 +1,237 @@
+//! Stage 1: the plan file. `raw` mirrors the YAML, `source` locates YAML paths in the
+//! text, `validate` checks every rule of CONTRACT.md §1 and builds the `model`.
+//! serde_yaml is named only inside this module.
+
+pub mod model;
+pub mod raw;
+pub mod source;
+pub mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use miette::{Diagnostic, LabeledSpan, NamedSource, Severity, SourceSpan};
+
+pub use model::*;
+
+/// Plans larger than this are refused before parsing: a real plan is a few hundred KiB,
+/// and a bound keeps hostile input from costing unbounded memory.
+pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The kind of a plan problem; its code (`plan::unknown-field`, …) is stable for tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum IssueKind {
+    Syntax,
+    Encoding,
+    TooLarge,
+    UnknownField,
+    WrongType,
+    MissingField,
+    DuplicateKey,
+    DuplicateCluster,
+    DuplicateSync,
+    UndefinedCluster,
+    SourceInTargets,
+    NotCloned,
+    CredentialMismatch,
+    InlinePin,
+    PinSource,
+    PinFile,
+    EmptySelector,
+    AmbiguousSelector,
+    InvalidHex,
+    InvalidGlob,
+    Version,
+    InvalidName,
+    TokenRef,
+    EmptyTargets,
+    InvalidDuration,
+    InvalidUrl,
+    UnsetVariable,
+    InvalidValue,
+    InvalidFingerprint,
+    DuplicateResource,
+}
+
+impl IssueKind {
+    /// The diagnostic code, e.g. `plan::unknown-field`.
+    pub fn code(self) -> &'static str {
+        use IssueKind::*;
+        match self {
+            Syntax => "plan::syntax",
+            Encoding => "plan::encoding",
+            TooLarge => "plan::too-large",
+            UnknownField => "plan::unknown-field",
+            WrongType => "plan::wrong-type",
+            MissingField => "plan::missing-field",
+            DuplicateKey => "plan::duplicate-key",
+            DuplicateCluster => "plan::duplicate-cluster",
+            DuplicateSync => "plan::duplicate-sync",
+            UndefinedCluster => "plan::undefined-cluster",
+            SourceInTargets => "plan::source-in-targets",
+            NotCloned => "plan::not-cloned",
+            CredentialMismatch => "plan::credential-mismatch",
+            InlinePin => "plan::inline-pin",
+            PinSource => "plan::pin-source",
+            PinFile => "plan::pin-file",
+            EmptySelector => "plan::empty-selector",
+            AmbiguousSelector => "plan::ambiguous-selector",
+            InvalidHex => "plan::invalid-hex",
+            InvalidGlob => "plan::invalid-glob",
+            Version => "plan::version",
+            InvalidName => "plan::invalid-name",
+            TokenRef => "plan::token-ref",
+            EmptyTargets => "plan::empty-targets",
+            InvalidDuration => "plan::invalid-duration",
+            InvalidUrl => "plan::invalid-url",
+            UnsetVariable => "plan::unset-variable",
+            InvalidValue => "plan::invalid-value",
+            InvalidFingerprint => "plan::invalid-fingerprint",
+            DuplicateResource => "plan::duplicate-resource",
+        }
+    }
+}
+
+/// One problem in a plan, pointing at its YAML node.
+#[derive(Debug, Clone)]
+pub struct PlanIssue {
+    /// What kind of problem.
+    pub kind: IssueKind,
+    /// The message.
+    pub message: String,
+    /// Where in the plan text.
+    pub span: Option<SourceSpan>,
+    /// The label shown at the span.
+    pub label: String,
+    /// How to fix it, where that is obvious.
+    pub help: Option<String>,
+    /// Error, or a warning that does not stop the run.
+    pub severity: Severity,
+}
+
+impl fmt::Display for PlanIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PlanIssue {}
+
+impl Diagnostic for PlanIssue {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.kind.code()))
+    }
+    fn severity(&self) -> Option<Severity> {
+        Some(self.severity)
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let span = self.span?;
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some(self.label.clone()),
+            span,
+        ))))
+    }
+}
+
+/// Every problem of a plan, as one diagnostic with the problems related to it.
+#[derive(Debug)]
+pub struct InvalidPlan {
+    /// The plan text, for rendering.
+    pub src: NamedSource<String>,
+    /// The problems, in file order.
+    pub issues: Vec<PlanIssue>,
+    /// Located problems, to compute line and column.
+    pub source: source::PlanSource,
+}
+
+impl fmt::Display for InvalidPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(
+            f,
+            "{} has {n} problem{}",
+            self.source.name(),
+            if n == 1 { "" } else { "s" }
+        )
+    }
+}
+
+impl std::error::Error for InvalidPlan {}
+
+impl Diagnostic for InvalidPlan {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new("plan::invalid"))
+    }
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        Some(Box::new(self.issues.iter().map(|i| i as &dyn Diagnostic)))
+    }
+}
+
+/// Why a plan could not be loaded.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum PlanError {
+    /// The file cannot be read.
+    #[error("cannot read plan {path}: {source}")]
+    #[diagnostic(code(plan::read))]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The plan breaks rules; every problem is listed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Invalid(Box<InvalidPlan>),
+}
+
+/// A loaded plan with the warnings validation found (e.g. a PIN file readable by others).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated plan.
+    pub plan: Plan,
+    /// Problems that do not stop the run, as one diagnostic (or none).
+    pub warnings: Option<InvalidPlan>,
+}
+
+/// Reads and validates a plan file.
+pub fn load(path: &Path) -> Result<Loaded, PlanError> {
+    let read_err = |source| PlanError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let name = path.display().to_string();
+    if meta.len() > MAX_PLAN_BYTES {
+        return Err(validate::single(
+            &name,
+            String::new(),
+            IssueKind::TooLarge,
+            format!(
+                "the plan is {} bytes; plans larger than {MAX_PLAN_BYTES} bytes are refused",
+                meta.len()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            return Err(validate::single(
+                &name,
+                String::new(),
+                IssueKind::Encoding,
+                format!("the plan is not valid UTF-8 (first bad byte at offset {at})"),
+            ));
+        }
+    };
+    validate::validate(path, &name, text)
+}

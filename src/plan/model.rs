@@ -1,0 +1,229 @@
+//! The validated plan: built only by [`super::validate`], so every value here has passed
+//! the rules of CONTRACT.md §1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::GlobMatcher;
+
+use super::source::PlanSource;
+use crate::credentials::PinSource;
+
+/// Default label of the shared wrapping ("domain") key.
+pub const DEFAULT_DOMAIN_KEY: &str = "hsm-sync-domain";
+
+/// A checked plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan file as given on the command line.
+    pub path: PathBuf,
+    /// The text and locator, for diagnostics found after validation.
+    pub source: PlanSource,
+    /// Clusters in file order (the 0-based position is a `sync-key` destination).
+    pub clusters: Vec<Cluster>,
+    /// Sync entries in file order.
+    pub syncs: Vec<SyncEntry>,
+    /// Run options.
+    pub options: Options,
+}
+
+impl Plan {
+    /// The cluster of a name (names were checked to exist during validation).
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The clusters any sync entry reads from or writes to, sources first, each once.
+    pub fn clusters_in_scope(&self) -> Vec<&Cluster> {
+        let mut names: Vec<&str> = Vec::new();
+        for s in &self.syncs {
+            if !names.contains(&s.source.as_str()) {
+                names.push(&s.source);
+            }
+        }
+        for s in &self.syncs {
+            for t in s.all_targets() {
+                if !names.contains(&t) {
+                    names.push(t);
+                }
+            }
+        }
+        names.iter().filter_map(|n| self.cluster(n)).collect()
+    }
+}
+
+/// The login role (both are `CKU_USER` on PKCS#11; the role decides which keys may move).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Syncs only keys it owns: private objects and the public halves of its pairs.
+    CryptoUser,
+    /// Syncs any key the plan selects.
+    CryptoOfficer,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::CryptoUser => "crypto-user",
+            Role::CryptoOfficer => "crypto-officer",
+        })
+    }
+}
+
+/// How a token is picked among a module's slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRef {
+    /// By `CK_TOKEN_INFO.label`.
+    Label(String),
+    /// By serial number.
+    Serial(String),
+    /// By slot id.
+    Slot(u64),
+}
+
+impl std::fmt::Display for TokenRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenRef::Label(l) => write!(f, "label `{l}`"),
+            TokenRef::Serial(s) => write!(f, "serial `{s}`"),
+            TokenRef::Slot(s) => write!(f, "slot {s}"),
+        }
+    }
+}
+
+/// Who logs in, and with which PIN.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The role.
+    pub role: Role,
+    /// The identity (must match between a source and its targets).
+    pub user: String,
+    /// Where the PIN is read from at login time.
+    pub pin: PinSource,
+}
+
+/// One cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Its name in the plan.
+    pub name: String,
+    /// The PKCS#11 module path, expanded.
+    pub module: PathBuf,
+    /// The token.
+    pub token: TokenRef,
+    /// Login.
+    pub credentials: Credentials,
+    /// The cluster this one was cloned from.
+    pub cloned_from: Option<String>,
+    /// Label of the domain (wrapping) key.
+    pub domain_key: String,
+    /// A pinned lineage fingerprint.
+    pub fingerprint: Option<String>,
+}
+
+/// Which keys a selector picks.
+#[derive(Debug, Clone)]
+pub enum KeyMatcher {
+    /// `CKA_ID` bytes.
+    Id(Vec<u8>),
+    /// `CKA_LABEL`, exactly.
+    Label(String),
+    /// `CKA_LABEL`, by glob.
+    LabelGlob(String, GlobMatcher),
+    /// Object handle on the source.
+    Handle(u64),
+}
+
+impl KeyMatcher {
+    /// `id:HEX`, `label:GLOB` or `handle:N`, as on the command line.
+    pub fn describe(&self) -> String {
+        match self {
+            KeyMatcher::Id(id) => format!("id:{}", hex::encode(id)),
+            KeyMatcher::Label(l) | KeyMatcher::LabelGlob(l, _) => format!("label:{l}"),
+            KeyMatcher::Handle(h) => format!("handle:{h}"),
+        }
+    }
+}
+
+/// Desired state of the selected keys on the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DesiredState {
+    /// Must exist.
+    Present,
+    /// Must be deleted.
+    Absent,
+}
+
+/// One key selector of a sync entry.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// What it matches.
+    pub matcher: KeyMatcher,
+    /// Present or absent.
+    pub state: DesiredState,
+    /// Its targets: the selector's own override, else the entry's.
+    pub targets: Vec<String>,
+}
+
+/// A lifecycle event an associated resource can be told of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    /// After a create or update.
+    Synced,
+    /// After a delete.
+    Deleted,
+}
+
+/// An associated resource of a sync entry's keys.
+#[derive(Debug, Clone)]
+pub struct NotifyTarget {
+    /// Its name.
+    pub name: String,
+    /// The URL that receives the POST.
+    pub url: String,
+    /// The events it wants.
+    pub events: Vec<Event>,
+}
+
+/// One sync entry.
+#[derive(Debug, Clone)]
+pub struct SyncEntry {
+    /// Unique name.
+    pub name: String,
+    /// Source cluster name.
+    pub source: String,
+    /// The entry's targets.
+    pub targets: Vec<String>,
+    /// Key selectors.
+    pub selectors: Vec<Selector>,
+    /// Associated resources.
+    pub notify: Vec<NotifyTarget>,
+}
+
+impl SyncEntry {
+    /// Every target named by the entry or one of its selectors, each once, in order.
+    pub fn all_targets(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for t in self
+            .targets
+            .iter()
+            .chain(self.selectors.iter().flat_map(|s| s.targets.iter()))
+        {
+            if !out.contains(&t.as_str()) {
+                out.push(t);
+            }
+        }
+        out
+    }
+}
+
+/// Run options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Worker threads, if the plan fixes them.
+    pub parallelism: Option<usize>,
+    /// Cooldown of `notify`.
+    pub notify_cooldown: Duration,
+}

@@ -1,0 +1,191 @@
+//! The plan file as written: serde types mirroring the YAML 1:1 (CONTRACT.md §1). They do
+//! nothing but parse; [`super::validate`] turns them into the checked [`super::model`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The whole plan file. Validation deserializes it section by section (to report every
+/// problem, not the first); this type is the single description of its shape and the
+/// source of `schemas/plan.schema.json`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "hsm-sync plan", description = "A declarative plan for hsm-sync (version 1)")]
+pub struct RawPlan {
+    /// Plan format version; must be 1.
+    pub version: u32,
+    /// The clusters (PKCS#11 tokens), by name (`[a-z0-9][a-z0-9_-]*`).
+    pub clusters: BTreeMap<String, RawCluster>,
+    /// Sync entries: which keys go from which source to which targets.
+    #[serde(default)]
+    pub sync: Vec<RawSync>,
+    /// Run options.
+    #[serde(default)]
+    pub options: Option<RawOptions>,
+}
+
+/// One cluster: a PKCS#11 module and a token on it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Path of the PKCS#11 library; `${VAR}` and `~` are expanded.
+    pub module: String,
+    /// Which token of the module.
+    pub token: RawToken,
+    /// How to log in.
+    pub credentials: RawCredentials,
+    /// The cluster this one was cloned from (required for a sync target).
+    #[serde(default)]
+    pub cloned_from: Option<String>,
+    /// The shared wrapping key and an optional pinned lineage fingerprint.
+    #[serde(default)]
+    pub lineage: Option<RawLineage>,
+}
+
+/// Token selection: exactly one of `label`, `serial`, `slot`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// The token label (`CK_TOKEN_INFO.label`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// The token serial number.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The slot id.
+    #[serde(default)]
+    pub slot: Option<u64>,
+}
+
+/// The role in which hsm-sync logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawRole {
+    /// May sync only the keys it owns.
+    CryptoUser,
+    /// May sync any key the plan selects.
+    CryptoOfficer,
+}
+
+/// Credentials of a cluster.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    /// `crypto-user` or `crypto-officer`.
+    pub role: RawRole,
+    /// The identity; must match between a source and its targets.
+    pub user: String,
+    /// Where the PIN comes from: `{env: VAR}` or `{file: PATH}`, never the PIN itself.
+    #[schemars(with = "RawPinSchema")]
+    pub pin: serde_yaml::Value,
+}
+
+/// Schema of `credentials.pin` (parsed by hand so that an inline PIN gets its own diagnostic).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawPinSchema {
+    /// Name of an environment variable that holds the PIN.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Path of a file that holds the PIN (relative to the plan file).
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// The lineage block.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLineage {
+    /// Label of the shared wrapping key (default `hsm-sync-domain`).
+    #[serde(default)]
+    pub domain_key: Option<String>,
+    /// The lineage fingerprint that `inventory` prints, pinned.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// One sync entry.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSync {
+    /// Unique name; default `sync-<index>` (1-based).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The source cluster.
+    pub source: String,
+    /// The target clusters.
+    pub targets: Vec<String>,
+    /// Key selectors.
+    pub keys: Vec<RawSelector>,
+    /// Associated resources told of key lifecycle events.
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
+}
+
+/// Desired state of the selected keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawState {
+    /// The key must exist on the targets.
+    Present,
+    /// The key must be deleted from the targets.
+    Absent,
+}
+
+/// A key selector: exactly one of `id`, `label`, `handle`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelector {
+    /// `CKA_ID`, hex.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `CKA_LABEL`, exact or glob (`*`, `?`, `[...]`).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Object handle on the source.
+    #[serde(default)]
+    pub handle: Option<u64>,
+    /// `present` (default) or `absent`.
+    #[serde(default)]
+    pub state: Option<RawState>,
+    /// Overrides the entry's targets for this selector.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+}
+
+/// Lifecycle events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawEvent {
+    /// After a create or update.
+    Synced,
+    /// After a delete.
+    Deleted,
+}
+
+/// An associated resource.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Name of the resource.
+    pub name: String,
+    /// URL that receives the POST.
+    pub url: String,
+    /// Which events (default: all).
+    #[serde(default)]
+    pub events: Option<Vec<RawEvent>>,
+}
+
+/// Run options.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptions {
+    /// Worker threads (default: available CPUs).
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+    /// Cooldown of `notify` (humantime: `90s`, `1h`; default `1h`).
+    #[serde(default)]
+    pub notify_cooldown: Option<String>,
+}

@@ -1,0 +1,325 @@
+//! The plan text as a miette source, and a locator from YAML paths to spans.
+//!
+//! serde_yaml knows positions only while it parses; problems found later (an undefined
+//! cluster, a source among its own targets) still have to point into the file. A pass of
+//! saphyr-parser's spanned events records, for every node, the span of its key and of its
+//! value under a path such as `sync[0].keys[1].id`.
+
+use std::collections::{HashMap, HashSet};
+
+use miette::{NamedSource, SourceSpan};
+use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
+
+/// Spans of one YAML node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSpans {
+    /// The mapping key that names the node, if it is a mapping value.
+    pub key: Option<SourceSpan>,
+    /// The node itself.
+    pub value: SourceSpan,
+    /// Whether the node is a scalar (labels then sit on the value, else on the key).
+    pub scalar: bool,
+}
+
+/// A plan file's text plus its path → span locator.
+#[derive(Debug, Clone)]
+pub struct PlanSource {
+    name: String,
+    text: String,
+    nodes: HashMap<String, NodeSpans>,
+    /// A YAML syntax error found by the locator pass, with its span.
+    pub syntax_error: Option<(String, SourceSpan)>,
+    /// Mapping keys given twice: (path of the repeated key, span of the repetition).
+    pub duplicate_keys: Vec<(String, SourceSpan)>,
+}
+
+/// Joins a mapping key onto a path.
+pub fn child(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Joins a sequence index onto a path.
+pub fn index(parent: &str, i: usize) -> String {
+    format!("{parent}[{i}]")
+}
+
+impl PlanSource {
+    /// Reads the text once with the spanned parser and records every node's spans.
+    pub fn parse(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let name = name.into();
+        let text = text.into();
+        let mut recv = Recorder::new(&text);
+        let mut parser = Parser::new_from_str(&text);
+        let mut syntax_error = None;
+        if let Err(e) = parser.load(&mut recv, false) {
+            let at = recv.offset(e.marker().index());
+            syntax_error = Some((e.info().to_string(), SourceSpan::from((at, 0))));
+        }
+        let Recorder { nodes, duplicates, .. } = recv;
+        PlanSource {
+            name,
+            text,
+            nodes,
+            syntax_error,
+            duplicate_keys: duplicates,
+        }
+    }
+
+    /// The file name shown in diagnostics.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plan text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The text as a miette source for diagnostics.
+    pub fn named_source(&self) -> NamedSource<String> {
+        NamedSource::new(&self.name, self.text.clone()).with_language("yaml")
+    }
+
+    /// The recorded spans of a path.
+    pub fn node(&self, path: &str) -> Option<NodeSpans> {
+        self.nodes.get(path).copied()
+    }
+
+    /// Where a diagnostic about `path` should point: a scalar's value, else the key
+    /// naming the node (a whole mapping is too large a label). Falls back to the
+    /// nearest recorded ancestor.
+    pub fn locate(&self, path: &str) -> Option<SourceSpan> {
+        let mut p = path;
+        loop {
+            if let Some(n) = self.nodes.get(p) {
+                return Some(if n.scalar { n.value } else { n.key.unwrap_or(n.value) });
+            }
+            let cut = p.rfind(['.', '['])?;
+            p = &p[..cut];
+        }
+    }
+
+    /// The key span of `path` (for a missing or unknown field), else [`Self::locate`].
+    pub fn locate_key(&self, path: &str) -> Option<SourceSpan> {
+        self.nodes.get(path).and_then(|n| n.key).or_else(|| self.locate(path))
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+}
+
+enum Frame {
+    Map {
+        path: String,
+        start: usize,
+        /// The key seen last and its span, while its value is awaited.
+        key: Option<(String, SourceSpan)>,
+        seen: HashSet<String>,
+    },
+    Seq {
+        path: String,
+        start: usize,
+        next: usize,
+    },
+}
+
+struct Recorder {
+    stack: Vec<Frame>,
+    nodes: HashMap<String, NodeSpans>,
+    duplicates: Vec<(String, SourceSpan)>,
+    /// Byte offset of each char index; `None` for ASCII text where they are equal.
+    char_bytes: Option<Vec<usize>>,
+}
+
+impl Recorder {
+    fn new(text: &str) -> Self {
+        let char_bytes = (!text.is_ascii()).then(|| {
+            let mut v: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+            v.push(text.len());
+            v
+        });
+        Recorder {
+            stack: Vec::new(),
+            nodes: HashMap::new(),
+            duplicates: Vec::new(),
+            char_bytes,
+        }
+    }
+
+    /// saphyr counts in chars; miette wants bytes.
+    fn offset(&self, char_index: usize) -> usize {
+        match &self.char_bytes {
+            None => char_index,
+            Some(v) => v
+                .get(char_index)
+                .copied()
+                .unwrap_or_else(|| v.last().copied().unwrap_or(0)),
+        }
+    }
+
+    fn span(&self, s: Span) -> SourceSpan {
+        let a = self.offset(s.start.index());
+        let b = self.offset(s.end.index()).max(a);
+        SourceSpan::from((a, b - a))
+    }
+
+    /// The path a new node gets, and the key span naming it. `None` when the node is a
+    /// mapping key rather than a value.
+    fn slot(&mut self) -> Option<(String, Option<SourceSpan>)> {
+        match self.stack.last_mut() {
+            None => Some((String::new(), None)),
+            Some(Frame::Seq { path, next, .. }) => {
+                let p = index(path, *next);
+                *next += 1;
+                Some((p, None))
+            }
+            Some(Frame::Map { path, key, .. }) => match key.take() {
+                None => None,
+                Some((k, ks)) => Some((child(path, &k), Some(ks))),
+            },
+        }
+    }
+
+    fn record_key(&mut self, name: String, span: SourceSpan) {
+        if let Some(Frame::Map { path, key, seen, .. }) = self.stack.last_mut() {
+            if !seen.insert(name.clone()) {
+                self.duplicates.push((child(path, &name), span));
+            }
+            *key = Some((name, span));
+        }
+    }
+}
+
+impl<'input> SpannedEventReceiver<'input> for Recorder {
+    fn on_event(&mut self, ev: Event<'input>, span: Span) {
+        let sspan = self.span(span);
+        match ev {
+            Event::Scalar(value, ..) => match self.slot() {
+                None => self.record_key(value.into_owned(), sspan),
+                Some((path, key)) => {
+                    self.nodes.insert(
+                        path,
+                        NodeSpans {
+                            key,
+                            value: sspan,
+                            scalar: true,
+                        },
+                    );
+                }
+            },
+            Event::Alias(_) => {
+                if let Some((path, key)) = self.slot() {
+                    self.nodes.insert(
+                        path,
+                        NodeSpans {
+                            key,
+                            value: sspan,
+                            scalar: true,
+                        },
+                    );
+                } else {
+                    self.record_key("<alias>".into(), sspan);
+                }
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                // A complex (non-scalar) mapping key gets a placeholder path.
+                let (path, key) = match self.slot() {
+                    Some(s) => s,
+                    None => {
+                        self.record_key("<complex-key>".into(), sspan);
+                        self.slot().unwrap_or_default()
+                    }
+                };
+                // The value span is a placeholder until the end event gives the extent.
+                self.nodes.insert(
+                    path.clone(),
+                    NodeSpans {
+                        key,
+                        value: sspan,
+                        scalar: false,
+                    },
+                );
+                let start = sspan.offset();
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map {
+                        path,
+                        start,
+                        key: None,
+                        seen: HashSet::new(),
+                    }
+                } else {
+                    Frame::Seq { path, start, next: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some(Frame::Map { path, start, .. } | Frame::Seq { path, start, .. }) = self.stack.pop() {
+                    let end = (sspan.offset() + sspan.len()).max(start);
+                    if let Some(n) = self.nodes.get_mut(&path) {
+                        n.value = SourceSpan::from((start, end - start));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "version: 1\nclusters:\n  primary:\n    module: /lib/x.so\nsync:\n  - source: primary\n    targets: [dr, primary]\n";
+
+    fn text_at(src: &PlanSource, s: SourceSpan) -> &str {
+        &src.text()[s.offset()..s.offset() + s.len()]
+    }
+
+    #[test]
+    fn locates_scalars_keys_and_sequence_items() {
+        let src = PlanSource::parse("p.yaml", TEXT);
+        assert_eq!(text_at(&src, src.locate("version").unwrap()), "1");
+        assert_eq!(
+            text_at(&src, src.locate("clusters.primary.module").unwrap()),
+            "/lib/x.so"
+        );
+        assert_eq!(text_at(&src, src.locate("clusters.primary").unwrap()), "primary");
+        assert_eq!(text_at(&src, src.locate("sync[0].targets[1]").unwrap()), "primary");
+        assert_eq!(
+            src.line_col(src.locate("sync[0].targets[1]").unwrap().offset()),
+            (7, 18)
+        );
+    }
+
+    #[test]
+    fn unknown_paths_fall_back_to_the_nearest_ancestor() {
+        let src = PlanSource::parse("p.yaml", TEXT);
+        assert_eq!(
+            text_at(&src, src.locate("clusters.primary.token.label").unwrap()),
+            "primary"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_syntax_errors_are_recorded() {
+        let src = PlanSource::parse("p.yaml", "a: 1\nb: 2\na: 3\n");
+        assert_eq!(src.duplicate_keys.len(), 1);
+        assert_eq!(src.duplicate_keys[0].0, "a");
+        let bad = PlanSource::parse("p.yaml", "a: [1, 2\nb: 3\n");
+        assert!(bad.syntax_error.is_some());
+    }
+
+    #[test]
+    fn non_ascii_text_maps_char_indices_to_bytes() {
+        let src = PlanSource::parse("p.yaml", "name: \"héllo\"\nnext: x\n");
+        assert_eq!(text_at(&src, src.locate("next").unwrap()), "x");
+    }
+}

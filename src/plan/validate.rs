@@ -1,0 +1,978 @@
+//! Raw YAML → validated [`Plan`], collecting *every* problem (CONTRACT.md §1) rather than
+//! stopping at the first, each placed on its YAML node by the [`PlanSource`] locator.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use miette::Severity;
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::model::*;
+use super::raw::*;
+use super::source::{child, index, PlanSource};
+use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
+use crate::credentials::{loosely_readable, PinSource};
+
+const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
+
+/// An [`PlanError`] with one problem and no location (encoding, size).
+pub(crate) fn single(name: &str, text: String, kind: IssueKind, message: String) -> PlanError {
+    let source = PlanSource::parse(name, text);
+    PlanError::Invalid(Box::new(InvalidPlan {
+        src: source.named_source(),
+        issues: vec![PlanIssue {
+            kind,
+            label: String::new(),
+            message,
+            span: None,
+            help: None,
+            severity: Severity::Error,
+        }],
+        source,
+    }))
+}
+
+/// Validates a plan's text. `path` resolves relative PIN files; `name` is shown in
+/// diagnostics.
+pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanError> {
+    let mut v = Validator {
+        src: PlanSource::parse(name, text),
+        issues: Vec::new(),
+        base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+    };
+    let plan = v.run(path);
+    let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
+    let wrap = |mut issues: Vec<PlanIssue>, src: &PlanSource| {
+        issues.sort_by_key(|i| i.span.map_or(usize::MAX, |s| s.offset()));
+        InvalidPlan {
+            src: src.named_source(),
+            issues,
+            source: src.clone(),
+        }
+    };
+    match plan {
+        Some(plan) if errors.is_empty() => {
+            let warnings = (!warnings.is_empty()).then(|| wrap(warnings, &v.src));
+            Ok(Loaded {
+                plan: Plan { source: v.src, ..plan },
+                warnings,
+            })
+        }
+        _ => Err(PlanError::Invalid(Box::new(wrap(errors, &v.src)))),
+    }
+}
+
+struct Validator {
+    src: PlanSource,
+    issues: Vec<PlanIssue>,
+    base_dir: PathBuf,
+}
+
+/// Names of clusters and sync entries: `[a-z0-9][a-z0-9_-]*`.
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// "did you mean `x`?" for the closest candidate, if it is close enough.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// Expands `~` (leading) and `${VAR}`; `Err(var)` names an unset variable.
+pub fn expand(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let rest = if let Some(r) = s.strip_prefix("~/").or(if s == "~" { Some("") } else { None }) {
+        out.push_str(&std::env::var("HOME").map_err(|_| "HOME".to_string())?);
+        if !r.is_empty() || s.len() > 1 {
+            out.push('/');
+        }
+        r
+    } else {
+        s
+    };
+    let mut it = rest;
+    while let Some(start) = it.find("${") {
+        out.push_str(&it[..start]);
+        let after = &it[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&it[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        out.push_str(&std::env::var(var).map_err(|_| var.to_string())?);
+        it = &after[end + 1..];
+    }
+    out.push_str(it);
+    Ok(out)
+}
+
+/// The backquoted words after "expected" in a serde message, for suggestions.
+fn expected_words(msg: &str) -> Vec<&str> {
+    let Some(pos) = msg.find("expected") else {
+        return Vec::new();
+    };
+    msg[pos..].split('`').skip(1).step_by(2).collect()
+}
+
+fn first_backquoted(msg: &str) -> Option<&str> {
+    msg.split('`').nth(1)
+}
+
+impl Validator {
+    fn issue(&mut self, kind: IssueKind, path: &str, message: impl Into<String>, help: Option<String>) {
+        let span = self.src.locate(path);
+        self.push(kind, span, message.into(), help, Severity::Error);
+    }
+
+    fn issue_at_key(&mut self, kind: IssueKind, path: &str, message: impl Into<String>, help: Option<String>) {
+        let span = self.src.locate_key(path);
+        self.push(kind, span, message.into(), help, Severity::Error);
+    }
+
+    fn push(
+        &mut self,
+        kind: IssueKind,
+        span: Option<miette::SourceSpan>,
+        message: String,
+        help: Option<String>,
+        severity: Severity,
+    ) {
+        let label = match kind {
+            IssueKind::UnknownField => "unknown field",
+            IssueKind::MissingField => "in here",
+            IssueKind::UndefinedCluster => "not defined under `clusters`",
+            IssueKind::InlinePin => "PIN written in the plan",
+            _ => "here",
+        }
+        .to_string();
+        self.issues.push(PlanIssue {
+            kind,
+            message,
+            span,
+            label,
+            help,
+            severity,
+        });
+    }
+
+    /// Deserializes one section, mapping serde's error to a located issue.
+    fn section<T: DeserializeOwned>(&mut self, value: &Value, base: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let mut path = base.to_string();
+                for seg in e.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Seq { index: i } => path = index(&path, *i),
+                        serde_path_to_error::Segment::Map { key } => path = child(&path, key),
+                        serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let msg = e.inner().to_string();
+                if msg.starts_with("unknown field") {
+                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
+                    let fpath = child(&path, &field);
+                    let help = suggest(&field, expected_words(&msg));
+                    // serde may report the unknown key's own path or its parent's.
+                    let target = if self.src.node(&fpath).is_some() { fpath } else { path };
+                    self.issue_at_key(IssueKind::UnknownField, &target, msg, help);
+                } else if msg.starts_with("missing field") {
+                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
+                    self.issue_at_key(IssueKind::MissingField, &path, msg, Some(format!("add `{field}:`")));
+                } else if msg.starts_with("unknown variant") {
+                    let word = first_backquoted(&msg).unwrap_or_default().to_string();
+                    let help = suggest(&word, expected_words(&msg));
+                    self.issue(IssueKind::WrongType, &path, msg, help);
+                } else {
+                    self.issue(IssueKind::WrongType, &path, msg, None);
+                }
+                None
+            }
+        }
+    }
+
+    fn run(&mut self, plan_path: &Path) -> Option<Plan> {
+        for (path, span) in self.src.duplicate_keys.clone() {
+            let (kind, what) = if path.starts_with("clusters.") && path.matches('.').count() == 1 {
+                (IssueKind::DuplicateCluster, "cluster")
+            } else {
+                (IssueKind::DuplicateKey, "key")
+            };
+            let name = path.rsplit('.').next().unwrap_or(&path).to_string();
+            self.push(
+                kind,
+                Some(span),
+                format!("duplicate {what} `{name}`"),
+                Some("each name may appear once".into()),
+                Severity::Error,
+            );
+        }
+        if let Some((msg, span)) = self.src.syntax_error.clone() {
+            self.push(
+                IssueKind::Syntax,
+                Some(span),
+                format!("YAML syntax error: {msg}"),
+                None,
+                Severity::Error,
+            );
+            return None;
+        }
+        let root: Value = match serde_yaml::from_str(self.src.text()) {
+            Ok(v) => v,
+            Err(e) => {
+                if self.issues.is_empty() {
+                    let span = e.location().map(|l| miette::SourceSpan::from((l.index(), 0)));
+                    self.push(
+                        IssueKind::Syntax,
+                        span,
+                        format!("YAML error: {e}"),
+                        None,
+                        Severity::Error,
+                    );
+                }
+                return None;
+            }
+        };
+        let Value::Mapping(top) = root else {
+            let what = if root.is_null() {
+                "the plan is empty"
+            } else {
+                "the plan must be a mapping"
+            };
+            self.issue(
+                IssueKind::WrongType,
+                "",
+                what,
+                Some("start with `version: 1`, `clusters:` and `sync:`".into()),
+            );
+            return None;
+        };
+        for key in top.keys() {
+            let k = key.as_str().unwrap_or("?");
+            if !TOP_FIELDS.contains(&k) {
+                let help = suggest(k, TOP_FIELDS.iter().copied());
+                self.issue_at_key(
+                    IssueKind::UnknownField,
+                    k,
+                    format!("unknown field `{k}`, expected one of `version`, `clusters`, `sync`, `options`"),
+                    help,
+                );
+            }
+        }
+        match top.get("version") {
+            None => self.issue_at_key(
+                IssueKind::MissingField,
+                "",
+                "missing field `version`",
+                Some("add `version: 1`".into()),
+            ),
+            Some(v) if v.as_u64() == Some(1) => {}
+            Some(_) => self.issue(
+                IssueKind::Version,
+                "version",
+                "unsupported plan version: this hsm-sync reads `version: 1`",
+                Some("set `version: 1`".into()),
+            ),
+        }
+        let clusters = match top.get("clusters") {
+            None => {
+                self.issue_at_key(
+                    IssueKind::MissingField,
+                    "",
+                    "missing field `clusters`",
+                    Some("define at least a source and a target cluster".into()),
+                );
+                Vec::new()
+            }
+            Some(Value::Mapping(m)) => self.clusters(m),
+            Some(_) => {
+                self.issue(
+                    IssueKind::WrongType,
+                    "clusters",
+                    "`clusters` must be a mapping of cluster names to clusters",
+                    None,
+                );
+                Vec::new()
+            }
+        };
+        let syncs = match top.get("sync") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(items)) => self.syncs(items, &clusters),
+            Some(_) => {
+                self.issue(
+                    IssueKind::WrongType,
+                    "sync",
+                    "`sync` must be a list of sync entries",
+                    None,
+                );
+                Vec::new()
+            }
+        };
+        let options = match top.get("options") {
+            None | Some(Value::Null) => RawOptions::default(),
+            Some(v) => self.section::<RawOptions>(v, "options").unwrap_or_default(),
+        };
+        let options = self.options(options);
+        Some(Plan {
+            path: plan_path.to_path_buf(),
+            source: PlanSource::parse("", ""),
+            clusters,
+            syncs,
+            options,
+        })
+    }
+
+    fn clusters(&mut self, m: &Mapping) -> Vec<Cluster> {
+        let mut out = Vec::new();
+        for (k, v) in m {
+            let Some(name) = k.as_str() else {
+                self.issue(
+                    IssueKind::InvalidName,
+                    "clusters",
+                    "cluster names must be strings",
+                    None,
+                );
+                continue;
+            };
+            let path = child("clusters", name);
+            if !valid_name(name) {
+                self.issue_at_key(
+                    IssueKind::InvalidName,
+                    &path,
+                    format!("invalid cluster name `{name}`"),
+                    Some("names match [a-z0-9][a-z0-9_-]*".into()),
+                );
+            }
+            if let Some(raw) = self.section::<RawCluster>(v, &path) {
+                if let Some(c) = self.cluster(name, &path, raw) {
+                    out.push(c);
+                }
+            }
+        }
+        let names: Vec<String> = out.iter().map(|c: &Cluster| c.name.clone()).collect();
+        for c in &out {
+            if let Some(parent) = &c.cloned_from {
+                if !names.contains(parent) {
+                    let path = child(&child("clusters", &c.name), "cloned_from");
+                    self.issue(
+                        IssueKind::UndefinedCluster,
+                        &path,
+                        format!("cluster `{parent}` is not defined"),
+                        Some(defined_help(&names)),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn cluster(&mut self, name: &str, path: &str, raw: RawCluster) -> Option<Cluster> {
+        let mut ok = true;
+        let module = match expand(&raw.module) {
+            Ok(m) => PathBuf::from(m),
+            Err(var) => {
+                self.issue(
+                    IssueKind::UnsetVariable,
+                    &child(path, "module"),
+                    format!("environment variable `{var}` is not set"),
+                    Some(format!("export {var}=… before running hsm-sync")),
+                );
+                ok = false;
+                PathBuf::new()
+            }
+        };
+        let tpath = child(path, "token");
+        let token = match (raw.token.label, raw.token.serial, raw.token.slot) {
+            (Some(l), None, None) => Some(TokenRef::Label(l)),
+            (None, Some(s), None) => Some(TokenRef::Serial(s)),
+            (None, None, Some(s)) => Some(TokenRef::Slot(s)),
+            (None, None, None) => {
+                self.issue_at_key(
+                    IssueKind::TokenRef,
+                    &tpath,
+                    "the token is not identified",
+                    Some("give exactly one of `label`, `serial`, `slot`".into()),
+                );
+                None
+            }
+            _ => {
+                self.issue_at_key(
+                    IssueKind::TokenRef,
+                    &tpath,
+                    "the token is identified more than once",
+                    Some("give exactly one of `label`, `serial`, `slot`".into()),
+                );
+                None
+            }
+        };
+        let pin = self.pin(&raw.credentials.pin, &child(&child(path, "credentials"), "pin"));
+        let (domain_key, fingerprint) = match raw.lineage {
+            None => (DEFAULT_DOMAIN_KEY.to_string(), None),
+            Some(l) => {
+                if let Some(fp) = &l.fingerprint {
+                    if fp.is_empty() || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+                        self.issue(
+                            IssueKind::InvalidFingerprint,
+                            &child(&child(path, "lineage"), "fingerprint"),
+                            "a lineage fingerprint is hex digits",
+                            Some("copy it from `hsm-sync inventory PLAN CLUSTER`".into()),
+                        );
+                    }
+                }
+                (
+                    l.domain_key.unwrap_or_else(|| DEFAULT_DOMAIN_KEY.to_string()),
+                    l.fingerprint.map(|f| f.to_ascii_lowercase()),
+                )
+            }
+        };
+        let role = match raw.credentials.role {
+            RawRole::CryptoUser => Role::CryptoUser,
+            RawRole::CryptoOfficer => Role::CryptoOfficer,
+        };
+        let (Some(token), Some(pin), true) = (token, pin, ok) else {
+            return None;
+        };
+        Some(Cluster {
+            name: name.to_string(),
+            module,
+            token,
+            credentials: Credentials {
+                role,
+                user: raw.credentials.user,
+                pin,
+            },
+            cloned_from: raw.cloned_from,
+            domain_key,
+            fingerprint,
+        })
+    }
+
+    fn pin(&mut self, v: &Value, path: &str) -> Option<PinSource> {
+        let help =
+            "put the PIN in an environment variable (`pin: {env: VAR}`) or a file (`pin: {file: ./x.pin}`)".to_string();
+        let m = match v {
+            Value::Mapping(m) => m,
+            Value::String(_) | Value::Number(_) => {
+                self.issue(
+                    IssueKind::InlinePin,
+                    path,
+                    "a PIN is written in the plan; plans are reviewed and committed, PINs must not be",
+                    Some(help),
+                );
+                return None;
+            }
+            _ => {
+                self.issue(
+                    IssueKind::PinSource,
+                    path,
+                    "`pin` must be `{env: VAR}` or `{file: PATH}`",
+                    Some(help),
+                );
+                return None;
+            }
+        };
+        let mut env = None;
+        let mut file = None;
+        for (k, val) in m {
+            let key = k.as_str().unwrap_or("?");
+            let kpath = child(path, key);
+            match (key, val.as_str()) {
+                ("env", Some(s)) => env = Some(s.to_string()),
+                ("file", Some(s)) => file = Some(s.to_string()),
+                ("env" | "file", None) => {
+                    self.issue(IssueKind::WrongType, &kpath, format!("`{key}` must be a string"), None)
+                }
+                ("value" | "pin" | "secret" | "password" | "inline", _) => {
+                    self.issue(
+                        IssueKind::InlinePin,
+                        &kpath,
+                        "a PIN is written in the plan; plans are reviewed and committed, PINs must not be",
+                        Some(help.clone()),
+                    );
+                    return None;
+                }
+                _ => {
+                    let h = suggest(key, ["env", "file"]);
+                    self.issue_at_key(
+                        IssueKind::UnknownField,
+                        &kpath,
+                        format!("unknown field `{key}`, expected `env` or `file`"),
+                        h,
+                    );
+                    return None;
+                }
+            }
+        }
+        match (env, file) {
+            (Some(e), None) if !e.is_empty() => Some(PinSource::Env(e)),
+            (None, Some(f)) => {
+                let fpath = child(path, "file");
+                let expanded = match expand(&f) {
+                    Ok(x) => PathBuf::from(x),
+                    Err(var) => {
+                        self.issue(
+                            IssueKind::UnsetVariable,
+                            &fpath,
+                            format!("environment variable `{var}` is not set"),
+                            None,
+                        );
+                        return None;
+                    }
+                };
+                let full = if expanded.is_absolute() {
+                    expanded
+                } else {
+                    self.base_dir.join(expanded)
+                };
+                if let Err(e) = std::fs::File::open(&full) {
+                    self.issue(
+                        IssueKind::PinFile,
+                        &fpath,
+                        format!("cannot read PIN file {}: {e}", full.display()),
+                        Some("paths are relative to the plan file".into()),
+                    );
+                    return None;
+                }
+                if loosely_readable(&full) {
+                    let span = self.src.locate(&fpath);
+                    self.push(
+                        IssueKind::PinFile,
+                        span,
+                        format!("PIN file {} is readable by group or others", full.display()),
+                        Some(format!("chmod 600 {}", full.display())),
+                        Severity::Warning,
+                    );
+                }
+                Some(PinSource::File(full))
+            }
+            _ => {
+                self.issue(
+                    IssueKind::PinSource,
+                    path,
+                    "`pin` needs exactly one of `env` and `file`",
+                    Some(help),
+                );
+                None
+            }
+        }
+    }
+
+    fn syncs(&mut self, items: &[Value], clusters: &[Cluster]) -> Vec<SyncEntry> {
+        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, v) in items.iter().enumerate() {
+            let path = index("sync", i);
+            let Some(raw) = self.section::<RawSync>(v, &path) else {
+                continue;
+            };
+            let name = raw.name.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
+            if raw.name.is_some() && !valid_name(&name) {
+                self.issue(
+                    IssueKind::InvalidName,
+                    &child(&path, "name"),
+                    format!("invalid sync name `{name}`"),
+                    Some("names match [a-z0-9][a-z0-9_-]*".into()),
+                );
+            }
+            if let Some(first) = seen.insert(name.clone(), i) {
+                let (l, _) = self
+                    .src
+                    .line_col(self.src.locate(&index("sync", first)).map_or(0, |s| s.offset()));
+                self.issue(
+                    IssueKind::DuplicateSync,
+                    &child(&path, "name"),
+                    format!("duplicate sync name `{name}` (first used on line {l})"),
+                    Some("give each sync entry its own `name`".into()),
+                );
+            }
+            if let Some(entry) = self.sync(&path, name, raw, clusters, &names) {
+                out.push(entry);
+            }
+        }
+        out
+    }
+
+    /// Checks one (source, target) pair; `tpath` points at the target's name.
+    fn pair(&mut self, source: &Cluster, target: &str, tpath: &str, clusters: &[Cluster], names: &[String]) {
+        let Some(t) = clusters.iter().find(|c| c.name == target) else {
+            let help = suggest(target, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
+            self.issue(
+                IssueKind::UndefinedCluster,
+                tpath,
+                format!("cluster `{target}` is not defined"),
+                Some(help),
+            );
+            return;
+        };
+        if t.name == source.name {
+            self.issue(
+                IssueKind::SourceInTargets,
+                tpath,
+                format!("`{target}` is the source of this entry and cannot be one of its targets"),
+                Some("remove it from `targets`".into()),
+            );
+            return;
+        }
+        if !linked(clusters, &source.name, &t.name) {
+            self.issue(IssueKind::NotCloned, tpath, format!("`{target}` is not linked to `{}` through `cloned_from`", source.name), Some(format!("hsm-sync syncs only between clones: add `cloned_from: {}` to cluster `{target}` if it was cloned from it", source.name)));
+        }
+        if t.credentials.role != source.credentials.role || t.credentials.user != source.credentials.user {
+            self.issue(
+                IssueKind::CredentialMismatch,
+                tpath,
+                format!(
+                    "credentials differ: `{}` logs in as {} `{}`, `{target}` as {} `{}`",
+                    source.name,
+                    source.credentials.role,
+                    source.credentials.user,
+                    t.credentials.role,
+                    t.credentials.user
+                ),
+                Some("cloned clusters share their users: use the same role and user on both".into()),
+            );
+        }
+    }
+
+    fn sync(
+        &mut self,
+        path: &str,
+        name: String,
+        raw: RawSync,
+        clusters: &[Cluster],
+        names: &[String],
+    ) -> Option<SyncEntry> {
+        let spath = child(path, "source");
+        let Some(source) = clusters.iter().find(|c| c.name == raw.source) else {
+            let help = suggest(&raw.source, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
+            self.issue(
+                IssueKind::UndefinedCluster,
+                &spath,
+                format!("cluster `{}` is not defined", raw.source),
+                Some(help),
+            );
+            return None;
+        };
+        let tpath = child(path, "targets");
+        if raw.targets.is_empty() {
+            self.issue(
+                IssueKind::EmptyTargets,
+                &tpath,
+                "`targets` is empty",
+                Some("list at least one target cluster".into()),
+            );
+        }
+        let mut dup = HashSet::new();
+        for (j, t) in raw.targets.iter().enumerate() {
+            if !dup.insert(t.as_str()) {
+                self.issue(
+                    IssueKind::DuplicateKey,
+                    &index(&tpath, j),
+                    format!("target `{t}` is listed twice"),
+                    None,
+                );
+            }
+            self.pair(source, t, &index(&tpath, j), clusters, names);
+        }
+        let kpath = child(path, "keys");
+        if raw.keys.is_empty() {
+            self.issue(
+                IssueKind::EmptySelector,
+                &kpath,
+                "`keys` is empty",
+                Some("select keys by `id`, `label` or `handle`".into()),
+            );
+        }
+        let mut selectors = Vec::new();
+        for (j, sel) in raw.keys.into_iter().enumerate() {
+            let sp = index(&kpath, j);
+            if let Some(s) = self.selector(&sp, sel, &raw.targets, source, clusters, names) {
+                selectors.push(s);
+            }
+        }
+        let mut notify = Vec::new();
+        let mut rnames = HashSet::new();
+        for (j, n) in raw.notify.into_iter().enumerate() {
+            let np = index(&child(path, "notify"), j);
+            if !rnames.insert(n.name.clone()) {
+                self.issue(
+                    IssueKind::DuplicateResource,
+                    &child(&np, "name"),
+                    format!("resource `{}` is listed twice", n.name),
+                    None,
+                );
+            }
+            if let Err(why) = check_url(&n.url) {
+                self.issue(
+                    IssueKind::InvalidUrl,
+                    &child(&np, "url"),
+                    format!("invalid URL: {why}"),
+                    Some("use http://host[:port]/path or https://…".into()),
+                );
+            }
+            let events = match n.events {
+                None => vec![Event::Synced, Event::Deleted],
+                Some(e) => e
+                    .into_iter()
+                    .map(|e| match e {
+                        RawEvent::Synced => Event::Synced,
+                        RawEvent::Deleted => Event::Deleted,
+                    })
+                    .collect(),
+            };
+            notify.push(NotifyTarget {
+                name: n.name,
+                url: n.url,
+                events,
+            });
+        }
+        Some(SyncEntry {
+            name,
+            source: source.name.clone(),
+            targets: raw.targets,
+            selectors,
+            notify,
+        })
+    }
+
+    fn selector(
+        &mut self,
+        sp: &str,
+        sel: RawSelector,
+        entry_targets: &[String],
+        source: &Cluster,
+        clusters: &[Cluster],
+        names: &[String],
+    ) -> Option<Selector> {
+        let help = Some("a selector has exactly one of `id`, `label`, `handle`".to_string());
+        let matcher = match (sel.id, sel.label, sel.handle) {
+            (Some(id), None, None) => match hex::decode(&id) {
+                Ok(b) if !b.is_empty() => KeyMatcher::Id(b),
+                Ok(_) => {
+                    self.issue(
+                        IssueKind::InvalidHex,
+                        &child(sp, "id"),
+                        "an empty `id` selects nothing",
+                        Some("select keys without an id by `label`".into()),
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    self.issue(
+                        IssueKind::InvalidHex,
+                        &child(sp, "id"),
+                        format!("`id` is not hex: {e}"),
+                        Some("CKA_ID in hex, two digits a byte, e.g. `id: \"a1b2c3\"`".into()),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(label), None) => {
+                if label.contains(['*', '?', '[']) {
+                    match globset::GlobBuilder::new(&label).literal_separator(false).build() {
+                        Ok(g) => KeyMatcher::LabelGlob(label, g.compile_matcher()),
+                        Err(e) => {
+                            self.issue(
+                                IssueKind::InvalidGlob,
+                                &child(sp, "label"),
+                                format!("invalid label glob: {}", e.kind()),
+                                Some("globs use `*`, `?` and `[...]`".into()),
+                            );
+                            return None;
+                        }
+                    }
+                } else if label.is_empty() {
+                    self.issue(
+                        IssueKind::EmptySelector,
+                        &child(sp, "label"),
+                        "an empty `label` selects nothing",
+                        None,
+                    );
+                    return None;
+                } else {
+                    KeyMatcher::Label(label)
+                }
+            }
+            (None, None, Some(h)) => KeyMatcher::Handle(h),
+            (None, None, None) => {
+                self.issue(IssueKind::EmptySelector, sp, "this selector selects nothing", help);
+                return None;
+            }
+            _ => {
+                self.issue(
+                    IssueKind::AmbiguousSelector,
+                    sp,
+                    "this selector has more than one of `id`, `label`, `handle`",
+                    help,
+                );
+                return None;
+            }
+        };
+        let targets = match sel.targets {
+            None => entry_targets.to_vec(),
+            Some(ts) => {
+                let tp = child(sp, "targets");
+                if ts.is_empty() {
+                    self.issue(
+                        IssueKind::EmptyTargets,
+                        &tp,
+                        "`targets` is empty",
+                        Some("leave it out to use the entry's targets".into()),
+                    );
+                }
+                for (k, t) in ts.iter().enumerate() {
+                    self.pair(source, t, &index(&tp, k), clusters, names);
+                }
+                ts
+            }
+        };
+        let state = match sel.state {
+            None | Some(RawState::Present) => DesiredState::Present,
+            Some(RawState::Absent) => DesiredState::Absent,
+        };
+        Some(Selector {
+            matcher,
+            state,
+            targets,
+        })
+    }
+
+    fn options(&mut self, raw: RawOptions) -> Options {
+        if raw.parallelism == Some(0) {
+            self.issue(
+                IssueKind::InvalidValue,
+                "options.parallelism",
+                "`parallelism` must be at least 1",
+                None,
+            );
+        }
+        let notify_cooldown = match raw.notify_cooldown {
+            None => Duration::from_secs(3600),
+            Some(s) => humantime::parse_duration(&s).unwrap_or_else(|e| {
+                self.issue(
+                    IssueKind::InvalidDuration,
+                    "options.notify_cooldown",
+                    format!("invalid duration `{s}`: {e}"),
+                    Some("write e.g. `90s`, `30m`, `1h`".into()),
+                );
+                Duration::from_secs(3600)
+            }),
+        };
+        Options {
+            parallelism: raw.parallelism.filter(|p| *p > 0),
+            notify_cooldown,
+        }
+    }
+}
+
+fn defined_help(names: &[String]) -> String {
+    if names.is_empty() {
+        "no clusters are defined".to_string()
+    } else {
+        format!("defined clusters: {}", names.join(", "))
+    }
+}
+
+/// Whether two clusters are connected by `cloned_from` links, in either direction,
+/// transitively (clones of clones share the domain key).
+fn linked(clusters: &[Cluster], a: &str, b: &str) -> bool {
+    let mut seen: HashSet<&str> = HashSet::from([a]);
+    let mut frontier = vec![a];
+    while let Some(n) = frontier.pop() {
+        if n == b {
+            return true;
+        }
+        for c in clusters {
+            let neighbour = if c.name == n {
+                c.cloned_from.as_deref()
+            } else if c.cloned_from.as_deref() == Some(n) {
+                Some(c.name.as_str())
+            } else {
+                None
+            };
+            if let Some(x) = neighbour {
+                if seen.insert(x) {
+                    frontier.push(x);
+                }
+            }
+        }
+    }
+    false
+}
+
+/// A URL check light enough for validation: scheme http(s) and a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| "the scheme must be http or https".to_string())?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        assert!(valid_name("dr-euw1"));
+        assert!(valid_name("0a_b"));
+        assert!(!valid_name("Primary"));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name(""));
+    }
+
+    #[test]
+    fn expansion_of_variables_and_home() {
+        std::env::set_var("HSM_SYNC_TEST_DIR", "/opt/hsm");
+        assert_eq!(expand("${HSM_SYNC_TEST_DIR}/lib.so").unwrap(), "/opt/hsm/lib.so");
+        assert_eq!(expand("${HSM_SYNC_UNSET_XYZ}/x").unwrap_err(), "HSM_SYNC_UNSET_XYZ");
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(expand("~/a.pin").unwrap(), format!("{home}/a.pin"));
+    }
+
+    #[test]
+    fn lineage_links_are_transitive_and_undirected() {
+        let c = |n: &str, from: Option<&str>| Cluster {
+            name: n.into(),
+            module: PathBuf::new(),
+            token: TokenRef::Slot(0),
+            credentials: Credentials {
+                role: Role::CryptoUser,
+                user: "u".into(),
+                pin: PinSource::Env("X".into()),
+            },
+            cloned_from: from.map(String::from),
+            domain_key: DEFAULT_DOMAIN_KEY.into(),
+            fingerprint: None,
+        };
+        let cs = vec![c("a", None), c("b", Some("a")), c("c", Some("b")), c("z", None)];
+        assert!(linked(&cs, "a", "c"));
+        assert!(linked(&cs, "c", "a"));
+        assert!(!linked(&cs, "a", "z"));
+    }
+
+    #[test]
+    fn suggestions_pick_the_closest_field() {
+        assert_eq!(
+            suggest("tragets", ["name", "source", "targets", "keys"]).as_deref(),
+            Some("did you mean `targets`?")
+        );
+        assert_eq!(suggest("zzz", ["name", "source"]), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Three renderings of one diff: text for terminals, Markdown for pull requests (JSON is
+//! the report of [`crate::report`]).
+
+use std::fmt::Write;
+
+use crate::diff::{Action, Diff, DiffItem};
+
+fn key_text(it: &DiffItem) -> String {
+    let k = &it.key;
+    let mut s = String::new();
+    if let Some(c) = k.class {
+        let _ = write!(s, "{} ", serde_plain(&c));
+    }
+    if let Some(t) = k.key_type {
+        let _ = write!(s, "{} ", serde_plain(&t));
+    }
+    if !k.id.is_empty() {
+        let _ = write!(s, "id={} ", k.id);
+    }
+    if !k.label.is_empty() {
+        let _ = write!(s, "label={:?} ", k.label);
+    }
+    if let Some(h) = k.handle {
+        let _ = write!(s, "handle={h} ");
+    }
+    s.trim_end().to_string()
+}
+
+/// The kebab-case name serde gives a unit enum variant.
+pub fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The one-line totals.
+pub fn totals(diff: &Diff) -> String {
+    format!(
+        "{} to create, {} to update, {} to delete; {} unchanged, {} conflict, {} blocked",
+        diff.count(Action::Create),
+        diff.count(Action::Update),
+        diff.count(Action::Delete),
+        diff.count(Action::Unchanged),
+        diff.count(Action::Conflict),
+        diff.count(Action::Blocked)
+    )
+}
+
+/// The text diff: one section per (sync, target), one line per key.
+pub fn text(diff: &Diff, color: bool) -> String {
+    let mut out = String::new();
+    let mut current = None;
+    for it in &diff.items {
+        let head = (it.sync.as_str(), it.target.as_str());
+        if current != Some(head) {
+            let _ = writeln!(out, "\nsync `{}`: {} → {}", it.sync, it.source, it.target);
+            current = Some(head);
+        }
+        let (pre, post) = if color {
+            let c = match it.action {
+                Action::Create => "\x1b[32m",
+                Action::Update => "\x1b[33m",
+                Action::Delete => "\x1b[31m",
+                Action::Unchanged => "\x1b[2m",
+                Action::Conflict | Action::Blocked => "\x1b[1;35m",
+            };
+            (c, "\x1b[0m")
+        } else {
+            ("", "")
+        };
+        let reason = it.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {pre}{} {:<9}{post} {}{reason}",
+            it.action.marker(),
+            it.action.name(),
+            key_text(it)
+        );
+    }
+    for n in &diff.notes {
+        let _ = writeln!(out, "\nnote: {n}");
+    }
+    let _ = writeln!(out, "\nPlan: {}.", totals(diff));
+    out
+}
+
+/// Markdown: a summary table, then one section per (sync, target).
+pub fn markdown(diff: &Diff, plan: &str) -> String {
+    let mut out = format!("## hsm-sync plan: `{plan}`\n\n| action | count |\n|---|---:|\n");
+    for a in Action::ALL {
+        let _ = writeln!(out, "| {} {} | {} |", a.marker(), a.name(), diff.count(a));
+    }
+    let mut current = None;
+    for it in &diff.items {
+        let head = (it.sync.as_str(), it.target.as_str());
+        if current != Some(head) {
+            let _ = write!(
+                out,
+                "\n### `{}`: {} → {}\n\n| | action | key | reason |\n|---|---|---|---|\n",
+                it.sync, it.source, it.target
+            );
+            current = Some(head);
+        }
+        let reason = it.reason.as_deref().unwrap_or("").replace('|', "\\|");
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            it.action.marker(),
+            it.action.name(),
+            key_text(it).replace('|', "\\|"),
+            reason
+        );
+    }
+    for n in &diff.notes {
+        let _ = writeln!(out, "\n> note: {n}");
+    }
+    out
+}
