@@ -507,9 +507,9 @@ mod tests {
         assert_eq!(
             actions(&d),
             vec![
+                (Action::Blocked, Some("not-found-on-source".into())),
                 (Action::Blocked, Some("not-extractable".into())),
-                (Action::Blocked, Some("not-owned".into())),
-                (Action::Blocked, Some("not-found-on-source".into()))
+                (Action::Blocked, Some("not-owned".into()))
             ]
         );
     }

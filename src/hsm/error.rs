@@ -111,7 +111,7 @@ pub enum HsmError {
         pinned: String,
     },
     /// Any other PKCS#11 failure.
-    #[error("cluster `{cluster}`: {op}: {source}")]
+    #[error("cluster `{cluster}`: {op}: {}", describe(error))]
     #[diagnostic(code(hsm::pkcs11))]
     Pkcs11 {
         /// The cluster.
@@ -119,6 +119,25 @@ pub enum HsmError {
         /// What hsm-sync was doing.
         op: &'static str,
         /// cryptoki's error, with the function and `CKR_*` value.
-        source: cryptoki::error::Error,
+        error: cryptoki::error::Error,
     },
+}
+
+/// `C_UnwrapKey returned CKR_GENERAL_ERROR` rather than cryptoki's long prose: the
+/// constant is what operators search vendor documentation for.
+pub fn describe(e: &cryptoki::error::Error) -> String {
+    match e {
+        cryptoki::error::Error::Pkcs11(rv, func) => {
+            let camel = format!("{rv:?}");
+            let mut ckr = String::from("CKR_");
+            for (i, ch) in camel.chars().enumerate() {
+                if ch.is_ascii_uppercase() && i > 0 {
+                    ckr.push('_');
+                }
+                ckr.push(ch.to_ascii_uppercase());
+            }
+            format!("C_{func:?} returned {ckr}")
+        }
+        other => other.to_string(),
+    }
 }

@@ -21,7 +21,7 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
-pub use error::HsmError;
+pub use error::{describe, HsmError};
 pub use ops::TokenSession;
 
 use crate::plan::{Cluster, TokenRef};
@@ -89,10 +89,10 @@ impl Token {
     /// Finds the cluster's token in its module.
     pub fn open(modules: &Modules, cluster: &Cluster) -> Result<Token, HsmError> {
         let ctx = modules.load(&cluster.name, &cluster.module)?;
-        let pk = |op, source| HsmError::Pkcs11 {
+        let pk = |op, error| HsmError::Pkcs11 {
             cluster: cluster.name.clone(),
             op,
-            source,
+            error,
         };
         let slots = ctx.get_slots_with_token().map_err(|e| pk("listing slots", e))?;
         let mut present = Vec::new();
@@ -141,10 +141,10 @@ impl Token {
     }
 
     fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
-        move |source| HsmError::Pkcs11 {
+        move |error| HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
             op,
-            source,
+            error,
         }
     }
 
@@ -211,7 +211,7 @@ pub fn is_transient(e: &HsmError) -> bool {
     matches!(
         e,
         HsmError::Pkcs11 {
-            source: CkError::Pkcs11(
+            error: CkError::Pkcs11(
                 RvError::DeviceError
                     | RvError::DeviceMemory
                     | RvError::SessionHandleInvalid

@@ -64,10 +64,10 @@ pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.as_bytes().to_vec()),
         ])
-        .map_err(|source| HsmError::Pkcs11 {
+        .map_err(|error| HsmError::Pkcs11 {
             cluster: cluster.into(),
             op: "finding the domain key",
-            source,
+            error,
         })?;
     match found.as_slice() {
         [h] => Ok(*h),
@@ -135,11 +135,22 @@ impl TokenSession {
         TokenSession { s, cluster, domain_key }
     }
 
+    /// A session for operations that need no domain key (HMAC checks in tests); any
+    /// wrap or unwrap on it fails.
+    pub fn without_domain_key(s: Session, cluster: String) -> Self {
+        // SAFETY: handle 0 is CK_INVALID_HANDLE; the token rejects its use.
+        TokenSession {
+            s,
+            cluster,
+            domain_key: unsafe { ObjectHandle::new_from_raw(0) },
+        }
+    }
+
     fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
-        move |source| HsmError::Pkcs11 {
+        move |error| HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
             op,
-            source,
+            error,
         }
     }
 
@@ -237,7 +248,7 @@ impl TokenSession {
         match self.wrap(k.handle) {
             Ok(w) => Ok(Some(w.fingerprint(k.class))),
             Err(HsmError::Pkcs11 {
-                source:
+                error:
                     CkError::Pkcs11(
                         RvError::KeyUnextractable | RvError::KeyNotWrappable | RvError::KeyFunctionNotPermitted,
                         _,
@@ -267,7 +278,7 @@ impl TokenSession {
         let key_type = ck_type(like.key_type).ok_or(HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
             op: "unwrapping a key of an unsupported type",
-            source: CkError::NotSupported,
+            error: CkError::NotSupported,
         })?;
         let template = vec![
             Attribute::Class(ck_class(like.class)),
@@ -421,7 +432,8 @@ impl TokenSession {
                 | RvError::WrappedKeyLenRange
                 | RvError::UnwrappingKeyHandleInvalid
                 | RvError::UnwrappingKeySizeRange
-                | RvError::UnwrappingKeyTypeInconsistent),
+                | RvError::UnwrappingKeyTypeInconsistent
+                | RvError::GeneralError),
                 _,
             )) => {
                 return Ok(Err(format!(

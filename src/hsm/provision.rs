@@ -46,10 +46,10 @@ pub fn write_conf(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 fn pk(op: &'static str) -> impl FnOnce(cryptoki::error::Error) -> HsmError {
-    move |source| HsmError::Pkcs11 {
+    move |error| HsmError::Pkcs11 {
         cluster: "provision".into(),
         op,
-        source,
+        error,
     }
 }
 
@@ -200,4 +200,24 @@ pub fn label_of(s: &Session, h: ObjectHandle) -> Result<String, HsmError> {
             _ => None,
         })
         .unwrap_or_default())
+}
+
+/// Sets the label of an object (tests make attribute drift with it).
+pub fn set_label(s: &Session, h: ObjectHandle, label: &str) -> Result<(), HsmError> {
+    s.update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(pk("setting the label"))
+}
+
+/// The number of secret-key token objects, the domain key not counted.
+pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
+    let all = s
+        .find_objects(&[Attribute::Token(true), Attribute::Class(ObjectClass::SECRET_KEY)])
+        .map_err(pk("finding keys"))?;
+    let mut n = 0;
+    for h in all {
+        if label_of(s, h)? != crate::plan::DEFAULT_DOMAIN_KEY {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

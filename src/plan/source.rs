@@ -182,10 +182,7 @@ impl Recorder {
                 *next += 1;
                 Some((p, None))
             }
-            Some(Frame::Map { path, key, .. }) => match key.take() {
-                None => None,
-                Some((k, ks)) => Some((child(path, &k), Some(ks))),
-            },
+            Some(Frame::Map { path, key, .. }) => key.take().map(|(k, ks)| (child(path, &k), Some(ks))),
         }
     }
 
@@ -295,7 +292,7 @@ mod tests {
         assert_eq!(text_at(&src, src.locate("sync[0].targets[1]").unwrap()), "primary");
         assert_eq!(
             src.line_col(src.locate("sync[0].targets[1]").unwrap().offset()),
-            (7, 18)
+            (7, 19)
         );
     }
 

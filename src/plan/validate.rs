@@ -41,6 +41,7 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
         src: PlanSource::parse(name, text),
         issues: Vec::new(),
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        declared: Vec::new(),
     };
     let plan = v.run(path);
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
@@ -68,6 +69,9 @@ struct Validator {
     src: PlanSource,
     issues: Vec<PlanIssue>,
     base_dir: PathBuf,
+    /// Every cluster name the plan declares, valid or not: a reference to a declared but
+    /// invalid cluster is not reported again as undefined.
+    declared: Vec<String>,
 }
 
 /// Names of clusters and sync entries: `[a-z0-9][a-z0-9_-]*`.
@@ -345,6 +349,7 @@ impl Validator {
                 );
                 continue;
             };
+            self.declared.push(name.to_string());
             let path = child("clusters", name);
             if !valid_name(name) {
                 self.issue_at_key(
@@ -360,7 +365,7 @@ impl Validator {
                 }
             }
         }
-        let names: Vec<String> = out.iter().map(|c: &Cluster| c.name.clone()).collect();
+        let names = self.declared.clone();
         for c in &out {
             if let Some(parent) = &c.cloned_from {
                 if !names.contains(parent) {
@@ -569,7 +574,7 @@ impl Validator {
     }
 
     fn syncs(&mut self, items: &[Value], clusters: &[Cluster]) -> Vec<SyncEntry> {
-        let names: Vec<String> = clusters.iter().map(|c| c.name.clone()).collect();
+        let names = self.declared.clone();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, v) in items.iter().enumerate() {
@@ -607,6 +612,9 @@ impl Validator {
     /// Checks one (source, target) pair; `tpath` points at the target's name.
     fn pair(&mut self, source: &Cluster, target: &str, tpath: &str, clusters: &[Cluster], names: &[String]) {
         let Some(t) = clusters.iter().find(|c| c.name == target) else {
+            if names.iter().any(|n| n == target) {
+                return; // declared but invalid: its own problem is reported
+            }
             let help = suggest(target, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
             self.issue(
                 IssueKind::UndefinedCluster,
@@ -655,6 +663,9 @@ impl Validator {
     ) -> Option<SyncEntry> {
         let spath = child(path, "source");
         let Some(source) = clusters.iter().find(|c| c.name == raw.source) else {
+            if names.contains(&raw.source) {
+                return None; // declared but invalid: its own problem is reported
+            }
             let help = suggest(&raw.source, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
             self.issue(
                 IssueKind::UndefinedCluster,

@@ -1,0 +1,192 @@
+//! Test and benchmark support, not for production HSMs: provisions SoftHSM token
+//! directories the way `hsm-sync demo` does, so that each integration test gets its own
+//! tokens (SoftHSM reads one `SOFTHSM2_CONF` per process, so tests cannot share one).
+//!
+//! Every command takes the directory first; PINs are `DIR/<token>.pin`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hsm_sync::hsm::provision::{self, Provisioner, SecretSpec};
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(about = "Provision SoftHSM tokens for hsm-sync's tests, benchmarks and demos")]
+struct Args {
+    /// The token directory (holds softhsm2.conf, tokens/ and <token>.pin).
+    dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write DIR/softhsm2.conf and initialise tokens (PIN: DIR/<token>.pin).
+    Init { tokens: Vec<String> },
+    /// Import one fresh random domain key into each listed token (a "cloned" set).
+    DomainKey {
+        #[arg(long, default_value = "hsm-sync-domain")]
+        label: String,
+        tokens: Vec<String>,
+    },
+    /// Generate secret keys; with --count N, ids are ID followed by a 2-byte index and
+    /// labels LABEL-<index>.
+    Keygen {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
+        /// generic secret (HMAC) instead of AES
+        #[arg(long)]
+        generic: bool,
+        #[arg(long, default_value_t = 32)]
+        bytes: usize,
+        #[arg(long)]
+        count: Option<usize>,
+        #[arg(long)]
+        no_extractable: bool,
+        /// CKA_PRIVATE false
+        #[arg(long)]
+        public: bool,
+    },
+    /// Print the HMAC of a fixed message under the secret key with this id (hex).
+    Hmac {
+        token: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Set the label of the secret key with this id.
+    SetLabel {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
+    },
+    /// Print the number of secret keys with this id (or all, without --id).
+    Count {
+        token: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+fn pin(dir: &Path, token: &str) -> Result<SecretString, String> {
+    let p = std::fs::read_to_string(dir.join(format!("{token}.pin"))).map_err(|e| format!("{token}.pin: {e}"))?;
+    Ok(SecretString::from(p.trim().to_string()))
+}
+
+fn run(a: Args) -> Result<(), String> {
+    let module = provision::softhsm_module().ok_or("SoftHSM2 is not installed: apt-get install -y softhsm2")?;
+    let conf = if let Cmd::Init { .. } = a.cmd {
+        provision::write_conf(&a.dir).map_err(|e| e.to_string())?
+    } else {
+        a.dir.join("softhsm2.conf")
+    };
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let prov = Provisioner::new(&module).map_err(|e| e.to_string())?;
+    let e = |e: hsm_sync::hsm::HsmError| e.to_string();
+    let hexid = |s: &str| hex::decode(s).map_err(|e| format!("--id: {e}"));
+    match a.cmd {
+        Cmd::Init { tokens } => {
+            for t in tokens {
+                let user = format!("{t}-user-pin-0000");
+                std::fs::write(a.dir.join(format!("{t}.pin")), &user).map_err(|e| e.to_string())?;
+                use std::os::unix::fs::PermissionsExt;
+                let perm = std::fs::Permissions::from_mode(0o600);
+                std::fs::set_permissions(a.dir.join(format!("{t}.pin")), perm).map_err(|e| e.to_string())?;
+                prov.init_token(
+                    &t,
+                    &SecretString::from(format!("{t}-so-pin-0000")),
+                    &SecretString::from(user),
+                )
+                .map_err(e)?;
+            }
+        }
+        Cmd::DomainKey { label, tokens } => {
+            let mut v = Zeroizing::new(vec![0u8; 32]);
+            getrandom::fill(&mut v).map_err(|e| e.to_string())?;
+            for t in tokens {
+                let s = prov.user_session(&t, &pin(&a.dir, &t)?).map_err(e)?;
+                provision::import_domain_key(&s, &label, &v).map_err(e)?;
+            }
+        }
+        Cmd::Keygen {
+            token,
+            id,
+            label,
+            generic,
+            bytes,
+            count,
+            no_extractable,
+            public,
+        } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let id = hexid(&id)?;
+            let mut spec = SecretSpec {
+                aes: !generic,
+                bytes,
+                id: id.clone(),
+                label: label.clone(),
+                extractable: !no_extractable,
+                private: !public,
+                sensitive: true,
+            };
+            match count {
+                None => {
+                    provision::generate_secret(&s, &spec).map_err(e)?;
+                }
+                Some(n) => {
+                    for i in 0..n {
+                        spec.id = [id.as_slice(), &(i as u16).to_be_bytes()].concat();
+                        spec.label = format!("{label}-{i}");
+                        provision::generate_secret(&s, &spec).map_err(e)?;
+                    }
+                }
+            }
+        }
+        Cmd::Hmac { token, id } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let found = provision::find_by_id(&s, &hexid(&id)?).map_err(e)?;
+            let [h] = found.as_slice() else {
+                return Err(format!("{} keys with id {id}", found.len()));
+            };
+            let ts = hsm_sync::hsm::TokenSession::without_domain_key(s, token);
+            let mac = ts
+                .hmac(h.handle(), b"hsm-sync fixture message")
+                .map_err(e)?
+                .ok_or("key too short for HMAC")?;
+            println!("{}", hex::encode(mac));
+        }
+        Cmd::SetLabel { token, id, label } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let found = provision::find_by_id(&s, &hexid(&id)?).map_err(e)?;
+            let [h] = found.as_slice() else {
+                return Err(format!("{} keys with id {id}", found.len()));
+            };
+            provision::set_label(&s, *h, &label).map_err(e)?;
+        }
+        Cmd::Count { token, id } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let n = match id {
+                Some(id) => provision::find_by_id(&s, &hexid(&id)?).map_err(e)?.len(),
+                None => provision::count_secret_keys(&s).map_err(e)?,
+            };
+            println!("{n}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("hsm-fixture: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

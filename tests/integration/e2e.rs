@@ -1,0 +1,315 @@
+//! The pipeline end to end on SoftHSM: validate, plan, apply, report, rerun, demo.
+
+use crate::world::{two_cluster_plan, World};
+use serde_json::Value;
+
+fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+fn actions(report: &Value) -> Vec<(String, String)> {
+    report["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| {
+            (
+                j["key"]["label"].as_str().unwrap_or("").to_string(),
+                j["action"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn validate_against_schema(report: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match schemas/report.schema.json: {errors:#?}"
+    );
+}
+
+#[test]
+fn plan_apply_and_rerun_converge() {
+    let w = pair()
+        .key("primary", "a1", "pay", &["--count", "6"])
+        .key("primary", "b1", "mac", &["--generic", "--count", "3"])
+        .key("primary", "c1", "other", &[])
+        .plan(&two_cluster_plan(
+            "      - label: \"pay-*\"\n      - label: \"mac-*\"\n",
+        ));
+
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout.contains("lineage proven: primary → dr"), "{}", v.stdout);
+
+    let p = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(p.code, 2, "changes pending: {p:?}");
+    assert!(p.stdout.contains("+ create"), "{}", p.stdout);
+    assert!(p.stdout.contains("9 to create"), "{}", p.stdout);
+
+    let json = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
+    assert_eq!(json["command"], "plan");
+    assert_eq!(json["summary"]["create"], 9);
+    assert!(json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["status"] == "pending"));
+    validate_against_schema(&json);
+
+    let a = w.run(&["apply", "plan.yaml", "--report", "report.json", "--jobs", "2"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let report: Value = serde_json::from_str(&w.read("report.json")).unwrap();
+    validate_against_schema(&report);
+    assert_eq!(report["command"], "apply");
+    assert_eq!(report["summary"]["create"], 9);
+    assert_eq!(report["summary"]["failed"], 0);
+    for j in report["jobs"].as_array().unwrap() {
+        assert_eq!(j["status"], "ok", "{j}");
+        assert_eq!(
+            j["fingerprint"].as_str().unwrap().len(),
+            16,
+            "64-bit fingerprint, not a 3-byte KCV: {j}"
+        );
+    }
+    // The unselected key stayed home; the copies are the same keys.
+    assert_eq!(w.count("dr"), 9);
+    assert_eq!(w.hmac("primary", "b10001"), w.hmac("dr", "b10001"));
+
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode", "--format", "json"]);
+    assert_eq!(again.code, 0, "no changes after apply: {again:?}");
+    assert_eq!(again.json()["summary"]["unchanged"], 9);
+    let rerun = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(rerun.code, 0);
+    assert_eq!(w.count("dr"), 9, "a rerun creates nothing");
+}
+
+#[test]
+fn copies_keep_the_source_attributes() {
+    let w = pair()
+        .key("primary", "01", "k", &["--count", "2"])
+        .plan(&two_cluster_plan("      - label: \"k-*\"\n"));
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    let src = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]).json();
+    let dst = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
+    assert_eq!(src["lineage_fingerprint"], dst["lineage_fingerprint"]);
+    let strip = |v: &Value| -> Vec<Value> {
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let mut k = k.clone();
+                k.as_object_mut().unwrap().remove("handle");
+                k
+            })
+            .collect()
+    };
+    // id, label, type, every flag (sensitive, extractable, private, usage) and fingerprint.
+    assert_eq!(strip(&src), strip(&dst));
+}
+
+#[test]
+fn a_target_with_another_domain_key_is_refused_before_any_write() {
+    let w = World::new()
+        .tokens(&["primary", "dr"])
+        .domain_key(&["primary"])
+        .domain_key(&["dr"])
+        .key("primary", "01", "k", &[])
+        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+    for cmd in [
+        &["validate", "plan.yaml", "--online"][..],
+        &["plan", "plan.yaml"],
+        &["apply", "plan.yaml"],
+    ] {
+        let out = w.run(cmd);
+        assert_eq!(out.code, 1, "{cmd:?}: {out:?}");
+        assert!(out.stderr.contains("not a clone of `primary`"), "{}", out.stderr);
+    }
+    assert_eq!(w.count("dr"), 0);
+}
+
+#[test]
+fn a_pinned_lineage_fingerprint_must_match() {
+    let w = pair().key("primary", "01", "k", &[]);
+    let plan = two_cluster_plan("      - id: \"01\"\n").replace(
+        "cloned_from: primary",
+        "cloned_from: primary\n    lineage: { fingerprint: \"0123456789abcdef\" }",
+    );
+    let w = w.plan(&plan);
+    let out = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("the plan pins 0123456789abcdef"), "{}", out.stderr);
+}
+
+#[test]
+fn conflicts_and_blocked_keys_are_never_overwritten_and_exit_3() {
+    let w = pair()
+        .key("primary", "01", "same-id", &[])
+        .key("dr", "01", "same-id", &[]) // same identity, other key material
+        .key("primary", "02", "local", &["--no-extractable"])
+        .key("primary", "03", "fine", &[])
+        .plan(&two_cluster_plan(
+            "      - id: \"01\"\n      - id: \"02\"\n      - id: \"03\"\n      - id: \"0f\"\n",
+        ));
+    let before = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
+    let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
+    let by_id = |id: &str| {
+        r["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["key"]["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id("01")["action"], "conflict");
+    assert_eq!(by_id("01")["reason"], "different-key-material");
+    assert_eq!(by_id("02")["action"], "blocked");
+    assert_eq!(by_id("02")["reason"], "not-extractable");
+    assert_eq!(by_id("0f")["reason"], "not-found-on-source");
+    assert_eq!(by_id("03")["status"], "ok");
+    assert_eq!(r["summary"]["conflict"], 1);
+    assert_eq!(r["summary"]["blocked"], 2);
+    let after = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
+    let fp = |v: &Value| v["keys"].as_array().unwrap().iter().find(|k| k["id"] == "01").unwrap()["fingerprint"].clone();
+    assert_eq!(fp(&before), fp(&after), "the conflicting key on dr is untouched");
+}
+
+#[test]
+fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
+    // SoftHSM zero-pads a 20-byte generic secret to 24 bytes on unwrap. HMAC pads keys
+    // with zeros anyway, so HMAC-only keys are synced and checked by HMAC; others are blocked.
+    let w = pair()
+        .key("primary", "20", "hmac-20", &["--generic", "--bytes", "20"])
+        .plan(&two_cluster_plan("      - id: \"20\"\n"));
+    let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
+    let note = r["jobs"][0]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("zero-padded to 24 bytes; HMAC results verified equal"),
+        "{r}"
+    );
+    assert_eq!(w.hmac("primary", "20"), w.hmac("dr", "20"));
+    assert_eq!(w.run(&["plan", "plan.yaml", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn login_failures_name_the_cluster_and_never_retry() {
+    let w = pair()
+        .key("primary", "01", "k", &[])
+        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+    w.write("dr.pin", "wrong-pin");
+    let out = w.run(&["plan", "plan.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cluster `dr`: login failed: wrong PIN"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("never retries"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("wrong-pin") && !out.stdout.contains("wrong-pin"),
+        "the PIN itself is never printed"
+    );
+
+    let env_plan =
+        two_cluster_plan("      - id: \"01\"\n").replace("{ file: ./dr.pin }", "{ env: HSM_SYNC_TEST_DR_PIN }");
+    let w = w.plan(&env_plan);
+    let out = w.run(&["plan", "plan.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("HSM_SYNC_TEST_DR_PIN is not set"), "{}", out.stderr);
+    let out = w.run_env(&["plan", "plan.yaml"], &[("HSM_SYNC_TEST_DR_PIN", "dr-user-pin-0000")]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn missing_module_and_missing_token_are_clear_errors() {
+    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replacen("{module}", "/nonexistent/libpkcs11.so", 1));
+    let out = w.run(&["plan", "plan.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("cluster `primary`: cannot load PKCS#11 module /nonexistent/libpkcs11.so"),
+        "{}",
+        out.stderr
+    );
+
+    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replace("{ label: dr }", "{ label: dr-missing }"));
+    let out = w.run(&["plan", "plan.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cluster `dr`: no token with label `dr-missing`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("`primary`") && out.stderr.contains("`dr`"),
+        "lists the tokens present: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn plan_errors_point_at_the_yaml_line() {
+    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replace("targets: [dr]", "tragets: [dr]"));
+    let out = w.run(&["validate", "plan.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("unknown field `tragets`"), "{}", out.stderr);
+    assert!(out.stderr.contains("did you mean `targets`?"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("plan.yaml:15:5"),
+        "points at line 15: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_demo_runs_on_its_own_tokens() {
+    let w = World::new();
+    let dir = w.path().join("demo");
+    let out = w.run(&["demo", "--dir", dir.to_str().unwrap(), "--keys", "12"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("13 to create"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("0 to create, 0 to update, 0 to delete; 13 unchanged"),
+        "{}",
+        out.stdout
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["summary"]["create"], 13);
+    validate_against_schema(&report);
+    // A second demo in the same directory is refused rather than mixed in.
+    assert_eq!(w.run(&["demo", "--dir", dir.to_str().unwrap()]).code, 1);
+    let _ = actions(&report);
+}
+
+#[test]
+fn the_example_plans_are_valid() {
+    let w = World::new();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/plans");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = w.run_env(
+            &["validate", path.to_str().unwrap()],
+            &[("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")],
+        );
+        assert_eq!(out.code, 0, "{}: {out:?}", path.display());
+        n += 1;
+    }
+    assert!(n >= 2);
+}

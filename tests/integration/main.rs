@@ -1,0 +1,5 @@
+//! Integration tests: every one runs the real `hsm-sync` binary against real SoftHSM2
+//! tokens in its own token directory (under /dev/shm where it exists).
+
+mod e2e;
+mod world;

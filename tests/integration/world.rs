@@ -1,0 +1,156 @@
+//! A small fluent builder for SoftHSM-backed tests:
+//! `World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]).plan(..).run(..)`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The SoftHSM2 module, or a loud failure: a test that needs SoftHSM never skips.
+pub fn softhsm() -> PathBuf {
+    hsm_sync::hsm::provision::softhsm_module().unwrap_or_else(|| {
+        panic!("SoftHSM2 is required for the integration tests and is not installed: run `apt-get install -y softhsm2` (or set HSM_SYNC_SOFTHSM_MODULE)")
+    })
+}
+
+/// One test's token directory, plan and runs.
+pub struct World {
+    dir: tempfile::TempDir,
+}
+
+/// What a run printed and returned.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl World {
+    pub fn new() -> Self {
+        softhsm();
+        let base = Path::new("/dev/shm");
+        let dir = if base.is_dir() {
+            tempfile::Builder::new().prefix("hsm-sync-test-").tempdir_in(base)
+        } else {
+            tempfile::Builder::new().prefix("hsm-sync-test-").tempdir()
+        }
+        .expect("temporary directory");
+        World { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `hsm-fixture DIR args…`, returning stdout; panics on failure.
+    pub fn fixture(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_hsm-fixture"))
+            .arg(self.path())
+            .args(args)
+            .output()
+            .expect("hsm-fixture runs");
+        assert!(
+            out.status.success(),
+            "hsm-fixture {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn tokens(self, names: &[&str]) -> Self {
+        let mut args = vec!["init"];
+        args.extend_from_slice(names);
+        self.fixture(&args);
+        self
+    }
+
+    /// One fresh domain key shared by `names` (a set of clones).
+    pub fn domain_key(self, names: &[&str]) -> Self {
+        let mut args = vec!["domain-key"];
+        args.extend_from_slice(names);
+        self.fixture(&args);
+        self
+    }
+
+    /// `hsm-fixture keygen TOKEN --id ID --label LABEL extra…`
+    pub fn key(self, token: &str, id: &str, label: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["keygen", token, "--id", id, "--label", label];
+        args.extend_from_slice(extra);
+        self.fixture(&args);
+        self
+    }
+
+    /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path.
+    pub fn plan(self, yaml: &str) -> Self {
+        self.write("plan.yaml", &yaml.replace("{module}", &softhsm().display().to_string()));
+        self
+    }
+
+    pub fn write(&self, name: &str, contents: &str) {
+        std::fs::write(self.path().join(name), contents).expect("write");
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Runs `hsm-sync args…` in the world's directory with its SOFTHSM2_CONF.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+            .args(args)
+            .current_dir(self.path())
+            .env("SOFTHSM2_CONF", self.path().join("softhsm2.conf"))
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .output()
+            .expect("hsm-sync runs");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn hmac(&self, token: &str, id: &str) -> String {
+        self.fixture(&["hmac", token, "--id", id])
+    }
+
+    pub fn count(&self, token: &str) -> usize {
+        self.fixture(&["count", token]).parse().expect("count")
+    }
+}
+
+/// A two-cluster plan: `primary` → `dr`, crypto-user `app`, PINs from files.
+pub fn two_cluster_plan(keys: &str) -> String {
+    format!(
+        "version: 1
+clusters:
+  primary:
+    module: {{module}}
+    token: {{ label: primary }}
+    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./primary.pin }} }}
+  dr:
+    module: {{module}}
+    token: {{ label: dr }}
+    cloned_from: primary
+    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr.pin }} }}
+sync:
+  - name: main
+    source: primary
+    targets: [dr]
+    keys:
+{keys}"
+    )
+}
