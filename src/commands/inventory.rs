@@ -15,6 +15,8 @@ use super::Ui;
 struct Listing {
     cluster: String,
     token: String,
+    serial: String,
+    slot: u64,
     lineage_fingerprint: String,
     keys: Vec<Entry>,
 }
@@ -50,6 +52,8 @@ pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
     let listing = Listing {
         cluster: cluster.name.clone(),
         token: token.facts.label.clone(),
+        serial: token.facts.serial.clone(),
+        slot: token.facts.slot,
         lineage_fingerprint: lineage,
         keys: keys
             .into_iter()

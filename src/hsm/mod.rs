@@ -69,6 +69,8 @@ pub struct TokenFacts {
     pub manufacturer: String,
     /// Model.
     pub model: String,
+    /// Slot id.
+    pub slot: u64,
 }
 
 /// One cluster's token, logged in for the whole run.
@@ -113,6 +115,7 @@ impl Token {
                         serial: info.serial_number().to_string(),
                         manufacturer: info.manufacturer_id().to_string(),
                         model: info.model().to_string(),
+                        slot: slot.id(),
                     },
                     domain_label: cluster.domain_key.clone(),
                     anchor: Mutex::new(None),
