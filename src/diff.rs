@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::inventory::Inventories;
+use crate::inventory::{Inventories, Inventory};
 use crate::key::{Identity, KeyClass, KeyObject, KeyRef, KeyType};
 use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector};
 
@@ -113,9 +113,31 @@ impl Diff {
     }
 }
 
-/// Key types whose material travels by AES key wrap in this version.
+/// What hsm-sync can copy: secret keys that AES key wrap carries, and RSA/EC pairs (the
+/// private half wrapped as PKCS#8, the public half rebuilt from its public attributes).
+/// Not Ed25519 and friends: SoftHSM cannot wrap them at all (PKCS11-NOTES.md).
 fn supported(k: &KeyObject) -> bool {
-    k.class == KeyClass::SecretKey && matches!(k.key_type, KeyType::Aes | KeyType::GenericSecret | KeyType::Des3)
+    match k.class {
+        KeyClass::SecretKey => matches!(k.key_type, KeyType::Aes | KeyType::GenericSecret | KeyType::Des3),
+        KeyClass::PrivateKey => matches!(k.key_type, KeyType::Rsa | KeyType::Ec),
+        KeyClass::PublicKey => match k.key_type {
+            KeyType::Rsa => !k.public.modulus.is_empty() && !k.public.public_exponent.is_empty(),
+            KeyType::Ec => !k.public.ec_params.is_empty() && !k.public.ec_point.is_empty(),
+            _ => false,
+        },
+    }
+}
+
+/// Whether a crypto-user owns a key: its private objects, and the public halves of its
+/// key pairs (a public key whose private half, same id, is private on the source).
+fn owned_by_user(k: &KeyObject, source: &Inventory) -> bool {
+    match k.class {
+        KeyClass::PublicKey => source
+            .keys
+            .iter()
+            .any(|p| p.class == KeyClass::PrivateKey && !k.id.is_empty() && p.id == k.id && p.flags.private),
+        _ => k.flags.private,
+    }
 }
 
 /// A generic secret whose length is not a multiple of 8 comes back from SoftHSM's unwrap
@@ -140,6 +162,11 @@ fn drift(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
     if src.label != dst.label {
         out.push("label");
     }
+    let applies = |name: &str| match src.class {
+        KeyClass::SecretKey => !name.ends_with("recover"),
+        KeyClass::PrivateKey => matches!(name, "decrypt" | "sign" | "sign_recover" | "unwrap" | "derive"),
+        KeyClass::PublicKey => matches!(name, "encrypt" | "verify" | "verify_recover" | "wrap" | "derive"),
+    };
     for (name, x, y) in [
         ("encrypt", a.encrypt, b.encrypt),
         ("decrypt", a.decrypt, b.decrypt),
@@ -148,8 +175,10 @@ fn drift(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
         ("wrap", a.wrap, b.wrap),
         ("unwrap", a.unwrap, b.unwrap),
         ("derive", a.derive, b.derive),
+        ("sign_recover", a.sign_recover, b.sign_recover),
+        ("verify_recover", a.verify_recover, b.verify_recover),
     ] {
-        if x != y {
+        if applies(name) && x != y {
             out.push(name);
         }
     }
@@ -159,6 +188,13 @@ fn drift(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
 /// Protection attributes that `update` must not touch (they only move one way).
 fn protection_mismatch(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
     let (a, b) = (&src.flags, &dst.flags);
+    if src.class == KeyClass::PublicKey {
+        return if a.private != b.private {
+            vec!["private"]
+        } else {
+            Vec::new()
+        };
+    }
     [
         ("private", a.private, b.private),
         ("sensitive", a.sensitive, b.sensitive),
@@ -237,15 +273,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
                     for k in &picked {
                         for t in &sel.targets {
                             if seen.insert((t.clone(), k.identity())) {
-                                items.push(decide(
-                                    &entry.name,
-                                    &entry.source,
-                                    t,
-                                    k,
-                                    src_inv.by_identity(&k.identity()).len(),
-                                    role,
-                                    inv,
-                                ));
+                                items.push(decide(&entry.name, &entry.source, t, k, src_inv, role, inv));
                             }
                         }
                     }
@@ -304,10 +332,11 @@ fn decide(
     source: &str,
     target: &str,
     k: &KeyObject,
-    twins_on_source: usize,
+    src_inv: &Inventory,
     role: Role,
     inv: &Inventories,
 ) -> DiffItem {
+    let twins_on_source = src_inv.by_identity(&k.identity()).len();
     let mk = |action, reason: Option<String>, dst: Option<&KeyObject>| {
         item(sync.into(), source, target, k.key_ref(), action, reason, Some(k), dst)
     };
@@ -323,14 +352,17 @@ fn decide(
     if !supported(k) {
         return mk(Action::Blocked, Some("unsupported-key-type".into()), None);
     }
-    if role == Role::CryptoUser && !k.flags.private {
+    if role == Role::CryptoUser && !owned_by_user(k, src_inv) {
         return mk(
             Action::Blocked,
-            Some("not-owned: a crypto-user syncs only its private objects (CKA_PRIVATE true)".into()),
+            Some(
+                "not-owned: a crypto-user syncs only its private objects (CKA_PRIVATE true) and their public halves"
+                    .into(),
+            ),
             None,
         );
     }
-    if !k.flags.extractable || k.fingerprint.is_none() {
+    if k.class != KeyClass::PublicKey && (!k.flags.extractable || k.fingerprint.is_none()) {
         return mk(Action::Blocked, Some("not-extractable".into()), None);
     }
     if let Some(why) = odd_length_blocker(k) {
@@ -363,6 +395,15 @@ fn decide(
             let d = drift(k, t);
             if d.is_empty() {
                 mk(Action::Unchanged, None, Some(t))
+            } else if !t.flags.modifiable {
+                mk(
+                    Action::Conflict,
+                    Some(format!(
+                        "not-modifiable: drifted {} on a copy with CKA_MODIFIABLE false",
+                        d.join(", ")
+                    )),
+                    Some(t),
+                )
             } else {
                 mk(Action::Update, Some(format!("drifted: {}", d.join(", "))), Some(t))
             }
@@ -423,9 +464,11 @@ mod tests {
                 extractable: true,
                 encrypt: true,
                 decrypt: true,
+                modifiable: true,
                 ..Default::default()
             },
             value_len: Some(32),
+            public: Default::default(),
             fingerprint: Some(fp.into()),
         }
     }

@@ -2,18 +2,27 @@
 //! on its source and unwrapped on every target that lacks it; every copy is verified by
 //! its fingerprint. Each worker holds its own sessions (a `Session` is not `Sync`).
 //! Every job's outcome is collected: a failure never stops the others.
+//!
+//! Transient PKCS#11 errors (device hiccups, lost sessions) are retried with backoff on
+//! a fresh session. Before an unwrap is retried, the target is searched for a copy the
+//! failed attempt may have left: a verified one is adopted, so a retry never duplicates.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
 use crate::connect::Tokens;
 use crate::diff::{Action, Diff, DiffItem};
-use crate::hsm::{HsmError, TokenSession};
-use crate::key::{KeyObject, KeyType};
+use crate::hsm::ops::{public_fingerprint, Wrapped};
+use crate::hsm::{is_transient, HsmError, TokenSession};
+use crate::key::{KeyClass, KeyObject, KeyType};
 use crate::progress::Reporter;
 use crate::report::{Outcome, Status};
+
+/// Tries per operation, and the first backoff (doubled after each failure).
+const ATTEMPTS: u32 = 4;
+const BACKOFF: Duration = Duration::from_millis(25);
 
 /// Work for one worker step.
 enum Unit {
@@ -25,7 +34,7 @@ enum Unit {
     Delete(usize),
 }
 
-/// A worker's sessions, opened on first use.
+/// A worker's sessions, opened on first use and reopened after a transient error.
 struct Sessions<'t> {
     tokens: &'t Tokens,
     open: HashMap<String, TokenSession>,
@@ -39,25 +48,41 @@ impl Sessions<'_> {
         }
         Ok(&self.open[cluster])
     }
-}
 
-fn ok(start: Instant, fingerprint: Option<String>, note: Option<String>) -> Outcome {
-    Outcome {
-        status: Status::Ok,
-        error: None,
-        duration_ms: start.elapsed().as_millis() as u64,
-        fingerprint,
-        note,
+    /// Runs `op` on a session of `cluster`, retrying transient errors with backoff on a
+    /// fresh session. Returns the result and the number of attempts.
+    fn retry<T>(
+        &mut self,
+        cluster: &str,
+        mut op: impl FnMut(&TokenSession) -> Result<T, HsmError>,
+    ) -> (Result<T, HsmError>, u32) {
+        let mut attempt = 1;
+        loop {
+            let r = self.get(cluster).and_then(&mut op);
+            match r {
+                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                    self.open.remove(cluster);
+                    std::thread::sleep(BACKOFF * 2u32.pow(attempt - 1));
+                    attempt += 1;
+                }
+                r => return (r, attempt),
+            }
+        }
     }
 }
 
-fn failed(start: Instant, error: String) -> Outcome {
+fn outcome(start: Instant, attempts: u32, r: Result<(Option<String>, Option<String>), String>) -> Outcome {
+    let (status, error, fingerprint, note) = match r {
+        Ok((fp, note)) => (Status::Ok, None, fp, note),
+        Err(e) => (Status::Failed, Some(e), None, None),
+    };
     Outcome {
-        status: Status::Failed,
-        error: Some(error),
+        status,
+        error,
         duration_ms: start.elapsed().as_millis() as u64,
-        fingerprint: None,
-        note: None,
+        fingerprint,
+        note,
+        attempts,
     }
 }
 
@@ -70,12 +95,11 @@ pub fn execute(
     allow_destroy: bool,
     reporter: &dyn Reporter,
 ) -> Vec<Outcome> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; diff.items.len()];
     let mut units = Vec::new();
     let mut copies: HashMap<(String, u64), usize> = HashMap::new();
     let mut per_target: Vec<(String, u64)> = Vec::new();
     for (i, it) in diff.items.iter().enumerate() {
-        match it.action {
+        let runs = match it.action {
             Action::Create => {
                 let Some(k) = &it.source_key else { continue };
                 let slot = *copies.entry((it.source.clone(), k.handle)).or_insert_with(|| {
@@ -88,12 +112,19 @@ pub fn execute(
                 if let Unit::Copy { items, .. } = &mut units[slot] {
                     items.push(i);
                 }
+                true
             }
-            Action::Update => units.push(Unit::Update(i)),
-            Action::Delete if allow_destroy => units.push(Unit::Delete(i)),
-            _ => {}
-        }
-        if it.action.is_change() && (it.action != Action::Delete || allow_destroy) {
+            Action::Update => {
+                units.push(Unit::Update(i));
+                true
+            }
+            Action::Delete if allow_destroy => {
+                units.push(Unit::Delete(i));
+                true
+            }
+            _ => false,
+        };
+        if runs {
             match per_target.iter_mut().find(|(t, _)| *t == it.target) {
                 Some((_, n)) => *n += 1,
                 None => per_target.push((it.target.clone(), 1)),
@@ -125,38 +156,36 @@ pub fn execute(
         Err(_) => run(),
     };
     reporter.end();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; diff.items.len()];
     for (i, o) in results.into_iter().flatten() {
         outcomes[i] = Some(o);
     }
     outcomes
         .into_iter()
         .zip(&diff.items)
-        .map(|(o, it)| {
-            o.unwrap_or_else(|| match it.action {
-                Action::Unchanged => Outcome {
-                    status: Status::Ok,
-                    error: None,
-                    duration_ms: 0,
-                    fingerprint: it.fingerprint.clone(),
-                    note: None,
-                },
-                Action::Delete => Outcome {
-                    status: Status::Skipped,
-                    error: Some("deletion not allowed: pass --allow-destroy".into()),
-                    duration_ms: 0,
-                    fingerprint: None,
-                    note: None,
-                },
-                _ => Outcome {
-                    status: Status::Skipped,
-                    error: None,
-                    duration_ms: 0,
-                    fingerprint: None,
-                    note: None,
-                },
-            })
-        })
+        .map(|(o, it)| o.unwrap_or_else(|| not_run(it, allow_destroy)))
         .collect()
+}
+
+/// The outcome of an item no worker ran.
+fn not_run(it: &DiffItem, allow_destroy: bool) -> Outcome {
+    let (status, error, fingerprint) = match it.action {
+        Action::Unchanged => (Status::Ok, None, it.fingerprint.clone()),
+        Action::Delete if !allow_destroy => (
+            Status::Skipped,
+            Some("deletion not allowed: pass --allow-destroy".to_string()),
+            None,
+        ),
+        _ => (Status::Skipped, None, None),
+    };
+    Outcome {
+        status,
+        error,
+        duration_ms: 0,
+        fingerprint,
+        note: None,
+        attempts: 0,
+    }
 }
 
 fn run_unit(sessions: &mut Sessions<'_>, diff: &Diff, unit: &Unit) -> Vec<(usize, Outcome)> {
@@ -164,104 +193,178 @@ fn run_unit(sessions: &mut Sessions<'_>, diff: &Diff, unit: &Unit) -> Vec<(usize
         Unit::Copy { source, items } => copy(sessions, diff, source, items),
         Unit::Update(i) => {
             let start = Instant::now();
+            let it = &diff.items[*i];
+            let (Some(src), Some(dst)) = (&it.source_key, &it.target_key) else {
+                return Vec::new();
+            };
+            let (r, n) = sessions.retry(&it.target, |s| s.set_usage(dst.handle, src));
             vec![(
                 *i,
-                update(sessions, &diff.items[*i])
-                    .map_or_else(|e| failed(start, e.to_string()), |fp| ok(start, fp, None)),
+                outcome(
+                    start,
+                    n,
+                    r.map(|_| (it.fingerprint.clone(), None)).map_err(|e| e.to_string()),
+                ),
             )]
         }
         Unit::Delete(i) => {
             let start = Instant::now();
             let it = &diff.items[*i];
-            let r = it
-                .target_key
-                .as_ref()
-                .map_or(Ok(()), |k| sessions.get(&it.target).and_then(|s| s.destroy(k.handle)));
+            let Some(k) = &it.target_key else { return Vec::new() };
+            let (r, n) = sessions.retry(&it.target, |s| s.destroy(k.handle));
             vec![(
                 *i,
-                r.map_or_else(|e| failed(start, e.to_string()), |_| ok(start, None, None)),
+                outcome(start, n, r.map(|_| (None, None)).map_err(|e| e.to_string())),
             )]
         }
     }
 }
 
-fn update(sessions: &mut Sessions<'_>, it: &DiffItem) -> Result<Option<String>, HsmError> {
-    let (Some(src), Some(dst)) = (&it.source_key, &it.target_key) else {
-        return Ok(None);
-    };
-    sessions.get(&it.target)?.set_usage(dst.handle, src)?;
-    Ok(it.fingerprint.clone())
+/// The key material as it travels: a wrapped blob, or (public keys) the source's public
+/// attributes, which travel in the clear.
+enum Material {
+    Wrapped(Wrapped),
+    Public,
 }
+
+/// A proof that an odd-length HMAC copy is the same key: a challenge and the source's MAC.
+type HmacCheck = Option<(Vec<u8>, Option<Vec<u8>>)>;
 
 fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize]) -> Vec<(usize, Outcome)> {
     let start = Instant::now();
-    let Some(key) = diff.items[items[0]].source_key.clone() else {
+    let Some(key) = items.first().and_then(|i| diff.items[*i].source_key.clone()) else {
         return Vec::new();
     };
-    let blob = match sessions.get(source).and_then(|s| s.wrap(key.handle)) {
-        Ok(b) => b,
-        Err(e) => {
-            return items
-                .iter()
-                .map(|i| (*i, failed(start, format!("wrap on `{source}`: {e}"))))
-                .collect()
+    let (material, fingerprint, attempts) = if key.class == KeyClass::PublicKey {
+        (Material::Public, public_fingerprint(key.key_type, &key.public), 1)
+    } else {
+        match sessions.retry(source, |s| s.wrap(key.handle)) {
+            (Ok(b), n) => {
+                let fp = b.fingerprint(key.class);
+                (Material::Wrapped(b), fp, n)
+            }
+            (Err(e), n) => {
+                let msg = format!("wrap on `{source}`: {e}");
+                return items
+                    .iter()
+                    .map(|i| (*i, outcome(start, n, Err(msg.clone()))))
+                    .collect();
+            }
         }
     };
-    let fingerprint = blob.fingerprint(key.class);
     // An odd-length HMAC key arrives zero-padded: prove the copy computes the same HMACs.
-    let hmac_check = odd_length_hmac(&key).then(|| {
-        let s = sessions.get(source)?;
-        let challenge = s.random(32)?;
-        let mac = s.hmac(key.handle, &challenge)?;
-        Ok::<_, HsmError>((challenge, mac))
-    });
+    let hmac_check: Result<HmacCheck, HsmError> = if odd_length_hmac(&key) {
+        sessions
+            .retry(source, |s| {
+                let challenge = s.random(32)?;
+                let mac = s.hmac(key.handle, &challenge)?;
+                Ok(Some((challenge, mac)))
+            })
+            .0
+    } else {
+        Ok(None)
+    };
     let mut out = Vec::with_capacity(items.len());
     for &i in items {
         let start = Instant::now();
         let target = &diff.items[i].target;
-        let result = (|| -> Result<Option<String>, String> {
-            let t = sessions.get(target).map_err(|e| e.to_string())?;
-            let h = t.unwrap_as(&blob, &key).map_err(|e| e.to_string())?;
-            let verify = || -> Result<Option<String>, String> {
-                let copy_fp = t.wrap(h).map_err(|e| format!("verify: {e}"))?.fingerprint(key.class);
-                if copy_fp != fingerprint {
-                    return Err("verify: the copy's fingerprint differs from the source's".into());
-                }
-                match &hmac_check {
-                    None => Ok(None),
-                    Some(Err(e)) => Err(format!("verify (HMAC on source): {e}")),
-                    Some(Ok((challenge, mac))) => {
-                        let len = key.value_len.unwrap_or(0);
-                        let padded = len.div_ceil(8) * 8;
-                        let Some(mac) = mac else {
-                            return Ok(Some(format!("{len}-byte generic secret stored zero-padded to {padded} bytes; too short for the token's HMAC mechanisms, so only the fingerprint was verified")));
-                        };
-                        let got = t.hmac(h, challenge).map_err(|e| format!("verify (HMAC): {e}"))?;
-                        if got.as_ref() != Some(mac) {
-                            return Err("verify: the copy computes a different HMAC".into());
-                        }
-                        Ok(Some(format!("{len}-byte generic secret stored zero-padded to {padded} bytes; HMAC results verified equal")))
-                    }
-                }
-            };
-            match verify() {
-                Ok(note) => Ok(note),
-                Err(e) => {
-                    // Never leave an unverified copy behind.
-                    let _ = t.destroy(h);
-                    Err(e)
-                }
-            }
-        })();
+        let (r, n) = place(sessions, target, &key, &material, &fingerprint, &hmac_check);
         out.push((
             i,
-            match result {
-                Ok(note) => ok(start, Some(fingerprint.clone()), note),
-                Err(e) => failed(start, e),
-            },
+            outcome(start, n.max(attempts), r.map(|note| (Some(fingerprint.clone()), note))),
         ));
     }
     out
+}
+
+/// Puts one copy on `target` and verifies it; returns the note for the report.
+fn place(
+    sessions: &mut Sessions<'_>,
+    target: &str,
+    key: &KeyObject,
+    material: &Material,
+    fingerprint: &str,
+    hmac_check: &Result<HmacCheck, HsmError>,
+) -> (Result<Option<String>, String>, u32) {
+    let mut attempt = 1;
+    loop {
+        let made = sessions.get(target).and_then(|t| match material {
+            Material::Wrapped(b) => t.unwrap_as(b, key),
+            Material::Public => t.create_public(key),
+        });
+        match made {
+            Ok(h) => {
+                let t = match sessions.get(target) {
+                    Ok(t) => t,
+                    Err(e) => return (Err(e.to_string()), attempt),
+                };
+                let verified = verify(t, h, key, fingerprint, hmac_check);
+                if verified.is_err() {
+                    // Never leave an unverified copy behind.
+                    let _ = t.destroy(h);
+                }
+                return (verified, attempt);
+            }
+            Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
+                sessions.open.remove(target);
+                std::thread::sleep(BACKOFF * 2u32.pow(attempt - 1));
+                attempt += 1;
+                // The failed call may still have created the object: adopt a verified copy.
+                match sessions.get(target).and_then(|t| t.find_like(key)) {
+                    Ok(found) if found.is_empty() => {}
+                    Ok(found) => {
+                        let mine: Vec<&KeyObject> = found
+                            .iter()
+                            .filter(|k| k.fingerprint.as_deref() == Some(fingerprint))
+                            .collect();
+                        return match (found.len(), mine.first()) {
+                            (1, Some(_)) => (Ok(Some("adopted the copy left by an interrupted attempt".into())), attempt),
+                            _ => (Err(format!("after `{e}`, {} objects of this identity are on `{target}`; left for the next plan to show", found.len())), attempt),
+                        };
+                    }
+                    Err(_) => {} // the next attempt reports the error
+                }
+            }
+            Err(e) => return (Err(e.to_string()), attempt),
+        }
+    }
+}
+
+fn verify(
+    t: &TokenSession,
+    h: u64,
+    key: &KeyObject,
+    fingerprint: &str,
+    hmac_check: &Result<HmacCheck, HsmError>,
+) -> Result<Option<String>, String> {
+    let copy = t
+        .read_key_at(h)
+        .map_err(|e| format!("verify: {e}"))?
+        .ok_or("verify: the copy vanished")?;
+    let copy_fp = t.fingerprint(&copy).map_err(|e| format!("verify: {e}"))?;
+    if copy_fp.as_deref() != Some(fingerprint) {
+        return Err("verify: the copy's fingerprint differs from the source's".into());
+    }
+    match hmac_check {
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("verify (HMAC on source): {e}")),
+        Ok(Some((challenge, mac))) => {
+            let len = key.value_len.unwrap_or(0);
+            let padded = len.div_ceil(8) * 8;
+            let Some(mac) = mac else {
+                return Ok(Some(format!(
+                    "{len}-byte generic secret stored zero-padded to {padded} bytes; too short for the token's HMAC mechanisms, so only the fingerprint was verified"
+                )));
+            };
+            let got = t.hmac(h, challenge).map_err(|e| format!("verify (HMAC): {e}"))?;
+            if got.as_ref() != Some(mac) {
+                return Err("verify: the copy computes a different HMAC".into());
+            }
+            Ok(Some(format!(
+                "{len}-byte generic secret stored zero-padded to {padded} bytes; HMAC results verified equal"
+            )))
+        }
+    }
 }
 
 fn odd_length_hmac(k: &KeyObject) -> bool {

@@ -48,6 +48,8 @@ pub struct KeyFlags {
     pub wrap: bool,
     pub unwrap: bool,
     pub derive: bool,
+    pub sign_recover: bool,
+    pub verify_recover: bool,
     pub modifiable: bool,
 }
 
@@ -68,6 +70,20 @@ impl std::fmt::Display for KeyFlags {
     }
 }
 
+/// Public attributes of an asymmetric key: what a public key is made of on the target,
+/// and what its fingerprint covers. Empty for secret keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublicParts {
+    /// RSA `CKA_MODULUS`.
+    pub modulus: Vec<u8>,
+    /// RSA `CKA_PUBLIC_EXPONENT`.
+    pub public_exponent: Vec<u8>,
+    /// EC `CKA_EC_PARAMS` (the curve, DER).
+    pub ec_params: Vec<u8>,
+    /// EC `CKA_EC_POINT` (public keys only).
+    pub ec_point: Vec<u8>,
+}
+
 /// One key object on a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyObject {
@@ -85,6 +101,8 @@ pub struct KeyObject {
     pub flags: KeyFlags,
     /// `CKA_VALUE_LEN` where the token reports one (0 on SoftHSM for unwrapped keys).
     pub value_len: Option<u64>,
+    /// Public attributes (asymmetric keys).
+    pub public: PublicParts,
     /// Digest proving the key material without revealing it; `None` when the key cannot
     /// be wrapped (not extractable).
     pub fingerprint: Option<String>,

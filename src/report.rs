@@ -67,6 +67,9 @@ pub struct JobRecord {
     /// Anything the operator should know about a job that succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Attempts made, when transient errors were retried (absent when 1 or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// One delivery to an associated resource.
@@ -123,6 +126,8 @@ pub struct Outcome {
     pub fingerprint: Option<String>,
     /// A note for a job that succeeded.
     pub note: Option<String>,
+    /// How many times the job's PKCS#11 operations were tried (transient errors retried).
+    pub attempts: u32,
 }
 
 /// RFC 3339 UTC, seconds precision.
@@ -160,6 +165,7 @@ impl Report {
                 duration_ms: o.map_or(0, |o| o.duration_ms),
                 fingerprint: o.and_then(|o| o.fingerprint.clone()).or_else(|| it.fingerprint.clone()),
                 note: o.and_then(|o| o.note.clone()),
+                attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
             });
         }
         Report {

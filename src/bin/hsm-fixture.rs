@@ -42,6 +42,9 @@ enum Cmd {
         /// generic secret (HMAC) instead of AES
         #[arg(long)]
         generic: bool,
+        /// DES3 instead of AES
+        #[arg(long)]
+        des3: bool,
         #[arg(long, default_value_t = 32)]
         bytes: usize,
         #[arg(long)]
@@ -51,6 +54,52 @@ enum Cmd {
         /// CKA_PRIVATE false
         #[arg(long)]
         public: bool,
+    },
+    /// Generate an RSA (--rsa BITS) or EC (--ec p256|p384) key pair, both halves with ID.
+    KeygenPair {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        rsa: Option<u64>,
+        #[arg(long, default_value = "p256")]
+        ec: String,
+        #[arg(long)]
+        no_extractable: bool,
+    },
+    /// Print the signature (hex) of a fixed message by the private key with this id.
+    Sign {
+        token: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Exit 0 if SIG verifies under the public key with this id, 1 otherwise.
+    Verify {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        sig: String,
+    },
+    /// Set usage flags of the key with this id: e.g. --set sign=false (class secret, private or public).
+    SetFlags {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "secret")]
+        class: String,
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Replace the secret key with this id by an unmodifiable copy labelled LABEL.
+    Freeze {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
     },
     /// Print the HMAC of a fixed message under the secret key with this id (hex).
     Hmac {
@@ -73,6 +122,9 @@ enum Cmd {
         id: Option<String>,
     },
 }
+
+/// What `sign` signs and `verify` checks.
+const MESSAGE: &[u8] = b"hsm-sync fixture message";
 
 fn pin(dir: &Path, token: &str) -> Result<SecretString, String> {
     let p = std::fs::read_to_string(dir.join(format!("{token}.pin"))).map_err(|e| format!("{token}.pin: {e}"))?;
@@ -119,6 +171,7 @@ fn run(a: Args) -> Result<(), String> {
             id,
             label,
             generic,
+            des3,
             bytes,
             count,
             no_extractable,
@@ -128,6 +181,7 @@ fn run(a: Args) -> Result<(), String> {
             let id = hexid(&id)?;
             let mut spec = SecretSpec {
                 aes: !generic,
+                des3,
                 bytes,
                 id: id.clone(),
                 label: label.clone(),
@@ -147,6 +201,67 @@ fn run(a: Args) -> Result<(), String> {
                     }
                 }
             }
+        }
+        Cmd::KeygenPair {
+            token,
+            id,
+            label,
+            rsa,
+            ec,
+            no_extractable,
+        } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let spec = provision::PairSpec {
+                rsa_bits: rsa,
+                curve: ec,
+                id: hexid(&id)?,
+                label,
+                extractable: !no_extractable,
+            };
+            provision::generate_pair(&s, &spec).map_err(e)?;
+        }
+        Cmd::Sign { token, id } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            println!(
+                "{}",
+                hex::encode(provision::sign(&s, &hexid(&id)?, MESSAGE).map_err(e)?)
+            );
+        }
+        Cmd::Verify { token, id, sig } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let sig = hex::decode(sig).map_err(|e| format!("--sig: {e}"))?;
+            if !provision::verify(&s, &hexid(&id)?, MESSAGE, &sig).map_err(e)? {
+                return Err("signature does not verify".into());
+            }
+        }
+        Cmd::SetFlags { token, id, class, set } => {
+            use cryptoki::object::{Attribute, ObjectClass};
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let class = match class.as_str() {
+                "secret" => ObjectClass::SECRET_KEY,
+                "private" => ObjectClass::PRIVATE_KEY,
+                "public" => ObjectClass::PUBLIC_KEY,
+                other => return Err(format!("unknown class {other}")),
+            };
+            let mut attrs = Vec::new();
+            for kv in set {
+                let (k, v) = kv.split_once('=').ok_or("--set takes name=true|false")?;
+                let v = v == "true";
+                attrs.push(match k {
+                    "encrypt" => Attribute::Encrypt(v),
+                    "decrypt" => Attribute::Decrypt(v),
+                    "sign" => Attribute::Sign(v),
+                    "verify" => Attribute::Verify(v),
+                    "derive" => Attribute::Derive(v),
+                    "modifiable" => Attribute::Modifiable(v),
+                    other => return Err(format!("unknown flag {other}")),
+                });
+            }
+            provision::set_flags(&s, &hexid(&id)?, class, &attrs).map_err(e)?;
+        }
+        Cmd::Freeze { token, id, label } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            provision::freeze(&s, &hexid(&id)?, cryptoki::object::ObjectClass::SECRET_KEY, &label).map_err(e)?;
         }
         Cmd::Hmac { token, id } => {
             let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;

@@ -95,6 +95,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
                 };
                 let spec = SecretSpec {
                     aes,
+                    des3: false,
                     bytes: 32,
                     id: (i as u32 + 1).to_be_bytes().to_vec(),
                     label,
@@ -107,6 +108,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             // A 20-byte HMAC key: SoftHSM stores its copy zero-padded; hsm-sync verifies HMACs agree.
             let odd = SecretSpec {
                 aes: false,
+                des3: false,
                 bytes: 20,
                 id: vec![0xff, 0x20],
                 label: "hmac-odd-20".into(),

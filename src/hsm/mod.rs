@@ -8,6 +8,7 @@
 
 mod error;
 pub mod ops;
+pub mod profile;
 pub mod provision;
 
 use std::collections::HashMap;
@@ -189,6 +190,11 @@ impl Token {
         Ok(())
     }
 
+    /// The unwrap-template profile of this token's family.
+    pub fn profile(&self) -> &'static profile::Profile {
+        profile::for_token(&self.facts.manufacturer, &self.facts.model)
+    }
+
     /// A new read-write session (one per worker; the login is shared by all).
     pub fn session(&self) -> Result<TokenSession, HsmError> {
         let s = self
@@ -204,7 +210,7 @@ impl Token {
                 h
             }
         };
-        Ok(TokenSession::new(s, self.cluster.clone(), domain_key))
+        Ok(TokenSession::new(s, self.cluster.clone(), domain_key, self.profile()))
     }
 }
 

@@ -8,8 +8,9 @@ use cryptoki::session::Session;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::profile::Profile;
 use super::HsmError;
-use crate::key::{KeyClass, KeyFlags, KeyObject, KeyType};
+use crate::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
 pub struct Wrapped(Zeroizing<Vec<u8>>);
@@ -33,6 +34,19 @@ pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// A public key's fingerprint: its public attributes hashed (they are public; the domain
+/// key is not needed to compare them across tokens).
+pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hsm-sync/public-key-fingerprint/v1\0");
+    h.update([key_type as u8]);
+    for part in [&p.modulus, &p.public_exponent, &p.ec_params, &p.ec_point] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// The attributes read per key, in one `C_GetAttributeValue` round (cryptoki adds a
 /// second for the variable-length ones). Not `CKA_KEY_GEN_MECHANISM`: SoftHSM answers
 /// "unavailable" for unwrapped keys and cryptoki then fails the whole call.
@@ -51,8 +65,14 @@ const READ: &[AttributeType] = &[
     AttributeType::Wrap,
     AttributeType::Unwrap,
     AttributeType::Derive,
+    AttributeType::SignRecover,
+    AttributeType::VerifyRecover,
     AttributeType::Modifiable,
     AttributeType::ValueLen,
+    AttributeType::Modulus,
+    AttributeType::PublicExponent,
+    AttributeType::EcParams,
+    AttributeType::EcPoint,
 ];
 
 const WRAP: Mechanism<'static> = Mechanism::AesKeyWrapPad;
@@ -123,16 +143,52 @@ fn ck_type(t: KeyType) -> Option<CkKeyType> {
     })
 }
 
+/// The usage flags a key of this class has (PKCS#11 §4.8–4.10: a private key has no
+/// `CKA_ENCRYPT`, a public key no `CKA_SIGN`; sending them is `CKR_ATTRIBUTE_TYPE_INVALID`).
+pub(crate) fn usage_attributes(class: KeyClass, f: &KeyFlags) -> Vec<Attribute> {
+    match class {
+        KeyClass::SecretKey => vec![
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::Verify(f.verify),
+            Attribute::Wrap(f.wrap),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+        ],
+        KeyClass::PrivateKey => vec![
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::SignRecover(f.sign_recover),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+        ],
+        KeyClass::PublicKey => vec![
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Verify(f.verify),
+            Attribute::VerifyRecover(f.verify_recover),
+            Attribute::Wrap(f.wrap),
+            Attribute::Derive(f.derive),
+        ],
+    }
+}
+
 /// A session on one token, with its domain key found.
 pub struct TokenSession {
     s: Session,
     cluster: String,
     domain_key: ObjectHandle,
+    profile: &'static Profile,
 }
 
 impl TokenSession {
-    pub(crate) fn new(s: Session, cluster: String, domain_key: ObjectHandle) -> Self {
-        TokenSession { s, cluster, domain_key }
+    pub(crate) fn new(s: Session, cluster: String, domain_key: ObjectHandle, profile: &'static Profile) -> Self {
+        TokenSession {
+            s,
+            cluster,
+            domain_key,
+            profile,
+        }
     }
 
     /// A session for operations that need no domain key (HMAC checks in tests); any
@@ -143,6 +199,7 @@ impl TokenSession {
             s,
             cluster,
             domain_key: unsafe { ObjectHandle::new_from_raw(0) },
+            profile: &super::profile::PROFILES[0],
         }
     }
 
@@ -194,6 +251,7 @@ impl TokenSession {
         let mut label = String::new();
         let mut f = KeyFlags::default();
         let mut value_len = None;
+        let mut public = PublicParts::default();
         for a in attrs {
             match a {
                 Attribute::Class(c) => class = class_of(c),
@@ -210,8 +268,14 @@ impl TokenSession {
                 Attribute::Wrap(b) => f.wrap = b,
                 Attribute::Unwrap(b) => f.unwrap = b,
                 Attribute::Derive(b) => f.derive = b,
+                Attribute::SignRecover(b) => f.sign_recover = b,
+                Attribute::VerifyRecover(b) => f.verify_recover = b,
                 Attribute::Modifiable(b) => f.modifiable = b,
                 Attribute::ValueLen(n) => value_len = Some(u64::from(n)),
+                Attribute::Modulus(v) => public.modulus = v,
+                Attribute::PublicExponent(v) => public.public_exponent = v,
+                Attribute::EcParams(v) => public.ec_params = v,
+                Attribute::EcPoint(v) => public.ec_point = v,
                 _ => {}
             }
         }
@@ -223,8 +287,15 @@ impl TokenSession {
             label,
             flags: f,
             value_len,
+            public,
             fingerprint: None,
         }))
+    }
+
+    /// Reads the key at a handle this session just made (for verification).
+    pub fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        // SAFETY: the handle comes from this token's own unwrap or create.
+        self.read_key(unsafe { ObjectHandle::new_from_raw(handle) })
     }
 
     /// The handle of a key named by the plan's `handle:` selector, if it is a key here.
@@ -241,8 +312,13 @@ impl TokenSession {
         }
     }
 
-    fn fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
-        if k.class == KeyClass::PublicKey || !k.flags.extractable {
+    /// The fingerprint of a key on this token: public attributes for a public key, the
+    /// wrapped blob's digest for others (`None` when it cannot be wrapped).
+    pub fn fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
+        if k.class == KeyClass::PublicKey {
+            return Ok(Some(public_fingerprint(k.key_type, &k.public)));
+        }
+        if !k.flags.extractable {
             return Ok(None);
         }
         match self.wrap(k.handle) {
@@ -270,34 +346,47 @@ impl TokenSession {
         Ok(Wrapped(Zeroizing::new(blob)))
     }
 
-    /// Unwraps a blob as a token object carrying the source key's attributes, every one
-    /// set explicitly: SoftHSM's unwrap defaults differ from the source's
-    /// (PKCS11-NOTES.md). `CKA_VALUE_LEN` is never sent; SoftHSM refuses it there.
-    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
-        let f = &like.flags;
-        let key_type = ck_type(like.key_type).ok_or(HsmError::Pkcs11 {
+    fn key_type_of(&self, like: &KeyObject) -> Result<CkKeyType, HsmError> {
+        ck_type(like.key_type).ok_or(HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
-            op: "unwrapping a key of an unsupported type",
+            op: "copying a key of an unsupported type",
             error: CkError::NotSupported,
-        })?;
-        let template = vec![
+        })
+    }
+
+    /// The attributes every copy carries: identity, protection and usage, each set
+    /// explicitly (SoftHSM's unwrap defaults differ from the source's, PKCS11-NOTES.md),
+    /// adjusted by the token's [`Profile`].
+    fn copy_template(&self, like: &KeyObject) -> Result<Vec<Attribute>, HsmError> {
+        let f = &like.flags;
+        let private = f.private || self.profile.private_only;
+        let mut t = vec![
             Attribute::Class(ck_class(like.class)),
-            Attribute::KeyType(key_type),
+            Attribute::KeyType(self.key_type_of(like)?),
             Attribute::Token(true),
             Attribute::Id(like.id.clone()),
             Attribute::Label(like.label.as_bytes().to_vec()),
-            Attribute::Private(f.private),
-            Attribute::Sensitive(f.sensitive),
-            Attribute::Extractable(f.extractable),
-            Attribute::Encrypt(f.encrypt),
-            Attribute::Decrypt(f.decrypt),
-            Attribute::Sign(f.sign),
-            Attribute::Verify(f.verify),
-            Attribute::Wrap(f.wrap),
-            Attribute::Unwrap(f.unwrap),
-            Attribute::Derive(f.derive),
+            Attribute::Private(private),
             Attribute::Modifiable(f.modifiable),
         ];
+        if like.class != KeyClass::PublicKey {
+            t.push(Attribute::Sensitive(f.sensitive));
+            t.push(Attribute::Extractable(f.extractable));
+        }
+        t.extend(usage_attributes(like.class, f));
+        if self.profile.value_len_on_unwrap && like.class == KeyClass::SecretKey {
+            if let Some(n) = like.value_len.filter(|n| *n > 0) {
+                t.push(Attribute::ValueLen(n.into()));
+            }
+        }
+        Ok(t)
+    }
+
+    /// Unwraps a blob as a token object carrying the source key's attributes. Never sends
+    /// what the token refuses in an unwrap template (SoftHSM: `CKA_VALUE_LEN`, and
+    /// `CKA_MODULUS`/`CKA_EC_PARAMS` on private keys: they come from the PKCS#8 inside).
+    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+        let template = self.copy_template(like)?;
         let h = self
             .s
             .unwrap_key(&WRAP, self.domain_key, &blob.0, &template)
@@ -305,21 +394,56 @@ impl TokenSession {
         Ok(h.handle())
     }
 
+    /// Creates the public half of a key pair from the source's public attributes.
+    pub fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+        let mut template = self.copy_template(like)?;
+        let p = &like.public;
+        match like.key_type {
+            KeyType::Rsa => {
+                template.push(Attribute::Modulus(p.modulus.clone()));
+                template.push(Attribute::PublicExponent(p.public_exponent.clone()));
+            }
+            KeyType::Ec => {
+                template.push(Attribute::EcParams(p.ec_params.clone()));
+                template.push(Attribute::EcPoint(p.ec_point.clone()));
+            }
+            _ => {}
+        }
+        let h = self
+            .s
+            .create_object(&template)
+            .map_err(self.pk("creating a public key"))?;
+        Ok(h.handle())
+    }
+
+    /// The keys on this token with the identity of `like` (class + id, or class + label
+    /// when the id is empty), fingerprinted: how a retried or interrupted copy finds what
+    /// an earlier attempt may have left.
+    pub fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError> {
+        let mut template = vec![Attribute::Token(true), Attribute::Class(ck_class(like.class))];
+        if like.id.is_empty() {
+            template.push(Attribute::Label(like.label.as_bytes().to_vec()));
+        } else {
+            template.push(Attribute::Id(like.id.clone()));
+        }
+        let mut out = Vec::new();
+        for h in self.s.find_objects(&template).map_err(self.pk("finding keys"))? {
+            if let Some(mut k) = self.read_key(h)? {
+                if k.identity() == like.identity() {
+                    k.fingerprint = self.fingerprint(&k)?;
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Sets a copy's label and usage flags to the source's (`update`).
     pub fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
         // SAFETY: handles come from this token's own listing.
         let h = unsafe { ObjectHandle::new_from_raw(handle) };
-        let f = &like.flags;
-        let template = [
-            Attribute::Label(like.label.as_bytes().to_vec()),
-            Attribute::Encrypt(f.encrypt),
-            Attribute::Decrypt(f.decrypt),
-            Attribute::Sign(f.sign),
-            Attribute::Verify(f.verify),
-            Attribute::Wrap(f.wrap),
-            Attribute::Unwrap(f.unwrap),
-            Attribute::Derive(f.derive),
-        ];
+        let mut template = vec![Attribute::Label(like.label.as_bytes().to_vec())];
+        template.extend(usage_attributes(like.class, &like.flags));
         self.s
             .update_attributes(h, &template)
             .map_err(self.pk("updating attributes"))

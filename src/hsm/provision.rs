@@ -9,6 +9,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use secrecy::SecretString;
+use sha2::Digest;
 use zeroize::Zeroizing;
 
 use super::HsmError;
@@ -63,6 +64,8 @@ pub struct Provisioner {
 pub struct SecretSpec {
     /// AES or generic secret.
     pub aes: bool,
+    /// DES3 (overrides `aes`; `bytes` is ignored).
+    pub des3: bool,
     /// Length in bytes.
     pub bytes: usize,
     /// `CKA_ID`.
@@ -151,32 +154,40 @@ pub fn import_domain_key(s: &Session, label: &str, value: &Zeroizing<Vec<u8>>) -
 
 /// Generates a secret key on the token (AES for encryption, generic secret for HMAC).
 pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<u64, HsmError> {
-    let (mech, kt) = if spec.aes {
+    let (mech, kt) = if spec.des3 {
+        (Mechanism::Des3KeyGen, CkKeyType::DES3)
+    } else if spec.aes {
         (Mechanism::AesKeyGen, CkKeyType::AES)
     } else {
         (Mechanism::GenericSecretKeyGen, CkKeyType::GENERIC_SECRET)
     };
+    let cipher = spec.aes || spec.des3;
+    let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(kt)];
+    if !spec.des3 {
+        template.push(Attribute::ValueLen((spec.bytes as u64).into()));
+    }
     let h = s
         .generate_key(
             &mech,
             &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(kt),
-                Attribute::ValueLen((spec.bytes as u64).into()),
-                Attribute::Token(true),
-                Attribute::Id(spec.id.clone()),
-                Attribute::Label(spec.label.as_bytes().to_vec()),
-                Attribute::Private(spec.private),
-                Attribute::Sensitive(spec.sensitive),
-                Attribute::Extractable(spec.extractable),
-                Attribute::Encrypt(spec.aes),
-                Attribute::Decrypt(spec.aes),
-                Attribute::Sign(!spec.aes),
-                Attribute::Verify(!spec.aes),
-                Attribute::Wrap(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-            ],
+                template,
+                vec![
+                    Attribute::Token(true),
+                    Attribute::Id(spec.id.clone()),
+                    Attribute::Label(spec.label.as_bytes().to_vec()),
+                    Attribute::Private(spec.private),
+                    Attribute::Sensitive(spec.sensitive),
+                    Attribute::Extractable(spec.extractable),
+                    Attribute::Encrypt(cipher),
+                    Attribute::Decrypt(cipher),
+                    Attribute::Sign(!cipher),
+                    Attribute::Verify(!cipher),
+                    Attribute::Wrap(false),
+                    Attribute::Unwrap(false),
+                    Attribute::Derive(false),
+                ],
+            ]
+            .concat(),
         )
         .map_err(pk("generating a key"))?;
     Ok(h.handle())
@@ -220,4 +231,138 @@ pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
         }
     }
     Ok(n)
+}
+
+/// An RSA or EC key pair to create (same id and label on both halves).
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// RSA modulus bits; `None` for EC.
+    pub rsa_bits: Option<u64>,
+    /// EC curve `p256` or `p384` when `rsa_bits` is `None`.
+    pub curve: String,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_EXTRACTABLE` of the private half.
+    pub extractable: bool,
+}
+
+/// DER `CKA_EC_PARAMS` (the named curve's OID) of a curve name.
+pub fn curve_oid(curve: &str) -> Option<Vec<u8>> {
+    match curve {
+        "p256" => Some(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+        "p384" => Some(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        _ => None,
+    }
+}
+
+/// Generates a key pair on the token.
+pub fn generate_pair(s: &Session, spec: &PairSpec) -> Result<(), HsmError> {
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Id(spec.id.clone()),
+            Attribute::Label(spec.label.as_bytes().to_vec()),
+            Attribute::Private(private),
+        ]
+    };
+    let mut public = common(false);
+    public.push(Attribute::Verify(true));
+    let mut private = common(true);
+    private.extend([
+        Attribute::Sign(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(spec.extractable),
+    ]);
+    let mech = match spec.rsa_bits {
+        Some(bits) => {
+            public.extend([
+                Attribute::ModulusBits(bits.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Encrypt(true),
+            ]);
+            private.push(Attribute::Decrypt(true));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        None => {
+            let oid =
+                curve_oid(&spec.curve).ok_or_else(|| pk("choosing a curve")(cryptoki::error::Error::NotSupported))?;
+            public.push(Attribute::EcParams(oid));
+            Mechanism::EccKeyPairGen
+        }
+    };
+    s.generate_key_pair(&mech, &public, &private)
+        .map_err(pk("generating a key pair"))?;
+    Ok(())
+}
+
+fn find_class(s: &Session, class: ObjectClass, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+    match s
+        .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+        .map_err(pk("finding keys"))?
+        .as_slice()
+    {
+        [h] => Ok(*h),
+        _ => Err(pk("finding exactly one key with that id")(
+            cryptoki::error::Error::InvalidValue,
+        )),
+    }
+}
+
+fn is_ec(s: &Session, h: ObjectHandle) -> Result<bool, HsmError> {
+    let attrs = s
+        .get_attributes(h, &[AttributeType::KeyType])
+        .map_err(pk("reading the key type"))?;
+    Ok(attrs.iter().any(|a| matches!(a, Attribute::KeyType(CkKeyType::EC))))
+}
+
+/// Signs `message` with the private key of this id (RSA PKCS#1 v1.5 SHA-256, or ECDSA
+/// over the SHA-256 digest).
+pub fn sign(s: &Session, id: &[u8], message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    let h = find_class(s, ObjectClass::PRIVATE_KEY, id)?;
+    if is_ec(s, h)? {
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        s.sign(&Mechanism::Ecdsa, h, &digest).map_err(pk("signing"))
+    } else {
+        s.sign(&Mechanism::Sha256RsaPkcs, h, message).map_err(pk("signing"))
+    }
+}
+
+/// Verifies a signature with the public key of this id.
+pub fn verify(s: &Session, id: &[u8], message: &[u8], signature: &[u8]) -> Result<bool, HsmError> {
+    let h = find_class(s, ObjectClass::PUBLIC_KEY, id)?;
+    let r = if is_ec(s, h)? {
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        s.verify(&Mechanism::Ecdsa, h, &digest, signature)
+    } else {
+        s.verify(&Mechanism::Sha256RsaPkcs, h, message, signature)
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::SignatureInvalid, _)) => Ok(false),
+        Err(e) => Err(pk("verifying")(e)),
+    }
+}
+
+/// Sets boolean usage attributes of the key(s) with this id (tests make drift with it).
+pub fn set_flags(s: &Session, id: &[u8], class: ObjectClass, attrs: &[Attribute]) -> Result<(), HsmError> {
+    let h = find_class(s, class, id)?;
+    s.update_attributes(h, attrs).map_err(pk("setting attributes"))
+}
+
+/// Replaces the key(s) with this id by a copy with a new label and `CKA_MODIFIABLE`
+/// false (`C_CopyObject`; MODIFIABLE cannot be changed in place): tests make an
+/// unmodifiable, drifted copy with it.
+pub fn freeze(s: &Session, id: &[u8], class: ObjectClass, label: &str) -> Result<(), HsmError> {
+    let h = find_class(s, class, id)?;
+    s.copy_object(
+        h,
+        &[
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Modifiable(false),
+        ],
+    )
+    .map_err(pk("copying the object"))?;
+    s.destroy_object(h).map_err(pk("destroying the original"))
 }

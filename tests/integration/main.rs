@@ -2,4 +2,5 @@
 //! tokens in its own token directory (under /dev/shm where it exists).
 
 mod e2e;
+mod engine;
 mod world;

@@ -1,0 +1,224 @@
+//! The sync engine on three SoftHSM tokens (one source, two targets): every key type,
+//! every action of CONTRACT.md §3, roles, and the exit codes.
+
+use crate::world::World;
+use serde_json::Value;
+
+/// `primary` → `dr1`, `dr2`, all three clones of one domain key; role and user as given.
+fn three(role: &str) -> World {
+    let w = World::new()
+        .tokens(&["primary", "dr1", "dr2"])
+        .domain_key(&["primary", "dr1", "dr2"]);
+    w.write("role", role);
+    w
+}
+
+fn plan3(w: World, role: &str, keys: &str) -> World {
+    let text = plan3_text(role, keys);
+    w.plan(&text)
+}
+
+fn plan3_text(role: &str, keys: &str) -> String {
+    let cluster = |name: &str, from: &str| {
+        format!(
+            "  {name}:\n    module: {{module}}\n    token: {{ label: {name} }}\n{from}    credentials: {{ role: {role}, user: ops, pin: {{ file: ./{name}.pin }} }}\n"
+        )
+    };
+    format!(
+        "version: 1\nclusters:\n{}{}{}sync:\n  - name: all\n    source: primary\n    targets: [dr1, dr2]\n    keys:\n{keys}",
+        cluster("primary", ""),
+        cluster("dr1", "    cloned_from: primary\n"),
+        cluster("dr2", "    cloned_from: dr1\n"),
+    )
+}
+
+fn jobs(r: &Value) -> &Vec<Value> {
+    r["jobs"].as_array().expect("jobs")
+}
+
+fn job<'a>(r: &'a Value, target: &str, class: &str, id: &str) -> &'a Value {
+    jobs(r)
+        .iter()
+        .find(|j| {
+            let class_matches = if class.is_empty() {
+                j["key"]["class"].is_null()
+            } else {
+                j["key"]["class"] == class
+            };
+            j["target"] == target && class_matches && j["key"]["id"] == id
+        })
+        .unwrap_or_else(|| panic!("no job {target} {class} {id} in {r:#}"))
+}
+
+#[test]
+fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
+    let w = three("crypto-user")
+        .key("primary", "a128", "aes-128", &["--bytes", "16"])
+        .key("primary", "a192", "aes-192", &["--bytes", "24"])
+        .key("primary", "a256", "aes-256", &["--bytes", "32"])
+        .key("primary", "6820", "hmac-20", &["--generic", "--bytes", "20"])
+        .key("primary", "6848", "hmac-48", &["--generic", "--bytes", "48"])
+        .key("primary", "de53", "des3", &["--des3"]);
+    for (id, label, kind) in [
+        ("2048", "rsa-2048", &["--rsa", "2048"][..]),
+        ("3072", "rsa-3072", &["--rsa", "3072"]),
+        ("e256", "ec-256", &["--ec", "p256"]),
+        ("e384", "ec-384", &["--ec", "p384"]),
+    ] {
+        let mut args = vec!["keygen-pair", "primary", "--id", id, "--label", label];
+        args.extend_from_slice(kind);
+        w.fixture(&args);
+    }
+    let w = plan3(w, "crypto-user", "      - label: \"*\"\n");
+    let out = w.run(&["apply", "plan.yaml", "--report", "r.json", "--jobs", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
+    // 6 secret keys + 4 pairs × 2 halves, on 2 targets.
+    assert_eq!(r["summary"]["create"], 28, "{r:#}");
+    assert!(jobs(&r).iter().all(|j| j["status"] == "ok"), "{r:#}");
+    for t in ["dr1", "dr2"] {
+        for id in ["2048", "3072", "e256", "e384"] {
+            // The copy's private key signs what the source's public key verifies, and back.
+            let sig = w.fixture(&["sign", t, "--id", id]);
+            w.fixture(&["verify", "primary", "--id", id, "--sig", &sig]);
+            let sig = w.fixture(&["sign", "primary", "--id", id]);
+            w.fixture(&["verify", t, "--id", id, "--sig", &sig]);
+            assert_eq!(job(&r, t, "private-key", id)["action"], "create");
+            assert_eq!(job(&r, t, "public-key", id)["action"], "create");
+        }
+        assert_eq!(w.hmac("primary", "6848"), w.hmac(t, "6848"));
+        assert_eq!(w.hmac("primary", "6820"), w.hmac(t, "6820"));
+    }
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode", "--format", "json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.json()["summary"]["unchanged"], 28);
+}
+
+#[test]
+fn every_action_in_one_run() {
+    let w = three("crypto-user")
+        .key("primary", "01", "fresh", &[])
+        .key("primary", "02", "renamed-at-source", &[])
+        .key("primary", "03", "same", &[])
+        .key("primary", "04", "conflicting", &[])
+        .key("primary", "05", "local-only", &["--no-extractable"])
+        .key("primary", "06", "not-mine", &["--public"]);
+    w.fixture(&[
+        "keygen-pair",
+        "primary",
+        "--id",
+        "07",
+        "--label",
+        "pair",
+        "--ec",
+        "p256",
+    ]);
+    let w = plan3(
+        w,
+        "crypto-user",
+        "      - id: \"02\"\n      - id: \"03\"\n      - id: \"04\"\n      - id: \"05\"\n      - id: \"06\"\n      - id: \"0e\"\n      - label: retired\n        state: absent\n",
+    );
+    // Seed the targets: 02 and 03 synced, then drifted / left alone; 04 differs; a retired key.
+    let module = crate::world::softhsm().display().to_string();
+    w.write(
+        "seed.yaml",
+        &plan3_text("crypto-user", "      - id: \"02\"\n      - id: \"03\"\n").replace("{module}", &module),
+    );
+    assert_eq!(w.run(&["apply", "seed.yaml"]).code, 0);
+    w.fixture(&["set-label", "dr1", "--id", "02", "--label", "old-name"]);
+    w.fixture(&["set-flags", "dr2", "--id", "02", "--set", "encrypt=false"]);
+    w.fixture(&["keygen", "dr1", "--id", "04", "--label", "conflicting"]);
+    w.fixture(&["keygen", "dr2", "--id", "0d", "--label", "retired"]);
+    // Now add 01 (create) and the pair to the plan.
+    let plan = w
+        .read("plan.yaml")
+        .replace("keys:\n", "keys:\n      - id: \"01\"\n      - id: \"07\"\n");
+    w.write("plan.yaml", &plan);
+
+    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
+    let action = |t: &str, class: &str, id: &str| job(&p, t, class, id)["action"].as_str().unwrap().to_string();
+    let reason = |t: &str, class: &str, id: &str| job(&p, t, class, id)["reason"].as_str().unwrap_or("").to_string();
+    assert_eq!(action("dr1", "secret-key", "01"), "create");
+    assert_eq!(action("dr1", "private-key", "07"), "create");
+    assert_eq!(
+        action("dr2", "public-key", "07"),
+        "create",
+        "a crypto-user owns the public half of its pair"
+    );
+    assert_eq!(action("dr1", "secret-key", "02"), "update");
+    assert!(reason("dr1", "secret-key", "02").contains("label"), "{p:#}");
+    assert!(reason("dr2", "secret-key", "02").contains("encrypt"), "{p:#}");
+    assert_eq!(action("dr1", "secret-key", "03"), "unchanged");
+    assert_eq!(action("dr1", "secret-key", "04"), "conflict");
+    assert_eq!(reason("dr1", "secret-key", "04"), "different-key-material");
+    assert_eq!(action("dr2", "secret-key", "04"), "create");
+    assert_eq!(reason("dr1", "secret-key", "05"), "not-extractable");
+    assert!(reason("dr1", "secret-key", "06").starts_with("not-owned"), "{p:#}");
+    assert_eq!(reason("dr1", "", "0e"), "not-found-on-source");
+    assert_eq!(action("dr2", "secret-key", "0d"), "delete");
+
+    // Deletions need --allow-destroy: without it nothing changes and the exit is 1.
+    let refused = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("1 deletion(s) pending") && refused.stderr.contains("--allow-destroy"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        w.run(&["plan", "plan.yaml", "--format", "json"]).json()["summary"],
+        p["summary"]
+    );
+
+    let out = w.run(&["apply", "plan.yaml", "--allow-destroy", "--report", "r.json"]);
+    assert_eq!(out.code, 3, "conflicts and blocked keys remain: {out:?}");
+    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
+    assert_eq!(r["summary"]["failed"], 0, "{r:#}");
+    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
+    let s = &after["summary"];
+    assert_eq!(
+        (s["create"].as_u64(), s["update"].as_u64(), s["delete"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{after:#}"
+    );
+    assert_eq!(s["conflict"], 1);
+    assert_eq!(w.fixture(&["count", "dr2", "--id", "0d"]), "0");
+}
+
+#[test]
+fn a_crypto_officer_syncs_public_objects_a_crypto_user_may_not() {
+    let user = plan3(
+        three("crypto-user").key("primary", "06", "shared", &["--public"]),
+        "crypto-user",
+        "      - id: \"06\"\n",
+    );
+    let out = user.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(out.code, 3);
+    assert!(user.read("r.json").contains("not-owned"));
+    assert_eq!(user.count("dr1"), 0);
+
+    let officer = plan3(
+        three("crypto-officer").key("primary", "06", "shared", &["--public"]),
+        "crypto-officer",
+        "      - id: \"06\"\n",
+    );
+    let out = officer.run(&["apply", "plan.yaml"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(officer.count("dr1"), 1);
+    assert_eq!(officer.count("dr2"), 1);
+}
+
+#[test]
+fn drift_on_an_unmodifiable_copy_is_a_conflict() {
+    let w = plan3(
+        three("crypto-user").key("primary", "01", "k", &[]),
+        "crypto-user",
+        "      - id: \"01\"\n",
+    );
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    w.fixture(&["freeze", "dr1", "--id", "01", "--label", "renamed"]);
+    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
+    let j = job(&p, "dr1", "secret-key", "01");
+    assert_eq!(j["action"], "conflict");
+    assert!(j["reason"].as_str().unwrap().starts_with("not-modifiable"), "{j}");
+}
