@@ -37,6 +37,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// List the keys on one cluster, with handles and fingerprints.
     Inventory(InventoryArgs),
+    /// Copy one key, by its handle on the source, to one cluster (CloudHSM syncKey).
+    SyncKey(SyncKeyArgs),
     /// Make SoftHSM tokens, keys and a plan, then validate, plan, apply and plan again.
     Demo(DemoArgs),
     /// Print a JSON Schema.
@@ -75,12 +77,16 @@ pub struct PlanArgs {
     /// Exit 2 when changes are pending, 0 when there are none.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Also save the diff and a digest of every token's inventory, for `apply SAVED`.
+    #[arg(long, value_name = "SAVED")]
+    pub out: Option<PathBuf>,
 }
 
-/// `apply PLAN [--jobs N] [--report FILE] [--quiet]`
+/// `apply PLAN|SAVED [--jobs N] [--report FILE] [--junit FILE] [--allow-destroy] [--quiet]`
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// The plan file.
+    /// The plan file, or a saved plan written by `plan --out` (refused if stale).
+    #[arg(value_name = "PLAN|SAVED")]
     pub plan: PathBuf,
     /// Worker threads (default: `options.parallelism`, else the available CPUs).
     #[arg(long)]
@@ -88,6 +94,9 @@ pub struct ApplyArgs {
     /// Write the JSON report here (atomically: complete or absent).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write a JUnit XML file with one test case per job, so CI shows failed jobs.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
     /// Allow `state: absent` selectors to delete keys from targets.
     #[arg(long)]
     pub allow_destroy: bool,
@@ -117,6 +126,22 @@ pub struct InventoryArgs {
     pub format: InventoryFormat,
 }
 
+/// `sync-key PLAN --source CLUSTER <key handle> <destination>`
+#[derive(Debug, Args)]
+pub struct SyncKeyArgs {
+    /// The plan file (clusters, credentials and lineage come from it).
+    pub plan: PathBuf,
+    /// The cluster that holds the key.
+    #[arg(long)]
+    pub source: String,
+    /// The key's object handle on the source (as `inventory` prints it).
+    #[arg(value_name = "KEY_HANDLE")]
+    pub handle: u64,
+    /// The destination: a cluster name or its 0-based position in `clusters`.
+    #[arg(value_name = "DESTINATION")]
+    pub destination: String,
+}
+
 /// `demo [--dir DIR]`
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -135,9 +160,11 @@ pub enum SchemaKind {
     Plan,
     /// The apply/plan JSON report.
     Report,
+    /// A saved plan written by `plan --out`.
+    SavedPlan,
 }
 
-/// `schema plan|report`
+/// `schema plan|report|saved-plan`
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
     /// Which schema.

@@ -22,11 +22,13 @@ pub mod executor;
 pub mod exit;
 pub mod hsm;
 pub mod inventory;
+pub mod junit;
 pub mod key;
 pub mod plan;
 pub mod progress;
 pub mod render;
 pub mod report;
+pub mod saved;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;

@@ -186,16 +186,22 @@ pub fn schema() -> schemars::Schema {
     schemars::schema_for!(Report)
 }
 
-/// Writes `value` as pretty JSON to `path` atomically: a temporary file in the same
-/// directory, synced, then renamed over the destination.
+/// Writes `value` as pretty JSON to `path` atomically (see [`write_bytes_atomic`]).
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
+/// then renamed over the destination, so a reader sees the whole file or none.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    serde_json::to_writer_pretty(&mut tmp, value)?;
-    tmp.write_all(b"\n")?;
+    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

@@ -1,5 +1,8 @@
-//! `hsm-sync apply PLAN [--jobs N] [--report FILE] [--allow-destroy] [--quiet]`
+//! `hsm-sync apply PLAN|SAVED [--jobs N] [--report FILE] [--junit FILE] [--allow-destroy]
+//! [--quiet]`: executes the diff. A saved plan (`plan --out`) is applied only if every
+//! token in its scope is as it was when the plan was made.
 
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use miette::{miette, IntoDiagnostic, WrapErr};
@@ -8,16 +11,54 @@ use crate::cli::ApplyArgs;
 use crate::diff::Action;
 use crate::executor::execute;
 use crate::exit::ExitStatus;
+use crate::plan::Plan;
 use crate::progress;
-use crate::report::{write_atomic, Report, Status};
+use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
+use crate::saved::{self, SavedPlan};
 
-use super::{online_diff, Ui};
+use super::{online_diff, Online, Ui};
+
+/// How a set of jobs runs and where its results go; shared by `apply` and `sync-key`.
+pub(super) struct RunOptions<'a> {
+    /// The command name for the report.
+    pub command: &'a str,
+    /// The plan as the operator named it, for the report.
+    pub plan_name: PathBuf,
+    /// Worker threads.
+    pub threads: usize,
+    /// Deletions allowed.
+    pub allow_destroy: bool,
+    /// No bars, no per-job lines.
+    pub quiet: bool,
+    /// JSON report file.
+    pub report: Option<&'a Path>,
+    /// JUnit file.
+    pub junit: Option<&'a Path>,
+}
 
 pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
-    let plan = ui.load(&a.plan)?;
-    let (tokens, diff) = online_diff(&plan)?;
-    let deletions = diff.count(Action::Delete);
+    let (plan, saved) = match saved::read(&a.plan) {
+        Ok(Some(saved)) => (
+            ui.load_text(Path::new(&saved.plan_path), saved.plan_text.clone())?,
+            Some(saved),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(miette!(
+                code = "apply::saved_plan_invalid",
+                help = "make a new one with `hsm-sync plan PLAN --out SAVED`",
+                "{} looks like a saved plan but is not a valid one: {e}",
+                a.plan.display()
+            ))
+        }
+        // Not a saved plan, or unreadable: the plan loader says which, with its diagnostics.
+        _ => (ui.load(&a.plan)?, None),
+    };
+    let online = online_diff(&plan)?;
+    if let Some(saved) = &saved {
+        check_fresh(saved, &plan, &online, started)?;
+    }
+    let deletions = online.diff.count(Action::Delete);
     if deletions > 0 && !a.allow_destroy {
         return Err(miette!(
             code = "apply::destroy_not_allowed",
@@ -25,29 +66,83 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             "{deletions} deletion(s) pending and --allow-destroy not given: nothing was changed"
         ));
     }
-    let threads = a
-        .jobs
-        .or(plan.options.parallelism)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let reporter = progress::for_terminal(a.quiet);
-    let outcomes = execute(&diff, &tokens, threads, a.allow_destroy, reporter.as_ref());
-    let report = Report::new("apply", &a.plan, started, &diff, Some(&outcomes));
-    if let Some(path) = &a.report {
+    let opts = RunOptions {
+        command: "apply",
+        plan_name: saved
+            .as_ref()
+            .map_or_else(|| a.plan.clone(), |s| PathBuf::from(&s.plan)),
+        threads: threads(a.jobs, &plan),
+        allow_destroy: a.allow_destroy,
+        quiet: a.quiet,
+        report: a.report.as_deref(),
+        junit: a.junit.as_deref(),
+    };
+    let (_report, status) = run_jobs(&online, &opts, started)?;
+    Ok(status)
+}
+
+/// Worker threads: `--jobs`, else `options.parallelism`, else the available CPUs.
+pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
+    jobs.or(plan.options.parallelism)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Refuses a saved plan when a token in scope changed since it was made, or when the
+/// diff it would run is not the one that was reviewed.
+fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> miette::Result<()> {
+    let mut changes = saved::changes(&saved.tokens, &online.token_states(plan));
+    if changes.is_empty() {
+        let now = Report::new("plan", Path::new(&saved.plan), started, &online.diff, None);
+        if !saved::same_jobs(&saved.jobs, &now.jobs) {
+            changes.push("the diff is no longer the one that was saved".into());
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    Err(miette!(
+        code = "apply::stale_saved_plan",
+        help = "run `hsm-sync plan --out` again and review the new diff; nothing was changed",
+        "saved plan is stale (made {}): {}",
+        saved.created_at,
+        changes.join("; ")
+    ))
+}
+
+/// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
+/// says how the run ends (exit 3 when a job failed or a conflict or blocked key remains).
+pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> miette::Result<(Report, ExitStatus)> {
+    let reporter = progress::for_terminal(o.quiet);
+    let outcomes = execute(
+        &online.diff,
+        &online.tokens,
+        o.threads,
+        o.allow_destroy,
+        reporter.as_ref(),
+    );
+    let report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
+    if let Some(path) = o.report {
         write_atomic(path, &report)
             .into_diagnostic()
             .wrap_err_with(|| format!("writing the report to {}", path.display()))?;
     }
-    for (job, o) in report.jobs.iter().zip(&outcomes) {
-        if o.status == Status::Failed {
+    if let Some(path) = o.junit {
+        let xml = crate::junit::render(&report).into_diagnostic()?;
+        write_bytes_atomic(path, xml.as_bytes())
+            .into_diagnostic()
+            .wrap_err_with(|| format!("writing the JUnit file to {}", path.display()))?;
+    }
+    for job in &report.jobs {
+        if job.status == Status::Failed {
             eprintln!(
                 "failed: {} → {} {} {}: {}",
                 job.source,
                 job.target,
                 job.key.id,
                 job.key.label,
-                o.error.as_deref().unwrap_or("unknown error")
+                job.error.as_deref().unwrap_or("unknown error")
             );
-        } else if !a.quiet && matches!(job.action, Action::Conflict | Action::Blocked) {
+        } else if !o.quiet && matches!(job.action, Action::Conflict | Action::Blocked) {
             eprintln!(
                 "{}: {} → {} {} {}: {}",
                 job.action.name(),
@@ -71,16 +166,16 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         s.blocked,
         s.failed,
         SystemTime::now().duration_since(started).map_or(0, |d| d.as_millis()),
-        a.report
-            .as_ref()
+        o.report
             .map(|p| format!("; report: {}", p.display()))
             .unwrap_or_default()
     );
-    Ok(if failed_or_left > 0 {
+    let status = if failed_or_left > 0 {
         ExitStatus::Incomplete
     } else {
         ExitStatus::Success
-    })
+    };
+    Ok((report, status))
 }
 
 fn count_failed(report: &Report, action: Action) -> usize {

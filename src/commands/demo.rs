@@ -138,23 +138,26 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             online: true,
         },
     )?;
-    step("plan plan.yaml");
+    let saved = dir.join("saved-plan.json");
+    step("plan plan.yaml --out saved-plan.json");
     let first = super::plan::run(
         ui,
         &PlanArgs {
             plan: plan_path.clone(),
             format: PlanFormat::Text,
             detailed_exitcode: true,
+            out: Some(saved.clone()),
         },
     )?;
     let report = dir.join("report.json");
-    step("apply plan.yaml --report report.json");
+    step("apply saved-plan.json --report report.json");
     let applied = super::apply::run(
         ui,
         &ApplyArgs {
-            plan: plan_path.clone(),
+            plan: saved,
             jobs: None,
             report: Some(report.clone()),
+            junit: None,
             allow_destroy: false,
             quiet: false,
         },
@@ -166,6 +169,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             plan: plan_path.clone(),
             format: PlanFormat::Text,
             detailed_exitcode: true,
+            out: None,
         },
     )?;
     println!(

@@ -6,6 +6,7 @@ mod demo;
 mod inventory;
 mod plan;
 mod schema;
+mod sync_key;
 mod validate;
 
 use std::path::Path;
@@ -16,8 +17,9 @@ use crate::cli::{Cli, Command, DiagnosticsFormat};
 use crate::connect::{connect, Tokens};
 use crate::diff::{diff, Diff};
 use crate::exit::ExitStatus;
-use crate::inventory::read_all;
+use crate::inventory::{read_all, Inventories};
 use crate::plan::Plan;
+use crate::saved;
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: &Cli) -> miette::Result<ExitStatus> {
@@ -29,6 +31,7 @@ pub fn dispatch(cli: &Cli) -> miette::Result<ExitStatus> {
         Command::Plan(a) => plan::run(&ui, a),
         Command::Apply(a) => apply::run(&ui, a),
         Command::Inventory(a) => inventory::run(&ui, a),
+        Command::SyncKey(a) => sync_key::run(&ui, a),
         Command::Demo(a) => demo::run(&ui, a),
         Command::Schema(a) => schema::run(a),
     }
@@ -48,7 +51,15 @@ impl Ui {
 
     /// Loads a plan, printing its warnings.
     pub fn load(&self, path: &Path) -> miette::Result<Plan> {
-        let loaded = crate::plan::load(path)?;
+        self.warn(crate::plan::load(path)?)
+    }
+
+    /// Validates the text of a plan saved earlier, printing its warnings.
+    pub fn load_text(&self, path: &Path, text: String) -> miette::Result<Plan> {
+        self.warn(crate::plan::load_text(path, text)?)
+    }
+
+    fn warn(&self, loaded: crate::plan::Loaded) -> miette::Result<Plan> {
         if let Some(w) = &loaded.warnings {
             self.emit(w);
         }
@@ -56,11 +67,36 @@ impl Ui {
     }
 }
 
+/// What the online stages found: the logged-in tokens, their inventories and the diff.
+pub(crate) struct Online {
+    /// Logged-in tokens of every cluster in scope.
+    pub tokens: Tokens,
+    /// Their inventories.
+    pub inventories: Inventories,
+    /// The diff of the plan against them.
+    pub diff: Diff,
+}
+
+impl Online {
+    /// The state of every token in scope, for saved plans and their staleness check.
+    pub fn token_states(&self, plan: &Plan) -> Vec<saved::TokenState> {
+        saved::token_states(plan, &self.inventories, |c| {
+            let f = &self.tokens.get(c).facts;
+            (f.label.clone(), f.serial.clone())
+        })
+    }
+}
+
 /// The online part shared by `plan` and `apply`: log in, prove lineage, read the
 /// inventories in scope, diff.
-pub(crate) fn online_diff(plan: &Plan) -> miette::Result<(Tokens, Diff)> {
+pub(crate) fn online_diff(plan: &Plan) -> miette::Result<Online> {
     let (tokens, _proofs) = connect(plan)?;
     let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
-    let inv = read_all(&tokens, &names)?;
-    Ok((tokens, diff(plan, &inv)))
+    let inventories = read_all(&tokens, &names)?;
+    let diff = diff(plan, &inventories);
+    Ok(Online {
+        tokens,
+        inventories,
+        diff,
+    })
 }

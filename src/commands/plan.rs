@@ -1,32 +1,53 @@
-//! `hsm-sync plan PLAN [--format text|json|markdown] [--detailed-exitcode]`: the dry run.
-//! It stops after the diff; nothing is written to any token.
+//! `hsm-sync plan PLAN [--format text|json|markdown] [--out SAVED] [--detailed-exitcode]`:
+//! the dry run. It stops after the diff; nothing is written to any token.
 
 use std::io::IsTerminal;
 use std::time::SystemTime;
 
-use miette::IntoDiagnostic;
+use miette::{IntoDiagnostic, WrapErr};
 
 use crate::cli::{PlanArgs, PlanFormat};
 use crate::exit::ExitStatus;
 use crate::render;
-use crate::report::Report;
+use crate::report::{timestamp, write_atomic, Report};
+use crate::saved::{self, SavedPlan};
 
 use super::{online_diff, Ui};
 
 pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = ui.load(&a.plan)?;
-    let (_tokens, diff) = online_diff(&plan)?;
+    let online = online_diff(&plan)?;
+    let diff = &online.diff;
+    let report = Report::new("plan", &a.plan, started, diff, None);
+    if let Some(out) = &a.out {
+        let saved = SavedPlan {
+            kind: saved::KIND.into(),
+            version: 1,
+            plan: a.plan.display().to_string(),
+            plan_path: saved::absolute(&a.plan).display().to_string(),
+            plan_text: plan.source.text().to_string(),
+            created_at: timestamp(started),
+            tokens: online.token_states(&plan),
+            summary: report.summary.clone(),
+            jobs: report.jobs.clone(),
+        };
+        write_atomic(out, &saved)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("writing the saved plan to {}", out.display()))?;
+        eprintln!(
+            "Saved plan: {} (apply it with `hsm-sync apply {}`)",
+            out.display(),
+            out.display()
+        );
+    }
     match a.format {
         PlanFormat::Text => {
             let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!("{}", render::text(&diff, color));
+            print!("{}", render::text(diff, color));
         }
-        PlanFormat::Markdown => print!("{}", render::markdown(&diff, &a.plan.display().to_string())),
-        PlanFormat::Json => {
-            let report = Report::new("plan", &a.plan, started, &diff, None);
-            println!("{}", serde_json::to_string_pretty(&report).into_diagnostic()?);
-        }
+        PlanFormat::Markdown => print!("{}", render::markdown(diff, &a.plan.display().to_string())),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report).into_diagnostic()?),
     }
     Ok(if a.detailed_exitcode && diff.has_changes() {
         ExitStatus::ChangesPending

@@ -1,4 +1,4 @@
-//! `hsm-sync schema plan|report`: the JSON Schemas, identical to `schemas/*.json`.
+//! `hsm-sync schema plan|report|saved-plan`: the JSON Schemas, identical to `schemas/*.json`.
 
 use miette::IntoDiagnostic;
 
@@ -10,6 +10,7 @@ pub fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
     let schema = match kind {
         SchemaKind::Plan => schemars::schema_for!(crate::plan::raw::RawPlan),
         SchemaKind::Report => crate::report::schema(),
+        SchemaKind::SavedPlan => crate::saved::schema(),
     };
     Ok(serde_json::to_string_pretty(&schema)? + "\n")
 }

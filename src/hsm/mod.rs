@@ -186,6 +186,11 @@ impl Token {
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => return Err(locked("the user PIN is locked")),
             Err(e) => return Err(self.pk("logging in")(e)),
         }
+        // SoftHSM numbers objects per process, in the order a search first meets them.
+        // Meeting every object once, before any lookup or session object, gives each the
+        // same handle in every run on an unchanged token, so the handles `inventory`
+        // prints mean the same objects to `sync-key` and `handle:` selectors.
+        session.find_objects(&[]).map_err(self.pk("listing objects"))?;
         *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
         Ok(())
     }

@@ -201,6 +201,12 @@ pub struct Loaded {
     pub warnings: Option<InvalidPlan>,
 }
 
+/// Validates plan text that was read earlier (a saved plan carries its plan's text);
+/// `path` is where it came from, against which relative PIN files resolve.
+pub fn load_text(path: &Path, text: String) -> Result<Loaded, PlanError> {
+    validate::validate(path, &path.display().to_string(), text)
+}
+
 /// Reads and validates a plan file.
 pub fn load(path: &Path) -> Result<Loaded, PlanError> {
     let read_err = |source| PlanError::Read {

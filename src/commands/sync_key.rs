@@ -1,0 +1,113 @@
+//! `hsm-sync sync-key PLAN --source CLUSTER <key handle> <destination>`: CloudHSM's
+//! `syncKey` — one key, named by its handle on the source, to one cluster named or
+//! numbered (0-based position in `clusters`). The same login, lineage and fingerprint
+//! checks as `apply`, by running `apply`'s pipeline on a one-selector plan.
+
+use std::time::SystemTime;
+
+use miette::miette;
+
+use crate::cli::SyncKeyArgs;
+use crate::exit::ExitStatus;
+use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
+
+use super::apply::{run_jobs, threads, RunOptions};
+use super::{online_diff, Ui};
+
+pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
+    let started = SystemTime::now();
+    let plan = ui.load(&a.plan)?;
+    let source = cluster(&plan, &a.source, "source")?;
+    let dest = destination(&plan, &a.destination)?;
+    if dest.name == source.name {
+        return Err(miette!(
+            code = "sync_key::same_cluster",
+            "the destination `{}` is the source itself",
+            dest.name
+        ));
+    }
+    // The plan rule for sync entries, applied to this ad-hoc pair.
+    let (s, d) = (&source.credentials, &dest.credentials);
+    if s.role != d.role || s.user != d.user {
+        return Err(miette!(
+            code = "sync_key::credentials_differ",
+            help = "a key moves between the same user and role on both sides",
+            "`{}` logs in as {} `{}` but `{}` as {} `{}`",
+            source.name,
+            s.role,
+            s.user,
+            dest.name,
+            d.role,
+            d.user
+        ));
+    }
+    let one = Plan {
+        syncs: vec![SyncEntry {
+            name: "sync-key".into(),
+            source: source.name.clone(),
+            targets: vec![dest.name.clone()],
+            selectors: vec![Selector {
+                matcher: KeyMatcher::Handle(a.handle),
+                state: DesiredState::Present,
+                targets: vec![dest.name.clone()],
+            }],
+            notify: Vec::new(),
+        }],
+        ..plan.clone()
+    };
+    let online = online_diff(&one)?;
+    let opts = RunOptions {
+        command: "sync-key",
+        plan_name: a.plan.clone(),
+        threads: threads(None, &plan),
+        allow_destroy: false,
+        quiet: false,
+        report: None,
+        junit: None,
+    };
+    let (_report, status) = run_jobs(&online, &opts, started)?;
+    if status == ExitStatus::Success {
+        println!("syncKey success");
+    }
+    Ok(status)
+}
+
+fn cluster<'p>(plan: &'p Plan, name: &str, what: &str) -> miette::Result<&'p Cluster> {
+    plan.cluster(name).ok_or_else(|| {
+        miette!(
+            code = "sync_key::unknown_cluster",
+            help = format!("the plan defines: {}", names(plan)),
+            "the {what} cluster `{name}` is not in the plan"
+        )
+    })
+}
+
+/// A cluster name, or a 0-based position in `clusters` as CloudHSM numbers its clusters.
+fn destination<'p>(plan: &'p Plan, dest: &str) -> miette::Result<&'p Cluster> {
+    if let Some(c) = plan.cluster(dest) {
+        return Ok(c);
+    }
+    match dest.parse::<usize>() {
+        Ok(i) => plan.clusters.get(i).ok_or_else(|| {
+            miette!(
+                code = "sync_key::unknown_cluster",
+                help = format!(
+                    "positions run from 0 to {}: {}",
+                    plan.clusters.len().saturating_sub(1),
+                    names(plan)
+                ),
+                "there is no cluster at position {i}"
+            )
+        }),
+        Err(_) => cluster(plan, dest, "destination"),
+    }
+}
+
+fn names(plan: &Plan) -> String {
+    plan.clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i}: {}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,194 @@
+//! Saved plans (`plan --out SAVED`, `apply SAVED`): the reviewed diff, the plan it came
+//! from, and a digest of every token's inventory in scope. `apply SAVED` applies exactly
+//! those actions, and refuses (exit 1) when any token in scope changed since, including
+//! a target that was empty then. A saved plan holds no PIN (the plan only names where
+//! PINs are) and no key material (fingerprints only).
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::inventory::Inventories;
+use crate::key::KeyObject;
+use crate::plan::Plan;
+use crate::report::{JobRecord, Summary};
+
+/// The `kind` that marks a file as a saved plan.
+pub const KIND: &str = "hsm-sync/saved-plan";
+
+/// The state of one token when the plan was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenState {
+    /// Cluster name.
+    pub cluster: String,
+    /// Token label.
+    pub label: String,
+    /// Token serial number.
+    pub serial: String,
+    /// Number of keys.
+    pub keys: usize,
+    /// SHA-256 over every key's identity, attributes and fingerprint (not handles).
+    pub inventory_digest: String,
+}
+
+/// A saved plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "hsm-sync saved plan")]
+pub struct SavedPlan {
+    /// Always `hsm-sync/saved-plan`.
+    pub kind: String,
+    /// Format version (1).
+    pub version: u32,
+    /// The plan file as given to `plan`.
+    pub plan: String,
+    /// The plan file's absolute path (relative PIN files resolve against it).
+    pub plan_path: String,
+    /// The plan's text: `apply SAVED` runs exactly this plan.
+    pub plan_text: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// Every token in scope, as it was.
+    pub tokens: Vec<TokenState>,
+    /// Counts of the diff.
+    pub summary: Summary,
+    /// The diff, every job `pending`.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// Digest of one inventory: what a change to any key in scope changes.
+pub fn inventory_digest(keys: &[KeyObject]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hsm-sync/inventory/v1\0");
+    for k in keys {
+        let fields = [
+            format!("{:?}", k.class),
+            format!("{:?}", k.key_type),
+            hex::encode(&k.id),
+            k.label.clone(),
+            format!("{:?}", k.flags),
+            format!("{:?}", k.value_len),
+            k.fingerprint.clone().unwrap_or_default(),
+        ];
+        for f in fields {
+            h.update((f.len() as u64).to_be_bytes());
+            h.update(f.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// The states of the tokens in scope.
+pub fn token_states(plan: &Plan, inv: &Inventories, facts: impl Fn(&str) -> (String, String)) -> Vec<TokenState> {
+    plan.clusters_in_scope()
+        .iter()
+        .filter_map(|c| {
+            let i = inv.get(&c.name)?;
+            let (label, serial) = facts(&c.name);
+            Some(TokenState {
+                cluster: c.name.clone(),
+                label,
+                serial,
+                keys: i.keys.len(),
+                inventory_digest: inventory_digest(&i.keys),
+            })
+        })
+        .collect()
+}
+
+/// What changed between the saved token states and now; empty when nothing did.
+pub fn changes(saved: &[TokenState], now: &[TokenState]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in saved {
+        match now.iter().find(|n| n.cluster == s.cluster) {
+            None => out.push(format!("cluster `{}` is no longer in the plan's scope", s.cluster)),
+            Some(n) if n.serial != s.serial || n.label != s.label => out.push(format!(
+                "cluster `{}` is now token `{}` (serial {}), was `{}` (serial {})",
+                s.cluster, n.label, n.serial, s.label, s.serial
+            )),
+            Some(n) if n.inventory_digest != s.inventory_digest => out.push(format!(
+                "the keys on `{}` changed ({} key(s) then, {} now)",
+                s.cluster, s.keys, n.keys
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in now {
+        if !saved.iter().any(|s| s.cluster == n.cluster) {
+            out.push(format!("cluster `{}` was not in the saved plan's scope", n.cluster));
+        }
+    }
+    out
+}
+
+/// Reads `path` as a saved plan, if it is one (`Ok(None)` for a YAML plan).
+pub fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
+    let text = std::fs::read(path)?;
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Ok(None);
+    };
+    if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The absolute path of a plan file, for [`SavedPlan::plan_path`].
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Jobs compared as actions: the same keys, targets, actions and reasons (not handles,
+/// which a token may number differently in another process).
+pub fn same_jobs(a: &[JobRecord], b: &[JobRecord]) -> bool {
+    let key = |j: &JobRecord| {
+        (
+            j.sync.clone(),
+            j.source.clone(),
+            j.target.clone(),
+            j.key.id.clone(),
+            j.key.label.clone(),
+            j.key.class,
+            j.action,
+            j.reason.clone(),
+        )
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
+}
+
+/// The JSON Schema of a saved plan (`schemas/saved-plan.schema.json`).
+pub fn schema() -> schemars::Schema {
+    schemars::schema_for!(SavedPlan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cluster: &str, keys: usize, digest: &str) -> TokenState {
+        TokenState {
+            cluster: cluster.into(),
+            label: cluster.into(),
+            serial: "1".into(),
+            keys,
+            inventory_digest: digest.into(),
+        }
+    }
+
+    #[test]
+    fn an_empty_target_that_gained_keys_is_a_change() {
+        let empty = inventory_digest(&[]);
+        let saved = vec![state("a", 3, "x"), state("b", 0, &empty)];
+        assert!(changes(&saved, &saved).is_empty());
+        let now = vec![state("a", 3, "x"), state("b", 1, "y")];
+        assert_eq!(
+            changes(&saved, &now),
+            vec!["the keys on `b` changed (0 key(s) then, 1 now)".to_string()]
+        );
+    }
+}
