@@ -3,5 +3,6 @@
 
 mod e2e;
 mod engine;
+mod faults;
 mod workflow;
 mod world;

@@ -1,0 +1,177 @@
+//! Accounts and faults with a real token underneath: SoftHSM behind the test-only
+//! `pkcs11-shim` (locked PINs, injected `CKR_*` failures, a call log) or OpenSC's
+//! `pkcs11-spy` (an independent record of every call).
+
+use crate::world::{shim, softhsm, two_cluster_plan, World};
+use serde_json::Value;
+
+fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+/// The two-cluster plan with `dr` (or both clusters) reached through `module`.
+fn plan_via(module: &str, both: bool, keys: &str) -> String {
+    let text = two_cluster_plan(keys).replace("{module}", &softhsm().display().to_string());
+    let soft = format!("module: {}", softhsm().display());
+    let via = format!("module: {module}");
+    if both {
+        text.replace(&soft, &via)
+    } else {
+        // Only the second occurrence (the `dr` cluster).
+        let first = text.find(&soft).expect("module line") + soft.len();
+        format!("{}{}", &text[..first], text[first..].replacen(&soft, &via, 1))
+    }
+}
+
+fn calls(w: &World, log: &str, f: &str) -> Vec<String> {
+    std::fs::read_to_string(w.path().join(log))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(f))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_locked_pin_or_one_on_its_final_try_is_never_tried() {
+    let shim = shim();
+    let w = pair().key("primary", "01", "k", &[]);
+    w.write(
+        "plan.yaml",
+        &plan_via(&shim.display().to_string(), false, "      - label: k\n"),
+    );
+    for (flag, words) in [
+        ("user_pin_locked", "the user PIN is locked"),
+        ("user_pin_final_try", "final try"),
+    ] {
+        let log = format!("{flag}.log");
+        let out = w.run_env(
+            &["apply", "plan.yaml"],
+            &[("HSM_SYNC_SHIM_TOKEN_FLAGS", flag), ("HSM_SYNC_SHIM_LOG", &log)],
+        );
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("cluster `dr`"), "{}", out.stderr);
+        assert!(out.stderr.contains(words), "{}", out.stderr);
+        assert!(out.stderr.contains("did not try to log in"), "{}", out.stderr);
+        assert!(!calls(&w, &log, "C_GetTokenInfo").is_empty(), "the shim saw the run");
+        assert_eq!(
+            calls(&w, &log, "C_Login"),
+            Vec::<String>::new(),
+            "no login attempt at all"
+        );
+    }
+    assert_eq!(w.count("dr"), 0, "nothing written");
+}
+
+#[test]
+fn a_wrong_pin_is_tried_exactly_once_per_run_as_pkcs11_spy_records() {
+    let spy = [
+        "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so",
+        "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .unwrap_or_else(|| panic!("OpenSC's pkcs11-spy is missing: apt-get install -y opensc"));
+    let w = pair().key("primary", "01", "k", &[]);
+    w.write("plan.yaml", &plan_via(spy, true, "      - label: k\n"));
+    w.write("dr.pin", "not-the-pin\n");
+    let soft = softhsm().display().to_string();
+    for cmd in ["validate", "plan", "apply"] {
+        let log = format!("{cmd}.spy");
+        let args: Vec<&str> = if cmd == "validate" {
+            vec![cmd, "plan.yaml", "--online"]
+        } else {
+            vec![cmd, "plan.yaml"]
+        };
+        let out = w.run_env(&args, &[("PKCS11SPY", &soft), ("PKCS11SPY_OUTPUT", &log)]);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert!(out.stderr.contains("cluster `dr`"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("wrong PIN") || out.stderr.contains("PIN"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("not-the-pin"), "the PIN is never printed");
+        let spy_log = w.read(&log);
+        // The spy heads every call with "N: C_Name": primary logs in once, dr is tried
+        // once and refused, and nothing tries again.
+        let logins = spy_log.lines().filter(|l| l.ends_with(": C_Login")).count();
+        let wrong = spy_log.matches("CKR_PIN_INCORRECT").count();
+        assert_eq!(
+            (logins, wrong),
+            (2, 1),
+            "{cmd}: one login per token, one wrong PIN:\n{spy_log}"
+        );
+    }
+}
+
+#[test]
+fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
+    let shim = shim().display().to_string();
+    let w = pair().key("primary", "01", "k", &["--count", "4"]);
+    w.write("plan.yaml", &plan_via(&shim, false, "      - label: \"k-*\"\n"));
+
+    // The 2nd unwrap fails once with CKR_DEVICE_ERROR: retried, every key lands once.
+    let t = w.run_env(
+        &["apply", "plan.yaml", "--jobs", "1", "--report", "transient.json"],
+        &[
+            ("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:2:CKR_DEVICE_ERROR"),
+            ("HSM_SYNC_SHIM_LOG", "t.log"),
+        ],
+    );
+    assert_eq!(t.code, 0, "{t:?}");
+    let r: Value = serde_json::from_str(&w.read("transient.json")).unwrap();
+    assert_eq!(r["summary"]["create"], 4);
+    assert_eq!(r["summary"]["failed"], 0);
+    let retried: Vec<&Value> = r["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["attempts"] == 2)
+        .collect();
+    assert_eq!(retried.len(), 1, "exactly the faulted job was retried: {r:#}");
+    assert_eq!(
+        calls(&w, "t.log", "C_UnwrapKey")
+            .iter()
+            .filter(|l| l.contains("injected"))
+            .count(),
+        1
+    );
+    assert_eq!(w.count("dr"), 4, "no duplicate from the retry");
+
+    // A fatal error on one key fails that job only; the others proceed; exit 3. (Unwrap
+    // #1 is the lineage proof, #2 the first new key.)
+    w.fixture(&["keygen", "primary", "--id", "02", "--label", "k2", "--count", "3"]);
+    w.write("plan.yaml", &plan_via(&shim, false, "      - label: \"k*\"\n"));
+    let f = w.run_env(
+        &["apply", "plan.yaml", "--jobs", "1", "--report", "fatal.json"],
+        &[("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:3:CKR_FUNCTION_FAILED")],
+    );
+    assert_eq!(f.code, 3, "{f:?}");
+    let r: Value = serde_json::from_str(&w.read("fatal.json")).unwrap();
+    assert_eq!(r["summary"]["failed"], 1, "{r:#}");
+    assert_eq!(r["summary"]["create"], 3);
+    let failed = r["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["status"] == "failed")
+        .expect("a failed job");
+    assert!(
+        failed["error"].as_str().unwrap().contains("CKR_FUNCTION_FAILED"),
+        "{failed}"
+    );
+    assert!(failed["attempts"].is_null(), "a fatal error is not retried: {failed}");
+    assert!(f.stderr.contains("failed:"), "{}", f.stderr);
+    assert_eq!(w.count("dr"), 6);
+
+    // The rerun converges without the fault.
+    let again = w.run(&["apply", "plan.yaml", "--report", "again.json"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let r: Value = serde_json::from_str(&w.read("again.json")).unwrap();
+    assert_eq!(
+        (r["summary"]["create"].as_u64(), r["summary"]["unchanged"].as_u64()),
+        (Some(1), Some(6))
+    );
+    assert_eq!(w.count("dr"), 7);
+}
