@@ -39,7 +39,8 @@ impl Bars {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = multi.add(ProgressBar::new(0));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:>14} {pos}/{len} jobs, {per_sec}, eta {eta} {msg}")
+            ProgressStyle::with_template("{prefix:>14} {pos}/{len} jobs, {rate}, eta {eta} {msg}")
+                .map(with_rate)
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         overall.set_prefix("overall");
@@ -59,7 +60,8 @@ impl Default for Bars {
 
 impl Reporter for Bars {
     fn begin(&self, per_target: &[(String, u64)]) {
-        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {rate} eta {eta}")
+            .map(with_rate)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
         let mut map = self.per_target.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +92,14 @@ impl Reporter for Bars {
         }
         self.overall.finish();
     }
+}
+
+/// Keys per second as a whole number: indicatif's `{per_sec}` prints four decimals.
+fn with_rate(style: ProgressStyle) -> ProgressStyle {
+    style.with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        // A failed write to the bar's buffer only loses this frame's rate.
+        let _ = write!(w, "{:.0}/s", s.per_sec());
+    })
 }
 
 /// Bars when stderr is a terminal and output is not quiet, else silence.
