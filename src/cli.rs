@@ -80,6 +80,10 @@ pub struct PlanArgs {
     /// Also save the diff and a digest of every token's inventory, for `apply SAVED`.
     #[arg(long, value_name = "SAVED")]
     pub out: Option<PathBuf>,
+    /// Only shard i of n (from 1): keys are split by a hash of their identity, so n
+    /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::diff::Shard>,
 }
 
 /// `apply PLAN|SAVED [--jobs N] [--report FILE] [--junit FILE] [--allow-destroy] [--quiet]`
@@ -103,6 +107,10 @@ pub struct ApplyArgs {
     /// No progress bars and no per-job lines; the summary and errors only.
     #[arg(long)]
     pub quiet: bool,
+    /// Only shard i of n (from 1): keys are split by a hash of their identity, so n
+    /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::diff::Shard>,
 }
 
 /// Output format of `inventory`.

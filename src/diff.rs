@@ -111,6 +111,63 @@ impl Diff {
     pub fn has_changes(&self) -> bool {
         self.items.iter().any(|i| i.action.is_change())
     }
+
+    /// Only the items of one shard: every job of a key (all its targets, both halves of a
+    /// pair) falls in the same shard, so a key is still wrapped once.
+    pub fn shard(mut self, shard: Shard) -> Diff {
+        self.items.retain(|i| shard.holds(&i.key));
+        self
+    }
+}
+
+/// One of `n` deterministic parts of a diff (`--shard i/n`, `i` from 1), so that several
+/// CI runners can share one large sync. Keys are assigned by a hash of their `CKA_ID`
+/// (the label when the id is empty), not by position: the same key lands in the same
+/// shard on every runner, whatever else the tokens hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Shard {
+    /// This shard, from 1.
+    pub index: u32,
+    /// How many shards.
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether the key belongs to this shard.
+    pub fn holds(self, key: &KeyRef) -> bool {
+        use sha2::{Digest, Sha256};
+        let name = if key.id.is_empty() {
+            format!("label:{}", key.label)
+        } else {
+            format!("id:{}", key.id)
+        };
+        let h = Sha256::digest(name.as_bytes());
+        let n = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        n % u64::from(self.count) == u64::from(self.index - 1)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a shard: write i/n with 1 ≤ i ≤ n, e.g. 2/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u32, u32) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index == 0 || count == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 /// What hsm-sync can copy: secret keys that AES key wrap carries, and RSA/EC pairs (the
@@ -613,5 +670,44 @@ mod tests {
         );
         assert_eq!(actions(&d), vec![(Action::Delete, None)]);
         assert_eq!(d.items[0].target_key.as_ref().unwrap().handle, 5);
+    }
+
+    #[test]
+    fn shards_partition_keys_and_keep_a_key_whole() {
+        let key = |id: &str, label: &str, class| KeyRef {
+            id: id.into(),
+            label: label.into(),
+            class: Some(class),
+            key_type: None,
+            handle: None,
+        };
+        let keys: Vec<KeyRef> = (0..300)
+            .map(|i| key(&format!("{i:04x}"), "", KeyClass::SecretKey))
+            .collect();
+        for n in 1..=4u32 {
+            let shards: Vec<Shard> = (1..=n).map(|i| format!("{i}/{n}").parse().unwrap()).collect();
+            for k in &keys {
+                assert_eq!(
+                    shards.iter().filter(|s| s.holds(k)).count(),
+                    1,
+                    "{k:?} in exactly one of {n}"
+                );
+            }
+            let sizes: Vec<usize> = shards
+                .iter()
+                .map(|s| keys.iter().filter(|k| s.holds(k)).count())
+                .collect();
+            assert!(
+                sizes.iter().all(|&c| c * (n as usize) > 300 / 2),
+                "roughly even: {sizes:?}"
+            );
+        }
+        let s: Shard = "2/3".parse().unwrap();
+        let private = key("ab", "x", KeyClass::PrivateKey);
+        let public = key("ab", "y", KeyClass::PublicKey);
+        assert_eq!(s.holds(&private), s.holds(&public), "a pair stays in one shard");
+        for bad in ["0/3", "4/3", "1/0", "x/2", "3", ""] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
     }
 }

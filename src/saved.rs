@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::diff::Shard;
 use crate::inventory::Inventories;
 use crate::key::KeyObject;
 use crate::plan::Plan;
@@ -51,6 +52,9 @@ pub struct SavedPlan {
     pub plan_text: String,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// The shard of the diff this plan holds (`plan --shard`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<crate::diff::Shard>,
     /// Every token in scope, as it was.
     pub tokens: Vec<TokenState>,
     /// Counts of the diff.
@@ -81,19 +85,29 @@ pub fn inventory_digest(keys: &[KeyObject]) -> String {
     hex::encode(h.finalize())
 }
 
-/// The states of the tokens in scope.
-pub fn token_states(plan: &Plan, inv: &Inventories, facts: impl Fn(&str) -> (String, String)) -> Vec<TokenState> {
+/// The states of the tokens in scope. With a shard, only that shard's keys count: runners
+/// applying the other shards meanwhile do not make this one stale.
+pub fn token_states(
+    plan: &Plan,
+    inv: &Inventories,
+    shard: Option<Shard>,
+    facts: impl Fn(&str) -> (String, String),
+) -> Vec<TokenState> {
     plan.clusters_in_scope()
         .iter()
         .filter_map(|c| {
             let i = inv.get(&c.name)?;
             let (label, serial) = facts(&c.name);
+            let keys: Vec<KeyObject> = match shard {
+                Some(s) => i.keys.iter().filter(|k| s.holds(&k.key_ref())).cloned().collect(),
+                None => i.keys.clone(),
+            };
             Some(TokenState {
                 cluster: c.name.clone(),
                 label,
                 serial,
-                keys: i.keys.len(),
-                inventory_digest: inventory_digest(&i.keys),
+                keys: keys.len(),
+                inventory_digest: inventory_digest(&keys),
             })
         })
         .collect()

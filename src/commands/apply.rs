@@ -54,7 +54,21 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         // Not a saved plan, or unreadable: the plan loader says which, with its diagnostics.
         _ => (ui.load(&a.plan)?, None),
     };
-    let online = online_diff(&plan)?;
+    let shard = match (&saved, a.shard) {
+        (Some(saved), Some(s)) if saved.shard != Some(s) => {
+            return Err(miette!(
+                code = "apply::shard_mismatch",
+                help = "a saved plan carries its shard; apply it without --shard",
+                "--shard {s} given, but the saved plan holds {}",
+                saved
+                    .shard
+                    .map_or("the whole diff".to_string(), |s| format!("shard {s}"))
+            ))
+        }
+        (Some(saved), _) => saved.shard,
+        (None, s) => s,
+    };
+    let online = online_diff(&plan, shard)?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }
@@ -90,7 +104,7 @@ pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
 /// diff it would run is not the one that was reviewed.
 fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> miette::Result<()> {
-    let mut changes = saved::changes(&saved.tokens, &online.token_states(plan));
+    let mut changes = saved::changes(&saved.tokens, &online.token_states(plan, saved.shard));
     if changes.is_empty() {
         let now = Report::new("plan", Path::new(&saved.plan), started, &online.diff, None);
         if !saved::same_jobs(&saved.jobs, &now.jobs) {

@@ -147,6 +147,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             format: PlanFormat::Text,
             detailed_exitcode: true,
             out: Some(saved.clone()),
+            shard: None,
         },
     )?;
     let report = dir.join("report.json");
@@ -160,6 +161,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             junit: None,
             allow_destroy: false,
             quiet: false,
+            shard: None,
         },
     )?;
     step("plan plan.yaml --detailed-exitcode");
@@ -170,6 +172,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             format: PlanFormat::Text,
             detailed_exitcode: true,
             out: None,
+            shard: None,
         },
     )?;
     println!(

@@ -15,7 +15,7 @@ use miette::Diagnostic;
 
 use crate::cli::{Cli, Command, DiagnosticsFormat};
 use crate::connect::{connect, Tokens};
-use crate::diff::{diff, Diff};
+use crate::diff::{diff, Diff, Shard};
 use crate::exit::ExitStatus;
 use crate::inventory::{read_all, Inventories};
 use crate::plan::Plan;
@@ -79,8 +79,8 @@ pub(crate) struct Online {
 
 impl Online {
     /// The state of every token in scope, for saved plans and their staleness check.
-    pub fn token_states(&self, plan: &Plan) -> Vec<saved::TokenState> {
-        saved::token_states(plan, &self.inventories, |c| {
+    pub fn token_states(&self, plan: &Plan, shard: Option<Shard>) -> Vec<saved::TokenState> {
+        saved::token_states(plan, &self.inventories, shard, |c| {
             let f = &self.tokens.get(c).facts;
             (f.label.clone(), f.serial.clone())
         })
@@ -89,11 +89,15 @@ impl Online {
 
 /// The online part shared by `plan` and `apply`: log in, prove lineage, read the
 /// inventories in scope, diff.
-pub(crate) fn online_diff(plan: &Plan) -> miette::Result<Online> {
+/// With a shard, only that shard's jobs.
+pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>) -> miette::Result<Online> {
     let (tokens, _proofs) = connect(plan)?;
     let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
     let inventories = read_all(&tokens, &names)?;
-    let diff = diff(plan, &inventories);
+    let mut diff = diff(plan, &inventories);
+    if let Some(s) = shard {
+        diff = diff.shard(s);
+    }
     Ok(Online {
         tokens,
         inventories,

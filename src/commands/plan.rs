@@ -17,7 +17,7 @@ use super::{online_diff, Ui};
 pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = ui.load(&a.plan)?;
-    let online = online_diff(&plan)?;
+    let online = online_diff(&plan, a.shard)?;
     let diff = &online.diff;
     let report = Report::new("plan", &a.plan, started, diff, None);
     if let Some(out) = &a.out {
@@ -28,7 +28,8 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
             plan_path: saved::absolute(&a.plan).display().to_string(),
             plan_text: plan.source.text().to_string(),
             created_at: timestamp(started),
-            tokens: online.token_states(&plan),
+            shard: a.shard,
+            tokens: online.token_states(&plan, a.shard),
             summary: report.summary.clone(),
             jobs: report.jobs.clone(),
         };

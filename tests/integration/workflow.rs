@@ -213,3 +213,95 @@ fn sync_key_copies_one_key_by_handle_to_a_named_or_numbered_cluster() {
     assert!(s.stderr.contains("no cluster at position 7"), "{}", s.stderr);
     assert_eq!(w.count("dr"), 2);
 }
+
+#[test]
+fn shards_together_equal_the_unsharded_run() {
+    let w = pair().key("primary", "a1", "k", &["--count", "40"]).key(
+        "primary",
+        "b1",
+        "mac",
+        &["--generic", "--count", "5"],
+    );
+    w.fixture(&[
+        "keygen-pair",
+        "primary",
+        "--id",
+        "c1",
+        "--label",
+        "rsa",
+        "--rsa",
+        "2048",
+    ]);
+    let w = w.plan(&two_cluster_plan(
+        "      - label: \"k-*\"\n      - label: \"mac-*\"\n      - id: c1\n      - id: dead\n",
+    ));
+    let jobs = |out: &crate::world::Output| -> Vec<(String, String, String)> {
+        assert_eq!(out.code, 0, "{out:?}");
+        let mut v: Vec<_> = out.json()["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| {
+                (
+                    j["key"]["class"].to_string(),
+                    j["key"]["id"].to_string(),
+                    j["action"].to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let whole = jobs(&w.run(&["plan", "plan.yaml", "--format", "json"]));
+    assert_eq!(
+        whole.len(),
+        40 + 5 + 2 + 1,
+        "keys, the pair's two halves and one missing id"
+    );
+    let mut union = Vec::new();
+    for i in 1..=3 {
+        let part = jobs(&w.run(&["plan", "plan.yaml", "--format", "json", "--shard", &format!("{i}/3")]));
+        assert!(
+            !part.is_empty() && part.len() < whole.len(),
+            "shard {i}/3 has {} jobs",
+            part.len()
+        );
+        let classes_of_c1: Vec<_> = part.iter().filter(|j| j.1 == "\"c1\"").collect();
+        assert!(
+            classes_of_c1.is_empty() || classes_of_c1.len() == 2,
+            "the pair stays together"
+        );
+        union.extend(part);
+    }
+    union.sort();
+    assert_eq!(union, whole, "the shards are disjoint and together are the whole diff");
+
+    // Three runners, one shard each (one through a saved plan), converge like one run.
+    assert_eq!(
+        w.run(&["plan", "plan.yaml", "--shard", "2/3", "--out", "s2.json"]).code,
+        0
+    );
+    let mut codes = Vec::new();
+    for args in [
+        vec!["apply", "plan.yaml", "--shard", "1/3"],
+        vec!["apply", "s2.json"],
+        vec!["apply", "plan.yaml", "--shard", "3/3"],
+    ] {
+        let a = w.run(&args);
+        assert!(a.code == 0 || a.code == 3, "{a:?}");
+        codes.push(a.code);
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![0, 0, 3],
+        "only the shard holding the missing id `dead` has a blocked job"
+    );
+    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
+    assert_eq!(after["summary"]["create"], 0, "{after:#}");
+    assert_eq!(after["summary"]["unchanged"], 47);
+    assert_eq!(w.count("dr"), 45);
+    let bad = w.run(&["plan", "plan.yaml", "--shard", "4/3"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("not a shard"), "{}", bad.stderr);
+}
