@@ -431,6 +431,15 @@ fn decide(
     match tinv.by_identity(&k.identity()).as_slice() {
         [] => mk(Action::Create, None, None),
         [t] => {
+            if t.fingerprint.is_none() && tinv.in_flight.contains(&k.identity().journal_key()) {
+                // A copy an interrupted run was making and never verified: it is ours,
+                // and unreadable, so it is replaced.
+                return mk(
+                    Action::Create,
+                    Some("repair: replaces an unverified copy left by an interrupted run".into()),
+                    Some(t),
+                );
+            }
             if t.fingerprint.is_none() {
                 return mk(
                     Action::Conflict,
@@ -547,6 +556,7 @@ mod tests {
                 Inventory {
                     cluster: "a".into(),
                     keys: a,
+                    in_flight: Default::default(),
                 },
             ),
             (
@@ -554,6 +564,7 @@ mod tests {
                 Inventory {
                     cluster: "b".into(),
                     keys: b,
+                    in_flight: Default::default(),
                 },
             ),
         ])
@@ -709,5 +720,29 @@ mod tests {
         for bad in ["0/3", "4/3", "1/0", "x/2", "3", ""] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_copy_is_repaired_only_when_the_journal_says_it_is_ours() {
+        let p = plan("      - id: \"01\"\n");
+        let src = key(1, "01", "k", "aaaa");
+        let mut broken = key(9, "01", "k", "");
+        broken.fingerprint = None;
+        let mut i = inv(vec![src.clone()], vec![broken.clone()]);
+        let d = diff(&p, &i);
+        assert_eq!(
+            d.items[0].action,
+            Action::Conflict,
+            "someone else's unreadable key is never touched"
+        );
+        i.get_mut("b").unwrap().in_flight.insert(src.identity().journal_key());
+        let d = diff(&p, &i);
+        assert_eq!(d.items[0].action, Action::Create);
+        assert!(d.items[0].reason.as_deref().unwrap().starts_with("repair:"));
+        assert_eq!(
+            d.items[0].target_key.as_ref().map(|k| k.handle),
+            Some(9),
+            "the executor removes it first"
+        );
     }
 }

@@ -268,6 +268,14 @@ fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize])
     for &i in items {
         let start = Instant::now();
         let target = &diff.items[i].target;
+        // A repair: the unverified copy an interrupted run left goes first.
+        if let Some(broken) = &diff.items[i].target_key {
+            let (r, _) = sessions.retry(target, |t| t.destroy(broken.handle));
+            if let Err(e) = r {
+                out.push((i, outcome(start, 1, Err(format!("removing the unverified copy: {e}")))));
+                continue;
+            }
+        }
         let (r, n) = place(sessions, target, &key, &material, &fingerprint, &hmac_check);
         out.push((
             i,

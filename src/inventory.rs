@@ -1,6 +1,6 @@
 //! Stage 4: what each token holds. Inventories of different tokens are read side by side.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::connect::Tokens;
 use crate::hsm::HsmError;
@@ -13,6 +13,8 @@ pub struct Inventory {
     pub cluster: String,
     /// Key objects, domain key excluded, sorted by identity.
     pub keys: Vec<KeyObject>,
+    /// Identities an interrupted run was creating here (its in-flight journal).
+    pub in_flight: HashSet<String>,
 }
 
 impl Inventory {
@@ -36,6 +38,7 @@ pub fn read_all(tokens: &Tokens, clusters: &[&str]) -> Result<Inventories, HsmEr
                     Ok(Inventory {
                         cluster: name.to_string(),
                         keys: session.list_keys()?,
+                        in_flight: session.journal_read()?.into_iter().collect(),
                     })
                 })
             })

@@ -118,6 +118,16 @@ pub enum Identity {
     Label(KeyClass, String),
 }
 
+impl Identity {
+    /// A stable text form, for the in-flight journal kept on target tokens.
+    pub fn journal_key(&self) -> String {
+        match self {
+            Identity::Id(c, id) => format!("{c:?}/id:{}", hex::encode(id)),
+            Identity::Label(c, l) => format!("{c:?}/label:{}", hex::encode(l.as_bytes())),
+        }
+    }
+}
+
 impl KeyObject {
     /// The cross-cluster identity of this key.
     pub fn identity(&self) -> Identity {

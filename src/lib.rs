@@ -24,6 +24,7 @@ pub mod hsm;
 pub mod inventory;
 pub mod junit;
 pub mod key;
+pub mod lock;
 pub mod plan;
 pub mod progress;
 pub mod render;

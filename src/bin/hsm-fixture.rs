@@ -29,6 +29,9 @@ enum Cmd {
     DomainKey {
         #[arg(long, default_value = "hsm-sync-domain")]
         label: String,
+        /// The key's value in hex (default: random).
+        #[arg(long)]
+        value: Option<String>,
         tokens: Vec<String>,
     },
     /// Generate secret keys; with --count N, ids are ID followed by a 2-byte index and
@@ -54,6 +57,19 @@ enum Cmd {
         /// CKA_PRIVATE false
         #[arg(long)]
         public: bool,
+    },
+    /// Import a secret key of a known value (AES, or generic secret with --generic).
+    Import {
+        token: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        label: String,
+        /// The value in hex.
+        #[arg(long)]
+        value: String,
+        #[arg(long)]
+        generic: bool,
     },
     /// Generate an RSA (--rsa BITS) or EC (--ec p256|p384) key pair, both halves with ID.
     KeygenPair {
@@ -158,9 +174,15 @@ fn run(a: Args) -> Result<(), String> {
                 .map_err(e)?;
             }
         }
-        Cmd::DomainKey { label, tokens } => {
-            let mut v = Zeroizing::new(vec![0u8; 32]);
-            getrandom::fill(&mut v).map_err(|e| e.to_string())?;
+        Cmd::DomainKey { label, value, tokens } => {
+            let v = match value {
+                Some(h) => Zeroizing::new(hex::decode(h).map_err(|e| format!("--value: {e}"))?),
+                None => {
+                    let mut v = Zeroizing::new(vec![0u8; 32]);
+                    getrandom::fill(&mut v).map_err(|e| e.to_string())?;
+                    v
+                }
+            };
             for t in tokens {
                 let s = prov.user_session(&t, &pin(&a.dir, &t)?).map_err(e)?;
                 provision::import_domain_key(&s, &label, &v).map_err(e)?;
@@ -201,6 +223,27 @@ fn run(a: Args) -> Result<(), String> {
                     }
                 }
             }
+        }
+        Cmd::Import {
+            token,
+            id,
+            label,
+            value,
+            generic,
+        } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let value = Zeroizing::new(hex::decode(value).map_err(|e| format!("--value: {e}"))?);
+            let spec = SecretSpec {
+                aes: !generic,
+                des3: false,
+                bytes: value.len(),
+                id: hexid(&id)?,
+                label,
+                extractable: true,
+                private: true,
+                sensitive: true,
+            };
+            provision::import_secret(&s, &spec, &value).map_err(e)?;
         }
         Cmd::KeygenPair {
             token,

@@ -68,7 +68,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         (Some(saved), _) => saved.shard,
         (None, s) => s,
     };
-    let online = online_diff(&plan, shard)?;
+    let online = online_diff(&plan, shard, Some("apply"))?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }
@@ -126,6 +126,7 @@ fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemT
 /// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
 /// says how the run ends (exit 3 when a job failed or a conflict or blocked key remains).
 pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> miette::Result<(Report, ExitStatus)> {
+    let journals = write_journals(online)?;
     let reporter = progress::for_terminal(o.quiet);
     let outcomes = execute(
         &online.diff,
@@ -134,6 +135,13 @@ pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> 
         o.allow_destroy,
         reporter.as_ref(),
     );
+    for target in journals {
+        let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
+        if let Err(e) = cleared {
+            // Harmless: the next run reads it, finds every copy verified, and replaces it.
+            eprintln!("warning: the in-flight journal on `{target}` was not removed: {e}");
+        }
+    }
     let report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
     if let Some(path) = o.report {
         write_atomic(path, &report)
@@ -190,6 +198,24 @@ pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> 
         ExitStatus::Success
     };
     Ok((report, status))
+}
+
+/// Writes each target's in-flight journal (the identities about to be created there)
+/// before any copy is made; returns the targets that have one.
+fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
+    let mut per_target: Vec<(String, Vec<String>)> = Vec::new();
+    for it in online.diff.items.iter().filter(|i| i.action == Action::Create) {
+        let Some(k) = &it.source_key else { continue };
+        let entry = k.identity().journal_key();
+        match per_target.iter_mut().find(|(t, _)| *t == it.target) {
+            Some((_, v)) => v.push(entry),
+            None => per_target.push((it.target.clone(), vec![entry])),
+        }
+    }
+    for (target, entries) in &per_target {
+        online.tokens.get(target).session()?.journal_write(entries)?;
+    }
+    Ok(per_target.into_iter().map(|(t, _)| t).collect())
 }
 
 fn count_failed(report: &Report, action: Action) -> usize {

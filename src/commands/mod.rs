@@ -75,6 +75,8 @@ pub(crate) struct Online {
     pub inventories: Inventories,
     /// The diff of the plan against them.
     pub diff: Diff,
+    /// The target tokens' locks, for commands that write (held until this drops).
+    pub _lock: Option<crate::lock::RunLock>,
 }
 
 impl Online {
@@ -89,9 +91,14 @@ impl Online {
 
 /// The online part shared by `plan` and `apply`: log in, prove lineage, read the
 /// inventories in scope, diff.
-/// With a shard, only that shard's jobs.
-pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>) -> miette::Result<Online> {
+/// With a shard, only that shard's jobs. A command that writes names itself in `writer`
+/// and gets every target token locked before its inventory is read.
+pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str>) -> miette::Result<Online> {
     let (tokens, _proofs) = connect(plan)?;
+    let lock = match writer {
+        Some(command) => Some(lock_targets(plan, &tokens, command)?),
+        None => None,
+    };
     let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
     let inventories = read_all(&tokens, &names)?;
     let mut diff = diff(plan, &inventories);
@@ -102,5 +109,26 @@ pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>) -> miette::Result<O
         tokens,
         inventories,
         diff,
+        _lock: lock,
     })
+}
+
+/// Locks every target token of the plan (sorted, so two runs meet in the same order).
+fn lock_targets(plan: &Plan, tokens: &Tokens, command: &str) -> Result<crate::lock::RunLock, crate::lock::LockError> {
+    let mut names: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let targets: Vec<crate::lock::LockTarget> = names
+        .iter()
+        .filter_map(|n| plan.cluster(n))
+        .map(|c| {
+            // The token itself, however it is reached (a pass-through module is the same token).
+            let f = &tokens.get(&c.name).facts;
+            crate::lock::LockTarget {
+                cluster: &c.name,
+                identity: format!("{}\0{}\0{}\0{}", f.manufacturer, f.model, f.serial, f.label),
+            }
+        })
+        .collect();
+    crate::lock::acquire(&targets, command)
 }

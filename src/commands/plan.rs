@@ -17,7 +17,7 @@ use super::{online_diff, Ui};
 pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = ui.load(&a.plan)?;
-    let online = online_diff(&plan, a.shard)?;
+    let online = online_diff(&plan, a.shard, None)?;
     let diff = &online.diff;
     let report = Report::new("plan", &a.plan, started, diff, None);
     if let Some(out) = &a.out {

@@ -55,7 +55,7 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
         }],
         ..plan.clone()
     };
-    let online = online_diff(&one, None)?;
+    let online = online_diff(&one, None, Some("sync-key"))?;
     let opts = RunOptions {
         command: "sync-key",
         plan_name: a.plan.clone(),

@@ -574,3 +574,66 @@ impl TokenSession {
         Ok(Ok(out?))
     }
 }
+
+/// `CKA_LABEL` of the in-flight journal (see [`TokenSession::journal_write`]).
+const JOURNAL_LABEL: &str = "hsm-sync/in-flight";
+
+impl TokenSession {
+    fn journal_objects(&self) -> Result<Vec<ObjectHandle>, HsmError> {
+        self.s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Application(b"hsm-sync".to_vec()),
+                Attribute::Label(JOURNAL_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(self.pk("finding the in-flight journal"))
+    }
+
+    /// Records, before any copy is made, which identities this run is about to create on
+    /// this token. A process killed inside `C_UnwrapKey` can leave a copy whose value
+    /// was never stored (SoftHSM writes an object in steps); the journal lets the next run
+    /// tell such a copy from someone else's key, and repair only its own. One `CKO_DATA`
+    /// object (`CKA_APPLICATION` `hsm-sync`), replaced each run, removed when a run ends.
+    pub fn journal_write(&self, entries: &[String]) -> Result<(), HsmError> {
+        self.journal_clear()?;
+        self.s
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Application(b"hsm-sync".to_vec()),
+                Attribute::Label(JOURNAL_LABEL.as_bytes().to_vec()),
+                Attribute::Value(entries.join("\n").into_bytes()),
+            ])
+            .map_err(self.pk("writing the in-flight journal"))?;
+        Ok(())
+    }
+
+    /// The identities an interrupted run was creating here (empty when none was).
+    pub fn journal_read(&self) -> Result<Vec<String>, HsmError> {
+        let mut out = Vec::new();
+        for h in self.journal_objects()? {
+            let attrs = self
+                .s
+                .get_attributes(h, &[AttributeType::Value])
+                .map_err(self.pk("reading the in-flight journal"))?;
+            for a in attrs {
+                if let Attribute::Value(v) = a {
+                    out.extend(String::from_utf8_lossy(&v).lines().map(String::from));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the journal: the run ended and every copy it made was verified or destroyed.
+    pub fn journal_clear(&self) -> Result<(), HsmError> {
+        for h in self.journal_objects()? {
+            self.s
+                .destroy_object(h)
+                .map_err(self.pk("removing the in-flight journal"))?;
+        }
+        Ok(())
+    }
+}

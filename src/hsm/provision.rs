@@ -152,6 +152,34 @@ pub fn import_domain_key(s: &Session, label: &str, value: &Zeroizing<Vec<u8>>) -
     Ok(())
 }
 
+/// Imports a secret key of a known value (tests that look for leaked key material need
+/// to know it). Extractable and sensitive, like keys worth syncing.
+pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>) -> Result<u64, HsmError> {
+    let kt = if spec.aes {
+        CkKeyType::AES
+    } else {
+        CkKeyType::GENERIC_SECRET
+    };
+    let h = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Token(true),
+            Attribute::Id(spec.id.clone()),
+            Attribute::Label(spec.label.as_bytes().to_vec()),
+            Attribute::Private(spec.private),
+            Attribute::Sensitive(spec.sensitive),
+            Attribute::Extractable(spec.extractable),
+            Attribute::Encrypt(spec.aes),
+            Attribute::Decrypt(spec.aes),
+            Attribute::Sign(!spec.aes),
+            Attribute::Verify(!spec.aes),
+            Attribute::Value(value.to_vec()),
+        ])
+        .map_err(pk("importing a key"))?;
+    Ok(h.handle())
+}
+
 /// Generates a secret key on the token (AES for encryption, generic secret for HMAC).
 pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<u64, HsmError> {
     let (mech, kt) = if spec.des3 {

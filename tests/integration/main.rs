@@ -4,5 +4,6 @@
 mod e2e;
 mod engine;
 mod faults;
+mod reliability;
 mod workflow;
 mod world;

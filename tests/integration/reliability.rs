@@ -1,0 +1,314 @@
+//! Kills, races and leaks: what an unattended pipeline does to hsm-sync, on SoftHSM.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+use crate::world::{shim, softhsm, two_cluster_plan, Output, World};
+
+fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+/// Starts `hsm-sync args…` in the world without waiting.
+fn spawn(w: &World, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+        .args(args)
+        .current_dir(w.path())
+        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hsm-sync starts")
+}
+
+fn finish(child: std::process::Child) -> Output {
+    let out = child.wait_with_output().expect("hsm-sync ends");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Keys on a cluster by identity, as `inventory` sees them: duplicates show as counts > 1.
+fn identities(w: &World, cluster: &str) -> HashMap<String, usize> {
+    inventory(w, cluster).0
+}
+
+/// Identities with their counts, and how many copies cannot be fingerprinted (a copy
+/// whose value a killed `C_UnwrapKey` never stored).
+fn inventory(w: &World, cluster: &str) -> (HashMap<String, usize>, usize) {
+    let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
+    assert_eq!(inv.code, 0, "{inv:?}");
+    let (mut out, mut unreadable) = (HashMap::new(), 0);
+    for k in inv.json()["keys"].as_array().expect("keys") {
+        *out.entry(format!("{}/{}/{}", k["class"], k["id"], k["label"]))
+            .or_insert(0) += 1;
+        unreadable += usize::from(k["fingerprint"].is_null());
+    }
+    (out, unreadable)
+}
+
+/// A pseudo-random number from the clock: enough to vary kill moments between runs,
+/// and printed in every assertion so a failure can be replayed.
+fn jitter(range: u64) -> u64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    n.wrapping_mul(6364136223846793005).rotate_left(17) % range
+}
+
+#[test]
+fn killed_mid_apply_then_rerun_ends_with_exactly_the_expected_keys() {
+    const KEYS: usize = 1500;
+    let w = pair()
+        .key("primary", "a1", "k", &["--count", "1000"])
+        .key("primary", "b1", "mac", &["--generic", "--count", "500"])
+        .plan(&two_cluster_plan("      - label: \"k-*\"\n      - label: \"mac-*\"\n"));
+    // The targets are reached through the shim, whose call log shows how far a run got:
+    // each round is killed after a random number of unwraps, so every kill lands mid-copy
+    // however slow the machine is.
+    let via_shim = w.read("plan.yaml").replace(
+        &format!("module: {}", softhsm().display()),
+        &format!("module: {}", shim().display()),
+    );
+    w.write("plan.yaml", &via_shim);
+    let (mut moments, mut copied, mut broken) = (Vec::new(), Vec::new(), 0);
+    for round in 0..4 {
+        let log = format!("round-{round}.log");
+        let child = spawn(
+            &w,
+            &["apply", "plan.yaml", "--quiet", "--jobs", "2"],
+            &[("HSM_SYNC_SHIM_LOG", &log)],
+        );
+        let at = 1 + jitter(250) as usize;
+        moments.push(at);
+        let waiting = Instant::now();
+        while std::fs::read_to_string(w.path().join(&log))
+            .unwrap_or_default()
+            .matches("C_UnwrapKey")
+            .count()
+            < at + 1
+        {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(120),
+                "round {round} never reached unwrap {at}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SIGKILL: no destructor, no unwinding, no chance to tidy up.
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        let out = finish(child);
+        assert!(
+            out.code == -1 || out.code == 0,
+            "round {round}: killed after unwrap {at}: {out:?}"
+        );
+        let (now, unreadable) = inventory(&w, "dr");
+        assert!(
+            now.values().all(|&n| n == 1),
+            "duplicates after a kill after unwraps {moments:?}: {now:?}"
+        );
+        copied.push(now.len());
+        broken = unreadable;
+    }
+    eprintln!("killed after unwraps {moments:?} with {copied:?} keys on dr, {broken} half-made");
+    assert!(
+        copied.iter().any(|&n| n > 0 && n < KEYS),
+        "at least one kill landed mid-copy: unwraps {moments:?}, {copied:?} keys"
+    );
+    let rerun = w.run(&["apply", "plan.yaml", "--report", "rerun.json"]);
+    assert_eq!(rerun.code, 0, "rerun after kills after unwraps {moments:?}: {rerun:?}");
+    let report: serde_json::Value = serde_json::from_str(&w.read("rerun.json")).unwrap();
+    let s = &report["summary"];
+    assert_eq!(
+        s["create"].as_u64().unwrap() + s["unchanged"].as_u64().unwrap(),
+        KEYS as u64,
+        "every key is created or unchanged: {s}"
+    );
+    assert_eq!(
+        (s["failed"].as_u64(), s["conflict"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let repairs = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["reason"].as_str().is_some_and(|r| r.starts_with("repair:")))
+        .count();
+    assert_eq!(repairs, broken, "every half-made copy, and only those, is repaired");
+    let keys = identities(&w, "dr");
+    assert_eq!(keys.len(), KEYS, "kills after unwraps {moments:?}");
+    assert!(keys.values().all(|&n| n == 1), "zero duplicates");
+    let plan = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "converged: {plan:?}");
+}
+
+#[test]
+fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
+    let w = pair()
+        .key("primary", "a1", "k", &["--count", "300"])
+        .plan(&two_cluster_plan("      - label: \"k-*\"\n"));
+    // Started together: whichever order the lock gives, no key lands twice.
+    let a = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
+    let b = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
+    let (a, b) = (finish(a), finish(b));
+    for o in [&a, &b] {
+        assert!(o.code == 0 || o.code == 1, "{o:?}");
+        if o.code == 1 {
+            assert!(
+                o.stderr.contains("being changed by another hsm-sync run"),
+                "{}",
+                o.stderr
+            );
+            assert!(o.stderr.contains("nothing was changed"), "{}", o.stderr);
+        }
+    }
+    assert!(a.code == 0 || b.code == 0, "one of them ran: {a:?} {b:?}");
+    let keys = identities(&w, "dr");
+    assert_eq!(keys.len(), 300);
+    assert!(keys.values().all(|&n| n == 1), "zero duplicates");
+
+    // A run that is surely in progress (1 ms per PKCS#11 call through the shim) makes a
+    // second one refuse at once, naming the holder; the first finishes undisturbed.
+    w.fixture(&["keygen", "primary", "--id", "c1", "--label", "k-late", "--count", "200"]);
+    let via_shim = w.read("plan.yaml").replace(
+        &format!("module: {}", softhsm().display()),
+        &format!("module: {}", shim().display()),
+    );
+    w.write("slow.yaml", &via_shim);
+    let slow = spawn(
+        &w,
+        &["apply", "slow.yaml", "--quiet"],
+        &[("HSM_SYNC_SHIM_LATENCY_US", "1000"), ("HSM_SYNC_SHIM_LOG", "slow.log")],
+    );
+    // The lock is taken before the inventories are read: once the shim logs a key
+    // being wrapped for its fingerprint, the slow run holds it.
+    let waiting = Instant::now();
+    while !std::fs::read_to_string(w.path().join("slow.log"))
+        .unwrap_or_default()
+        .contains("C_WrapKey")
+    {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the slow run never reached its inventory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let second = w.run(&["apply", "plan.yaml"]);
+    let slow = finish(slow);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("cluster `dr` is being changed by another hsm-sync run (apply, pid"),
+        "{}",
+        second.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "refused without waiting");
+    assert_eq!(slow.code, 0, "{slow:?}");
+    assert_eq!(identities(&w, "dr").len(), 500);
+}
+
+#[test]
+fn no_pin_and_no_key_material_reaches_any_output() {
+    let domain = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let aes = "4b45592d4d4154455249414c2d4145532d3235362d62697473212121212121ff";
+    let mac = "6d61632d6b65792d6d6174657269616c2d7468697274792d74776f2d62797465";
+    let w = World::new().tokens(&["primary", "dr"]);
+    w.fixture(&["domain-key", "--value", domain, "primary", "dr"]);
+    w.fixture(&["import", "primary", "--id", "01", "--label", "aes", "--value", aes]);
+    w.fixture(&[
+        "import",
+        "primary",
+        "--id",
+        "02",
+        "--label",
+        "mac",
+        "--value",
+        mac,
+        "--generic",
+    ]);
+    let w = w.plan(&two_cluster_plan("      - id: \"01\"\n      - id: \"02\"\n"));
+
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let mut record = |what: &str, o: Output| {
+        outputs.push((format!("{what} stdout"), o.stdout));
+        outputs.push((format!("{what} stderr"), o.stderr));
+    };
+    let handle = {
+        let inv = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]);
+        inv.json()["keys"][0]["handle"].to_string()
+    };
+    for args in [
+        vec!["validate", "plan.yaml", "--online"],
+        vec!["plan", "plan.yaml"],
+        vec!["plan", "plan.yaml", "--format", "json"],
+        vec!["plan", "plan.yaml", "--format", "markdown", "--out", "saved.json"],
+        vec!["apply", "saved.json", "--report", "report.json", "--junit", "junit.xml"],
+        vec!["inventory", "plan.yaml", "primary"],
+        vec!["inventory", "plan.yaml", "dr", "--format", "json"],
+        vec!["sync-key", "plan.yaml", "--source", "primary", &handle, "dr"],
+        vec!["--diagnostics", "json", "plan", "plan.yaml", "--format", "json"],
+    ] {
+        let o = w.run_env(&args, &[("RUST_LOG", "trace")]);
+        assert!(o.code == 0 || o.code == 2, "{args:?}: {o:?}");
+        record(&args.join(" "), o);
+    }
+    // Failures print the most: a wrong PIN, and a plan that tries to hold a PIN inline.
+    w.write("dr.pin", "wrong-pin-value\n");
+    record("wrong pin", w.run(&["apply", "plan.yaml"]));
+    w.write(
+        "inline.yaml",
+        &w.read("plan.yaml")
+            .replace("{ file: ./primary.pin }", "primary-user-pin-0000"),
+    );
+    record(
+        "inline pin",
+        w.run(&["--diagnostics", "json", "validate", "inline.yaml"]),
+    );
+    for f in ["saved.json", "report.json", "junit.xml"] {
+        outputs.push((f.to_string(), w.read(f)));
+    }
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let kek = aes_kw::KekAes256::try_from(hex::decode(domain).unwrap().as_slice()).unwrap();
+    let mut secrets: Vec<(String, String)> = vec![
+        ("primary PIN".into(), "primary-user-pin-0000".into()),
+        ("dr PIN".into(), "dr-user-pin-0000".into()),
+        ("wrong PIN".into(), "wrong-pin-value".into()),
+    ];
+    for (name, value) in [("domain key", domain), ("AES key", aes), ("HMAC key", mac)] {
+        let bytes = hex::decode(value).unwrap();
+        let wrapped = kek.wrap_with_padding_vec(&bytes).unwrap();
+        for (form, text) in [
+            ("hex", value.to_string()),
+            ("HEX", value.to_uppercase()),
+            ("base64", b64.encode(&bytes)),
+            ("raw", String::from_utf8_lossy(&bytes[..16]).into_owned()),
+            ("wrapped hex", hex::encode(&wrapped)),
+            ("wrapped base64", b64.encode(&wrapped)),
+        ] {
+            secrets.push((format!("{name} ({form})"), text));
+        }
+        // Any 8-byte window of the value in hex, in case of truncation.
+        for i in (0..bytes.len() - 8).step_by(4) {
+            secrets.push((format!("{name} (hex window {i})"), hex::encode(&bytes[i..i + 8])));
+        }
+    }
+    assert!(
+        outputs.iter().any(|(_, t)| t.contains("syncKey success")),
+        "the runs did run"
+    );
+    for (where_, text) in &outputs {
+        for (what, s) in &secrets {
+            assert!(!text.contains(s.as_str()), "{what} leaked into {where_}:\n{text}");
+        }
+    }
+}
