@@ -1,0 +1,164 @@
+//! hsm-sync's own records on a token: PKCS#11 data objects (`CKO_DATA`) with
+//! `CKA_APPLICATION` = `hsm-sync`, used by [`crate::notify`] for each key's last lifecycle
+//! event and for the claims that keep two runs from notifying the same key at once
+//! (CONTRACT.md §5, issue 5).
+//!
+//! They are token objects (a fresh CI runner sees them) and private (only a logged-in user
+//! reads them). Labels and values are small texts written by the caller; never key
+//! material. Inventory lists key classes only, so these objects never show up as keys.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+
+use super::{HsmError, TokenSession};
+
+/// `CKA_APPLICATION` of every data object hsm-sync writes.
+pub const APPLICATION: &str = "hsm-sync";
+
+/// One hsm-sync data object read back from a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataObject {
+    /// Its handle on the token (valid for this run).
+    pub handle: u64,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_VALUE`.
+    pub value: Vec<u8>,
+}
+
+impl TokenSession {
+    /// Creates a private token data object of hsm-sync with this label and value.
+    pub fn create_data(&self, label: &str, value: &[u8]) -> Result<u64, HsmError> {
+        let h = self
+            .raw()
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(true),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(value.to_vec()),
+            ])
+            .map_err(self.pk_err("writing an hsm-sync data object"))?;
+        Ok(h.handle())
+    }
+
+    /// Every hsm-sync data object whose label starts with `prefix`, with its value.
+    /// Objects that vanish while being read (another run destroyed them) are left out.
+    pub fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
+        let handles = self
+            .raw()
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+            ])
+            .map_err(self.pk_err("finding hsm-sync data objects"))?;
+        let mut out = Vec::new();
+        for h in handles {
+            if let Some(d) = self.read_data(h)? {
+                if d.label.starts_with(prefix) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.label.cmp(&b.label).then(a.handle.cmp(&b.handle)));
+        Ok(out)
+    }
+
+    /// The hsm-sync data objects labelled exactly `label` (normally one; more when two
+    /// runs raced, which is what claims look for).
+    pub fn find_data_labelled(&self, label: &str) -> Result<Vec<DataObject>, HsmError> {
+        let handles = self
+            .raw()
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(self.pk_err("finding an hsm-sync data object"))?;
+        let mut out = Vec::new();
+        for h in handles {
+            if let Some(d) = self.read_data(h)? {
+                out.push(d);
+            }
+        }
+        out.sort_by_key(|d| d.handle);
+        Ok(out)
+    }
+
+    /// Replaces a data object's value in place (`C_SetAttributeValue` on `CKA_VALUE`).
+    /// If the token refuses to change the value, the object is replaced instead: a new
+    /// one is created first, then the old one destroyed, so a reader never sees neither.
+    /// Returns the handle that now holds the value.
+    pub fn update_data(&self, old: &DataObject, value: &[u8]) -> Result<u64, HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
+        match self.raw().update_attributes(h, &[Attribute::Value(value.to_vec())]) {
+            Ok(()) => Ok(old.handle),
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => self.create_data(&old.label, value),
+            Err(CkError::Pkcs11(
+                RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::TemplateInconsistent,
+                _,
+            )) => {
+                let new = self.create_data(&old.label, value)?;
+                self.destroy_data(old.handle)?;
+                Ok(new)
+            }
+            Err(e) => Err(self.pk_err("updating an hsm-sync data object")(e)),
+        }
+    }
+
+    /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
+    /// which every token allows on a modifiable object; SoftHSM refuses to change a data
+    /// object's `CKA_VALUE`).
+    pub fn set_data_label(&self, handle: u64, label: &str) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        self.raw()
+            .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(self.pk_err("updating an hsm-sync data object"))
+    }
+
+    /// Reads one data object again by handle (its attributes as the token holds them
+    /// now, another process's changes included); `None` if it is gone.
+    pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        self.read_data(unsafe { ObjectHandle::new_from_raw(handle) })
+    }
+
+    /// Destroys a data object; one that is already gone counts as destroyed.
+    pub fn destroy_data(&self, handle: u64) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        match self.raw().destroy_object(h) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
+            Err(e) => Err(self.pk_err("destroying an hsm-sync data object")(e)),
+        }
+    }
+
+    fn read_data(&self, h: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
+        let attrs = match self
+            .raw()
+            .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+        {
+            Ok(a) => a,
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+            Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+        };
+        let mut label = String::new();
+        let mut value = Vec::new();
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        Ok(Some(DataObject {
+            handle: h.handle(),
+            label,
+            value,
+        }))
+    }
+}
