@@ -5,7 +5,7 @@
 //! ```text
 //! plan file ─▶ plan::raw ─▶ plan::validate ─▶ plan::model
 //!           ─▶ connect (login once, prove lineage) ─▶ inventory
-//!           ─▶ diff (pure data) ─▶ executor (rayon) ─▶ report
+//!           ─▶ diff (pure data) ─▶ executor (rayon) ─▶ report, notify
 //! ```
 //!
 //! Only [`hsm`] names `cryptoki`; only [`progress`] names `indicatif`; only [`plan`]
@@ -23,6 +23,7 @@ pub mod exit;
 pub mod hsm;
 pub mod inventory;
 pub mod key;
+pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod render;

@@ -31,7 +31,11 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let reporter = progress::for_terminal(a.quiet);
     let outcomes = execute(&diff, &tokens, threads, a.allow_destroy, reporter.as_ref());
-    let report = Report::new("apply", &a.plan, started, &diff, Some(&outcomes));
+    let mut report = Report::new("apply", &a.plan, started, &diff, Some(&outcomes));
+    // CONTRACT.md §5: lifecycle events recorded on the sources and announced; a failed
+    // notification is exit 3 and never undoes the sync.
+    let notified = crate::notify::after_apply(&plan, &tokens, &diff, &outcomes);
+    report.notifications = notified.records.clone();
     if let Some(path) = &a.report {
         write_atomic(path, &report)
             .into_diagnostic()
@@ -59,6 +63,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             );
         }
     }
+    crate::notify::print_outcome(&notified.records, &notified.warnings);
     let s = &report.summary;
     let failed_or_left = s.failed + s.conflict + s.blocked;
     println!(
@@ -76,7 +81,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             .map(|p| format!("; report: {}", p.display()))
             .unwrap_or_default()
     );
-    Ok(if failed_or_left > 0 {
+    Ok(if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {
         ExitStatus::Success
