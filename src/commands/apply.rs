@@ -36,6 +36,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
     // notification is exit 3 and never undoes the sync.
     let notified = crate::notify::after_apply(&plan, &tokens, &diff, &outcomes);
     report.notifications = notified.records.clone();
+    report.finished_at = crate::report::timestamp(SystemTime::now());
     if let Some(path) = &a.report {
         write_atomic(path, &report)
             .into_diagnostic()

@@ -66,49 +66,6 @@ impl TokenSession {
         Ok(out)
     }
 
-    /// The hsm-sync data objects labelled exactly `label` (normally one; more when two
-    /// runs raced, which is what claims look for).
-    pub fn find_data_labelled(&self, label: &str) -> Result<Vec<DataObject>, HsmError> {
-        let handles = self
-            .raw()
-            .find_objects(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Application(APPLICATION.as_bytes().to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ])
-            .map_err(self.pk_err("finding an hsm-sync data object"))?;
-        let mut out = Vec::new();
-        for h in handles {
-            if let Some(d) = self.read_data(h)? {
-                out.push(d);
-            }
-        }
-        out.sort_by_key(|d| d.handle);
-        Ok(out)
-    }
-
-    /// Replaces a data object's value in place (`C_SetAttributeValue` on `CKA_VALUE`).
-    /// If the token refuses to change the value, the object is replaced instead: a new
-    /// one is created first, then the old one destroyed, so a reader never sees neither.
-    /// Returns the handle that now holds the value.
-    pub fn update_data(&self, old: &DataObject, value: &[u8]) -> Result<u64, HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
-        match self.raw().update_attributes(h, &[Attribute::Value(value.to_vec())]) {
-            Ok(()) => Ok(old.handle),
-            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => self.create_data(&old.label, value),
-            Err(CkError::Pkcs11(
-                RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::TemplateInconsistent,
-                _,
-            )) => {
-                let new = self.create_data(&old.label, value)?;
-                self.destroy_data(old.handle)?;
-                Ok(new)
-            }
-            Err(e) => Err(self.pk_err("updating an hsm-sync data object")(e)),
-        }
-    }
-
     /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
     /// which every token allows on a modifiable object; SoftHSM refuses to change a data
     /// object's `CKA_VALUE`).
@@ -138,13 +95,21 @@ impl TokenSession {
     }
 
     fn read_data(&self, h: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
-        let attrs = match self
-            .raw()
-            .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
-        {
-            Ok(a) => a,
-            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
-            Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+        // cryptoki asks for the sizes, then the values: another process may change the
+        // label in between (a notify claim), which the token answers with
+        // CKR_BUFFER_TOO_SMALL. Asking again reads the new label.
+        let mut tries = 0;
+        let attrs = loop {
+            tries += 1;
+            match self
+                .raw()
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            {
+                Ok(a) => break a,
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+                Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,
+                Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+            }
         };
         let mut label = String::new();
         let mut value = Vec::new();

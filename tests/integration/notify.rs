@@ -431,3 +431,44 @@ fn racing_notify_runs_never_both_send() {
         "the cooldown, not a stale claim: {n:?}"
     );
 }
+
+#[test]
+fn notify_resources_are_checked_when_the_plan_is_validated() {
+    let w = world(
+        1,
+        "ftp://127.0.0.1/x",
+        "        bearer_env: \"my token\"\n        timeout: soon\n        retries: 99\n",
+        "  notify_cooldown: 1h\n",
+    );
+    let v = w.run(&["validate", "plan.yaml"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    for wanted in [
+        "invalid URL",
+        "`bearer_env` must name an environment variable",
+        "invalid timeout `soon`",
+        "`retries` is at most 10",
+    ] {
+        assert!(v.stderr.contains(wanted), "{wanted}: {}", v.stderr);
+    }
+    // The plan never holds the token, so there is nothing to leak.
+    let n = w.run(&["notify", "plan.yaml", "--key", "id:zz"]);
+    assert_eq!(n.code, 1, "{n:?}");
+}
+
+#[test]
+fn notify_says_so_when_a_key_has_no_recorded_event() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    let n = w.run(&["notify", "plan.yaml", "--key", "label:pay-0"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(n.stderr.contains("has no recorded lifecycle event"), "{}", n.stderr);
+    assert!(n.stdout.contains("nothing to re-send"), "{}", n.stdout);
+    let none = w.run(&["notify", "plan.yaml", "--key", "label:nope"]);
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(
+        none.stderr.contains("no key selected by the plan matches"),
+        "{}",
+        none.stderr
+    );
+    assert!(hook.got().is_empty());
+}
