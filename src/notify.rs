@@ -449,7 +449,16 @@ fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Result
         existing.insert(base_label(&d).to_string(), d);
     }
     for l in events {
-        write_state(&s, existing.get(&l.key.state_label()), &l.state(None))?;
+        let state = l.state(None);
+        let base = l.key.state_label();
+        match existing.get(&base) {
+            Some(d) => s.set_data_label(d.handle, &object_label(&state))?,
+            None => {
+                // Remember it: a key both synced and deleted in one run has one object.
+                let d = create_state(&s, &state)?;
+                existing.insert(base, d);
+            }
+        }
     }
     Ok(())
 }
@@ -474,15 +483,15 @@ fn base_label(d: &DataObject) -> &str {
     d.label.split(' ').next().unwrap_or_default()
 }
 
-fn write_state(s: &TokenSession, old: Option<&DataObject>, state: &KeyState) -> Result<(), HsmError> {
+fn create_state(s: &TokenSession, state: &KeyState) -> Result<DataObject, HsmError> {
     let label = object_label(state);
-    match old {
-        Some(d) => s.set_data_label(d.handle, &label),
-        None => {
-            let value = serde_json::to_vec(state).unwrap_or_default();
-            s.create_data(&label, &value).map(|_| ())
-        }
-    }
+    let value = serde_json::to_vec(state).unwrap_or_default();
+    let handle = s.create_data(&label, &value)?;
+    Ok(DataObject { handle, label, value })
+}
+
+fn write_state(s: &TokenSession, old: &DataObject, state: &KeyState) -> Result<(), HsmError> {
+    s.set_data_label(old.handle, &object_label(state))
 }
 
 fn read_state(d: &DataObject) -> Option<KeyState> {
@@ -661,12 +670,17 @@ struct Candidate<'a> {
 fn refusal(key: &KeyInfo, state: &KeyState, cooldown: Duration, now: SystemTime) -> Option<String> {
     let (last, what) = state.last_activity()?;
     let until = last.checked_add(cooldown)?;
+    // Shown in whole seconds, rounded up: at the time printed the key is eligible.
+    let shown = match until.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) if d.subsec_nanos() > 0 => until + Duration::from_nanos(u64::from(1_000_000_000 - d.subsec_nanos())),
+        _ => until,
+    };
     (now < until).then(|| {
         format!(
             "key {} was {what} at {}; notify cannot be performed until {}",
             key.name(),
             humantime::format_rfc3339_seconds(last),
-            humantime::format_rfc3339_seconds(until)
+            humantime::format_rfc3339_seconds(shown)
         )
     })
 }
@@ -828,7 +842,7 @@ fn release(s: &TokenSession, c: &Candidate<'_>, mine: &Claim) -> Result<(), HsmE
     if let Some((d, mut st)) = current(s, c)? {
         if st.claim.as_ref().is_some_and(|x| x.nonce == mine.nonce) {
             st.claim = None;
-            write_state(s, Some(&d), &st)?;
+            write_state(s, &d, &st)?;
         }
     }
     Ok(())
@@ -867,7 +881,7 @@ fn claim_and_send<'p>(
             }
             let mut claimed = st;
             claimed.claim = Some(mine.clone());
-            write_state(s, Some(&d), &claimed)?;
+            write_state(s, &d, &claimed)?;
             held.push((*source, i));
         }
     }
@@ -923,7 +937,7 @@ fn claim_and_send<'p>(
             let mut new = st.clone();
             new.notified_at = Some(time_millis(sent_at));
             new.claim = None;
-            if let Err(e) = write_state(s, Some(d), &new) {
+            if let Err(e) = write_state(s, d, &new) {
                 warnings.push(format!(
                     "could not record the notification of key {}: {e}",
                     c.key.name()
@@ -990,6 +1004,12 @@ mod tests {
         assert!(msg.contains("was synced at 2027-01-15T08:00:00Z"), "{msg}");
         assert!(msg.contains("cannot be performed until 2027-01-15T09:00:00Z"), "{msg}");
         assert!(refusal(&key, &st, hour, t0 + hour).is_none());
+        let half = KeyState {
+            at: time_millis(t0 + Duration::from_millis(500)),
+            ..st.clone()
+        };
+        let msg = refusal(&key, &half, hour, t0 + Duration::from_secs(60)).unwrap();
+        assert!(msg.contains("until 2027-01-15T09:00:01Z"), "rounded up: {msg}");
         st.notified_at = Some(time_millis(t0 + hour));
         let msg = refusal(&key, &st, hour, t0 + hour + Duration::from_secs(1)).unwrap();
         assert!(msg.contains("was notified at"), "{msg}");

@@ -158,8 +158,17 @@ sync:
     ))
 }
 
+/// A report file, checked against `schemas/report.schema.json`.
 fn report(w: &World, name: &str) -> Value {
-    serde_json::from_str(&w.read(name)).expect("report is JSON")
+    let report: Value = serde_json::from_str(&w.read(name)).expect("report is JSON");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{name} does not match the schema: {errors:#?}");
+    report
 }
 
 /// Runs hsm-sync from `cwd` (not the world's directory) with the world's SoftHSM config.
