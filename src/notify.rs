@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use miette::Diagnostic;
 use rayon::prelude::*;
@@ -849,10 +849,11 @@ fn release(s: &TokenSession, c: &Candidate<'_>, mine: &Claim) -> Result<(), HsmE
 }
 
 /// How long a run waits between writing its claims and checking them. Longer than the
-/// gap between reading a key's state and writing a claim into it (one PKCS#11 round
-/// trip), so a run that read before another's claim has written its own by then
-/// (Fischer's mutual exclusion: whoever wrote last holds the key; both cannot).
-const CLAIM_SETTLE: Duration = Duration::from_millis(300);
+/// gap between reading a key's state and writing a claim into it (two PKCS#11 calls,
+/// about a millisecond; a run measures it and backs off past half of this), so a run
+/// that read before another's claim has written its own by then (Fischer's mutual
+/// exclusion: whoever wrote last holds the key; two runs cannot both hold it).
+const CLAIM_SETTLE: Duration = Duration::from_millis(500);
 
 fn claim_and_send<'p>(
     plan: &'p Plan,
@@ -862,11 +863,18 @@ fn claim_and_send<'p>(
     held: &mut Vec<(&'p str, usize)>,
     cooldown: Duration,
 ) -> Result<Renotify, NotifyError> {
-    // Read, check and claim each key in one short step (the gap CLAIM_SETTLE covers).
+    // Read, check and claim each key in one short step. Fischer's exclusion holds when
+    // every run writes its claim less than `settle` after reading the state: measured
+    // here, and a run that took longer backs off instead of trusting it.
+    let settle = std::env::var("HSM_SYNC_TEST_CLAIM_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(CLAIM_SETTLE, Duration::from_millis);
     let mut refused = Vec::new();
     for (source, list) in by_source.iter() {
         let s = &sessions[source];
         for (i, c) in list.iter().enumerate() {
+            let started = Instant::now();
             let Some((d, st)) = current(s, c)? else {
                 continue;
             };
@@ -883,15 +891,18 @@ fn claim_and_send<'p>(
             claimed.claim = Some(mine.clone());
             write_state(s, &d, &claimed)?;
             held.push((*source, i));
+            if started.elapsed() * 2 >= settle {
+                refused.push(format!(
+                    "claiming key {} took {} ms, too long to be sure no other run is notifying it; nothing was sent (try again)",
+                    c.key.name(),
+                    started.elapsed().as_millis()
+                ));
+            }
         }
     }
     if !refused.is_empty() {
         return Ok(Renotify::Refused(refused));
     }
-    let settle = std::env::var("HSM_SYNC_TEST_CLAIM_SETTLE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(CLAIM_SETTLE, Duration::from_millis);
     std::thread::sleep(settle);
 
     // Still ours? Whoever wrote last holds the key; a run that lost says so.
