@@ -21,7 +21,7 @@
 //! This is the only module that names the HTTP client (ureq, blocking, which suits
 //! rayon). HTTPS checks certificates against the system's roots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -736,8 +736,25 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
                     return;
                 }
                 let state = states.iter().find(|(d, _)| base_label(d) == label).cloned();
+                // The resources are those of the entry the event happened under.
+                let owner = match &state {
+                    None => Some(*entry),
+                    Some((_, st)) => match entries.iter().find(|e| e.name == st.sync) {
+                        Some(e) => Some(*e),
+                        None if plan.syncs.iter().any(|e| e.name == st.sync) => None,
+                        None => Some(*entry),
+                    },
+                };
+                let Some(owner) = owner else {
+                    skipped.push(format!(
+                        "key {}: its last event happened under sync `{}`, not selected: skipped",
+                        key.name(),
+                        state.map(|(_, st)| st.sync).unwrap_or_default()
+                    ));
+                    return;
+                };
                 list.push(Candidate {
-                    entry,
+                    entry: owner,
                     state_label: label,
                     key,
                     state,
@@ -928,21 +945,29 @@ fn claim_and_send<'p>(
     //    at least one delivery made; the caller releases the others' claims.
     let mut events = Vec::new();
     for c in by_source.values().flatten() {
-        if let Some((_, st)) = &c.state {
-            events.extend(Lifecycle::from_state(st));
+        if let Some(mut l) = c.state.as_ref().and_then(|(_, st)| Lifecycle::from_state(st)) {
+            // The candidate's entry: the event's own, or the one selecting the key when
+            // the event's entry is gone from the plan.
+            l.sync = c.entry.name.clone();
+            events.push(l);
         }
     }
-    let records = deliver_all(&deliveries(plan, &events, true));
+    let ds = deliveries(plan, &events, true);
+    let records = deliver_all(&ds);
+    // Records come back in delivery order: the keys with at least one delivery made.
+    let sent: HashSet<String> = ds
+        .iter()
+        .zip(&records)
+        .filter(|(_, r)| r.status == "sent")
+        .map(|(d, _)| d.body.key.state_label())
+        .collect();
     let sent_at = SystemTime::now();
     let mut warnings = Vec::new();
     for (source, list) in by_source.iter() {
         let s = &sessions[source];
         for c in list {
             let Some((d, st)) = &c.state else { continue };
-            let sent = records
-                .iter()
-                .any(|r| r.status == "sent" && r.key_id == c.key.id && r.sync == st.sync);
-            if !sent {
+            if !sent.contains(&c.state_label) {
                 continue;
             }
             let mut new = st.clone();

@@ -64,7 +64,6 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             );
         }
     }
-    crate::notify::print_outcome(&notified.records, &notified.warnings);
     let s = &report.summary;
     let failed_or_left = s.failed + s.conflict + s.blocked;
     println!(
@@ -82,6 +81,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             .map(|p| format!("; report: {}", p.display()))
             .unwrap_or_default()
     );
+    crate::notify::print_outcome(&notified.records, &notified.warnings);
     Ok(if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {
