@@ -96,12 +96,19 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
-    /// How the key is named in messages: its id, else its label.
+    /// How the key is named in messages: its id (else its label), with its label and
+    /// class, since the two halves of a key pair share an id.
     pub fn name(&self) -> String {
+        let class = match self.class {
+            Some(KeyClass::SecretKey) => "secret-key",
+            Some(KeyClass::PrivateKey) => "private-key",
+            Some(KeyClass::PublicKey) => "public-key",
+            None => "unknown class",
+        };
         if self.id.is_empty() {
-            format!("label:{}", self.label)
+            format!("label:{} ({class})", self.label)
         } else {
-            self.id.clone()
+            format!("{} ({}, {class})", self.id, self.label)
         }
     }
 

@@ -494,3 +494,35 @@ fn notify_says_so_when_a_key_has_no_recorded_event() {
     );
     assert!(hook.got().is_empty());
 }
+
+#[test]
+fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 2s\n");
+    w.fixture(&["keygen-pair", "primary", "--id", "e1", "--label", "pay-ec"]);
+    let a = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let mut classes: Vec<(String, Option<String>)> = hook
+        .bodies()
+        .into_iter()
+        .filter(|b| b.key.id == "e1")
+        .map(|b| (b.key.label, b.key.class))
+        .collect();
+    classes.sort();
+    assert_eq!(
+        classes,
+        [
+            ("pay-ec".to_string(), Some("private-key".to_string())),
+            ("pay-ec".to_string(), Some("public-key".to_string()))
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    hook.clear();
+    let n = w.run(&["notify", "plan.yaml", "--key", "id:e1"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert_eq!(hook.bodies().len(), 2, "both halves: {:#?}", hook.bodies());
+    // Both halves were recorded as notified, so both are refused now.
+    let again = w.run(&["notify", "plan.yaml", "--key", "id:e1"]);
+    assert_eq!(again.code, 4, "{again:?}");
+    assert_eq!(again.stderr.matches("was notified at").count(), 2, "{}", again.stderr);
+}
