@@ -8,15 +8,16 @@
 //! delivery is reported (exit 3) and never undoes the sync.
 //!
 //! Each key's last event (kind and time) is kept on the SOURCE token as a private data
-//! object (`hsm-sync/state/<class>/<id>`, `CKA_APPLICATION` = `hsm-sync`), so that a fresh
-//! CI runner sees it. `hsm-sync notify` re-sends that event, refused (exit 4, nothing sent)
+//! object named `hsm-sync/state/<class>/<id>` (`CKA_APPLICATION` = `hsm-sync`; see
+//! [`crate::hsm::state`] for where its JSON record lives), so that a fresh CI runner sees
+//! it. `hsm-sync notify` re-sends that event, refused (exit 4, nothing sent)
 //! while any selected key was synced or notified within `options.notify_cooldown`, as the
 //! managed KMS does. Two runs racing on one key never both send: each reads the key's
 //! state, writes its claim (a random nonce) into it, waits a moment, and reads it again;
 //! only the run whose claim is still there sends (Fischer's mutual exclusion). A claim
 //! lives in the state object rather than in an object of its own because SoftHSM's
 //! object index can miss an object another process created just before this one
-//! created its own, while an existing object's value is always re-read.
+//! created its own, while an existing object's attributes are always re-read.
 //!
 //! This is the only module that names the HTTP client (ureq, blocking, which suits
 //! rayon). HTTPS checks certificates against the system's roots.
@@ -112,8 +113,9 @@ impl KeyInfo {
         }
     }
 
-    /// The label of this key's state object (`hsm-sync/state/<class>/<id-hex>`; keys
-    /// without an id are named by label, as they are matched across clusters).
+    /// The name of this key's state object (`hsm-sync/state/<class>/<id-hex>`; keys
+    /// without an id are named by their label in hex, as they are matched by label
+    /// across clusters).
     pub fn state_label(&self) -> String {
         format!("{STATE_PREFIX}{}", self.suffix())
     }
@@ -126,7 +128,8 @@ impl KeyInfo {
             None => "unknown",
         };
         if self.id.is_empty() {
-            format!("{class}/label:{}", self.label)
+            // In hex: a label may hold spaces, and an object's name ends at the first.
+            format!("{class}/label-{}", hex::encode(&self.label))
         } else {
             format!("{class}/{}", self.id)
         }
@@ -453,13 +456,13 @@ fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Result
     let s = tokens.get(source).session()?;
     let mut existing: HashMap<String, DataObject> = HashMap::new();
     for d in s.find_data(STATE_PREFIX)? {
-        existing.insert(base_label(&d).to_string(), d);
+        existing.insert(d.name().to_string(), d);
     }
     for l in events {
         let state = l.state(None);
         let base = l.key.state_label();
         match existing.get(&base) {
-            Some(d) => s.set_data_label(d.handle, &object_label(&state))?,
+            Some(d) => write_state(&s, d, &state)?,
             None => {
                 // Remember it: a key both synced and deleted in one run has one object.
                 let d = create_state(&s, &state)?;
@@ -470,43 +473,23 @@ fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Result
     Ok(())
 }
 
-/// A state object's label: `hsm-sync/state/<class>/<id>`, a space, and the state as
-/// JSON. The label, not `CKA_VALUE`, is the record: it can be changed in place, while
-/// SoftHSM refuses to change a data object's value, and replacing the object (create,
-/// destroy) is slow on large tokens and may go unseen by a SoftHSM process that created
-/// an object of its own meanwhile. `CKA_VALUE` holds the state as first written.
-fn object_label(state: &KeyState) -> String {
-    // Serializing plain strings and enums cannot fail; an empty JSON would read back as
+fn state_json(state: &KeyState) -> String {
+    // Serializing plain strings and enums cannot fail; an empty record would read back as
     // "no recorded event", never as a wrong one.
-    format!(
-        "{} {}",
-        state.key.state_label(),
-        serde_json::to_string(state).unwrap_or_default()
-    )
-}
-
-/// `hsm-sync/state/<class>/<id>` of a state object.
-fn base_label(d: &DataObject) -> &str {
-    d.label.split(' ').next().unwrap_or_default()
+    serde_json::to_string(state).unwrap_or_default()
 }
 
 fn create_state(s: &TokenSession, state: &KeyState) -> Result<DataObject, HsmError> {
-    let label = object_label(state);
-    let value = serde_json::to_vec(state).unwrap_or_default();
-    let handle = s.create_data(&label, &value)?;
-    Ok(DataObject { handle, label, value })
+    s.create_record(&state.key.state_label(), &state_json(state))
 }
 
 fn write_state(s: &TokenSession, old: &DataObject, state: &KeyState) -> Result<(), HsmError> {
-    s.set_data_label(old.handle, &object_label(state))
+    s.update_record(old, &state_json(state))
 }
 
 fn read_state(d: &DataObject) -> Option<KeyState> {
-    let st: KeyState = match d.label.split_once(' ') {
-        Some((_, json)) => serde_json::from_str(json).ok()?,
-        None => serde_json::from_slice(&d.value).ok()?,
-    };
-    (st.key.state_label() == base_label(d)).then_some(st)
+    let st: KeyState = serde_json::from_slice(d.record()).ok()?;
+    (st.key.state_label() == d.name()).then_some(st)
 }
 
 fn agent() -> &'static ureq::Agent {
@@ -742,7 +725,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
                 if list.iter().any(|c| c.state_label == label) {
                     return;
                 }
-                let state = states.iter().find(|(d, _)| base_label(d) == label).cloned();
+                let state = states.iter().find(|(d, _)| d.name() == label).cloned();
                 // The resources are those of the entry the event happened under.
                 let owner = match &state {
                     None => Some(*entry),
@@ -1057,5 +1040,11 @@ mod tests {
         let msg = refusal(&key, &st, hour, t0 + hour + Duration::from_secs(1)).unwrap();
         assert!(msg.contains("was notified at"), "{msg}");
         assert_eq!(key.state_label(), "hsm-sync/state/secret-key/a1");
+        let unnamed = KeyInfo {
+            id: String::new(),
+            label: "my key".into(),
+            ..key.clone()
+        };
+        assert_eq!(unnamed.state_label(), "hsm-sync/state/secret-key/label-6d79206b6579");
     }
 }

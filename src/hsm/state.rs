@@ -4,8 +4,17 @@
 //! (CONTRACT.md §5, issue 5).
 //!
 //! They are token objects (a fresh CI runner sees them) and private (only a logged-in user
-//! reads them). Labels and values are small texts written by the caller; never key
-//! material. Inventory lists key classes only, so these objects never show up as keys.
+//! reads them). Each holds a name (its label) and a record (small JSON written by the
+//! caller; never key material). Inventory lists key classes only, so these objects never
+//! show up as keys.
+//!
+//! A record is written to `CKA_VALUE` at creation and changed in place later. PKCS#11
+//! only promises that `CKA_LABEL` can be changed, and SoftHSM refuses to change a data
+//! object's value: there the record moves into the label, after the name and a space.
+//! (Replacing the object instead would cost a directory rescan per destroy on SoftHSM,
+//! and a SoftHSM process that creates an object may miss one another process created
+//! just before; an existing object's attributes are always re-read.) Tokens that allow
+//! changing the value keep short labels, as tokens that cap label length need.
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -24,6 +33,22 @@ pub struct DataObject {
     pub label: String,
     /// `CKA_VALUE`.
     pub value: Vec<u8>,
+}
+
+impl DataObject {
+    /// Its name: the label up to the first space.
+    pub fn name(&self) -> &str {
+        self.label.split(' ').next().unwrap_or_default()
+    }
+
+    /// Its record: what follows the name in the label where the token keeps it there,
+    /// else `CKA_VALUE`.
+    pub fn record(&self) -> &[u8] {
+        match self.label.split_once(' ') {
+            Some((_, rest)) => rest.as_bytes(),
+            None => &self.value,
+        }
+    }
 }
 
 impl TokenSession {
@@ -64,6 +89,39 @@ impl TokenSession {
         }
         out.sort_by(|a, b| a.label.cmp(&b.label).then(a.handle.cmp(&b.handle)));
         Ok(out)
+    }
+
+    /// Creates a data object named `name` (no spaces) holding `record`.
+    pub fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+        let handle = self.create_data(name, record.as_bytes())?;
+        Ok(DataObject {
+            handle,
+            label: name.into(),
+            value: record.as_bytes().to_vec(),
+        })
+    }
+
+    /// Replaces a data object's record in place: in `CKA_VALUE` where the token allows
+    /// it (the label then goes back to the bare name), else in the label.
+    pub fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
+        let in_label = || self.set_data_label(old.handle, &format!("{} {record}", old.name()));
+        if old.label.contains(' ') {
+            // This token keeps records in labels already.
+            return in_label();
+        }
+        match self
+            .raw()
+            .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
+        {
+            Ok(()) => Ok(()),
+            Err(CkError::Pkcs11(
+                RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::AttributeTypeInvalid,
+                _,
+            )) => in_label(),
+            Err(e) => Err(self.pk_err("updating an hsm-sync data object")(e)),
+        }
     }
 
     /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
@@ -125,5 +183,24 @@ impl TokenSession {
             label,
             value,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_is_in_the_label_when_the_token_keeps_it_there() {
+        let mut d = DataObject {
+            handle: 1,
+            label: "hsm-sync/state/secret-key/a1".into(),
+            value: b"{\"v\":1}".to_vec(),
+        };
+        assert_eq!(d.name(), "hsm-sync/state/secret-key/a1");
+        assert_eq!(d.record(), b"{\"v\":1}");
+        d.label = "hsm-sync/state/secret-key/a1 {\"v\": 2}".into();
+        assert_eq!(d.name(), "hsm-sync/state/secret-key/a1");
+        assert_eq!(d.record(), b"{\"v\": 2}");
     }
 }
