@@ -441,36 +441,43 @@ pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcom
         by_source.entry(&l.source).or_default().push(l);
     }
     for (source, evs) in by_source {
-        if let Err(e) = record_states(tokens, source, &evs) {
-            out.warnings.push(format!(
-                "could not record lifecycle events on `{source}` (notify cannot enforce its cooldown for these keys): {e}"
-            ));
-        }
+        out.warnings.extend(record_states(tokens, source, &evs));
     }
     out.records = deliver_all(&deliveries(plan, &events, false));
     out
 }
 
-/// Writes the state objects of `events` on one source token, one find for all.
-fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Result<(), HsmError> {
-    let s = tokens.get(source).session()?;
-    let mut existing: HashMap<String, DataObject> = HashMap::new();
-    for d in s.find_data(STATE_PREFIX)? {
-        existing.insert(d.name().to_string(), d);
-    }
+/// Writes the state objects of `events` on one source token, one find for all; returns
+/// a warning per key (or for the token) whose event could not be recorded.
+fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Vec<String> {
+    let warn = |what: String, e: HsmError| {
+        format!("could not record the lifecycle event of {what} on `{source}` (notify cannot enforce its cooldown for it): {e}")
+    };
+    let found = tokens
+        .get(source)
+        .session()
+        .and_then(|s| s.find_data(STATE_PREFIX).map(|found| (s, found)));
+    let (s, found) = match found {
+        Ok(x) => x,
+        Err(e) => return vec![warn(format!("{} key(s)", events.len()), e)],
+    };
+    let mut existing: HashMap<String, DataObject> = found.into_iter().map(|d| (d.name().to_string(), d)).collect();
+    let mut warnings = Vec::new();
     for l in events {
         let state = l.state(None);
         let base = l.key.state_label();
-        match existing.get(&base) {
-            Some(d) => write_state(&s, d, &state)?,
-            None => {
-                // Remember it: a key both synced and deleted in one run has one object.
-                let d = create_state(&s, &state)?;
+        let result = match existing.get(&base) {
+            Some(d) => write_state(&s, d, &state),
+            // Remember it: a key both synced and deleted in one run has one object.
+            None => create_state(&s, &state).map(|d| {
                 existing.insert(base, d);
-            }
+            }),
+        };
+        if let Err(e) = result {
+            warnings.push(warn(format!("key {}", l.key.name()), e));
         }
     }
-    Ok(())
+    warnings
 }
 
 fn state_json(state: &KeyState) -> String {

@@ -103,7 +103,7 @@ pub struct NotificationRecord {
 pub struct Report {
     /// Report format version (1).
     pub version: u32,
-    /// `plan` or `apply`.
+    /// `plan`, `apply` or `notify`.
     pub command: String,
     /// The plan file.
     pub plan: String,
