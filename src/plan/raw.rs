@@ -183,7 +183,7 @@ pub struct RawNotify {
     /// Time limit of one delivery attempt (humantime: `500ms`, `10s`; default `10s`).
     #[serde(default)]
     pub timeout: Option<String>,
-    /// Retries after a failed attempt, with exponential backoff (default 3).
+    /// Retries after a failed attempt, with exponential backoff (default 3, at most 10).
     #[serde(default)]
     pub retries: Option<u32>,
 }

@@ -281,13 +281,13 @@ fn notify_within_the_cooldown_is_refused_even_from_a_fresh_directory() {
 #[test]
 fn notify_resends_once_the_cooldown_has_passed() {
     let hook = Hook::start(Answer::Status(200));
-    let w = world(2, &hook.url, "", "  notify_cooldown: 2s\n");
+    let w = world(2, &hook.url, "", "  notify_cooldown: 3s\n");
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     let first = hook.bodies();
     assert_eq!(first.len(), 2);
     hook.clear();
     assert_eq!(w.run(&["notify", "plan.yaml"]).code, 4);
-    std::thread::sleep(Duration::from_millis(2300));
+    std::thread::sleep(Duration::from_millis(3300));
 
     let n = w.run(&["notify", "plan.yaml", "--key", "label:pay-1", "--report", "n.json"]);
     assert_eq!(n.code, 0, "{n:?}");
@@ -498,7 +498,7 @@ fn notify_says_so_when_a_key_has_no_recorded_event() {
 #[test]
 fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 2s\n");
+    let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
     w.fixture(&["keygen-pair", "primary", "--id", "e1", "--label", "pay-ec"]);
     let a = w.run(&["apply", "plan.yaml"]);
     assert_eq!(a.code, 0, "{a:?}");
@@ -516,7 +516,7 @@ fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
             ("pay-ec".to_string(), Some("public-key".to_string()))
         ]
     );
-    std::thread::sleep(Duration::from_millis(2300));
+    std::thread::sleep(Duration::from_millis(3300));
     hook.clear();
     let n = w.run(&["notify", "plan.yaml", "--key", "id:e1"]);
     assert_eq!(n.code, 0, "{n:?}");
