@@ -281,16 +281,30 @@ fn notify_within_the_cooldown_is_refused_even_from_a_fresh_directory() {
 #[test]
 fn notify_resends_once_the_cooldown_has_passed() {
     let hook = Hook::start(Answer::Status(200));
-    let w = world(2, &hook.url, "", "  notify_cooldown: 3s\n");
-    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    let secret = "renotify-token-5e7a91";
+    let env = [("HOOK_TOKEN", secret)];
+    let w = world(
+        2,
+        &hook.url,
+        "        bearer_env: HOOK_TOKEN\n",
+        "  notify_cooldown: 3s\n",
+    );
+    assert_eq!(w.run_env(&["apply", "plan.yaml"], &env).code, 0);
     let first = hook.bodies();
     assert_eq!(first.len(), 2);
     hook.clear();
-    assert_eq!(w.run(&["notify", "plan.yaml"]).code, 4);
+    assert_eq!(w.run_env(&["notify", "plan.yaml"], &env).code, 4);
     std::thread::sleep(Duration::from_millis(3300));
 
-    let n = w.run(&["notify", "plan.yaml", "--key", "label:pay-1", "--report", "n.json"]);
+    let n = w.run_env(
+        &["notify", "plan.yaml", "--key", "label:pay-1", "--report", "n.json"],
+        &env,
+    );
     assert_eq!(n.code, 0, "{n:?}");
+    let auth = hook.got().into_iter().map(|g| g.authorization).collect::<Vec<_>>();
+    assert_eq!(auth, [Some(format!("Bearer {secret}"))]);
+    let text = format!("{}{}{}", n.stdout, n.stderr, w.read("n.json"));
+    assert!(!text.contains(secret), "the bearer token leaked");
     let again = hook.bodies();
     assert_eq!(again.len(), 1, "{again:#?}");
     let orig = first.iter().find(|b| b.key.label == "pay-1").expect("pay-1 announced");
@@ -303,7 +317,7 @@ fn notify_resends_once_the_cooldown_has_passed() {
     assert_eq!(r["notifications"][0]["status"], "sent");
 
     // Now pay-1 was notified: refused again, naming that.
-    let n = w.run(&["notify", "plan.yaml", "--sync", "payments"]);
+    let n = w.run_env(&["notify", "plan.yaml", "--sync", "payments"], &env);
     assert_eq!(n.code, 4, "{n:?}");
     assert!(n.stderr.contains("was notified at"), "{}", n.stderr);
     assert_eq!(hook.bodies().len(), 1, "nothing more sent");
