@@ -41,6 +41,8 @@ pub enum Command {
     SyncKey(SyncKeyArgs),
     /// Make SoftHSM tokens, keys and a plan, then validate, plan, apply and plan again.
     Demo(DemoArgs),
+    /// Re-send the latest lifecycle event of keys to their associated resources.
+    Notify(NotifyArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
 }
@@ -159,6 +161,22 @@ pub struct DemoArgs {
     /// How many keys to create on the demo's primary token.
     #[arg(long, default_value_t = 100)]
     pub keys: usize,
+}
+
+/// `notify PLAN [--key SELECTOR] [--sync NAME] [--report FILE]`
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// Only this key: `id:HEX`, `label:GLOB` or `handle:N`.
+    #[arg(long, value_name = "SELECTOR")]
+    pub key: Option<String>,
+    /// Only this sync entry.
+    #[arg(long, value_name = "NAME")]
+    pub sync: Option<String>,
+    /// Write the JSON report (its `notifications`) here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// Which schema to print.

@@ -5,7 +5,7 @@
 //! ```text
 //! plan file ─▶ plan::raw ─▶ plan::validate ─▶ plan::model
 //!           ─▶ connect (login once, prove lineage) ─▶ inventory
-//!           ─▶ diff (pure data) ─▶ executor (rayon) ─▶ report
+//!           ─▶ diff (pure data) ─▶ executor (rayon) ─▶ report, notify
 //! ```
 //!
 //! Only [`hsm`] names `cryptoki`; only [`progress`] names `indicatif`; only [`plan`]
@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod junit;
 pub mod key;
 pub mod lock;
+pub mod notify;
 pub mod plan;
 pub mod progress;
 pub mod render;

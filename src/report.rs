@@ -88,6 +88,12 @@ pub struct NotificationRecord {
     pub status: String,
     /// The HTTP status, if one came back.
     pub http_status: Option<u16>,
+    /// Why it failed (never a token or secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Delivery attempts made (0 when nothing could be sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// The report.
@@ -97,7 +103,7 @@ pub struct NotificationRecord {
 pub struct Report {
     /// Report format version (1).
     pub version: u32,
-    /// `plan` or `apply`.
+    /// `plan`, `apply` or `notify`.
     pub command: String,
     /// The plan file.
     pub plan: String,

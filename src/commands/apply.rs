@@ -91,7 +91,7 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         report: a.report.as_deref(),
         junit: a.junit.as_deref(),
     };
-    let (_report, status) = run_jobs(&online, &opts, started)?;
+    let (_report, status) = run_jobs(&plan, &online, &opts, started)?;
     Ok(status)
 }
 
@@ -125,7 +125,12 @@ fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemT
 
 /// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
 /// says how the run ends (exit 3 when a job failed or a conflict or blocked key remains).
-pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> miette::Result<(Report, ExitStatus)> {
+pub(super) fn run_jobs(
+    plan: &Plan,
+    online: &Online,
+    o: &RunOptions,
+    started: SystemTime,
+) -> miette::Result<(Report, ExitStatus)> {
     let journals = write_journals(online)?;
     let reporter = progress::for_terminal(o.quiet);
     let outcomes = execute(
@@ -142,7 +147,12 @@ pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> 
             eprintln!("warning: the in-flight journal on `{target}` was not removed: {e}");
         }
     }
-    let report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
+    let mut report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
+    // CONTRACT.md §5: lifecycle events recorded on the sources and announced; a failed
+    // notification is exit 3 and never undoes the sync.
+    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes);
+    report.notifications = notified.records.clone();
+    report.finished_at = crate::report::timestamp(SystemTime::now());
     if let Some(path) = o.report {
         write_atomic(path, &report)
             .into_diagnostic()
@@ -192,7 +202,8 @@ pub(super) fn run_jobs(online: &Online, o: &RunOptions, started: SystemTime) -> 
             .map(|p| format!("; report: {}", p.display()))
             .unwrap_or_default()
     );
-    let status = if failed_or_left > 0 {
+    crate::notify::print_outcome(&notified.records, &notified.warnings);
+    let status = if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {
         ExitStatus::Success

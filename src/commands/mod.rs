@@ -4,6 +4,7 @@
 mod apply;
 mod demo;
 mod inventory;
+mod notify;
 mod plan;
 mod schema;
 mod sync_key;
@@ -33,6 +34,7 @@ pub fn dispatch(cli: &Cli) -> miette::Result<ExitStatus> {
         Command::Inventory(a) => inventory::run(&ui, a),
         Command::SyncKey(a) => sync_key::run(&ui, a),
         Command::Demo(a) => demo::run(&ui, a),
+        Command::Notify(a) => notify::run(&ui, a),
         Command::Schema(a) => schema::run(a),
     }
 }

@@ -65,7 +65,7 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
         report: None,
         junit: None,
     };
-    let (_report, status) = run_jobs(&online, &opts, started)?;
+    let (_report, status) = run_jobs(&one, &online, &opts, started)?;
     if status == ExitStatus::Success {
         println!("syncKey success");
     }

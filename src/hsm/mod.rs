@@ -10,6 +10,7 @@ mod error;
 pub mod ops;
 pub mod profile;
 pub mod provision;
+pub mod state;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
 pub use ops::TokenSession;
+pub use state::DataObject;
 
 use crate::plan::{Cluster, TokenRef};
 

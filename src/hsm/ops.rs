@@ -211,6 +211,16 @@ impl TokenSession {
         }
     }
 
+    /// The PKCS#11 session, for the other files of `hsm` (data objects in `state.rs`).
+    pub(crate) fn raw(&self) -> &Session {
+        &self.s
+    }
+
+    /// An error mapper naming this session's cluster and what was being done.
+    pub(crate) fn pk_err(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
+        self.pk(op)
+    }
+
     /// Every key object on the token (token objects of the three key classes), the domain
     /// key excluded, each with its fingerprint where it can be wrapped.
     pub fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {

@@ -185,6 +185,12 @@ pub struct NotifyTarget {
     pub url: String,
     /// The events it wants.
     pub events: Vec<Event>,
+    /// The environment variable holding its bearer token, if it wants one.
+    pub bearer_env: Option<String>,
+    /// Time limit of one delivery attempt.
+    pub timeout: Duration,
+    /// Retries after a failed attempt.
+    pub retries: u32,
 }
 
 /// One sync entry.

@@ -176,6 +176,16 @@ pub struct RawNotify {
     /// Which events (default: all).
     #[serde(default)]
     pub events: Option<Vec<RawEvent>>,
+    /// Name of an environment variable holding a bearer token, sent as
+    /// `Authorization: Bearer …` (never the token itself).
+    #[serde(default)]
+    pub bearer_env: Option<String>,
+    /// Time limit of one delivery attempt (humantime: `500ms`, `10s`; default `10s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Retries after a failed attempt, with exponential backoff (default 3, at most 10).
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 /// Run options.

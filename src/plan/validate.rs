@@ -742,10 +742,49 @@ impl Validator {
                     })
                     .collect(),
             };
+            if let Some(var) = n.bearer_env.as_deref().filter(|v| !valid_env_name(v)) {
+                self.issue(
+                    IssueKind::InvalidValue,
+                    &child(&np, "bearer_env"),
+                    format!(
+                        "`bearer_env` must name an environment variable, not `{}`",
+                        var.escape_debug()
+                    ),
+                    Some(
+                        "write the variable's name (e.g. `HOOK_TOKEN`); the token itself never goes in the plan".into(),
+                    ),
+                );
+            }
+            let timeout = match n.timeout {
+                None => crate::notify::DEFAULT_TIMEOUT,
+                Some(t) => humantime::parse_duration(&t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or_else(|| {
+                        self.issue(
+                            IssueKind::InvalidDuration,
+                            &child(&np, "timeout"),
+                            format!("invalid timeout `{t}`"),
+                            Some("write e.g. `500ms`, `10s`".into()),
+                        );
+                        crate::notify::DEFAULT_TIMEOUT
+                    }),
+            };
+            if n.retries.is_some_and(|r| r > crate::notify::MAX_RETRIES) {
+                self.issue(
+                    IssueKind::InvalidValue,
+                    &child(&np, "retries"),
+                    format!("`retries` is at most {}", crate::notify::MAX_RETRIES),
+                    None,
+                );
+            }
             notify.push(NotifyTarget {
                 name: n.name,
                 url: n.url,
                 events,
+                bearer_env: n.bearer_env,
+                timeout,
+                retries: n.retries.unwrap_or(crate::notify::DEFAULT_RETRIES),
             });
         }
         Some(SyncEntry {
@@ -933,6 +972,13 @@ fn check_url(url: &str) -> Result<(), String> {
         return Err("the URL has no host".into());
     }
     Ok(())
+}
+
+/// A POSIX environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn valid_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -1,0 +1,74 @@
+//! `hsm-sync notify PLAN [--key SELECTOR] [--sync NAME] [--report FILE]`: the manual
+//! "renotify" of CONTRACT.md §5. Logs in to the sources only (nothing is synced, so no
+//! lineage proof is needed), then lets [`crate::notify::renotify`] decide.
+
+use std::time::SystemTime;
+
+use miette::{IntoDiagnostic, WrapErr};
+
+use crate::cli::NotifyArgs;
+use crate::connect::login;
+use crate::diff::Diff;
+use crate::exit::ExitStatus;
+use crate::notify::{parse_selector, print_outcome, renotify, Renotify, Selection};
+use crate::report::{write_atomic, Report};
+
+use super::Ui;
+
+pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
+    let started = SystemTime::now();
+    let plan = ui.load(&a.plan)?;
+    let key = a.key.as_deref().map(parse_selector).transpose()?;
+    let mut sources = Vec::new();
+    for entry in plan
+        .syncs
+        .iter()
+        .filter(|e| a.sync.as_deref().is_none_or(|n| n == e.name))
+    {
+        if let Some(c) = plan.cluster(&entry.source) {
+            if !sources.iter().any(|s: &&crate::plan::Cluster| s.name == c.name) {
+                sources.push(c);
+            }
+        }
+    }
+    let tokens = login(&sources)?;
+    let sel = Selection {
+        sync: a.sync.as_deref(),
+        key,
+    };
+    match renotify(&plan, &tokens, &sel)? {
+        Renotify::Refused(why) => {
+            for w in &why {
+                eprintln!("refused: {w}");
+            }
+            eprintln!("notify refused: nothing was sent");
+            Ok(ExitStatus::Cooldown)
+        }
+        Renotify::Done {
+            records,
+            skipped,
+            warnings,
+        } => {
+            for s in &skipped {
+                eprintln!("{s}");
+            }
+            if let Some(path) = &a.report {
+                let mut report = Report::new("notify", &a.plan, started, &Diff::default(), Some(&[]));
+                report.notifications = records.clone();
+                write_atomic(path, &report)
+                    .into_diagnostic()
+                    .wrap_err_with(|| format!("writing the report to {}", path.display()))?;
+            }
+            print_outcome(&records, &warnings);
+            if records.is_empty() {
+                println!("Notify: nothing to re-send");
+            }
+            let failed = !warnings.is_empty() || records.iter().any(|r| r.status == "failed");
+            Ok(if failed {
+                ExitStatus::Incomplete
+            } else {
+                ExitStatus::Success
+            })
+        }
+    }
+}

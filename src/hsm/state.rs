@@ -1,0 +1,206 @@
+//! hsm-sync's own records on a token: PKCS#11 data objects (`CKO_DATA`) with
+//! `CKA_APPLICATION` = `hsm-sync`, used by [`crate::notify`] for each key's last lifecycle
+//! event and for the claims that keep two runs from notifying the same key at once
+//! (CONTRACT.md §5, issue 5).
+//!
+//! They are token objects (a fresh CI runner sees them) and private (only a logged-in user
+//! reads them). Each holds a name (its label) and a record (small JSON written by the
+//! caller; never key material). Inventory lists key classes only, so these objects never
+//! show up as keys.
+//!
+//! A record is written to `CKA_VALUE` at creation and changed in place later. PKCS#11
+//! only promises that `CKA_LABEL` can be changed, and SoftHSM refuses to change a data
+//! object's value: there the record moves into the label, after the name and a space.
+//! (Replacing the object instead would cost a directory rescan per destroy on SoftHSM,
+//! and a SoftHSM process that creates an object may miss one another process created
+//! just before; an existing object's attributes are always re-read.) Tokens that allow
+//! changing the value keep short labels, as tokens that cap label length need.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+
+use super::{HsmError, TokenSession};
+
+/// `CKA_APPLICATION` of every data object hsm-sync writes.
+pub const APPLICATION: &str = "hsm-sync";
+
+/// One hsm-sync data object read back from a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataObject {
+    /// Its handle on the token (valid for this run).
+    pub handle: u64,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_VALUE`.
+    pub value: Vec<u8>,
+}
+
+impl DataObject {
+    /// Its name: the label up to the first space.
+    pub fn name(&self) -> &str {
+        self.label.split(' ').next().unwrap_or_default()
+    }
+
+    /// Its record: what follows the name in the label where the token keeps it there,
+    /// else `CKA_VALUE`.
+    pub fn record(&self) -> &[u8] {
+        match self.label.split_once(' ') {
+            Some((_, rest)) => rest.as_bytes(),
+            None => &self.value,
+        }
+    }
+}
+
+impl TokenSession {
+    /// Creates a private token data object of hsm-sync with this label and value.
+    pub fn create_data(&self, label: &str, value: &[u8]) -> Result<u64, HsmError> {
+        let h = self
+            .raw()
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(true),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(value.to_vec()),
+            ])
+            .map_err(self.pk_err("writing an hsm-sync data object"))?;
+        Ok(h.handle())
+    }
+
+    /// Every hsm-sync data object whose label starts with `prefix`, with its value.
+    /// Objects that vanish while being read (another run destroyed them) are left out.
+    pub fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
+        let handles = self
+            .raw()
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+            ])
+            .map_err(self.pk_err("finding hsm-sync data objects"))?;
+        let mut out = Vec::new();
+        for h in handles {
+            if let Some(d) = self.read_data(h)? {
+                if d.label.starts_with(prefix) {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.label.cmp(&b.label).then(a.handle.cmp(&b.handle)));
+        Ok(out)
+    }
+
+    /// Creates a data object named `name` (no spaces) holding `record`.
+    pub fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+        let handle = self.create_data(name, record.as_bytes())?;
+        Ok(DataObject {
+            handle,
+            label: name.into(),
+            value: record.as_bytes().to_vec(),
+        })
+    }
+
+    /// Replaces a data object's record in place: in `CKA_VALUE` where the token allows
+    /// it (the label then goes back to the bare name), else in the label.
+    pub fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
+        let in_label = || self.set_data_label(old.handle, &format!("{} {record}", old.name()));
+        if old.label.contains(' ') {
+            // This token keeps records in labels already.
+            return in_label();
+        }
+        match self
+            .raw()
+            .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
+        {
+            Ok(()) => Ok(()),
+            Err(CkError::Pkcs11(
+                RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::AttributeTypeInvalid,
+                _,
+            )) => in_label(),
+            Err(e) => Err(self.pk_err("updating an hsm-sync data object")(e)),
+        }
+    }
+
+    /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
+    /// which every token allows on a modifiable object; SoftHSM refuses to change a data
+    /// object's `CKA_VALUE`).
+    pub fn set_data_label(&self, handle: u64, label: &str) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        self.raw()
+            .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+            .map_err(self.pk_err("updating an hsm-sync data object"))
+    }
+
+    /// Reads one data object again by handle (its attributes as the token holds them
+    /// now, another process's changes included); `None` if it is gone.
+    pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        self.read_data(unsafe { ObjectHandle::new_from_raw(handle) })
+    }
+
+    /// Destroys a data object; one that is already gone counts as destroyed.
+    pub fn destroy_data(&self, handle: u64) -> Result<(), HsmError> {
+        // SAFETY: handles come from this token's own find or create.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        match self.raw().destroy_object(h) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
+            Err(e) => Err(self.pk_err("destroying an hsm-sync data object")(e)),
+        }
+    }
+
+    fn read_data(&self, h: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
+        // cryptoki asks for the sizes, then the values: another process may change the
+        // label in between (a notify claim), which the token answers with
+        // CKR_BUFFER_TOO_SMALL. Asking again reads the new label.
+        let mut tries = 0;
+        let attrs = loop {
+            tries += 1;
+            match self
+                .raw()
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            {
+                Ok(a) => break a,
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+                Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,
+                Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+            }
+        };
+        let mut label = String::new();
+        let mut value = Vec::new();
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Value(v) => value = v,
+                _ => {}
+            }
+        }
+        Ok(Some(DataObject {
+            handle: h.handle(),
+            label,
+            value,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_is_in_the_label_when_the_token_keeps_it_there() {
+        let mut d = DataObject {
+            handle: 1,
+            label: "hsm-sync/state/secret-key/a1".into(),
+            value: b"{\"v\":1}".to_vec(),
+        };
+        assert_eq!(d.name(), "hsm-sync/state/secret-key/a1");
+        assert_eq!(d.record(), b"{\"v\":1}");
+        d.label = "hsm-sync/state/secret-key/a1 {\"v\": 2}".into();
+        assert_eq!(d.name(), "hsm-sync/state/secret-key/a1");
+        assert_eq!(d.record(), b"{\"v\": 2}");
+    }
+}

@@ -1,0 +1,542 @@
+//! Associated-resource notifications (CONTRACT.md §5, issue 5) against a real HTTP
+//! server on 127.0.0.1 started by each test, and real SoftHSM tokens.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::world::{Output, World};
+
+/// The body of CONTRACT.md §5, read as typed data.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    event: String,
+    key: Key,
+    source: String,
+    targets: Vec<String>,
+    sync: String,
+    at: String,
+    renotify: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Key {
+    id: String,
+    label: String,
+    class: Option<String>,
+    key_type: Option<String>,
+    fingerprint: Option<String>,
+}
+
+/// One request the hook received.
+#[derive(Debug, Clone)]
+struct Got {
+    body: Body,
+    authorization: Option<String>,
+}
+
+/// How the hook answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// Reads the request and never answers (the connection stays open).
+    Never,
+}
+
+/// A tiny HTTP endpoint on 127.0.0.1 that records what it is sent; stops when dropped.
+struct Hook {
+    url: String,
+    got: Arc<Mutex<Vec<Got>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hook {
+    fn start(answer: Answer) -> Hook {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let Ok(Some(mut req)) = server.recv_timeout(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let mut text = String::new();
+                let _ = req.as_reader().read_to_string(&mut text);
+                let authorization = req
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("Authorization"))
+                    .map(|h| h.value.as_str().to_string());
+                let body: Body =
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not the §5 shape ({e}): {text}"));
+                g.lock().unwrap().push(Got { body, authorization });
+                match answer {
+                    Answer::Status(code) => {
+                        let _ = req.respond(tiny_http::Response::empty(code));
+                    }
+                    Answer::Never => held.push(req),
+                }
+            }
+        });
+        Hook {
+            url: format!("http://127.0.0.1:{port}/key-events"),
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn bodies(&self) -> Vec<Body> {
+        self.got().into_iter().map(|g| g.body).collect()
+    }
+
+    fn clear(&self) {
+        self.got.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `primary` → `dr`, `dr2`, keys `pay-*` (AES), one resource, and `extra` lines for the
+/// resource (indented 8) and `options` (indented 2).
+fn world(keys: usize, url: &str, resource: &str, options: &str) -> World {
+    let w = World::new()
+        .tokens(&["primary", "dr", "dr2"])
+        .domain_key(&["primary", "dr", "dr2"])
+        .key("primary", "a1", "pay", &["--count", &keys.to_string()]);
+    w.plan(&format!(
+        "version: 1
+clusters:
+  primary:
+    module: {{module}}
+    token: {{ label: primary }}
+    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./primary.pin }} }}
+  dr:
+    module: {{module}}
+    token: {{ label: dr }}
+    cloned_from: primary
+    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr.pin }} }}
+  dr2:
+    module: {{module}}
+    token: {{ label: dr2 }}
+    cloned_from: primary
+    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr2.pin }} }}
+sync:
+  - name: payments
+    source: primary
+    targets: [dr, dr2]
+    keys:
+      - label: \"pay-*\"
+    notify:
+      - name: object-storage
+        url: {url}
+{resource}options:
+{options}"
+    ))
+}
+
+/// A report file, checked against `schemas/report.schema.json`.
+fn report(w: &World, name: &str) -> Value {
+    let report: Value = serde_json::from_str(&w.read(name)).expect("report is JSON");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/report.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{name} does not match the schema: {errors:#?}");
+    report
+}
+
+/// Runs hsm-sync from `cwd` (not the world's directory) with the world's SoftHSM config.
+fn run_in(w: &World, cwd: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+        .args(args)
+        .current_dir(cwd)
+        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("hsm-sync runs");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn apply_announces_each_synced_key_once_with_its_targets() {
+    let hook = Hook::start(Answer::Status(204));
+    let secret = "tok-9f8e7d6c5b4a-never-printed";
+    let w = world(
+        2,
+        &hook.url,
+        "        bearer_env: HOOK_TOKEN\n",
+        "  notify_cooldown: 1h\n",
+    );
+    let a = w.run_env(&["apply", "plan.yaml", "--report", "r.json"], &[("HOOK_TOKEN", secret)]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert!(a.stdout.contains("Notifications: 2 sent, 0 failed"), "{}", a.stdout);
+
+    let mut got = hook.got();
+    got.sort_by(|x, y| x.body.key.label.cmp(&y.body.key.label));
+    assert_eq!(got.len(), 2, "one notification per key, not per target: {got:#?}");
+    for (g, label) in got.iter().zip(["pay-0", "pay-1"]) {
+        assert_eq!(g.authorization.as_deref(), Some(format!("Bearer {secret}").as_str()));
+        let b = &g.body;
+        assert_eq!(b.event, "synced");
+        assert_eq!(b.key.label, label);
+        assert!(b.key.id.starts_with("a1"), "{b:?}");
+        assert_eq!(b.key.class.as_deref(), Some("secret-key"));
+        assert_eq!(b.key.key_type.as_deref(), Some("aes"));
+        assert_eq!(b.key.fingerprint.as_ref().map(String::len), Some(16));
+        assert_eq!(b.source, "primary");
+        assert_eq!(b.targets, ["dr", "dr2"]);
+        assert_eq!(b.sync, "payments");
+        assert!(!b.renotify);
+        let at = humantime::parse_rfc3339(&b.at).expect("`at` is RFC 3339 UTC");
+        assert!(at.elapsed().unwrap_or_default() < Duration::from_secs(120));
+    }
+
+    let r = report(&w, "r.json");
+    let n = r["notifications"].as_array().expect("notifications");
+    assert_eq!(n.len(), 2, "{r:#}");
+    for x in n {
+        assert_eq!(x["status"], "sent");
+        assert_eq!(x["http_status"], 204);
+        assert_eq!(x["resource"], "object-storage");
+        assert_eq!(x["event"], "synced");
+        assert_eq!(x["sync"], "payments");
+    }
+    let text = format!("{}{}{}", a.stdout, a.stderr, w.read("r.json"));
+    assert!(!text.contains(secret), "the bearer token leaked");
+
+    // The state objects on the source are not keys: inventories and the diff ignore them.
+    let inv = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]).json();
+    assert_eq!(inv["keys"].as_array().map(Vec::len), Some(2), "{inv:#}");
+    let p = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(p.code, 0, "no changes after apply: {p:?}");
+
+    // Nothing changed, nothing announced.
+    hook.clear();
+    let again = w.run_env(&["apply", "plan.yaml"], &[("HOOK_TOKEN", secret)]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(hook.got().is_empty());
+}
+
+#[test]
+fn notify_within_the_cooldown_is_refused_even_from_a_fresh_directory() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    assert_eq!(hook.bodies().len(), 1);
+    hook.clear();
+
+    let n = w.run(&["notify", "plan.yaml"]);
+    assert_eq!(n.code, 4, "{n:?}");
+    assert!(n.stderr.contains("was synced at"), "{}", n.stderr);
+    assert!(n.stderr.contains("cannot be performed until"), "{}", n.stderr);
+
+    // Another working directory with no local files: the state lives on the token.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let plan = w.path().join("plan.yaml");
+    let n2 = run_in(
+        &w,
+        fresh.path(),
+        &["notify", plan.to_str().unwrap(), "--key", "label:pay-*"],
+    );
+    assert_eq!(n2.code, 4, "{n2:?}");
+    assert!(n2.stderr.contains("cannot be performed until"), "{}", n2.stderr);
+    assert_eq!(
+        std::fs::read_dir(fresh.path()).unwrap().count(),
+        0,
+        "nothing written locally"
+    );
+    assert!(hook.got().is_empty(), "nothing sent while refused");
+}
+
+#[test]
+fn notify_resends_once_the_cooldown_has_passed() {
+    let hook = Hook::start(Answer::Status(200));
+    let secret = "renotify-token-5e7a91";
+    let env = [("HOOK_TOKEN", secret)];
+    let w = world(
+        2,
+        &hook.url,
+        "        bearer_env: HOOK_TOKEN\n",
+        "  notify_cooldown: 3s\n",
+    );
+    assert_eq!(w.run_env(&["apply", "plan.yaml"], &env).code, 0);
+    let first = hook.bodies();
+    assert_eq!(first.len(), 2);
+    hook.clear();
+    assert_eq!(w.run_env(&["notify", "plan.yaml"], &env).code, 4);
+    std::thread::sleep(Duration::from_millis(3300));
+
+    let n = w.run_env(
+        &["notify", "plan.yaml", "--key", "label:pay-1", "--report", "n.json"],
+        &env,
+    );
+    assert_eq!(n.code, 0, "{n:?}");
+    let auth = hook.got().into_iter().map(|g| g.authorization).collect::<Vec<_>>();
+    assert_eq!(auth, [Some(format!("Bearer {secret}"))]);
+    let text = format!("{}{}{}", n.stdout, n.stderr, w.read("n.json"));
+    assert!(!text.contains(secret), "the bearer token leaked");
+    let again = hook.bodies();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    let orig = first.iter().find(|b| b.key.label == "pay-1").expect("pay-1 announced");
+    assert_eq!(again[0].event, "synced", "the event kind stays");
+    assert!(again[0].renotify);
+    assert_eq!(again[0].at, orig.at, "a re-sent event keeps its time");
+    assert_eq!(again[0].key, orig.key);
+    let r = report(&w, "n.json");
+    assert_eq!(r["command"], "notify");
+    assert_eq!(r["notifications"][0]["status"], "sent");
+
+    // Now pay-1 was notified: refused again, naming that.
+    let n = w.run_env(&["notify", "plan.yaml", "--sync", "payments"], &env);
+    assert_eq!(n.code, 4, "{n:?}");
+    assert!(n.stderr.contains("was notified at"), "{}", n.stderr);
+    assert_eq!(hook.bodies().len(), 1, "nothing more sent");
+}
+
+#[test]
+fn a_failing_endpoint_is_reported_and_never_undoes_the_sync() {
+    let hook = Hook::start(Answer::Status(500));
+    let w = world(1, &hook.url, "        retries: 1\n", "  notify_cooldown: 1h\n");
+    let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(a.code, 3, "{a:?}");
+    assert!(a.stderr.contains("notification failed"), "{}", a.stderr);
+    let r = report(&w, "r.json");
+    let n = &r["notifications"][0];
+    assert_eq!(n["status"], "failed", "{r:#}");
+    assert_eq!(n["http_status"], 500);
+    assert_eq!(n["attempts"], 2);
+    assert_eq!(r["summary"]["failed"], 0, "the jobs themselves succeeded");
+    assert_eq!(hook.bodies().len(), 2, "one try and one retry");
+    assert_eq!(w.count("dr"), 1, "the key stays synced");
+    assert_eq!(w.count("dr2"), 1, "the key stays synced");
+    let p = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(p.code, 0, "{p:?}");
+}
+
+#[test]
+fn an_endpoint_that_never_answers_times_out() {
+    let hook = Hook::start(Answer::Never);
+    let w = world(
+        1,
+        &hook.url,
+        "        timeout: 300ms\n        retries: 1\n",
+        "  notify_cooldown: 1h\n",
+    );
+    let t = Instant::now();
+    let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(a.code, 3, "{a:?}");
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    let r = report(&w, "r.json");
+    let n = &r["notifications"][0];
+    assert_eq!(n["status"], "failed", "{r:#}");
+    assert_eq!(n["http_status"], Value::Null);
+    assert!(n["error"].as_str().unwrap_or("").contains("timeout"), "{n}");
+    assert_eq!(hook.bodies().len(), 2, "one try and one retry");
+    assert_eq!(w.count("dr"), 1);
+}
+
+#[test]
+fn an_unset_bearer_variable_fails_the_delivery_without_sending() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(
+        1,
+        &hook.url,
+        "        bearer_env: HSM_SYNC_TEST_UNSET_TOKEN\n",
+        "  notify_cooldown: 1h\n",
+    );
+    let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(a.code, 3, "{a:?}");
+    assert!(a.stderr.contains("HSM_SYNC_TEST_UNSET_TOKEN"), "{}", a.stderr);
+    let r = report(&w, "r.json");
+    assert_eq!(r["notifications"][0]["status"], "failed");
+    assert_eq!(r["notifications"][0]["attempts"], 0);
+    assert!(hook.got().is_empty());
+}
+
+#[test]
+fn a_deletion_is_announced_as_deleted() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "        events: [deleted]\n", "  notify_cooldown: 1h\n");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    assert!(hook.got().is_empty(), "this resource wants deletions only");
+    let plan = w.read("plan.yaml").replace(
+        "      - label: \"pay-*\"\n",
+        "      - label: \"pay-*\"\n        state: absent\n",
+    );
+    w.write("plan.yaml", &plan);
+    let a = w.run(&["apply", "plan.yaml", "--allow-destroy"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let b = hook.bodies();
+    assert_eq!(b.len(), 1, "{b:#?}");
+    assert_eq!(b[0].event, "deleted");
+    assert_eq!(b[0].targets, ["dr", "dr2"]);
+    assert_eq!(w.count("dr"), 0);
+}
+
+#[test]
+fn racing_notify_runs_never_both_send() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    hook.clear();
+    std::thread::sleep(Duration::from_millis(3200));
+
+    let spawn = |settle: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+            .args(["notify", "plan.yaml"])
+            .current_dir(w.path())
+            .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+            .env("HSM_SYNC_TEST_CLAIM_SETTLE_MS", settle)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("hsm-sync starts")
+    };
+    // Two runs started together: at most one sends.
+    let (a, b) = (spawn("500"), spawn("500"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let codes = [a.status.code(), b.status.code()];
+    assert!(hook.bodies().len() <= 1, "both sent: {:#?}", hook.bodies());
+    assert!(
+        codes.contains(&Some(4)),
+        "one run must be refused: {codes:?} {a:?} {b:?}"
+    );
+
+    // Two runs that surely overlap (each waits long after claiming): one sends and the
+    // other names the race (both backing off is allowed, never both sending), and no
+    // claim is left behind.
+    std::thread::sleep(Duration::from_millis(3200));
+    hook.clear();
+    let (a, b) = (spawn("1500"), spawn("1500"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    let senders = codes.iter().filter(|c| **c == Some(0)).count();
+    assert!(
+        codes == [Some(0), Some(4)] || codes == [Some(4), Some(4)],
+        "{a:?} {b:?}"
+    );
+    assert_eq!(hook.bodies().len(), senders, "{a:?} {b:?}");
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    for o in [&a, &b].into_iter().filter(|o| o.status.code() == Some(4)) {
+        assert!(
+            ["another hsm-sync run", "too long", "was notified at"]
+                .iter()
+                .any(|m| err(o).contains(m)),
+            "{o:?}"
+        );
+    }
+    let n = w.run(&["notify", "plan.yaml"]);
+    if senders == 1 {
+        assert_eq!(n.code, 4, "{n:?}");
+        assert!(
+            n.stderr.contains("was notified at"),
+            "the cooldown, not a stale claim: {n:?}"
+        );
+    } else {
+        assert_eq!(n.code, 0, "both backed off and released their claims: {n:?}");
+    }
+}
+
+#[test]
+fn notify_resources_are_checked_when_the_plan_is_validated() {
+    let w = world(
+        1,
+        "ftp://127.0.0.1/x",
+        "        bearer_env: \"my token\"\n        timeout: soon\n        retries: 99\n",
+        "  notify_cooldown: 1h\n",
+    );
+    let v = w.run(&["validate", "plan.yaml"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    for wanted in [
+        "invalid URL",
+        "`bearer_env` must name an environment variable",
+        "invalid timeout `soon`",
+        "`retries` is at most 10",
+    ] {
+        assert!(v.stderr.contains(wanted), "{wanted}: {}", v.stderr);
+    }
+    // The plan never holds the token, so there is nothing to leak.
+    let n = w.run(&["notify", "plan.yaml", "--key", "id:zz"]);
+    assert_eq!(n.code, 1, "{n:?}");
+}
+
+#[test]
+fn notify_says_so_when_a_key_has_no_recorded_event() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    let n = w.run(&["notify", "plan.yaml", "--key", "label:pay-0"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(n.stderr.contains("has no recorded lifecycle event"), "{}", n.stderr);
+    assert!(n.stdout.contains("nothing to re-send"), "{}", n.stdout);
+    let none = w.run(&["notify", "plan.yaml", "--key", "label:nope"]);
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(
+        none.stderr.contains("no key selected by the plan matches"),
+        "{}",
+        none.stderr
+    );
+    assert!(hook.got().is_empty());
+}
+
+#[test]
+fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
+    w.fixture(&["keygen-pair", "primary", "--id", "e1", "--label", "pay-ec"]);
+    let a = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let mut classes: Vec<(String, Option<String>)> = hook
+        .bodies()
+        .into_iter()
+        .filter(|b| b.key.id == "e1")
+        .map(|b| (b.key.label, b.key.class))
+        .collect();
+    classes.sort();
+    assert_eq!(
+        classes,
+        [
+            ("pay-ec".to_string(), Some("private-key".to_string())),
+            ("pay-ec".to_string(), Some("public-key".to_string()))
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(3300));
+    hook.clear();
+    let n = w.run(&["notify", "plan.yaml", "--key", "id:e1"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert_eq!(hook.bodies().len(), 2, "both halves: {:#?}", hook.bodies());
+    // Both halves were recorded as notified, so both are refused now.
+    let again = w.run(&["notify", "plan.yaml", "--key", "id:e1"]);
+    assert_eq!(again.code, 4, "{again:?}");
+    assert_eq!(again.stderr.matches("was notified at").count(), 2, "{}", again.stderr);
+}
