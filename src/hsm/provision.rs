@@ -266,7 +266,7 @@ pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
 pub struct PairSpec {
     /// RSA modulus bits; `None` for EC.
     pub rsa_bits: Option<u64>,
-    /// EC curve `p256` or `p384` when `rsa_bits` is `None`.
+    /// EC curve `p256`, `p384` or `ed25519` when `rsa_bits` is `None`.
     pub curve: String,
     /// `CKA_ID`.
     pub id: Vec<u8>,
@@ -281,6 +281,8 @@ pub fn curve_oid(curve: &str) -> Option<Vec<u8>> {
     match curve {
         "p256" => Some(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
         "p384" => Some(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        // Ed25519 (RFC 8410): a key type hsm-sync does not sync, for tests of that.
+        "ed25519" => Some(vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
         _ => None,
     }
 }
@@ -317,7 +319,11 @@ pub fn generate_pair(s: &Session, spec: &PairSpec) -> Result<(), HsmError> {
             let oid =
                 curve_oid(&spec.curve).ok_or_else(|| pk("choosing a curve")(cryptoki::error::Error::NotSupported))?;
             public.push(Attribute::EcParams(oid));
-            Mechanism::EccKeyPairGen
+            if spec.curve == "ed25519" {
+                Mechanism::EccEdwardsKeyPairGen
+            } else {
+                Mechanism::EccKeyPairGen
+            }
         }
     };
     s.generate_key_pair(&mech, &public, &private)

@@ -4,6 +4,7 @@
 mod e2e;
 mod engine;
 mod faults;
+mod hostile;
 mod notify;
 mod reliability;
 mod workflow;
