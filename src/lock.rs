@@ -79,13 +79,18 @@ pub fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, LockErr
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
         }
-        let mut f = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+            .open(&path);
+        let mut f = match opened {
+            Ok(f) => f,
+            // Another user's lock file: flock works on a read-only descriptor too.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&path).map_err(io)?,
+            Err(e) => return Err(io(e)),
+        };
         match f.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
