@@ -96,11 +96,28 @@ impl PlanSource {
         let mut p = path;
         loop {
             if let Some(n) = self.nodes.get(p) {
-                return Some(if n.scalar { n.value } else { n.key.unwrap_or(n.value) });
+                return Some(match (n.scalar, n.key) {
+                    (true, _) => n.value,
+                    (false, Some(k)) => k,
+                    // A list item that is a block mapping: its first line, not all of it.
+                    (false, None) => self.first_line(n.value),
+                });
             }
             let cut = p.rfind(['.', '['])?;
             p = &p[..cut];
         }
+    }
+
+    /// The part of `span` on its first line.
+    fn first_line(&self, span: SourceSpan) -> SourceSpan {
+        let start = span.offset().min(self.text.len());
+        let end = (start + span.len()).min(self.text.len());
+        let len = self
+            .text
+            .get(start..end)
+            .and_then(|t| t.find('\n'))
+            .unwrap_or(end - start);
+        SourceSpan::from((start, len))
     }
 
     /// The key span of `path` (for a missing or unknown field), else [`Self::locate`].
@@ -110,7 +127,11 @@ impl PlanSource {
 
     /// 1-based line and column of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1; // an offset from serde_yaml may fall inside a character
+        }
+        let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
         (line, col)
@@ -132,8 +153,14 @@ enum Frame {
     },
 }
 
+/// Nesting deeper than this is not recorded: a plan is about six levels deep, and paths of
+/// hostile nesting would cost memory quadratic in the depth.
+const MAX_DEPTH: usize = 64;
+
 struct Recorder {
     stack: Vec<Frame>,
+    /// Collections opened below [`MAX_DEPTH`], skipped.
+    deep: usize,
     nodes: HashMap<String, NodeSpans>,
     duplicates: Vec<(String, SourceSpan)>,
     /// Byte offset of each char index; `None` for ASCII text where they are equal.
@@ -149,6 +176,7 @@ impl Recorder {
         });
         Recorder {
             stack: Vec::new(),
+            deep: 0,
             nodes: HashMap::new(),
             duplicates: Vec::new(),
             char_bytes,
@@ -199,6 +227,16 @@ impl Recorder {
 impl<'input> SpannedEventReceiver<'input> for Recorder {
     fn on_event(&mut self, ev: Event<'input>, span: Span) {
         let sspan = self.span(span);
+        if self.deep > 0
+            || (self.stack.len() >= MAX_DEPTH && matches!(ev, Event::MappingStart(..) | Event::SequenceStart(..)))
+        {
+            match ev {
+                Event::MappingStart(..) | Event::SequenceStart(..) => self.deep += 1,
+                Event::MappingEnd | Event::SequenceEnd => self.deep -= 1,
+                _ => {}
+            }
+            return;
+        }
         match ev {
             Event::Scalar(value, ..) => match self.slot() {
                 None => self.record_key(value.into_owned(), sspan),
@@ -312,6 +350,15 @@ mod tests {
         assert_eq!(src.duplicate_keys[0].0, "a");
         let bad = PlanSource::parse("p.yaml", "a: [1, 2\nb: 3\n");
         assert!(bad.syntax_error.is_some());
+    }
+
+    #[test]
+    fn deep_nesting_is_not_recorded_below_the_limit() {
+        let text = format!("a: {}1{}\nb: x\n", "[".repeat(200), "]".repeat(200));
+        let src = PlanSource::parse("p.yaml", text);
+        assert!(src.syntax_error.is_none());
+        assert_eq!(text_at(&src, src.locate("b").unwrap()), "x");
+        assert!(src.nodes.len() < 100);
     }
 
     #[test]

@@ -83,14 +83,19 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// "did you mean `x`?" for the closest candidate, if it is close enough.
-fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// The candidate closest to `word`, if it is close enough.
+fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .map(|(_, c)| c)
+}
+
+/// "did you mean `x`?" for the closest candidate, if it is close enough.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
 /// Expands `~` (leading) and `${VAR}`; `Err(var)` names an unset variable.
@@ -170,39 +175,87 @@ impl Validator {
         });
     }
 
-    /// Deserializes one section, mapping serde's error to a located issue.
+    /// Deserializes one section (a mapping), reporting *every* problem in it: serde stops at
+    /// the first, so each field it trips on is reported, taken out, and the section tried
+    /// again. A required field that was taken out is not reported missing a second time.
     fn section<T: DeserializeOwned>(&mut self, value: &Value, base: &str) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let mut path = base.to_string();
-                for seg in e.path().iter() {
-                    match seg {
-                        serde_path_to_error::Segment::Seq { index: i } => path = index(&path, *i),
-                        serde_path_to_error::Segment::Map { key } => path = child(&path, key),
-                        serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
-                    }
-                }
-                let msg = e.inner().to_string();
-                if msg.starts_with("unknown field") {
-                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
-                    let fpath = child(&path, &field);
-                    let help = suggest(&field, expected_words(&msg));
-                    // serde may report the unknown key's own path or its parent's.
-                    let target = if self.src.node(&fpath).is_some() { fpath } else { path };
-                    self.issue_at_key(IssueKind::UnknownField, &target, msg, help);
-                } else if msg.starts_with("missing field") {
-                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
-                    self.issue_at_key(IssueKind::MissingField, &path, msg, Some(format!("add `{field}:`")));
-                } else if msg.starts_with("unknown variant") {
-                    let word = first_backquoted(&msg).unwrap_or_default().to_string();
-                    let help = suggest(&word, expected_words(&msg));
-                    self.issue(IssueKind::WrongType, &path, msg, help);
-                } else {
-                    self.issue(IssueKind::WrongType, &path, msg, None);
-                }
-                None
+        let mut err = match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let mut work = value.clone();
+        let mut removed: HashSet<String> = HashSet::new();
+        // Fields an unknown field probably meant (`tragets` → `targets`): not reported missing.
+        let mut meant: HashSet<String> = HashSet::new();
+        // A section whose only problems were unknown fields is still checked further; one
+        // with a mistyped field is not, so that the field's absence raises no second error.
+        let mut only_unknown = true;
+        // Each round takes one field out, so a section has at most as many rounds as fields.
+        loop {
+            let msg = err.inner().to_string();
+            let first = match err.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                _ => None,
+            };
+            let missing = msg
+                .starts_with("missing field")
+                .then(|| first_backquoted(&msg).unwrap_or_default());
+            if first.is_none() && missing.is_some_and(|f| removed.contains(f) || meant.contains(f)) {
+                return None; // already reported as broken, or as misspelt
             }
+            self.report_serde(&err, base);
+            let unknown = msg.starts_with("unknown field") && err.path().iter().count() <= 1;
+            if unknown {
+                let word = first_backquoted(&msg).unwrap_or_default();
+                if let Some(m) = closest(word, expected_words(&msg)) {
+                    meant.insert(m.to_string());
+                }
+            } else {
+                only_unknown = false;
+            }
+            let field = first.or_else(|| {
+                msg.starts_with("unknown field")
+                    .then(|| first_backquoted(&msg).unwrap_or_default().to_string())
+            });
+            let Some(field) = field else {
+                return None; // the section itself is wrong (type, missing field): nothing to take out
+            };
+            work.as_mapping_mut().and_then(|m| m.remove(field.as_str()))?;
+            removed.insert(field);
+            err = match serde_path_to_error::deserialize::<_, T>(&work) {
+                Ok(t) => return only_unknown.then_some(t),
+                Err(e) => e,
+            };
+        }
+    }
+
+    /// Turns one serde error into a located issue.
+    fn report_serde(&mut self, e: &serde_path_to_error::Error<serde_yaml::Error>, base: &str) {
+        let mut path = base.to_string();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index: i } => path = index(&path, *i),
+                serde_path_to_error::Segment::Map { key } => path = child(&path, key),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let msg = e.inner().to_string();
+        if msg.starts_with("unknown field") {
+            let field = first_backquoted(&msg).unwrap_or_default().to_string();
+            let fpath = child(&path, &field);
+            let help = suggest(&field, expected_words(&msg));
+            // serde may report the unknown key's own path or its parent's.
+            let target = if self.src.node(&fpath).is_some() { fpath } else { path };
+            self.issue_at_key(IssueKind::UnknownField, &target, msg, help);
+        } else if msg.starts_with("missing field") {
+            let field = first_backquoted(&msg).unwrap_or_default().to_string();
+            self.issue_at_key(IssueKind::MissingField, &path, msg, Some(format!("add `{field}:`")));
+        } else if msg.starts_with("unknown variant") {
+            let word = first_backquoted(&msg).unwrap_or_default().to_string();
+            let help = suggest(&word, expected_words(&msg));
+            self.issue(IssueKind::WrongType, &path, msg, help);
+        } else {
+            self.issue(IssueKind::WrongType, &path, msg, None);
         }
     }
 
@@ -363,6 +416,9 @@ impl Validator {
                 if let Some(c) = self.cluster(name, &path, raw) {
                     out.push(c);
                 }
+            } else if let Some(pin) = v.get("credentials").and_then(|c| c.get("pin")) {
+                // A PIN written in the plan is reported even when the cluster has other faults.
+                self.pin(pin, &child(&child(&path, "credentials"), "pin"));
             }
         }
         let names = self.declared.clone();
@@ -573,13 +629,41 @@ impl Validator {
         }
     }
 
+    /// Deserializes each item of a list field; `None` when the field is absent.
+    fn items<T: DeserializeOwned>(&mut self, list: Option<&Value>, path: &str, what: &str) -> Option<Items<T>> {
+        match list? {
+            Value::Sequence(items) => Some(Items {
+                len: items.len(),
+                ok: items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, it)| self.section::<T>(it, &index(path, j)).map(|t| (j, t)))
+                    .collect(),
+            }),
+            _ => {
+                self.issue(
+                    IssueKind::WrongType,
+                    path,
+                    format!("`{}` must be a list of {what}", path.rsplit('.').next().unwrap_or(path)),
+                    None,
+                );
+                Some(Items { len: 1, ok: Vec::new() })
+            }
+        }
+    }
+
     fn syncs(&mut self, items: &[Value], clusters: &[Cluster]) -> Vec<SyncEntry> {
         let names = self.declared.clone();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, v) in items.iter().enumerate() {
             let path = index("sync", i);
-            let Some(raw) = self.section::<RawSync>(v, &path) else {
+            // Selectors and resources are deserialized one by one, so a bad selector neither
+            // hides the next one nor the entry's own problems.
+            let (shell, keys, notify) = split_entry(v);
+            let keys = self.items::<RawSelector>(keys, &child(&path, "keys"), "key selectors");
+            let notify = self.items::<RawNotify>(notify, &child(&path, "notify"), "resources");
+            let Some(raw) = self.section::<RawSync>(&shell, &path) else {
                 continue;
             };
             let name = raw.name.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
@@ -602,7 +686,7 @@ impl Validator {
                     Some("give each sync entry its own `name`".into()),
                 );
             }
-            if let Some(entry) = self.sync(&path, name, raw, clusters, &names) {
+            if let Some(entry) = self.sync(&path, name, raw, (keys, notify), clusters, &names) {
                 out.push(entry);
             }
         }
@@ -658,6 +742,7 @@ impl Validator {
         path: &str,
         name: String,
         raw: RawSync,
+        (keys, resources): (Option<Items<RawSelector>>, Option<Items<RawNotify>>),
         clusters: &[Cluster],
         names: &[String],
     ) -> Option<SyncEntry> {
@@ -697,7 +782,8 @@ impl Validator {
             self.pair(source, t, &index(&tpath, j), clusters, names);
         }
         let kpath = child(path, "keys");
-        if raw.keys.is_empty() {
+        let keys = keys.unwrap_or_default();
+        if keys.len == 0 {
             self.issue(
                 IssueKind::EmptySelector,
                 &kpath,
@@ -706,7 +792,7 @@ impl Validator {
             );
         }
         let mut selectors = Vec::new();
-        for (j, sel) in raw.keys.into_iter().enumerate() {
+        for (j, sel) in keys.ok {
             let sp = index(&kpath, j);
             if let Some(s) = self.selector(&sp, sel, &raw.targets, source, clusters, names) {
                 selectors.push(s);
@@ -714,7 +800,7 @@ impl Validator {
         }
         let mut notify = Vec::new();
         let mut rnames = HashSet::new();
-        for (j, n) in raw.notify.into_iter().enumerate() {
+        for (j, n) in resources.unwrap_or_default().ok {
             let np = index(&child(path, "notify"), j);
             if !rnames.insert(n.name.clone()) {
                 self.issue(
@@ -885,6 +971,41 @@ impl Validator {
             notify_cooldown,
         }
     }
+}
+
+/// The items of a list field that deserialized, with their indexes, and how many there were.
+struct Items<T> {
+    len: usize,
+    ok: Vec<(usize, T)>,
+}
+
+impl<T> Default for Items<T> {
+    fn default() -> Self {
+        Items { len: 0, ok: Vec::new() }
+    }
+}
+
+/// A sync entry without its `keys` and `notify` lists (left empty, so serde still reports
+/// them missing when absent), and those lists.
+fn split_entry(v: &Value) -> (Value, Option<&Value>, Option<&Value>) {
+    let Value::Mapping(m) = v else {
+        return (v.clone(), None, None);
+    };
+    let mut shell = Mapping::with_capacity(m.len());
+    let (mut keys, mut notify) = (None, None);
+    for (k, val) in m {
+        let slot = match k.as_str() {
+            Some("keys") => &mut keys,
+            Some("notify") => &mut notify,
+            _ => {
+                shell.insert(k.clone(), val.clone());
+                continue;
+            }
+        };
+        *slot = Some(val);
+        shell.insert(k.clone(), Value::Sequence(Vec::new()));
+    }
+    (Value::Mapping(shell), keys, notify)
 }
 
 fn defined_help(names: &[String]) -> String {
