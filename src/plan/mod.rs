@@ -52,6 +52,8 @@ pub enum IssueKind {
     InvalidValue,
     InvalidFingerprint,
     DuplicateResource,
+    Empty,
+    CloneCycle,
 }
 
 impl IssueKind {
@@ -89,6 +91,8 @@ impl IssueKind {
             InvalidValue => "plan::invalid-value",
             InvalidFingerprint => "plan::invalid-fingerprint",
             DuplicateResource => "plan::duplicate-resource",
+            Empty => "plan::empty",
+            CloneCycle => "plan::clone-cycle",
         }
     }
 }
@@ -234,4 +238,10 @@ pub fn load(path: &Path) -> Result<Loaded, PlanError> {
         }
     };
     validate::validate(path, &name, text)
+}
+
+/// The plan text as a JSON value, for checking it against `schemas/plan.schema.json`
+/// (a YAML plan and its JSON form have the same shape). `Err` carries the YAML error.
+pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
 }

@@ -120,6 +120,16 @@ impl PlanSource {
         SourceSpan::from((start, len))
     }
 
+    /// The value of `path` itself (for a value of the wrong type): a scalar, or the first
+    /// line of a collection. Falls back like [`Self::locate`].
+    pub fn locate_value(&self, path: &str) -> Option<SourceSpan> {
+        match self.nodes.get(path) {
+            Some(n) if n.scalar => Some(n.value),
+            Some(n) => Some(self.first_line(n.value)),
+            None => self.locate(path),
+        }
+    }
+
     /// The key span of `path` (for a missing or unknown field), else [`Self::locate`].
     pub fn locate_key(&self, path: &str) -> Option<SourceSpan> {
         self.nodes.get(path).and_then(|n| n.key).or_else(|| self.locate(path))
@@ -153,11 +163,15 @@ enum Frame {
     },
 }
 
+/// The path segment of a mapping key that is not a scalar (`[a, b]: x`) or is an alias.
+pub const COMPLEX_KEY: &str = "<complex-key>";
+
 /// Nesting deeper than this is not recorded: a plan is about six levels deep, and paths of
 /// hostile nesting would cost memory quadratic in the depth.
 const MAX_DEPTH: usize = 64;
 
-struct Recorder {
+struct Recorder<'t> {
+    text: &'t str,
     stack: Vec<Frame>,
     /// Collections opened below [`MAX_DEPTH`], skipped.
     deep: usize,
@@ -167,14 +181,15 @@ struct Recorder {
     char_bytes: Option<Vec<usize>>,
 }
 
-impl Recorder {
-    fn new(text: &str) -> Self {
+impl<'t> Recorder<'t> {
+    fn new(text: &'t str) -> Self {
         let char_bytes = (!text.is_ascii()).then(|| {
             let mut v: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
             v.push(text.len());
             v
         });
         Recorder {
+            text,
             stack: Vec::new(),
             deep: 0,
             nodes: HashMap::new(),
@@ -200,6 +215,15 @@ impl Recorder {
         SourceSpan::from((a, b - a))
     }
 
+    /// A scalar's span without the blanks the parser counts after it (`"1234" }`).
+    fn scalar_span(&self, s: Span) -> SourceSpan {
+        let span = self.span(s);
+        let a = span.offset().min(self.text.len());
+        let b = (a + span.len()).min(self.text.len());
+        let len = self.text.get(a..b).map_or(b - a, |t| t.trim_end().len());
+        SourceSpan::from((a, len))
+    }
+
     /// The path a new node gets, and the key span naming it. `None` when the node is a
     /// mapping key rather than a value.
     fn slot(&mut self) -> Option<(String, Option<SourceSpan>)> {
@@ -216,7 +240,7 @@ impl Recorder {
 
     fn record_key(&mut self, name: String, span: SourceSpan) {
         if let Some(Frame::Map { path, key, seen, .. }) = self.stack.last_mut() {
-            if !seen.insert(name.clone()) {
+            if name != COMPLEX_KEY && !seen.insert(name.clone()) {
                 self.duplicates.push((child(path, &name), span));
             }
             *key = Some((name, span));
@@ -224,7 +248,7 @@ impl Recorder {
     }
 }
 
-impl<'input> SpannedEventReceiver<'input> for Recorder {
+impl<'input> SpannedEventReceiver<'input> for Recorder<'_> {
     fn on_event(&mut self, ev: Event<'input>, span: Span) {
         let sspan = self.span(span);
         if self.deep > 0
@@ -239,8 +263,12 @@ impl<'input> SpannedEventReceiver<'input> for Recorder {
         }
         match ev {
             Event::Scalar(value, ..) => match self.slot() {
-                None => self.record_key(value.into_owned(), sspan),
+                None => {
+                    let sspan = self.scalar_span(span);
+                    self.record_key(value.into_owned(), sspan)
+                }
                 Some((path, key)) => {
+                    let sspan = self.scalar_span(span);
                     self.nodes.insert(
                         path,
                         NodeSpans {
@@ -262,16 +290,18 @@ impl<'input> SpannedEventReceiver<'input> for Recorder {
                         },
                     );
                 } else {
-                    self.record_key("<alias>".into(), sspan);
+                    self.record_key(COMPLEX_KEY.into(), sspan);
                 }
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
-                // A complex (non-scalar) mapping key gets a placeholder path.
+                // A complex (non-scalar) mapping key: the mapping's pending key becomes a
+                // placeholder, so the value after it is still recorded as its value; what is
+                // inside the key itself goes under a path no lookup asks for.
                 let (path, key) = match self.slot() {
                     Some(s) => s,
                     None => {
-                        self.record_key("<complex-key>".into(), sspan);
-                        self.slot().unwrap_or_default()
+                        self.record_key(COMPLEX_KEY.into(), sspan);
+                        (String::from("<inside-complex-key>"), None)
                     }
                 };
                 // The value span is a placeholder until the end event gives the extent.

@@ -11,7 +11,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::model::*;
 use super::raw::*;
-use super::source::{child, index, PlanSource};
+use super::source::{child, index, PlanSource, COMPLEX_KEY};
 use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
 use crate::credentials::{loosely_readable, PinSource};
 
@@ -42,6 +42,7 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
         issues: Vec::new(),
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         declared: Vec::new(),
+        clusters_unreadable: false,
     };
     let plan = v.run(path);
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
@@ -72,6 +73,8 @@ struct Validator {
     /// Every cluster name the plan declares, valid or not: a reference to a declared but
     /// invalid cluster is not reported again as undefined.
     declared: Vec<String>,
+    /// `clusters` is missing or not a mapping: references to clusters are not checked.
+    clusters_unreadable: bool,
 }
 
 /// Names of clusters and sync entries: `[a-z0-9][a-z0-9_-]*`.
@@ -140,7 +143,8 @@ fn first_backquoted(msg: &str) -> Option<&str> {
 
 impl Validator {
     fn issue(&mut self, kind: IssueKind, path: &str, message: impl Into<String>, help: Option<String>) {
-        let span = self.src.locate(path);
+        // The offending value itself: a scalar, or the first line of a collection.
+        let span = self.src.locate_value(path);
         self.push(kind, span, message.into(), help, Severity::Error);
     }
 
@@ -302,17 +306,20 @@ impl Validator {
             }
         };
         let Value::Mapping(top) = root else {
-            let what = if root.is_null() {
-                "the plan is empty"
+            let help = Some("start with `version: 1`, `clusters:` and `sync:`".into());
+            if root.is_null() {
+                // Nothing to point at but the start of the file.
+                let span = Some(miette::SourceSpan::from((0, 0)));
+                self.push(
+                    IssueKind::Empty,
+                    span,
+                    "the plan is empty".into(),
+                    help,
+                    Severity::Error,
+                );
             } else {
-                "the plan must be a mapping"
-            };
-            self.issue(
-                IssueKind::WrongType,
-                "",
-                what,
-                Some("start with `version: 1`, `clusters:` and `sync:`".into()),
-            );
+                self.issue(IssueKind::WrongType, "", "the plan must be a mapping", help);
+            }
             return None;
         };
         for key in top.keys() {
@@ -344,6 +351,7 @@ impl Validator {
         }
         let clusters = match top.get("clusters") {
             None => {
+                self.clusters_unreadable = true;
                 self.issue_at_key(
                     IssueKind::MissingField,
                     "",
@@ -360,6 +368,8 @@ impl Validator {
                     "`clusters` must be a mapping of cluster names to clusters",
                     None,
                 );
+                // References cannot be checked against clusters that could not be read.
+                self.clusters_unreadable = true;
                 Vec::new()
             }
         };
@@ -394,11 +404,16 @@ impl Validator {
         let mut out = Vec::new();
         for (k, v) in m {
             let Some(name) = k.as_str() else {
-                self.issue(
+                let written = match k {
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => COMPLEX_KEY.to_string(),
+                };
+                self.issue_at_key(
                     IssueKind::InvalidName,
-                    "clusters",
+                    &child("clusters", &written),
                     "cluster names must be strings",
-                    None,
+                    Some("names match [a-z0-9][a-z0-9_-]*".into()),
                 );
                 continue;
             };
@@ -423,6 +438,20 @@ impl Validator {
         }
         let names = self.declared.clone();
         for c in &out {
+            if let Some(via) = clone_cycle(&out, &c.name) {
+                let path = child(&child("clusters", &c.name), "cloned_from");
+                let msg = if via.len() == 1 {
+                    format!("cluster `{}` is cloned from itself", c.name)
+                } else {
+                    format!("`cloned_from` goes round in a circle: {} → {}", via.join(" → "), c.name)
+                };
+                self.issue(
+                    IssueKind::CloneCycle,
+                    &path,
+                    msg,
+                    Some("`cloned_from` names the cluster this one was cloned from; the original has none".into()),
+                );
+            }
             if let Some(parent) = &c.cloned_from {
                 if !names.contains(parent) {
                     let path = child(&child("clusters", &c.name), "cloned_from");
@@ -596,12 +625,18 @@ impl Validator {
                 } else {
                     self.base_dir.join(expanded)
                 };
-                if let Err(e) = std::fs::File::open(&full) {
+                let problem = match std::fs::metadata(&full) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(m) if !m.is_file() => Some("it is not a regular file".to_string()),
+                    // Opening proves readability without reading the PIN here.
+                    Ok(_) => std::fs::File::open(&full).err().map(|e| e.to_string()),
+                };
+                if let Some(why) = problem {
                     self.issue(
                         IssueKind::PinFile,
                         &fpath,
-                        format!("cannot read PIN file {}: {e}", full.display()),
-                        Some("paths are relative to the plan file".into()),
+                        format!("cannot read PIN file {}: {why}", full.display()),
+                        Some("relative paths are relative to the plan file".into()),
                     );
                     return None;
                 }
@@ -663,11 +698,15 @@ impl Validator {
             let (shell, keys, notify) = split_entry(v);
             let keys = self.items::<RawSelector>(keys, &child(&path, "keys"), "key selectors");
             let notify = self.items::<RawNotify>(notify, &child(&path, "notify"), "resources");
-            let Some(raw) = self.section::<RawSync>(&shell, &path) else {
-                continue;
+            // Names are checked from the YAML itself, so that an entry with other faults
+            // still takes its name and a second use of it is reported.
+            let written = match v.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.clone()),
+                Some(_) => Some(String::new()), // a wrong type: serde reports it below
             };
-            let name = raw.name.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
-            if raw.name.is_some() && !valid_name(&name) {
+            let name = written.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
+            if written.as_deref().is_some_and(|n| !n.is_empty()) && !valid_name(&name) {
                 self.issue(
                     IssueKind::InvalidName,
                     &child(&path, "name"),
@@ -675,17 +714,27 @@ impl Validator {
                     Some("names match [a-z0-9][a-z0-9_-]*".into()),
                 );
             }
-            if let Some(first) = seen.insert(name.clone(), i) {
+            if name.is_empty() {
+                // reported as a wrong type by serde
+            } else if let Some(first) = seen.insert(name.clone(), i) {
                 let (l, _) = self
                     .src
                     .line_col(self.src.locate(&index("sync", first)).map_or(0, |s| s.offset()));
+                let at = if written.is_some() {
+                    child(&path, "name")
+                } else {
+                    path.clone()
+                };
                 self.issue(
                     IssueKind::DuplicateSync,
-                    &child(&path, "name"),
+                    &at,
                     format!("duplicate sync name `{name}` (first used on line {l})"),
                     Some("give each sync entry its own `name`".into()),
                 );
             }
+            let Some(raw) = self.section::<RawSync>(&shell, &path) else {
+                continue;
+            };
             if let Some(entry) = self.sync(&path, name, raw, (keys, notify), clusters, &names) {
                 out.push(entry);
             }
@@ -694,9 +743,29 @@ impl Validator {
     }
 
     /// Checks one (source, target) pair; `tpath` points at the target's name.
-    fn pair(&mut self, source: &Cluster, target: &str, tpath: &str, clusters: &[Cluster], names: &[String]) {
+    /// `source` is `None` when the source cluster is itself invalid or undefined: the
+    /// target is then checked only for existence and for being the source.
+    fn pair(
+        &mut self,
+        (sname, source): (&str, Option<&Cluster>),
+        target: &str,
+        tpath: &str,
+        clusters: &[Cluster],
+        names: &[String],
+    ) {
         let Some(t) = clusters.iter().find(|c| c.name == target) else {
+            if self.clusters_unreadable {
+                return;
+            }
             if names.iter().any(|n| n == target) {
+                if target == sname {
+                    self.issue(
+                        IssueKind::SourceInTargets,
+                        tpath,
+                        format!("`{target}` is the source of this entry and cannot be one of its targets"),
+                        Some("remove it from `targets`".into()),
+                    );
+                }
                 return; // declared but invalid: its own problem is reported
             }
             let help = suggest(target, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
@@ -708,7 +777,7 @@ impl Validator {
             );
             return;
         };
-        if t.name == source.name {
+        if t.name == sname {
             self.issue(
                 IssueKind::SourceInTargets,
                 tpath,
@@ -717,7 +786,15 @@ impl Validator {
             );
             return;
         }
-        if !linked(clusters, &source.name, &t.name) {
+        let Some(source) = source else {
+            return;
+        };
+        // A broken `cloned_from` (undefined, or a cycle) is reported on its own; the missing
+        // link it causes here is not reported a second time.
+        let broken = |c: &Cluster| {
+            c.cloned_from.as_ref().is_some_and(|p| !names.contains(p)) || clone_cycle(clusters, &c.name).is_some()
+        };
+        if !broken(source) && !broken(t) && !linked(clusters, &source.name, &t.name) {
             self.issue(IssueKind::NotCloned, tpath, format!("`{target}` is not linked to `{}` through `cloned_from`", source.name), Some(format!("hsm-sync syncs only between clones: add `cloned_from: {}` to cluster `{target}` if it was cloned from it", source.name)));
         }
         if t.credentials.role != source.credentials.role || t.credentials.user != source.credentials.user {
@@ -747,10 +824,9 @@ impl Validator {
         names: &[String],
     ) -> Option<SyncEntry> {
         let spath = child(path, "source");
-        let Some(source) = clusters.iter().find(|c| c.name == raw.source) else {
-            if names.contains(&raw.source) {
-                return None; // declared but invalid: its own problem is reported
-            }
+        // An undefined or invalid source still lets the rest of the entry be checked.
+        let source = clusters.iter().find(|c| c.name == raw.source);
+        if source.is_none() && !names.contains(&raw.source) && !self.clusters_unreadable {
             let help = suggest(&raw.source, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
             self.issue(
                 IssueKind::UndefinedCluster,
@@ -758,8 +834,8 @@ impl Validator {
                 format!("cluster `{}` is not defined", raw.source),
                 Some(help),
             );
-            return None;
-        };
+        }
+        let src = (raw.source.as_str(), source);
         let tpath = child(path, "targets");
         if raw.targets.is_empty() {
             self.issue(
@@ -779,7 +855,7 @@ impl Validator {
                     None,
                 );
             }
-            self.pair(source, t, &index(&tpath, j), clusters, names);
+            self.pair(src, t, &index(&tpath, j), clusters, names);
         }
         let kpath = child(path, "keys");
         let keys = keys.unwrap_or_default();
@@ -794,7 +870,7 @@ impl Validator {
         let mut selectors = Vec::new();
         for (j, sel) in keys.ok {
             let sp = index(&kpath, j);
-            if let Some(s) = self.selector(&sp, sel, &raw.targets, source, clusters, names) {
+            if let Some(s) = self.selector(&sp, sel, &raw.targets, src, clusters, names) {
                 selectors.push(s);
             }
         }
@@ -834,6 +910,7 @@ impl Validator {
                 events,
             });
         }
+        let source = source?;
         Some(SyncEntry {
             name,
             source: source.name.clone(),
@@ -848,7 +925,7 @@ impl Validator {
         sp: &str,
         sel: RawSelector,
         entry_targets: &[String],
-        source: &Cluster,
+        source: (&str, Option<&Cluster>),
         clusters: &[Cluster],
         names: &[String],
     ) -> Option<Selector> {
@@ -1041,6 +1118,27 @@ fn linked(clusters: &[Cluster], a: &str, b: &str) -> bool {
         }
     }
     false
+}
+
+/// The chain of `cloned_from` links from `start` when it leads back to `start` (a cycle),
+/// beginning with `start`; `None` when the chain ends.
+fn clone_cycle(clusters: &[Cluster], start: &str) -> Option<Vec<String>> {
+    let mut chain = vec![start.to_string()];
+    let mut at = start;
+    // A chain longer than the number of clusters has gone round; one not through `start` is
+    // reported from its own members.
+    for _ in 0..clusters.len() {
+        let next = clusters.iter().find(|c| c.name == at)?.cloned_from.as_deref()?;
+        if next == start {
+            return Some(chain);
+        }
+        if chain.iter().any(|c| c == next) {
+            return None;
+        }
+        chain.push(next.to_string());
+        at = next;
+    }
+    None
 }
 
 /// A URL check light enough for validation: scheme http(s) and a host.
