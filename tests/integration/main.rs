@@ -3,4 +3,5 @@
 
 mod e2e;
 mod engine;
+mod plan_lang;
 mod world;
