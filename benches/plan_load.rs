@@ -62,6 +62,10 @@ sync:
         );
     }
     p.push_str("options:\n  parallelism: 8\n  notify_cooldown: 1h\n");
+    println!(
+        "plan content before padding: {:.2} MiB",
+        p.len() as f64 / (1024.0 * 1024.0)
+    );
     // Pad with comments (operators annotate plans) up to the target size.
     while p.len() < bytes {
         p.push_str("# an operator's note about why these keys are kept in step, kept in the plan for review\n");

@@ -59,6 +59,10 @@ impl PlanSource {
             let at = recv.offset(e.marker().index());
             syntax_error = Some((e.info().to_string(), SourceSpan::from((at, 0))));
         }
+        // Collections left open by a syntax error end where the text does.
+        while !recv.stack.is_empty() {
+            recv.close(text.len());
+        }
         let Recorder { nodes, duplicates, .. } = recv;
         PlanSource {
             name,
@@ -148,19 +152,51 @@ impl PlanSource {
     }
 }
 
+/// An open collection. Its own spans are recorded when it closes (one map insertion per
+/// node: loading a plan of 50,000 keys is mostly this bookkeeping).
 enum Frame {
     Map {
         path: String,
         start: usize,
+        /// The key naming this mapping in its parent.
+        named_by: Option<SourceSpan>,
         /// The key seen last and its span, while its value is awaited.
         key: Option<(String, SourceSpan)>,
-        seen: HashSet<String>,
+        seen: KeysSeen,
     },
     Seq {
         path: String,
         start: usize,
+        named_by: Option<SourceSpan>,
         next: usize,
     },
+}
+
+/// The keys of one mapping so far, to find repeated ones: a short list for the usual few
+/// keys (no hashing), a set once a mapping grows large.
+#[derive(Default)]
+struct KeysSeen {
+    few: Vec<String>,
+    many: HashSet<String>,
+}
+
+impl KeysSeen {
+    const FEW: usize = 16;
+
+    /// Records `name`; false when it was seen before.
+    fn insert(&mut self, name: &str) -> bool {
+        if self.many.is_empty() {
+            if self.few.iter().any(|k| k == name) {
+                return false;
+            }
+            if self.few.len() < Self::FEW {
+                self.few.push(name.to_string());
+                return true;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(name.to_string())
+    }
 }
 
 /// The path segment of a mapping key that is not a scalar (`[a, b]: x`) or is an alias.
@@ -238,9 +274,32 @@ impl<'t> Recorder<'t> {
         }
     }
 
+    /// Closes the innermost collection, ending at byte `end`, and records its spans.
+    fn close(&mut self, end: usize) {
+        if let Some(
+            Frame::Map {
+                path, start, named_by, ..
+            }
+            | Frame::Seq {
+                path, start, named_by, ..
+            },
+        ) = self.stack.pop()
+        {
+            let end = end.max(start);
+            self.nodes.insert(
+                path,
+                NodeSpans {
+                    key: named_by,
+                    value: SourceSpan::from((start, end - start)),
+                    scalar: false,
+                },
+            );
+        }
+    }
+
     fn record_key(&mut self, name: String, span: SourceSpan) {
         if let Some(Frame::Map { path, key, seen, .. }) = self.stack.last_mut() {
-            if name != COMPLEX_KEY && !seen.insert(name.clone()) {
+            if name != COMPLEX_KEY && !seen.insert(&name) {
                 self.duplicates.push((child(path, &name), span));
             }
             *key = Some((name, span));
@@ -304,35 +363,25 @@ impl<'input> SpannedEventReceiver<'input> for Recorder<'_> {
                         (String::from("<inside-complex-key>"), None)
                     }
                 };
-                // The value span is a placeholder until the end event gives the extent.
-                self.nodes.insert(
-                    path.clone(),
-                    NodeSpans {
-                        key,
-                        value: sspan,
-                        scalar: false,
-                    },
-                );
                 let start = sspan.offset();
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
                     Frame::Map {
                         path,
                         start,
+                        named_by: key,
                         key: None,
-                        seen: HashSet::new(),
+                        seen: KeysSeen::default(),
                     }
                 } else {
-                    Frame::Seq { path, start, next: 0 }
+                    Frame::Seq {
+                        path,
+                        start,
+                        named_by: key,
+                        next: 0,
+                    }
                 });
             }
-            Event::MappingEnd | Event::SequenceEnd => {
-                if let Some(Frame::Map { path, start, .. } | Frame::Seq { path, start, .. }) = self.stack.pop() {
-                    let end = (sspan.offset() + sspan.len()).max(start);
-                    if let Some(n) = self.nodes.get_mut(&path) {
-                        n.value = SourceSpan::from((start, end - start));
-                    }
-                }
-            }
+            Event::MappingEnd | Event::SequenceEnd => self.close(sspan.offset() + sspan.len()),
             _ => {}
         }
     }

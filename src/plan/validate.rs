@@ -975,7 +975,7 @@ impl Validator {
             (None, Some(label), None) => {
                 if label.contains(['*', '?', '[']) {
                     match globset::GlobBuilder::new(&label).literal_separator(false).build() {
-                        Ok(g) => KeyMatcher::LabelGlob(label, g.compile_matcher()),
+                        Ok(g) => KeyMatcher::LabelGlob(label, LabelGlob::new(g)),
                         Err(e) => {
                             self.issue(
                                 IssueKind::InvalidGlob,
