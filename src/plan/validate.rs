@@ -1167,9 +1167,38 @@ fn check_url(url: &str) -> Result<(), String> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| "the scheme must be http or https".to_string())?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if url.contains(char::is_whitespace) {
+        return Err("the URL contains a blank".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // user:password@ in a URL would put a secret in the plan, like an inline PIN.
+    if authority.contains('@') {
+        return Err("credentials in the URL; keep secrets out of the plan".into());
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // [v6::address]:port
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or("an IPv6 host is missing its `]`")?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
         return Err("the URL has no host".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '%'))
+    {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(format!("`{p}` is not a port (1-65535)"));
+        }
     }
     Ok(())
 }
@@ -1215,6 +1244,32 @@ mod tests {
         assert!(linked(&cs, "a", "c"));
         assert!(linked(&cs, "c", "a"));
         assert!(!linked(&cs, "a", "z"));
+    }
+
+    #[test]
+    fn urls_need_http_a_host_and_a_valid_port() {
+        for ok in [
+            "http://127.0.0.1:8080/key-events",
+            "https://audit.example/hook?x=1",
+            "http://[::1]:9000/",
+            "http://host",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http:///path",
+            "http://host:99999/",
+            "http://host:0/",
+            "http://host:/",
+            "http://a b/",
+            "http://user:pw@host/",
+            "http://[::1/",
+            "key events",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -264,6 +264,14 @@ fn the_schema_rejects_what_validation_rejects_by_shape() {
         "wrong-type-role",
         "wrong-type-state",
         "unknown-pin-field",
+        "version-2",
+        "invalid-cluster-name",
+        "invalid-sync-name",
+        "bad-hex",
+        "odd-hex",
+        "url-scheme",
+        "url-credentials",
+        "wrong-type-handle-negative",
     ] {
         let text = std::fs::read_to_string(corpus_dir().join(format!("{name}.yaml"))).unwrap();
         let doc = plan::yaml_to_json(&text).unwrap();
@@ -462,4 +470,71 @@ fn validate_online_fails_on_a_target_of_another_lineage() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.to_lowercase().contains("lineage"), "{}", out.stderr);
     assert_eq!(w.count("dr"), before);
+}
+
+#[test]
+fn validate_online_logs_in_once_per_cluster_however_many_pairs() {
+    let w = World::new()
+        .tokens(&["primary", "dr", "dr2"])
+        .domain_key(&["primary", "dr", "dr2"])
+        .key("primary", "01", "pay", &["--count", "2"]);
+    let plan = "version: 1
+clusters:
+  primary:
+    module: {shim}
+    token: { label: primary }
+    credentials: { role: crypto-user, user: app, pin: { file: ./primary.pin } }
+  dr:
+    module: {shim}
+    token: { label: dr }
+    cloned_from: primary
+    credentials: { role: crypto-user, user: app, pin: { file: ./dr.pin } }
+  dr2:
+    module: {shim}
+    token: { label: dr2 }
+    cloned_from: dr
+    credentials: { role: crypto-user, user: app, pin: { file: ./dr2.pin } }
+sync:
+  - source: primary
+    targets: [dr, dr2]
+    keys: [{ label: \"pay-*\" }]
+  - source: dr
+    targets: [dr2]
+    keys: [{ id: \"01\" }]
+";
+    w.write(
+        "plan.yaml",
+        &plan.replace("{shim}", &crate::world::shim().display().to_string()),
+    );
+    let counts = |w: &World| ["primary", "dr", "dr2"].map(|t| w.count(t));
+    let before = counts(&w);
+    let log = w.path().join("calls.log");
+    let softhsm = crate::world::softhsm();
+    let out = w.run_env(
+        &["validate", "plan.yaml", "--online"],
+        &[
+            ("HSM_SYNC_SHIM_TARGET", softhsm.to_str().unwrap()),
+            ("HSM_SYNC_SHIM_LOG", log.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    for pair in ["primary → dr ", "primary → dr2 ", "dr → dr2 "] {
+        assert!(
+            out.stdout.contains(&format!("lineage proven: {pair}")),
+            "{pair}: {}",
+            out.stdout
+        );
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let logins = calls.lines().filter(|l| l.starts_with("C_Login ")).count();
+    assert_eq!(logins, 3, "one login per cluster:\n{calls}");
+    // Nothing is written: the proofs use session objects only (created and destroyed in
+    // the session), no object is changed or copied, and the token objects stay as they were.
+    for f in ["C_SetAttributeValue", "C_CopyObject", "C_GenerateKeyPair"] {
+        assert!(
+            !calls.lines().any(|l| l.starts_with(&format!("{f} "))),
+            "{f} called:\n{calls}"
+        );
+    }
+    assert_eq!(counts(&w), before, "token objects unchanged");
 }
