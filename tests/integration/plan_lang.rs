@@ -538,3 +538,26 @@ sync:
     }
     assert_eq!(counts(&w), before, "token objects unchanged");
 }
+
+#[test]
+fn pin_file_paths_expand_variables_and_home() {
+    let w = pair();
+    let plan = two_cluster_plan("      - id: \"01\"\n")
+        .replace("{ file: ./primary.pin }", "{ file: ~/primary.pin }")
+        .replace("{ file: ./dr.pin }", "{ file: \"${PIN_DIR}/dr.pin\" }");
+    let w = w.plan(&plan);
+    set_mode(&w.path().join("primary.pin"), 0o600);
+    set_mode(&w.path().join("dr.pin"), 0o600);
+    let dir = w.path().to_str().unwrap().to_string();
+    let out = w.run_env(
+        &["validate", "plan.yaml", "--online"],
+        &[("HOME", &dir), ("PIN_DIR", &dir)],
+    );
+    assert_eq!(out.code, 0, "the expanded PIN files log in: {out:?}");
+
+    let out = w.run_env(&["validate", "plan.yaml"], &[("HOME", &dir)]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("plan::unset-variable"), "{}", out.stderr);
+    assert!(out.stderr.contains("`PIN_DIR` is not set"), "{}", out.stderr);
+    assert!(out.stderr.contains("plan.yaml:11:"), "{}", out.stderr);
+}
