@@ -54,6 +54,7 @@ pub enum IssueKind {
     DuplicateResource,
     Empty,
     CloneCycle,
+    TooManyProblems,
 }
 
 impl IssueKind {
@@ -93,6 +94,7 @@ impl IssueKind {
             DuplicateResource => "plan::duplicate-resource",
             Empty => "plan::empty",
             CloneCycle => "plan::clone-cycle",
+            TooManyProblems => "plan::too-many-problems",
         }
     }
 }

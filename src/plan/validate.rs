@@ -17,6 +17,13 @@ use crate::credentials::{loosely_readable, PinSource};
 
 const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
 
+/// Problems listed for one section (a cluster, an entry, a selector) at most: finding each
+/// one costs a pass over the section, and a section with more is not a typo.
+const MAX_SECTION_ROUNDS: usize = 32;
+
+/// Problems listed for one plan at most (each renders a snippet of the file).
+pub const MAX_ISSUES: usize = 200;
+
 /// An [`PlanError`] with one problem and no location (encoding, size).
 pub(crate) fn single(name: &str, text: String, kind: IssueKind, message: String) -> PlanError {
     let source = PlanSource::parse(name, text);
@@ -48,6 +55,18 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
     let wrap = |mut issues: Vec<PlanIssue>, src: &PlanSource| {
         issues.sort_by_key(|i| i.span.map_or(usize::MAX, |s| s.offset()));
+        if issues.len() > MAX_ISSUES {
+            let more = issues.len() - MAX_ISSUES;
+            issues.truncate(MAX_ISSUES);
+            issues.push(PlanIssue {
+                kind: IssueKind::TooManyProblems,
+                message: format!("{more} more problem(s) not listed; fix these first"),
+                span: None,
+                label: String::new(),
+                help: None,
+                severity: issues.last().map_or(Severity::Error, |i| i.severity),
+            });
+        }
         InvalidPlan {
             src: src.named_source(),
             issues,
@@ -186,6 +205,7 @@ impl Validator {
             K::EmptyTargets => "no targets",
             K::CloneCycle => "goes round in a circle",
             K::InvalidName => "invalid name",
+            K::TooManyProblems => "too many problems",
             _ => "here",
         }
         .to_string();
@@ -214,8 +234,20 @@ impl Validator {
         // A section whose only problems were unknown fields is still checked further; one
         // with a mistyped field is not, so that the field's absence raises no second error.
         let mut only_unknown = true;
-        // Each round takes one field out, so a section has at most as many rounds as fields.
+        // Each round takes one field out, so a section has at most as many rounds as fields;
+        // each round costs a pass over the section, so hostile sections are cut short.
+        let mut rounds = 0;
         loop {
+            rounds += 1;
+            if rounds > MAX_SECTION_ROUNDS {
+                self.issue_at_key(
+                    IssueKind::TooManyProblems,
+                    base,
+                    format!("more than {MAX_SECTION_ROUNDS} problems here; the rest are not listed"),
+                    None,
+                );
+                return None;
+            }
             let msg = err.inner().to_string();
             let first = match err.path().iter().next() {
                 Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
@@ -1270,6 +1302,19 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_section_with_thousands_of_problems_is_cut_short() {
+        let mut text = String::from("version: 1\nclusters: {}\noptions:\n");
+        for i in 0..5000 {
+            text.push_str(&format!("  k{i}: 1\n"));
+        }
+        let Err(PlanError::Invalid(inv)) = validate(Path::new("p.yaml"), "p.yaml", text) else {
+            panic!("invalid")
+        };
+        assert_eq!(inv.issues.len(), MAX_SECTION_ROUNDS + 1);
+        assert!(inv.issues.iter().any(|i| i.kind == IssueKind::TooManyProblems));
     }
 
     #[test]
