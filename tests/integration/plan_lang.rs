@@ -561,3 +561,22 @@ fn pin_file_paths_expand_variables_and_home() {
     assert!(out.stderr.contains("`PIN_DIR` is not set"), "{}", out.stderr);
     assert!(out.stderr.contains("plan.yaml:11:"), "{}", out.stderr);
 }
+
+#[test]
+fn help_lines_suggest_the_fix() {
+    let help = |name: &str| -> Vec<String> {
+        match plan::load(&corpus_dir().join(format!("{name}.yaml"))) {
+            Err(PlanError::Invalid(inv)) => inv.issues.iter().filter_map(|i| i.help.clone()).collect(),
+            other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(help("unknown-sync-field"), ["did you mean `targets`?"]);
+    assert_eq!(help("unknown-top-field"), ["did you mean `options`?"]);
+    assert_eq!(help("unknown-pin-field"), ["did you mean `env`?"]);
+    assert_eq!(help("wrong-type-role"), ["did you mean `crypto-user`?"]);
+    assert_eq!(help("undefined-source"), ["did you mean `primary`?"]);
+    assert_eq!(help("undefined-selector-target"), ["defined clusters: primary, dr"]);
+    assert!(help("not-cloned")[0].contains("add `cloned_from: primary` to cluster `dr`"));
+    assert!(help("bad-duration")[0].contains("`90s`"));
+    assert!(help("missing-module")[0].contains("add `module:`"));
+}
