@@ -5,7 +5,7 @@
 //! saphyr-parser's spanned events records, for every node, the span of its key and of its
 //! value under a path such as `sync[0].keys[1].id`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use miette::{NamedSource, SourceSpan};
 use saphyr_parser::{Event, Parser, Span, SpannedEventReceiver};
@@ -29,8 +29,9 @@ pub struct PlanSource {
     nodes: HashMap<String, NodeSpans>,
     /// A YAML syntax error found by the locator pass, with its span.
     pub syntax_error: Option<(String, SourceSpan)>,
-    /// Mapping keys given twice: (path of the repeated key, span of the repetition).
-    pub duplicate_keys: Vec<(String, SourceSpan)>,
+    /// Mapping keys given twice: (path of the repeated key, span of the repetition, span
+    /// of the first use).
+    pub duplicate_keys: Vec<(String, SourceSpan, SourceSpan)>,
 }
 
 /// Joins a mapping key onto a path.
@@ -176,26 +177,32 @@ enum Frame {
 /// keys (no hashing), a set once a mapping grows large.
 #[derive(Default)]
 struct KeysSeen {
-    few: Vec<String>,
-    many: HashSet<String>,
+    few: Vec<(String, SourceSpan)>,
+    many: HashMap<String, SourceSpan>,
 }
 
 impl KeysSeen {
     const FEW: usize = 16;
 
-    /// Records `name`; false when it was seen before.
-    fn insert(&mut self, name: &str) -> bool {
+    /// Records `name` at `span`; the span of its first use when it was seen before.
+    fn insert(&mut self, name: &str, span: SourceSpan) -> Option<SourceSpan> {
         if self.many.is_empty() {
-            if self.few.iter().any(|k| k == name) {
-                return false;
+            if let Some((_, first)) = self.few.iter().find(|(k, _)| k == name) {
+                return Some(*first);
             }
             if self.few.len() < Self::FEW {
-                self.few.push(name.to_string());
-                return true;
+                self.few.push((name.to_string(), span));
+                return None;
             }
             self.many.extend(self.few.drain(..));
         }
-        self.many.insert(name.to_string())
+        match self.many.get(name) {
+            Some(first) => Some(*first),
+            None => {
+                self.many.insert(name.to_string(), span);
+                None
+            }
+        }
     }
 }
 
@@ -212,7 +219,7 @@ struct Recorder<'t> {
     /// Collections opened below [`MAX_DEPTH`], skipped.
     deep: usize,
     nodes: HashMap<String, NodeSpans>,
-    duplicates: Vec<(String, SourceSpan)>,
+    duplicates: Vec<(String, SourceSpan, SourceSpan)>,
     /// Byte offset of each char index; `None` for ASCII text where they are equal.
     char_bytes: Option<Vec<usize>>,
 }
@@ -299,8 +306,8 @@ impl<'t> Recorder<'t> {
 
     fn record_key(&mut self, name: String, span: SourceSpan) {
         if let Some(Frame::Map { path, key, seen, .. }) = self.stack.last_mut() {
-            if name != COMPLEX_KEY && !seen.insert(&name) {
-                self.duplicates.push((child(path, &name), span));
+            if let Some(first) = (name != COMPLEX_KEY).then(|| seen.insert(&name, span)).flatten() {
+                self.duplicates.push((child(path, &name), span, first));
             }
             *key = Some((name, span));
         }

@@ -316,18 +316,19 @@ impl Validator {
     }
 
     fn run(&mut self, plan_path: &Path) -> Option<Plan> {
-        for (path, span) in self.src.duplicate_keys.clone() {
+        for (path, span, first) in self.src.duplicate_keys.clone() {
             let (kind, what) = if path.starts_with("clusters.") && path.matches('.').count() == 1 {
                 (IssueKind::DuplicateCluster, "cluster")
             } else {
                 (IssueKind::DuplicateKey, "key")
             };
             let name = path.rsplit('.').next().unwrap_or(&path).to_string();
+            let (line, _) = self.src.line_col(first.offset());
             self.push(
                 kind,
                 Some(span),
-                format!("duplicate {what} `{name}`"),
-                Some("each name may appear once".into()),
+                format!("duplicate {what} `{name}` (first given on line {line})"),
+                Some("each name may appear once in a mapping: remove or rename one".into()),
                 Severity::Error,
             );
         }
