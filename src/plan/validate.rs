@@ -311,7 +311,25 @@ impl Validator {
             let help = suggest(&word, expected_words(&msg));
             self.issue(IssueKind::WrongType, &path, msg, help);
         } else {
-            self.issue(IssueKind::WrongType, &path, msg, None);
+            // `id: 123456` or `label: 2024`: YAML read a number (or a boolean) where text
+            // was meant; quoting keeps it as written (a leading zero, every digit).
+            let unquoted = msg.contains("expected a string")
+                && [
+                    "invalid type: integer",
+                    "invalid type: floating",
+                    "invalid type: boolean",
+                ]
+                .iter()
+                .any(|p| msg.starts_with(p));
+            let help = unquoted.then(|| {
+                let written = self
+                    .src
+                    .locate_value(&path)
+                    .and_then(|s| self.src.text().get(s.offset()..s.offset() + s.len()))
+                    .unwrap_or_default();
+                format!("YAML reads this as a number or a boolean; quote it to keep it as text: \"{written}\"")
+            });
+            self.issue(IssueKind::WrongType, &path, msg, help);
         }
     }
 

@@ -579,4 +579,5 @@ fn help_lines_suggest_the_fix() {
     assert!(help("not-cloned")[0].contains("add `cloned_from: primary` to cluster `dr`"));
     assert!(help("bad-duration")[0].contains("`90s`"));
     assert!(help("missing-module")[0].contains("add `module:`"));
+    assert!(help("wrong-type-unquoted-id")[0].ends_with("quote it to keep it as text: \"123456\""));
 }
