@@ -231,12 +231,23 @@ pub fn load(path: &Path) -> Result<Loaded, PlanError> {
         Ok(t) => t,
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
-            return Err(validate::single(
+            // Shown with the bad bytes replaced; the text before them is unchanged, so the
+            // label sits on the first one.
+            let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut err = validate::single(
                 &name,
-                String::new(),
+                shown,
                 IssueKind::Encoding,
                 format!("the plan is not valid UTF-8 (first bad byte at offset {at})"),
-            ));
+            );
+            if let PlanError::Invalid(inv) = &mut err {
+                for issue in &mut inv.issues {
+                    issue.span = Some(SourceSpan::from((at, char::REPLACEMENT_CHARACTER.len_utf8())));
+                    issue.label = "not UTF-8".into();
+                    issue.help = Some("save the plan as UTF-8".into());
+                }
+            }
+            return Err(err);
         }
     };
     validate::validate(path, &name, text)
