@@ -20,40 +20,72 @@ pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The kind of a plan problem; its code (`plan::unknown-field`, …) is stable for tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
 pub enum IssueKind {
+    /// The text is not YAML.
     Syntax,
+    /// The file is not UTF-8.
     Encoding,
+    /// The file is larger than [`MAX_PLAN_BYTES`].
     TooLarge,
+    /// A field the plan format does not have.
     UnknownField,
+    /// A value of the wrong type (a list for a mapping, a number for text, …).
     WrongType,
+    /// A required field is absent.
     MissingField,
+    /// A mapping key given twice, or a target listed twice.
     DuplicateKey,
+    /// A cluster name defined twice.
     DuplicateCluster,
+    /// Two sync entries with one name (given or default).
     DuplicateSync,
+    /// A reference to a cluster that `clusters` does not define.
     UndefinedCluster,
+    /// A source listed among its own targets.
     SourceInTargets,
+    /// A target not linked to its source through `cloned_from`.
     NotCloned,
+    /// A source and a target log in with different roles or users.
     CredentialMismatch,
+    /// A PIN written in the plan.
     InlinePin,
+    /// `pin` is not exactly one of `{env: VAR}` and `{file: PATH}`.
     PinSource,
+    /// A PIN file that cannot be read (error) or is readable by others (warning).
     PinFile,
+    /// A selector that selects nothing, or an empty `keys` list.
     EmptySelector,
+    /// A selector with more than one of `id`, `label`, `handle`.
     AmbiguousSelector,
+    /// An `id` that is not hex.
     InvalidHex,
+    /// A `label` glob that does not parse.
     InvalidGlob,
+    /// A `version` other than 1.
     Version,
+    /// A cluster or sync name outside `[a-z0-9][a-z0-9_-]*`.
     InvalidName,
+    /// A token not given by exactly one of `label`, `serial`, `slot`.
     TokenRef,
+    /// An empty `targets` list.
     EmptyTargets,
+    /// A duration humantime does not read.
     InvalidDuration,
+    /// A notify URL that is not a plain http(s) URL.
     InvalidUrl,
+    /// A `${VAR}` (or `~` without `HOME`) that is not set.
     UnsetVariable,
+    /// A value out of range (`parallelism: 0`).
     InvalidValue,
+    /// A lineage fingerprint that is not hex.
     InvalidFingerprint,
+    /// Two notify resources of one entry with one name.
     DuplicateResource,
+    /// The plan has no content.
     Empty,
+    /// `cloned_from` links that go round in a circle.
     CloneCycle,
+    /// More problems than are listed.
     TooManyProblems,
 }
 
