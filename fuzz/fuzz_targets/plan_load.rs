@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use miette::{GraphicalReportHandler, GraphicalTheme, JSONReportHandler};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, JSONReportHandler};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -26,9 +26,18 @@ fuzz_target!(|data: &[u8]| {
 fn render(inv: &hsm_sync::plan::InvalidPlan, len: usize) {
     assert!(!inv.issues.is_empty(), "an invalid plan must name a problem");
     for issue in &inv.issues {
-        if let Some(span) = issue.span {
-            assert!(span.offset() + span.len() <= len, "label outside the text: {issue:?}");
-            let _ = inv.source.line_col(span.offset());
+        for label in issue.labels().into_iter().flatten() {
+            let end = label.offset() + label.len();
+            assert!(end <= len, "label outside the text: {issue:?}");
+            assert!(
+                inv.source.text().is_char_boundary(label.offset()),
+                "label inside a character: {issue:?}"
+            );
+            assert!(
+                inv.source.text().is_char_boundary(end),
+                "label ends inside a character: {issue:?}"
+            );
+            let _ = inv.source.line_col(label.offset());
         }
     }
     let mut out = String::new();

@@ -146,6 +146,8 @@ pub struct PlanIssue {
     pub help: Option<String>,
     /// Error, or a warning that does not stop the run.
     pub severity: Severity,
+    /// A second place worth showing (where a duplicate was first given), with its label.
+    pub also: Option<(SourceSpan, String)>,
 }
 
 impl fmt::Display for PlanIssue {
@@ -168,10 +170,12 @@ impl Diagnostic for PlanIssue {
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let span = self.span?;
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
-            Some(self.label.clone()),
-            span,
-        ))))
+        let primary = LabeledSpan::new_primary_with_span(Some(self.label.clone()), span);
+        let also = self
+            .also
+            .as_ref()
+            .map(|(s, l)| LabeledSpan::new_with_span(Some(l.clone()), *s));
+        Some(Box::new(std::iter::once(primary).chain(also)))
     }
 }
 

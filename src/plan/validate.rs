@@ -36,6 +36,7 @@ pub(crate) fn single(name: &str, text: String, kind: IssueKind, message: String)
             span: None,
             help: None,
             severity: Severity::Error,
+            also: None,
         }],
         source,
     }))
@@ -65,6 +66,7 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
                 label: String::new(),
                 help: None,
                 severity: issues.last().map_or(Severity::Error, |i| i.severity),
+                also: None,
             });
         }
         InvalidPlan {
@@ -216,6 +218,7 @@ impl Validator {
             label,
             help,
             severity,
+            also: None,
         });
     }
 
@@ -349,6 +352,9 @@ impl Validator {
                 Some("each name may appear once in a mapping: remove or rename one".into()),
                 Severity::Error,
             );
+            if let Some(last) = self.issues.last_mut() {
+                last.also = Some((first, "first given here".into()));
+            }
         }
         if let Some((msg, span)) = self.src.syntax_error.clone() {
             self.push(

@@ -140,7 +140,7 @@ fn rendered_diagnostics_match_their_snapshots() {
     let mut stale = Vec::new();
     for name in [
         "many-problems",
-        "unknown-sync-field",
+        "duplicate-key",
         "inline-pin-string",
         "undefined-source",
         "credential-user-mismatch",
