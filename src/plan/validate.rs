@@ -370,7 +370,15 @@ impl Validator {
             Ok(v) => v,
             Err(e) => {
                 if self.issues.is_empty() {
-                    let span = e.location().map(|l| miette::SourceSpan::from((l.index(), 0)));
+                    // libyaml's index is in bytes; kept inside the text and on a character.
+                    let text = self.src.text();
+                    let span = e.location().map(|l| {
+                        let mut at = l.index().min(text.len());
+                        while !text.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        miette::SourceSpan::from((at, 0))
+                    });
                     self.push(
                         IssueKind::Syntax,
                         span,
