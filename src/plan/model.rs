@@ -142,6 +142,14 @@ impl LabelGlob {
         }
     }
 
+    /// Parses a glob as the plan does (`*`, `?`, `[...]`; `/` is an ordinary character),
+    /// e.g. for a `label:GLOB` given on the command line.
+    pub fn parse(pattern: &str) -> Result<Self, globset::Error> {
+        Ok(Self::new(
+            globset::GlobBuilder::new(pattern).literal_separator(false).build()?,
+        ))
+    }
+
     /// Whether `label` matches the glob.
     pub fn is_match(&self, label: &str) -> bool {
         self.matcher.get_or_init(|| self.glob.compile_matcher()).is_match(label)

@@ -1039,8 +1039,8 @@ impl Validator {
             },
             (None, Some(label), None) => {
                 if label.contains(['*', '?', '[']) {
-                    match globset::GlobBuilder::new(&label).literal_separator(false).build() {
-                        Ok(g) => KeyMatcher::LabelGlob(label, LabelGlob::new(g)),
+                    match LabelGlob::parse(&label) {
+                        Ok(g) => KeyMatcher::LabelGlob(label, g),
                         Err(e) => {
                             self.issue(
                                 IssueKind::InvalidGlob,
@@ -1348,6 +1348,17 @@ mod tests {
         };
         assert_eq!(inv.issues.len(), MAX_SECTION_ROUNDS + 1);
         assert!(inv.issues.iter().any(|i| i.kind == IssueKind::TooManyProblems));
+    }
+
+    #[test]
+    fn label_globs_match_whole_labels_and_slashes_are_ordinary() {
+        let g = |p: &str| LabelGlob::parse(p).unwrap();
+        assert!(g("payments-*").is_match("payments-2026/eu"));
+        assert!(!g("payments-*").is_match("old-payments-1"));
+        assert!(g("key-?").is_match("key-7"));
+        assert!(!g("key-?").is_match("key-10"));
+        assert!(g("[ab]-1").is_match("b-1"));
+        assert!(LabelGlob::parse("[ab").is_err());
     }
 
     #[test]
