@@ -277,8 +277,8 @@ pub fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
             .map(KeyMatcher::Id)
             .ok_or_else(|| bad("the id is not hex")),
         "label" if value.is_empty() => Err(bad("the label is empty")),
-        "label" if value.contains(['*', '?', '[']) => globset::Glob::new(value)
-            .map(|g| KeyMatcher::LabelGlob(value.into(), g.compile_matcher()))
+        "label" if value.contains(['*', '?', '[']) => crate::plan::LabelGlob::parse(value)
+            .map(|g| KeyMatcher::LabelGlob(value.into(), g))
             .map_err(|e| bad(&e.to_string())),
         "label" => Ok(KeyMatcher::Label(value.into())),
         "handle" => value

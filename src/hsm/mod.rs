@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::object::ObjectHandle;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
@@ -189,10 +189,20 @@ impl Token {
             Err(e) => return Err(self.pk("logging in")(e)),
         }
         // SoftHSM numbers objects per process, in the order a search first meets them.
-        // Meeting every object once, before any lookup or session object, gives each the
-        // same handle in every run on an unchanged token, so the handles `inventory`
-        // prints mean the same objects to `sync-key` and `handle:` selectors.
-        session.find_objects(&[]).map_err(self.pk("listing objects"))?;
+        // Meeting every key once, before any lookup or session object, gives each the
+        // same handle in every run while the token's keys are unchanged, so the handles
+        // `inventory` prints mean the same keys to `sync-key` and `handle:` selectors.
+        // Keys first: hsm-sync's own data objects (state, journal) come and go and must
+        // not renumber them.
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            session
+                .find_objects(&[Attribute::Token(true), Attribute::Class(class)])
+                .map_err(self.pk("listing objects"))?;
+        }
         *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
         Ok(())
     }

@@ -10,48 +10,83 @@ pub mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use miette::{Diagnostic, LabeledSpan, NamedSource, Severity, SourceSpan};
+use miette::{Diagnostic, LabeledSpan, Severity, SourceSpan};
 
 pub use model::*;
 
 /// Plans larger than this are refused before parsing: a real plan is a few hundred KiB,
 /// and a bound keeps hostile input from costing unbounded memory.
-pub const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_PLAN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The kind of a plan problem; its code (`plan::unknown-field`, …) is stable for tools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
 pub enum IssueKind {
+    /// The text is not YAML.
     Syntax,
+    /// The file is not UTF-8.
     Encoding,
+    /// The file is larger than [`MAX_PLAN_BYTES`].
     TooLarge,
+    /// A field the plan format does not have.
     UnknownField,
+    /// A value of the wrong type (a list for a mapping, a number for text, …).
     WrongType,
+    /// A required field is absent.
     MissingField,
+    /// A mapping key given twice, or a target listed twice.
     DuplicateKey,
+    /// A cluster name defined twice.
     DuplicateCluster,
+    /// Two sync entries with one name (given or default).
     DuplicateSync,
+    /// A reference to a cluster that `clusters` does not define.
     UndefinedCluster,
+    /// A source listed among its own targets.
     SourceInTargets,
+    /// A target not linked to its source through `cloned_from`.
     NotCloned,
+    /// A source and a target log in with different roles or users.
     CredentialMismatch,
+    /// A PIN written in the plan.
     InlinePin,
+    /// `pin` is not exactly one of `{env: VAR}` and `{file: PATH}`.
     PinSource,
+    /// A PIN file that cannot be read (error) or is readable by others (warning).
     PinFile,
+    /// A selector that selects nothing, or an empty `keys` list.
     EmptySelector,
+    /// A selector with more than one of `id`, `label`, `handle`.
     AmbiguousSelector,
+    /// An `id` that is not hex.
     InvalidHex,
+    /// A `label` glob that does not parse.
     InvalidGlob,
+    /// A `version` other than 1.
     Version,
+    /// A cluster or sync name outside `[a-z0-9][a-z0-9_-]*`.
     InvalidName,
+    /// A token not given by exactly one of `label`, `serial`, `slot`.
     TokenRef,
+    /// An empty `targets` list.
     EmptyTargets,
+    /// A duration humantime does not read.
     InvalidDuration,
+    /// A notify URL that is not a plain http(s) URL.
     InvalidUrl,
+    /// A `${VAR}` (or `~` without `HOME`) that is not set.
     UnsetVariable,
+    /// A value out of range (`parallelism: 0`).
     InvalidValue,
+    /// A lineage fingerprint that is not hex.
     InvalidFingerprint,
+    /// Two notify resources of one entry with one name.
     DuplicateResource,
+    /// The plan has no content.
+    Empty,
+    /// `cloned_from` links that go round in a circle.
+    CloneCycle,
+    /// More problems than are listed.
+    TooManyProblems,
 }
 
 impl IssueKind {
@@ -89,6 +124,9 @@ impl IssueKind {
             InvalidValue => "plan::invalid-value",
             InvalidFingerprint => "plan::invalid-fingerprint",
             DuplicateResource => "plan::duplicate-resource",
+            Empty => "plan::empty",
+            CloneCycle => "plan::clone-cycle",
+            TooManyProblems => "plan::too-many-problems",
         }
     }
 }
@@ -108,6 +146,8 @@ pub struct PlanIssue {
     pub help: Option<String>,
     /// Error, or a warning that does not stop the run.
     pub severity: Severity,
+    /// A second place worth showing (where a duplicate was first given), with its label.
+    pub also: Option<(SourceSpan, String)>,
 }
 
 impl fmt::Display for PlanIssue {
@@ -129,11 +169,89 @@ impl Diagnostic for PlanIssue {
         self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let span = self.span?;
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
-            Some(self.label.clone()),
-            span,
-        ))))
+        // A label marks where a node starts; one over a whole 30 MB node shows no more.
+        let clip = |s: SourceSpan| SourceSpan::from((s.offset(), s.len().min(MAX_LABEL_LEN)));
+        let span = clip(self.span?);
+        let primary = LabeledSpan::new_primary_with_span(Some(self.label.clone()), span);
+        let also = self
+            .also
+            .as_ref()
+            .map(|(s, l)| LabeledSpan::new_with_span(Some(l.clone()), clip(*s)));
+        Some(Box::new(std::iter::once(primary).chain(also)))
+    }
+}
+
+/// Bytes of a label shown at most.
+const MAX_LABEL_LEN: usize = 120;
+
+/// Bytes of text a snippet shows at most around a label before it is cut to a window.
+const MAX_SNIPPET: usize = 2048;
+
+/// The plan text as diagnostics show it: miette prints whole lines around a label, so a
+/// one-line JSON plan, or a hostile 30 MB line, would be echoed in full. Snippets longer
+/// than [`MAX_SNIPPET`] are cut to a window of the label's own line, so an error on such
+/// a plan stays a few lines long.
+#[derive(Debug, Clone)]
+pub struct PlanText {
+    name: String,
+    text: String,
+}
+
+impl PlanText {
+    /// The text of the plan `name`.
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        PlanText {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+}
+
+impl miette::SourceCode for PlanText {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let full = self.text.read_span(span, before, after)?;
+        if full.data().len() <= MAX_SNIPPET {
+            return Ok(Box::new(miette::MietteSpanContents::new_named(
+                self.name.clone(),
+                full.data(),
+                *full.span(),
+                full.line(),
+                full.column(),
+                full.line_count(),
+            )));
+        }
+        // A window of the label's line: some context before, the label, some after, on
+        // character boundaries and never across a line break.
+        let t = self.text.as_str();
+        let floor = |mut i: usize| {
+            while !t.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let start_of_line = t[..span.offset()].rfind('\n').map_or(0, |i| i + 1);
+        let end_of_line = t[span.offset()..].find('\n').map_or(t.len(), |i| span.offset() + i);
+        let from = floor(span.offset().saturating_sub(60).max(start_of_line));
+        let to = floor(
+            (span.offset() + span.len() + 60)
+                .min(end_of_line)
+                .min(from + MAX_SNIPPET),
+        );
+        let line = t[..from].matches('\n').count();
+        let column = t[start_of_line..from].chars().count();
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            &t.as_bytes()[from..to],
+            SourceSpan::from((from, to - from)),
+            line,
+            column,
+            1,
+        )))
     }
 }
 
@@ -141,7 +259,7 @@ impl Diagnostic for PlanIssue {
 #[derive(Debug)]
 pub struct InvalidPlan {
     /// The plan text, for rendering.
-    pub src: NamedSource<String>,
+    pub src: PlanText,
     /// The problems, in file order.
     pub issues: Vec<PlanIssue>,
     /// Located problems, to compute line and column.
@@ -231,13 +349,30 @@ pub fn load(path: &Path) -> Result<Loaded, PlanError> {
         Ok(t) => t,
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
-            return Err(validate::single(
+            // Shown with the bad bytes replaced; the text before them is unchanged, so the
+            // label sits on the first one.
+            let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let mut err = validate::single(
                 &name,
-                String::new(),
+                shown,
                 IssueKind::Encoding,
                 format!("the plan is not valid UTF-8 (first bad byte at offset {at})"),
-            ));
+            );
+            if let PlanError::Invalid(inv) = &mut err {
+                for issue in &mut inv.issues {
+                    issue.span = Some(SourceSpan::from((at, char::REPLACEMENT_CHARACTER.len_utf8())));
+                    issue.label = "not UTF-8".into();
+                    issue.help = Some("save the plan as UTF-8".into());
+                }
+            }
+            return Err(err);
         }
     };
     validate::validate(path, &name, text)
+}
+
+/// The plan text as a JSON value, for checking it against `schemas/plan.schema.json`
+/// (a YAML plan and its JSON form have the same shape). `Err` carries the YAML error.
+pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
 }

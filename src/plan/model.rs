@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use globset::GlobMatcher;
+use std::sync::OnceLock;
+
+use globset::{Glob, GlobMatcher};
 
 use super::source::PlanSource;
 use crate::credentials::PinSource;
@@ -122,6 +124,38 @@ pub struct Cluster {
     pub fingerprint: Option<String>,
 }
 
+/// A `CKA_LABEL` glob, checked at validation and compiled into a matcher on first use: a
+/// plan may hold thousands of globs, and building every automaton up front cost more than
+/// reading the whole plan (see `benches/plan_load.rs`).
+#[derive(Debug, Clone)]
+pub struct LabelGlob {
+    glob: Glob,
+    matcher: OnceLock<GlobMatcher>,
+}
+
+impl LabelGlob {
+    /// Wraps a parsed glob.
+    pub fn new(glob: Glob) -> Self {
+        LabelGlob {
+            glob,
+            matcher: OnceLock::new(),
+        }
+    }
+
+    /// Parses a glob as the plan does (`*`, `?`, `[...]`; `/` is an ordinary character),
+    /// e.g. for a `label:GLOB` given on the command line.
+    pub fn parse(pattern: &str) -> Result<Self, globset::Error> {
+        Ok(Self::new(
+            globset::GlobBuilder::new(pattern).literal_separator(false).build()?,
+        ))
+    }
+
+    /// Whether `label` matches the glob.
+    pub fn is_match(&self, label: &str) -> bool {
+        self.matcher.get_or_init(|| self.glob.compile_matcher()).is_match(label)
+    }
+}
+
 /// Which keys a selector picks.
 #[derive(Debug, Clone)]
 pub enum KeyMatcher {
@@ -130,7 +164,7 @@ pub enum KeyMatcher {
     /// `CKA_LABEL`, exactly.
     Label(String),
     /// `CKA_LABEL`, by glob.
-    LabelGlob(String, GlobMatcher),
+    LabelGlob(String, LabelGlob),
     /// Object handle on the source.
     Handle(u64),
 }

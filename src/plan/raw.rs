@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// Names of clusters and sync entries.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*$";
+
 /// The whole plan file. Validation deserializes it section by section (to report every
 /// problem, not the first); this type is the single description of its shape and the
 /// source of `schemas/plan.schema.json`.
@@ -14,8 +17,10 @@ use serde::Deserialize;
 #[schemars(title = "hsm-sync plan", description = "A declarative plan for hsm-sync (version 1)")]
 pub struct RawPlan {
     /// Plan format version; must be 1.
+    #[schemars(range(min = 1, max = 1))]
     pub version: u32,
     /// The clusters (PKCS#11 tokens), by name (`[a-z0-9][a-z0-9_-]*`).
+    #[schemars(extend("propertyNames" = { "pattern": NAME_PATTERN }))]
     pub clusters: BTreeMap<String, RawCluster>,
     /// Sync entries: which keys go from which source to which targets.
     #[serde(default)]
@@ -112,6 +117,7 @@ pub struct RawLineage {
 pub struct RawSync {
     /// Unique name; default `sync-<index>` (1-based).
     #[serde(default)]
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub name: Option<String>,
     /// The source cluster.
     pub source: String,
@@ -140,6 +146,7 @@ pub enum RawState {
 pub struct RawSelector {
     /// `CKA_ID`, hex.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9a-fA-F]{2})+$"))]
     pub id: Option<String>,
     /// `CKA_LABEL`, exact or glob (`*`, `?`, `[...]`).
     #[serde(default)]
@@ -171,7 +178,8 @@ pub enum RawEvent {
 pub struct RawNotify {
     /// Name of the resource.
     pub name: String,
-    /// URL that receives the POST.
+    /// URL that receives the POST (http or https).
+    #[schemars(regex(pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$"))]
     pub url: String,
     /// Which events (default: all).
     #[serde(default)]

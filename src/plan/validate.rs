@@ -11,11 +11,18 @@ use serde_yaml::{Mapping, Value};
 
 use super::model::*;
 use super::raw::*;
-use super::source::{child, index, PlanSource};
+use super::source::{child, index, PlanSource, COMPLEX_KEY};
 use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
 use crate::credentials::{loosely_readable, PinSource};
 
 const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
+
+/// Problems listed for one section (a cluster, an entry, a selector) at most: finding each
+/// one costs a pass over the section, and a section with more is not a typo.
+const MAX_SECTION_ROUNDS: usize = 32;
+
+/// Problems listed for one plan at most (each renders a snippet of the file).
+pub const MAX_ISSUES: usize = 200;
 
 /// An [`PlanError`] with one problem and no location (encoding, size).
 pub(crate) fn single(name: &str, text: String, kind: IssueKind, message: String) -> PlanError {
@@ -29,6 +36,7 @@ pub(crate) fn single(name: &str, text: String, kind: IssueKind, message: String)
             span: None,
             help: None,
             severity: Severity::Error,
+            also: None,
         }],
         source,
     }))
@@ -42,11 +50,25 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
         issues: Vec::new(),
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         declared: Vec::new(),
+        clusters_unreadable: false,
     };
     let plan = v.run(path);
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
     let wrap = |mut issues: Vec<PlanIssue>, src: &PlanSource| {
         issues.sort_by_key(|i| i.span.map_or(usize::MAX, |s| s.offset()));
+        if issues.len() > MAX_ISSUES {
+            let more = issues.len() - MAX_ISSUES;
+            issues.truncate(MAX_ISSUES);
+            issues.push(PlanIssue {
+                kind: IssueKind::TooManyProblems,
+                message: format!("{more} more problem(s) not listed; fix these first"),
+                span: None,
+                label: String::new(),
+                help: None,
+                severity: issues.last().map_or(Severity::Error, |i| i.severity),
+                also: None,
+            });
+        }
         InvalidPlan {
             src: src.named_source(),
             issues,
@@ -72,6 +94,8 @@ struct Validator {
     /// Every cluster name the plan declares, valid or not: a reference to a declared but
     /// invalid cluster is not reported again as undefined.
     declared: Vec<String>,
+    /// `clusters` is missing or not a mapping: references to clusters are not checked.
+    clusters_unreadable: bool,
 }
 
 /// Names of clusters and sync entries: `[a-z0-9][a-z0-9_-]*`.
@@ -83,14 +107,19 @@ fn valid_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// "did you mean `x`?" for the closest candidate, if it is close enough.
-fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// The candidate closest to `word`, if it is close enough.
+fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .map(|(_, c)| c)
+}
+
+/// "did you mean `x`?" for the closest candidate, if it is close enough.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
 /// Expands `~` (leading) and `${VAR}`; `Err(var)` names an unset variable.
@@ -135,7 +164,8 @@ fn first_backquoted(msg: &str) -> Option<&str> {
 
 impl Validator {
     fn issue(&mut self, kind: IssueKind, path: &str, message: impl Into<String>, help: Option<String>) {
-        let span = self.src.locate(path);
+        // The offending value itself: a scalar, or the first line of a collection.
+        let span = self.src.locate_value(path);
         self.push(kind, span, message.into(), help, Severity::Error);
     }
 
@@ -152,11 +182,32 @@ impl Validator {
         help: Option<String>,
         severity: Severity,
     ) {
+        use IssueKind as K;
         let label = match kind {
-            IssueKind::UnknownField => "unknown field",
-            IssueKind::MissingField => "in here",
-            IssueKind::UndefinedCluster => "not defined under `clusters`",
-            IssueKind::InlinePin => "PIN written in the plan",
+            K::UnknownField => "unknown field",
+            K::MissingField => "in here",
+            K::UndefinedCluster => "not defined under `clusters`",
+            K::InlinePin => "PIN written in the plan",
+            K::WrongType => "wrong type",
+            K::Version => "expected 1",
+            K::InvalidHex | K::InvalidFingerprint => "not hex",
+            K::InvalidGlob => "invalid glob",
+            K::InvalidUrl => "not an http(s) URL",
+            K::InvalidDuration => "not a duration",
+            K::UnsetVariable => "unset variable",
+            K::SourceInTargets => "the entry's source",
+            K::NotCloned => "not a clone of the source",
+            K::CredentialMismatch => "other role or user than the source",
+            K::DuplicateKey | K::DuplicateCluster | K::DuplicateSync | K::DuplicateResource => "given again here",
+            K::EmptySelector => "selects nothing",
+            K::AmbiguousSelector => "more than one of id, label, handle",
+            K::TokenRef => "needs exactly one of label, serial, slot",
+            K::PinFile => "PIN file",
+            K::PinSource => "PIN source",
+            K::EmptyTargets => "no targets",
+            K::CloneCycle => "goes round in a circle",
+            K::InvalidName => "invalid name",
+            K::TooManyProblems => "too many problems",
             _ => "here",
         }
         .to_string();
@@ -167,60 +218,143 @@ impl Validator {
             label,
             help,
             severity,
+            also: None,
         });
     }
 
-    /// Deserializes one section, mapping serde's error to a located issue.
+    /// Deserializes one section (a mapping), reporting *every* problem in it: serde stops at
+    /// the first, so each field it trips on is reported, taken out, and the section tried
+    /// again. A required field that was taken out is not reported missing a second time.
     fn section<T: DeserializeOwned>(&mut self, value: &Value, base: &str) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let mut path = base.to_string();
-                for seg in e.path().iter() {
-                    match seg {
-                        serde_path_to_error::Segment::Seq { index: i } => path = index(&path, *i),
-                        serde_path_to_error::Segment::Map { key } => path = child(&path, key),
-                        serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
-                    }
-                }
-                let msg = e.inner().to_string();
-                if msg.starts_with("unknown field") {
-                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
-                    let fpath = child(&path, &field);
-                    let help = suggest(&field, expected_words(&msg));
-                    // serde may report the unknown key's own path or its parent's.
-                    let target = if self.src.node(&fpath).is_some() { fpath } else { path };
-                    self.issue_at_key(IssueKind::UnknownField, &target, msg, help);
-                } else if msg.starts_with("missing field") {
-                    let field = first_backquoted(&msg).unwrap_or_default().to_string();
-                    self.issue_at_key(IssueKind::MissingField, &path, msg, Some(format!("add `{field}:`")));
-                } else if msg.starts_with("unknown variant") {
-                    let word = first_backquoted(&msg).unwrap_or_default().to_string();
-                    let help = suggest(&word, expected_words(&msg));
-                    self.issue(IssueKind::WrongType, &path, msg, help);
-                } else {
-                    self.issue(IssueKind::WrongType, &path, msg, None);
-                }
-                None
+        let mut err = match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let mut work = value.clone();
+        let mut removed: HashSet<String> = HashSet::new();
+        // Fields an unknown field probably meant (`tragets` → `targets`): not reported missing.
+        let mut meant: HashSet<String> = HashSet::new();
+        // A section whose only problems were unknown fields is still checked further; one
+        // with a mistyped field is not, so that the field's absence raises no second error.
+        let mut only_unknown = true;
+        // Each round takes one field out, so a section has at most as many rounds as fields;
+        // each round costs a pass over the section, so hostile sections are cut short.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > MAX_SECTION_ROUNDS {
+                self.issue_at_key(
+                    IssueKind::TooManyProblems,
+                    base,
+                    format!("more than {MAX_SECTION_ROUNDS} problems here; the rest are not listed"),
+                    None,
+                );
+                return None;
             }
+            let msg = err.inner().to_string();
+            let first = match err.path().iter().next() {
+                Some(serde_path_to_error::Segment::Map { key }) => Some(key.clone()),
+                _ => None,
+            };
+            let missing = msg
+                .starts_with("missing field")
+                .then(|| first_backquoted(&msg).unwrap_or_default());
+            if first.is_none() && missing.is_some_and(|f| removed.contains(f) || meant.contains(f)) {
+                return None; // already reported as broken, or as misspelt
+            }
+            self.report_serde(&err, base);
+            let unknown = msg.starts_with("unknown field") && err.path().iter().count() <= 1;
+            if unknown {
+                let word = first_backquoted(&msg).unwrap_or_default();
+                if let Some(m) = closest(word, expected_words(&msg)) {
+                    meant.insert(m.to_string());
+                }
+            } else {
+                only_unknown = false;
+            }
+            let field = first.or_else(|| {
+                msg.starts_with("unknown field")
+                    .then(|| first_backquoted(&msg).unwrap_or_default().to_string())
+            });
+            let Some(field) = field else {
+                return None; // the section itself is wrong (type, missing field): nothing to take out
+            };
+            work.as_mapping_mut().and_then(|m| m.remove(field.as_str()))?;
+            removed.insert(field);
+            err = match serde_path_to_error::deserialize::<_, T>(&work) {
+                Ok(t) => return only_unknown.then_some(t),
+                Err(e) => e,
+            };
+        }
+    }
+
+    /// Turns one serde error into a located issue.
+    fn report_serde(&mut self, e: &serde_path_to_error::Error<serde_yaml::Error>, base: &str) {
+        let mut path = base.to_string();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index: i } => path = index(&path, *i),
+                serde_path_to_error::Segment::Map { key } => path = child(&path, key),
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let msg = e.inner().to_string();
+        if msg.starts_with("unknown field") {
+            let field = first_backquoted(&msg).unwrap_or_default().to_string();
+            let fpath = child(&path, &field);
+            let help = suggest(&field, expected_words(&msg));
+            // serde may report the unknown key's own path or its parent's.
+            let target = if self.src.node(&fpath).is_some() { fpath } else { path };
+            self.issue_at_key(IssueKind::UnknownField, &target, msg, help);
+        } else if msg.starts_with("missing field") {
+            let field = first_backquoted(&msg).unwrap_or_default().to_string();
+            self.issue_at_key(IssueKind::MissingField, &path, msg, Some(format!("add `{field}:`")));
+        } else if msg.starts_with("unknown variant") {
+            let word = first_backquoted(&msg).unwrap_or_default().to_string();
+            let help = suggest(&word, expected_words(&msg));
+            self.issue(IssueKind::WrongType, &path, msg, help);
+        } else {
+            // `id: 123456` or `label: 2024`: YAML read a number (or a boolean) where text
+            // was meant; quoting keeps it as written (a leading zero, every digit).
+            let unquoted = msg.contains("expected a string")
+                && [
+                    "invalid type: integer",
+                    "invalid type: floating",
+                    "invalid type: boolean",
+                ]
+                .iter()
+                .any(|p| msg.starts_with(p));
+            let help = unquoted.then(|| {
+                let written = self
+                    .src
+                    .locate_value(&path)
+                    .and_then(|s| self.src.text().get(s.offset()..s.offset() + s.len()))
+                    .unwrap_or_default();
+                format!("YAML reads this as a number or a boolean; quote it to keep it as text: \"{written}\"")
+            });
+            self.issue(IssueKind::WrongType, &path, msg, help);
         }
     }
 
     fn run(&mut self, plan_path: &Path) -> Option<Plan> {
-        for (path, span) in self.src.duplicate_keys.clone() {
+        for (path, span, first) in self.src.duplicate_keys.clone() {
             let (kind, what) = if path.starts_with("clusters.") && path.matches('.').count() == 1 {
                 (IssueKind::DuplicateCluster, "cluster")
             } else {
                 (IssueKind::DuplicateKey, "key")
             };
             let name = path.rsplit('.').next().unwrap_or(&path).to_string();
+            let (line, _) = self.src.line_col(first.offset());
             self.push(
                 kind,
                 Some(span),
-                format!("duplicate {what} `{name}`"),
-                Some("each name may appear once".into()),
+                format!("duplicate {what} `{name}` (first given on line {line})"),
+                Some("each name may appear once in a mapping: remove or rename one".into()),
                 Severity::Error,
             );
+            if let Some(last) = self.issues.last_mut() {
+                last.also = Some((first, "first given here".into()));
+            }
         }
         if let Some((msg, span)) = self.src.syntax_error.clone() {
             self.push(
@@ -236,7 +370,15 @@ impl Validator {
             Ok(v) => v,
             Err(e) => {
                 if self.issues.is_empty() {
-                    let span = e.location().map(|l| miette::SourceSpan::from((l.index(), 0)));
+                    // libyaml's index is in bytes; kept inside the text and on a character.
+                    let text = self.src.text();
+                    let span = e.location().map(|l| {
+                        let mut at = l.index().min(text.len());
+                        while !text.is_char_boundary(at) {
+                            at -= 1;
+                        }
+                        miette::SourceSpan::from((at, 0))
+                    });
                     self.push(
                         IssueKind::Syntax,
                         span,
@@ -249,17 +391,20 @@ impl Validator {
             }
         };
         let Value::Mapping(top) = root else {
-            let what = if root.is_null() {
-                "the plan is empty"
+            let help = Some("start with `version: 1`, `clusters:` and `sync:`".into());
+            if root.is_null() {
+                // Nothing to point at but the start of the file.
+                let span = Some(miette::SourceSpan::from((0, 0)));
+                self.push(
+                    IssueKind::Empty,
+                    span,
+                    "the plan is empty".into(),
+                    help,
+                    Severity::Error,
+                );
             } else {
-                "the plan must be a mapping"
-            };
-            self.issue(
-                IssueKind::WrongType,
-                "",
-                what,
-                Some("start with `version: 1`, `clusters:` and `sync:`".into()),
-            );
+                self.issue(IssueKind::WrongType, "", "the plan must be a mapping", help);
+            }
             return None;
         };
         for key in top.keys() {
@@ -291,6 +436,7 @@ impl Validator {
         }
         let clusters = match top.get("clusters") {
             None => {
+                self.clusters_unreadable = true;
                 self.issue_at_key(
                     IssueKind::MissingField,
                     "",
@@ -307,6 +453,8 @@ impl Validator {
                     "`clusters` must be a mapping of cluster names to clusters",
                     None,
                 );
+                // References cannot be checked against clusters that could not be read.
+                self.clusters_unreadable = true;
                 Vec::new()
             }
         };
@@ -341,11 +489,16 @@ impl Validator {
         let mut out = Vec::new();
         for (k, v) in m {
             let Some(name) = k.as_str() else {
-                self.issue(
+                let written = match k {
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => COMPLEX_KEY.to_string(),
+                };
+                self.issue_at_key(
                     IssueKind::InvalidName,
-                    "clusters",
+                    &child("clusters", &written),
                     "cluster names must be strings",
-                    None,
+                    Some("names match [a-z0-9][a-z0-9_-]*".into()),
                 );
                 continue;
             };
@@ -363,10 +516,27 @@ impl Validator {
                 if let Some(c) = self.cluster(name, &path, raw) {
                     out.push(c);
                 }
+            } else if let Some(pin) = v.get("credentials").and_then(|c| c.get("pin")) {
+                // A PIN written in the plan is reported even when the cluster has other faults.
+                self.pin(pin, &child(&child(&path, "credentials"), "pin"));
             }
         }
         let names = self.declared.clone();
         for c in &out {
+            if let Some(via) = clone_cycle(&out, &c.name) {
+                let path = child(&child("clusters", &c.name), "cloned_from");
+                let msg = if via.len() == 1 {
+                    format!("cluster `{}` is cloned from itself", c.name)
+                } else {
+                    format!("`cloned_from` goes round in a circle: {} → {}", via.join(" → "), c.name)
+                };
+                self.issue(
+                    IssueKind::CloneCycle,
+                    &path,
+                    msg,
+                    Some("`cloned_from` names the cluster this one was cloned from; the original has none".into()),
+                );
+            }
             if let Some(parent) = &c.cloned_from {
                 if !names.contains(parent) {
                     let path = child(&child("clusters", &c.name), "cloned_from");
@@ -540,12 +710,18 @@ impl Validator {
                 } else {
                     self.base_dir.join(expanded)
                 };
-                if let Err(e) = std::fs::File::open(&full) {
+                let problem = match std::fs::metadata(&full) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(m) if !m.is_file() => Some("it is not a regular file".to_string()),
+                    // Opening proves readability without reading the PIN here.
+                    Ok(_) => std::fs::File::open(&full).err().map(|e| e.to_string()),
+                };
+                if let Some(why) = problem {
                     self.issue(
                         IssueKind::PinFile,
                         &fpath,
-                        format!("cannot read PIN file {}: {e}", full.display()),
-                        Some("paths are relative to the plan file".into()),
+                        format!("cannot read PIN file {}: {why}", full.display()),
+                        Some("relative paths are relative to the plan file".into()),
                     );
                     return None;
                 }
@@ -573,17 +749,49 @@ impl Validator {
         }
     }
 
+    /// Deserializes each item of a list field; `None` when the field is absent.
+    fn items<T: DeserializeOwned>(&mut self, list: Option<&Value>, path: &str, what: &str) -> Option<Items<T>> {
+        match list? {
+            Value::Sequence(items) => Some(Items {
+                len: items.len(),
+                ok: items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, it)| self.section::<T>(it, &index(path, j)).map(|t| (j, t)))
+                    .collect(),
+            }),
+            _ => {
+                self.issue(
+                    IssueKind::WrongType,
+                    path,
+                    format!("`{}` must be a list of {what}", path.rsplit('.').next().unwrap_or(path)),
+                    None,
+                );
+                Some(Items { len: 1, ok: Vec::new() })
+            }
+        }
+    }
+
     fn syncs(&mut self, items: &[Value], clusters: &[Cluster]) -> Vec<SyncEntry> {
         let names = self.declared.clone();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, v) in items.iter().enumerate() {
             let path = index("sync", i);
-            let Some(raw) = self.section::<RawSync>(v, &path) else {
-                continue;
+            // Selectors and resources are deserialized one by one, so a bad selector neither
+            // hides the next one nor the entry's own problems.
+            let (shell, keys, notify) = split_entry(v);
+            let keys = self.items::<RawSelector>(keys, &child(&path, "keys"), "key selectors");
+            let notify = self.items::<RawNotify>(notify, &child(&path, "notify"), "resources");
+            // Names are checked from the YAML itself, so that an entry with other faults
+            // still takes its name and a second use of it is reported.
+            let written = match v.get("name") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(n)) => Some(n.clone()),
+                Some(_) => Some(String::new()), // a wrong type: serde reports it below
             };
-            let name = raw.name.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
-            if raw.name.is_some() && !valid_name(&name) {
+            let name = written.clone().unwrap_or_else(|| format!("sync-{}", i + 1));
+            if written.as_deref().is_some_and(|n| !n.is_empty()) && !valid_name(&name) {
                 self.issue(
                     IssueKind::InvalidName,
                     &child(&path, "name"),
@@ -591,18 +799,28 @@ impl Validator {
                     Some("names match [a-z0-9][a-z0-9_-]*".into()),
                 );
             }
-            if let Some(first) = seen.insert(name.clone(), i) {
+            if name.is_empty() {
+                // reported as a wrong type by serde
+            } else if let Some(first) = seen.insert(name.clone(), i) {
                 let (l, _) = self
                     .src
                     .line_col(self.src.locate(&index("sync", first)).map_or(0, |s| s.offset()));
+                let at = if written.is_some() {
+                    child(&path, "name")
+                } else {
+                    path.clone()
+                };
                 self.issue(
                     IssueKind::DuplicateSync,
-                    &child(&path, "name"),
+                    &at,
                     format!("duplicate sync name `{name}` (first used on line {l})"),
                     Some("give each sync entry its own `name`".into()),
                 );
             }
-            if let Some(entry) = self.sync(&path, name, raw, clusters, &names) {
+            let Some(raw) = self.section::<RawSync>(&shell, &path) else {
+                continue;
+            };
+            if let Some(entry) = self.sync(&path, name, raw, (keys, notify), clusters, &names) {
                 out.push(entry);
             }
         }
@@ -610,9 +828,29 @@ impl Validator {
     }
 
     /// Checks one (source, target) pair; `tpath` points at the target's name.
-    fn pair(&mut self, source: &Cluster, target: &str, tpath: &str, clusters: &[Cluster], names: &[String]) {
+    /// `source` is `None` when the source cluster is itself invalid or undefined: the
+    /// target is then checked only for existence and for being the source.
+    fn pair(
+        &mut self,
+        (sname, source): (&str, Option<&Cluster>),
+        target: &str,
+        tpath: &str,
+        clusters: &[Cluster],
+        names: &[String],
+    ) {
         let Some(t) = clusters.iter().find(|c| c.name == target) else {
+            if self.clusters_unreadable {
+                return;
+            }
             if names.iter().any(|n| n == target) {
+                if target == sname {
+                    self.issue(
+                        IssueKind::SourceInTargets,
+                        tpath,
+                        format!("`{target}` is the source of this entry and cannot be one of its targets"),
+                        Some("remove it from `targets`".into()),
+                    );
+                }
                 return; // declared but invalid: its own problem is reported
             }
             let help = suggest(target, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
@@ -624,7 +862,7 @@ impl Validator {
             );
             return;
         };
-        if t.name == source.name {
+        if t.name == sname {
             self.issue(
                 IssueKind::SourceInTargets,
                 tpath,
@@ -633,7 +871,15 @@ impl Validator {
             );
             return;
         }
-        if !linked(clusters, &source.name, &t.name) {
+        let Some(source) = source else {
+            return;
+        };
+        // A broken `cloned_from` (undefined, or a cycle) is reported on its own; the missing
+        // link it causes here is not reported a second time.
+        let broken = |c: &Cluster| {
+            c.cloned_from.as_ref().is_some_and(|p| !names.contains(p)) || clone_cycle(clusters, &c.name).is_some()
+        };
+        if !broken(source) && !broken(t) && !linked(clusters, &source.name, &t.name) {
             self.issue(IssueKind::NotCloned, tpath, format!("`{target}` is not linked to `{}` through `cloned_from`", source.name), Some(format!("hsm-sync syncs only between clones: add `cloned_from: {}` to cluster `{target}` if it was cloned from it", source.name)));
         }
         if t.credentials.role != source.credentials.role || t.credentials.user != source.credentials.user {
@@ -658,14 +904,14 @@ impl Validator {
         path: &str,
         name: String,
         raw: RawSync,
+        (keys, resources): (Option<Items<RawSelector>>, Option<Items<RawNotify>>),
         clusters: &[Cluster],
         names: &[String],
     ) -> Option<SyncEntry> {
         let spath = child(path, "source");
-        let Some(source) = clusters.iter().find(|c| c.name == raw.source) else {
-            if names.contains(&raw.source) {
-                return None; // declared but invalid: its own problem is reported
-            }
+        // An undefined or invalid source still lets the rest of the entry be checked.
+        let source = clusters.iter().find(|c| c.name == raw.source);
+        if source.is_none() && !names.contains(&raw.source) && !self.clusters_unreadable {
             let help = suggest(&raw.source, names.iter().map(String::as_str)).unwrap_or_else(|| defined_help(names));
             self.issue(
                 IssueKind::UndefinedCluster,
@@ -673,8 +919,8 @@ impl Validator {
                 format!("cluster `{}` is not defined", raw.source),
                 Some(help),
             );
-            return None;
-        };
+        }
+        let src = (raw.source.as_str(), source);
         let tpath = child(path, "targets");
         if raw.targets.is_empty() {
             self.issue(
@@ -694,10 +940,11 @@ impl Validator {
                     None,
                 );
             }
-            self.pair(source, t, &index(&tpath, j), clusters, names);
+            self.pair(src, t, &index(&tpath, j), clusters, names);
         }
         let kpath = child(path, "keys");
-        if raw.keys.is_empty() {
+        let keys = keys.unwrap_or_default();
+        if keys.len == 0 {
             self.issue(
                 IssueKind::EmptySelector,
                 &kpath,
@@ -706,15 +953,15 @@ impl Validator {
             );
         }
         let mut selectors = Vec::new();
-        for (j, sel) in raw.keys.into_iter().enumerate() {
+        for (j, sel) in keys.ok {
             let sp = index(&kpath, j);
-            if let Some(s) = self.selector(&sp, sel, &raw.targets, source, clusters, names) {
+            if let Some(s) = self.selector(&sp, sel, &raw.targets, src, clusters, names) {
                 selectors.push(s);
             }
         }
         let mut notify = Vec::new();
         let mut rnames = HashSet::new();
-        for (j, n) in raw.notify.into_iter().enumerate() {
+        for (j, n) in resources.unwrap_or_default().ok {
             let np = index(&child(path, "notify"), j);
             if !rnames.insert(n.name.clone()) {
                 self.issue(
@@ -787,6 +1034,7 @@ impl Validator {
                 retries: n.retries.unwrap_or(crate::notify::DEFAULT_RETRIES),
             });
         }
+        let source = source?;
         Some(SyncEntry {
             name,
             source: source.name.clone(),
@@ -801,7 +1049,7 @@ impl Validator {
         sp: &str,
         sel: RawSelector,
         entry_targets: &[String],
-        source: &Cluster,
+        source: (&str, Option<&Cluster>),
         clusters: &[Cluster],
         names: &[String],
     ) -> Option<Selector> {
@@ -830,8 +1078,8 @@ impl Validator {
             },
             (None, Some(label), None) => {
                 if label.contains(['*', '?', '[']) {
-                    match globset::GlobBuilder::new(&label).literal_separator(false).build() {
-                        Ok(g) => KeyMatcher::LabelGlob(label, g.compile_matcher()),
+                    match LabelGlob::parse(&label) {
+                        Ok(g) => KeyMatcher::LabelGlob(label, g),
                         Err(e) => {
                             self.issue(
                                 IssueKind::InvalidGlob,
@@ -926,6 +1174,41 @@ impl Validator {
     }
 }
 
+/// The items of a list field that deserialized, with their indexes, and how many there were.
+struct Items<T> {
+    len: usize,
+    ok: Vec<(usize, T)>,
+}
+
+impl<T> Default for Items<T> {
+    fn default() -> Self {
+        Items { len: 0, ok: Vec::new() }
+    }
+}
+
+/// A sync entry without its `keys` and `notify` lists (left empty, so serde still reports
+/// them missing when absent), and those lists.
+fn split_entry(v: &Value) -> (Value, Option<&Value>, Option<&Value>) {
+    let Value::Mapping(m) = v else {
+        return (v.clone(), None, None);
+    };
+    let mut shell = Mapping::with_capacity(m.len());
+    let (mut keys, mut notify) = (None, None);
+    for (k, val) in m {
+        let slot = match k.as_str() {
+            Some("keys") => &mut keys,
+            Some("notify") => &mut notify,
+            _ => {
+                shell.insert(k.clone(), val.clone());
+                continue;
+            }
+        };
+        *slot = Some(val);
+        shell.insert(k.clone(), Value::Sequence(Vec::new()));
+    }
+    (Value::Mapping(shell), keys, notify)
+}
+
 fn defined_help(names: &[String]) -> String {
     if names.is_empty() {
         "no clusters are defined".to_string()
@@ -961,15 +1244,65 @@ fn linked(clusters: &[Cluster], a: &str, b: &str) -> bool {
     false
 }
 
+/// The chain of `cloned_from` links from `start` when it leads back to `start` (a cycle),
+/// beginning with `start`; `None` when the chain ends.
+fn clone_cycle(clusters: &[Cluster], start: &str) -> Option<Vec<String>> {
+    let mut chain = vec![start.to_string()];
+    let mut at = start;
+    // A chain longer than the number of clusters has gone round; one not through `start` is
+    // reported from its own members.
+    for _ in 0..clusters.len() {
+        let next = clusters.iter().find(|c| c.name == at)?.cloned_from.as_deref()?;
+        if next == start {
+            return Some(chain);
+        }
+        if chain.iter().any(|c| c == next) {
+            return None;
+        }
+        chain.push(next.to_string());
+        at = next;
+    }
+    None
+}
+
 /// A URL check light enough for validation: scheme http(s) and a host.
 fn check_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| "the scheme must be http or https".to_string())?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() || host.contains(char::is_whitespace) {
+    if url.contains(char::is_whitespace) {
+        return Err("the URL contains a blank".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // user:password@ in a URL would put a secret in the plan, like an inline PIN.
+    if authority.contains('@') {
+        return Err("credentials in the URL; keep secrets out of the plan".into());
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // [v6::address]:port
+        Some(v6) => {
+            let (h, after) = v6.split_once(']').ok_or("an IPv6 host is missing its `]`")?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
         return Err("the URL has no host".into());
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '.' | '_' | ':' | '%'))
+    {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(format!("`{p}` is not a port (1-65535)"));
+        }
     }
     Ok(())
 }
@@ -1022,6 +1355,56 @@ mod tests {
         assert!(linked(&cs, "a", "c"));
         assert!(linked(&cs, "c", "a"));
         assert!(!linked(&cs, "a", "z"));
+    }
+
+    #[test]
+    fn urls_need_http_a_host_and_a_valid_port() {
+        for ok in [
+            "http://127.0.0.1:8080/key-events",
+            "https://audit.example/hook?x=1",
+            "http://[::1]:9000/",
+            "http://host",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http:///path",
+            "http://host:99999/",
+            "http://host:0/",
+            "http://host:/",
+            "http://a b/",
+            "http://user:pw@host/",
+            "http://[::1/",
+            "key events",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_section_with_thousands_of_problems_is_cut_short() {
+        let mut text = String::from("version: 1\nclusters: {}\noptions:\n");
+        for i in 0..5000 {
+            text.push_str(&format!("  k{i}: 1\n"));
+        }
+        let Err(PlanError::Invalid(inv)) = validate(Path::new("p.yaml"), "p.yaml", text) else {
+            panic!("invalid")
+        };
+        assert_eq!(inv.issues.len(), MAX_SECTION_ROUNDS + 1);
+        assert!(inv.issues.iter().any(|i| i.kind == IssueKind::TooManyProblems));
+    }
+
+    #[test]
+    fn label_globs_match_whole_labels_and_slashes_are_ordinary() {
+        let g = |p: &str| LabelGlob::parse(p).unwrap();
+        assert!(g("payments-*").is_match("payments-2026/eu"));
+        assert!(!g("payments-*").is_match("old-payments-1"));
+        assert!(g("key-?").is_match("key-7"));
+        assert!(!g("key-?").is_match("key-10"));
+        assert!(g("[ab]-1").is_match("b-1"));
+        assert!(LabelGlob::parse("[ab").is_err());
     }
 
     #[test]

@@ -2,7 +2,70 @@
 //! PKCS#11 libraries, and tokens holding objects no plan anticipated. Each gives a
 //! diagnostic and a non-zero exit quickly, never a crash.
 
+use std::time::{Duration, Instant};
+
 use crate::world::{two_cluster_plan, World};
+
+/// Validates a plan written by `make`, returning the output; asserts a clean refusal.
+fn refused(w: &World, name: &str, bytes: &[u8], expect: &str) {
+    std::fs::write(w.path().join(name), bytes).expect("write plan");
+    let started = Instant::now();
+    let out = w.run(&["validate", name]);
+    let took = started.elapsed();
+    assert_eq!(out.code, 1, "{name}: {}", &out.stderr[..out.stderr.len().min(2000)]);
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("overflow"),
+        "{name}: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(expect),
+        "{name}: expected `{expect}` in:\n{}",
+        &out.stderr[..out.stderr.len().min(2000)]
+    );
+    assert!(
+        out.stderr.len() < 64 * 1024,
+        "{name}: the diagnostic is bounded, not {} bytes",
+        out.stderr.len()
+    );
+    assert!(took < Duration::from_secs(10), "{name}: refused in {took:?}");
+}
+
+#[test]
+fn hostile_plans_get_a_diagnostic_quickly() {
+    let w = World::new();
+    // Billion laughs: nine levels of nine aliases.
+    let mut laughs =
+        String::from("version: 1\na: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut prev = 'a';
+    for c in 'b'..='j' {
+        laughs.push_str(&format!(
+            "{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+        prev = c;
+    }
+    laughs.push_str(&format!("clusters: *{prev}\nsync: []\n"));
+    refused(&w, "laughs.yaml", laughs.as_bytes(), "plan::");
+    // Deep nesting, flow and block style.
+    let flow = format!("version: 1\nclusters: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    refused(&w, "flow.yaml", flow.as_bytes(), "plan::");
+    let mut block = String::from("version: 1\nclusters:\n");
+    for i in 1..3000 {
+        block.push_str(&format!("{}k{i}:\n", "  ".repeat(i)));
+    }
+    refused(&w, "block.yaml", block.as_bytes(), "plan::");
+    // Binary, and text in another encoding.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(25_600).collect();
+    refused(&w, "binary.yaml", &binary, "not valid UTF-8");
+    refused(&w, "latin1.yaml", b"version: 1\n# caf\xe9\n", "not valid UTF-8");
+    // Too large: refused before it is read.
+    let mut huge = b"version: 1\n".to_vec();
+    huge.resize(17 * 1024 * 1024, b'#');
+    refused(&w, "huge.yaml", &huge, "larger than");
+    // One endless line: the diagnostic shows where, not the line.
+    let line = format!("version: 1\nclusters: {{ {} }}\n", "x".repeat(4 * 1024 * 1024));
+    refused(&w, "line.yaml", line.as_bytes(), "plan::");
+}
 
 #[test]
 fn a_module_that_is_not_a_pkcs11_library_is_a_clear_error() {

@@ -6,6 +6,7 @@ mod engine;
 mod faults;
 mod hostile;
 mod notify;
+mod plan_lang;
 mod reliability;
 mod workflow;
 mod world;
