@@ -762,7 +762,7 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, usize) {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    let inv = hsm_sync::inventory::read_all(&tokens, &names).expect("read_all");
+    let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
     let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
     let outcomes = hsm_sync::executor::execute(&diff, &tokens, threads, false, &hsm_sync::progress::Silent);
     let took = start.elapsed();
@@ -778,7 +778,7 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, usize) {
 }
 
 /// hsm-sync's `plan`, through the library: (time, unchanged items).
-fn hsm_plan(plan: &Path) -> (Duration, usize, f64) {
+fn hsm_plan(plan: &Path, threads: usize) -> (Duration, usize, f64) {
     let start = Instant::now();
     let loaded = hsm_sync::plan::load(plan).expect("the bench plan is valid");
     let (tokens, _proofs) = hsm_sync::connect::connect(&loaded.plan).expect("connect");
@@ -789,7 +789,7 @@ fn hsm_plan(plan: &Path) -> (Duration, usize, f64) {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    let inv = hsm_sync::inventory::read_all(&tokens, &names).expect("read_all");
+    let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
     let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
     let took = start.elapsed();
     (
@@ -914,7 +914,7 @@ fn child(args: &[String]) {
 
     if s.mode == Mode::PlanRss {
         reset_peak();
-        let (t, n, connect_rss) = hsm_plan(&plan);
+        let (t, n, connect_rss) = hsm_plan(&plan, s.threads);
         assert_eq!(n, s.objects(), "plan sees every key");
         let _ = write!(
             out,
@@ -996,7 +996,7 @@ fn child(args: &[String]) {
     let mut best_plan = Duration::MAX;
     let mut best_inv = Duration::MAX;
     for _ in 0..2 {
-        let (t, n, _) = hsm_plan(&plan);
+        let (t, n, _) = hsm_plan(&plan, s.threads);
         assert_eq!(n, objs.len() * s.targets, "plan sees every copy");
         best_plan = best_plan.min(t);
         let (t, _) = raw_inventory(&c, &tokens);

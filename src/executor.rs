@@ -238,7 +238,7 @@ fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize])
     let (material, fingerprint, attempts) = if key.class == KeyClass::PublicKey {
         (Material::Public, public_fingerprint(key.key_type, &key.public), 1)
     } else {
-        match sessions.retry(source, |s| s.wrap(key.handle)) {
+        match sessions.retry(source, |s| s.wrap(key.handle, key.class)) {
             (Ok(b), n) => {
                 let fp = b.fingerprint(key.class);
                 (Material::Wrapped(b), fp, n)
@@ -337,11 +337,19 @@ fn verify(
     fingerprint: &str,
     hmac_check: &Result<HmacCheck, HsmError>,
 ) -> Result<Option<String>, String> {
-    let copy = t
-        .read_key_at(h)
-        .map_err(|e| format!("verify: {e}"))?
-        .ok_or("verify: the copy vanished")?;
-    let copy_fp = t.fingerprint(&copy).map_err(|e| format!("verify: {e}"))?;
+    // A secret or private copy is proven by wrapping it here (one call): the fingerprint
+    // is the digest of that wrap. A public copy is read back and its public attributes
+    // hashed.
+    let copy_fp = if key.class == KeyClass::PublicKey {
+        let copy = t
+            .read_key_at(h)
+            .map_err(|e| format!("verify: {e}"))?
+            .ok_or("verify: the copy vanished")?;
+        t.fingerprint(&copy)
+    } else {
+        t.fingerprint_at(h, key.class)
+    }
+    .map_err(|e| format!("verify: {e}"))?;
     if copy_fp.as_deref() != Some(fingerprint) {
         return Err("verify: the copy's fingerprint differs from the source's".into());
     }

@@ -92,7 +92,13 @@ impl Online {
 pub(crate) fn online_diff(plan: &Plan) -> miette::Result<Online> {
     let (tokens, _proofs) = connect(plan)?;
     let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
-    let inventories = read_all(&tokens, &names)?;
+    // As many sessions per token as the plan's workers (--jobs is an apply option; the
+    // inventory comes before it).
+    let workers = plan
+        .options
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let inventories = read_all(&tokens, &names, workers)?;
     let diff = diff(plan, &inventories);
     Ok(Online {
         tokens,
