@@ -132,10 +132,13 @@ fn supported(k: &KeyObject) -> bool {
 /// key pairs (a public key whose private half, same id, is private on the source).
 fn owned_by_user(k: &KeyObject, source: &Inventory) -> bool {
     match k.class {
-        KeyClass::PublicKey => source
-            .keys
-            .iter()
-            .any(|p| p.class == KeyClass::PrivateKey && !k.id.is_empty() && p.id == k.id && p.flags.private),
+        KeyClass::PublicKey => {
+            !k.id.is_empty()
+                && source
+                    .by_identity(&Identity::Id(KeyClass::PrivateKey, k.id.clone()))
+                    .iter()
+                    .any(|p| p.flags.private)
+        }
         _ => k.flags.private,
     }
 }
@@ -290,7 +293,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
         }
         // Group by target (in the entry's order), then key identity.
         let order = entry.all_targets();
-        items.sort_by_key(|i: &DiffItem| {
+        items.sort_by_cached_key(|i: &DiffItem| {
             (
                 order.iter().position(|t| *t == i.target),
                 i.key.class,
@@ -483,20 +486,26 @@ mod tests {
             .plan
     }
 
+    /// Inventories are sorted by identity, as `read_all` leaves them.
+    fn sorted(mut keys: Vec<KeyObject>) -> Vec<KeyObject> {
+        crate::hsm::ops::sort_keys(&mut keys);
+        keys
+    }
+
     fn inv(a: Vec<KeyObject>, b: Vec<KeyObject>) -> Inventories {
         Inventories::from([
             (
                 "a".to_string(),
                 Inventory {
                     cluster: "a".into(),
-                    keys: a,
+                    keys: sorted(a),
                 },
             ),
             (
                 "b".to_string(),
                 Inventory {
                     cluster: "b".into(),
-                    keys: b,
+                    keys: sorted(b),
                 },
             ),
         ])

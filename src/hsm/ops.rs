@@ -720,5 +720,5 @@ impl TokenSession {
 
 /// Sorts keys by identity, then handle: the order inventories are kept in.
 pub(crate) fn sort_keys(keys: &mut [KeyObject]) {
-    keys.sort_by(|a, b| a.identity().cmp(&b.identity()).then(a.handle.cmp(&b.handle)));
+    keys.sort_by(|a, b| a.cmp_by_identity(b).then(a.handle.cmp(&b.handle)));
 }
