@@ -307,11 +307,23 @@ fn orchestrate(o: Opts) {
     );
     println!("keys/s = source key objects copied to every target per second (a pair is 2 objects)");
     println!("apply = load plan → connect → read_all → diff → execute; raw = wrap → unwrap → verify only");
+    println!("exec = apply's execute step alone (the copies; apply minus connect, inventory and diff)");
     println!("plan = load → connect → read_all → diff (all unchanged); inv = find + 1 C_GetAttributeValue/object");
     println!();
     let header = format!(
-        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
-        "scenario", "keys", "raw k/s", "apply k/s", "a/raw", "plan s", "inv s", "p/inv", "RSS MB", "gen s"
+        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
+        "scenario",
+        "keys",
+        "raw k/s",
+        "apply k/s",
+        "a/raw",
+        "exec k/s",
+        "e/raw",
+        "plan s",
+        "inv s",
+        "p/inv",
+        "RSS MB",
+        "gen s"
     );
     println!("{header}");
     println!("{}", "─".repeat(header.chars().count()));
@@ -347,9 +359,11 @@ fn print_row(s: &Scenario, r: &Row) {
     };
     match s.mode {
         Mode::PlanRss => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
             s.name(),
             s.objects(),
+            "-",
+            "-",
             "-",
             "-",
             "-",
@@ -361,12 +375,14 @@ fn print_row(s: &Scenario, r: &Row) {
             f("connect_rss_mb", 0),
         ),
         _ => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
             s.name(),
             s.objects(),
             f("raw_kps", 0),
             f("apply_kps", 0),
             ratio("apply_kps", "raw_kps"),
+            f("exec_kps", 0),
+            ratio("exec_kps", "raw_kps"),
             f("plan_s", 3),
             f("inv_s", 3),
             ratio("plan_s", "inv_s"),
@@ -751,8 +767,8 @@ fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
     y
 }
 
-/// hsm-sync's `apply`, through the library: (time, jobs ok).
-fn hsm_apply(plan: &Path, threads: usize) -> (Duration, usize) {
+/// hsm-sync's `apply`, through the library: (time, of which `execute`, jobs ok).
+fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
     let start = Instant::now();
     let loaded = hsm_sync::plan::load(plan).expect("the bench plan is valid");
     let (tokens, _proofs) = hsm_sync::connect::connect(&loaded.plan).expect("connect");
@@ -764,8 +780,10 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, usize) {
         .collect();
     let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
     let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
+    let exec_start = Instant::now();
     let outcomes = hsm_sync::executor::execute(&diff, &tokens, threads, false, &hsm_sync::progress::Silent);
     let took = start.elapsed();
+    let exec = exec_start.elapsed();
     let ok = outcomes
         .iter()
         .zip(&diff.items)
@@ -774,7 +792,7 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, usize) {
     if let Some(o) = outcomes.iter().find(|o| o.status == Status::Failed) {
         panic!("a job failed: {:?}", o.error);
     }
-    (took, ok)
+    (took, exec, ok)
 }
 
 /// hsm-sync's `plan`, through the library: (time, unchanged items).
@@ -979,13 +997,14 @@ fn child(args: &[String]) {
 
     // (a) hsm-sync apply
     reset_peak();
-    let (apply, ok) = hsm_apply(&plan, s.threads);
+    let (apply, exec, ok) = hsm_apply(&plan, s.threads);
     assert_eq!(ok, objs.len() * s.targets, "every copy made and verified");
     let _ = write!(
         out,
-        " apply_s={:.3} apply_kps={:.1} apply_rss_mb={:.1}",
+        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} apply_rss_mb={:.1}",
         apply.as_secs_f64(),
         n / apply.as_secs_f64(),
+        n / exec.as_secs_f64(),
         rss_mb("VmHWM:")
     );
 

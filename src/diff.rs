@@ -87,9 +87,12 @@ pub struct DiffItem {
     /// The source key's fingerprint, where known.
     pub fingerprint: Option<String>,
     /// The source key, for create and update.
-    pub source_key: Option<KeyObject>,
+    ///
+    /// Boxed, like `target_key`: most items have one of the two, and an item is a
+    /// quarter of its inline size without them (peak RSS at 100,000 keys, issue 6).
+    pub source_key: Option<Box<KeyObject>>,
     /// The target's object, for update and delete.
-    pub target_key: Option<KeyObject>,
+    pub target_key: Option<Box<KeyObject>>,
 }
 
 /// The whole dry-run diff.
@@ -248,6 +251,8 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
         let mut items = Vec::new();
         for sel in &entry.selectors {
             let picked: Vec<&KeyObject> = src_inv.keys.iter().filter(|k| matches(&sel.matcher, k)).collect();
+            // About one item per picked key and target: sized once, not doubled as it grows.
+            items.reserve(picked.len() * sel.targets.len());
             match sel.state {
                 DesiredState::Present => {
                     if picked.is_empty() {
@@ -301,7 +306,12 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
                 i.key.label.clone(),
             )
         });
-        out.items.extend(items);
+        // Move, not copy: at 100,000 keys a second vector of items is tens of megabytes.
+        if out.items.is_empty() {
+            out.items = items;
+        } else {
+            out.items.append(&mut items);
+        }
     }
     out
 }
@@ -325,8 +335,8 @@ fn item(
         action,
         reason,
         fingerprint: src.and_then(|k| k.fingerprint.clone()),
-        source_key: src.cloned(),
-        target_key: dst.cloned(),
+        source_key: src.map(|k| Box::new(k.clone())),
+        target_key: dst.map(|k| Box::new(k.clone())),
     }
 }
 

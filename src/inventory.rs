@@ -62,8 +62,11 @@ fn read_one(tokens: &Tokens, name: &str, workers: usize) -> Result<Inventory, Hs
     let first = token.session()?;
     let handles = first.key_handles()?;
     let next = AtomicUsize::new(0);
+    let sessions = workers.min(handles.len().div_ceil(CHUNK)).max(1);
     let work = |s: &TokenSession| -> Result<Vec<KeyObject>, HsmError> {
-        let mut out = Vec::new();
+        // Each worker's share, give or take a chunk: sized once rather than doubled as it
+        // grows (at 100,000 keys the doubling was tens of megabytes of peak RSS).
+        let mut out = Vec::with_capacity(handles.len() / sessions + CHUNK);
         loop {
             let i = next.fetch_add(CHUNK, Ordering::Relaxed);
             let Some(chunk) = handles.get(i..(i + CHUNK).min(handles.len())) else {
@@ -78,12 +81,16 @@ fn read_one(tokens: &Tokens, name: &str, workers: usize) -> Result<Inventory, Hs
         }
         Ok(out)
     };
-    let extra = workers.min(handles.len().div_ceil(CHUNK)).saturating_sub(1);
     let mut keys = std::thread::scope(|scope| -> Result<Vec<KeyObject>, HsmError> {
-        let helpers: Vec<_> = (0..extra).map(|_| scope.spawn(|| work(&token.session()?))).collect();
+        let helpers: Vec<_> = (1..sessions).map(|_| scope.spawn(|| work(&token.session()?))).collect();
         let mut keys = work(&first)?;
+        let mut rest = Vec::new();
         for h in helpers {
-            keys.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+            rest.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+        }
+        keys.reserve_exact(rest.iter().map(Vec::len).sum());
+        for mut r in rest {
+            keys.append(&mut r);
         }
         Ok(keys)
     })?;
