@@ -309,9 +309,11 @@ fn orchestrate(o: Opts) {
     println!("apply = load plan → connect → read_all → diff → execute; raw = wrap → unwrap → verify only");
     println!("exec = apply's execute step alone (the copies; apply minus connect, inventory and diff)");
     println!("plan = load → connect → read_all → diff (all unchanged); inv = find + 1 C_GetAttributeValue/object");
+    println!("RSS MB (+) = the process's peak during apply (plan for plan-rss), SoftHSM included, and (+) its growth");
+    println!("  over the RSS just before (SoftHSM keeps every object in memory: new copies grow it too)");
     println!();
     let header = format!(
-        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
+        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}",
         "scenario",
         "keys",
         "raw k/s",
@@ -322,7 +324,7 @@ fn orchestrate(o: Opts) {
         "plan s",
         "inv s",
         "p/inv",
-        "RSS MB",
+        "RSS MB (+)",
         "gen s"
     );
     println!("{header}");
@@ -359,7 +361,7 @@ fn print_row(s: &Scenario, r: &Row) {
     };
     match s.mode {
         Mode::PlanRss => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
             s.name(),
             s.objects(),
             "-",
@@ -370,12 +372,15 @@ fn print_row(s: &Scenario, r: &Row) {
             f("plan_s", 2),
             "-",
             "-",
-            f("plan_rss_mb", 0),
+            match (r.get("plan_rss_mb"), r.get("connect_rss_mb")) {
+                (Some(p), Some(c)) => format!("{p:.0} (+{:.0})", p - c),
+                _ => "-".into(),
+            },
             f("gen_s", 0),
             f("connect_rss_mb", 0),
         ),
         _ => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>7} {:>7}",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}",
             s.name(),
             s.objects(),
             f("raw_kps", 0),
@@ -386,7 +391,10 @@ fn print_row(s: &Scenario, r: &Row) {
             f("plan_s", 3),
             f("inv_s", 3),
             ratio("plan_s", "inv_s"),
-            f("apply_rss_mb", 0),
+            match (r.get("apply_rss_mb"), r.get("before_rss_mb")) {
+                (Some(p), Some(b)) => format!("{p:.0} (+{:.0})", p - b),
+                _ => "-".into(),
+            },
             f("gen_s", 0),
         ),
     }
@@ -996,12 +1004,13 @@ fn child(args: &[String]) {
     );
 
     // (a) hsm-sync apply
+    let before = rss_mb("VmRSS:");
     reset_peak();
     let (apply, exec, ok) = hsm_apply(&plan, s.threads);
     assert_eq!(ok, objs.len() * s.targets, "every copy made and verified");
     let _ = write!(
         out,
-        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} apply_rss_mb={:.1}",
+        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} before_rss_mb={before:.1} apply_rss_mb={:.1}",
         apply.as_secs_f64(),
         n / apply.as_secs_f64(),
         n / exec.as_secs_f64(),
