@@ -138,6 +138,29 @@ impl KeyObject {
         }
     }
 
+    /// How this key's identity compares with `id`, in [`Identity`]'s order, without
+    /// building it (inventories are sorted and searched by identity).
+    pub fn cmp_identity(&self, id: &Identity) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self.id.is_empty(), id) {
+            (false, Identity::Id(c, v)) => (self.class, self.id.as_slice()).cmp(&(*c, v.as_slice())),
+            (false, Identity::Label(..)) => Ordering::Less,
+            (true, Identity::Id(..)) => Ordering::Greater,
+            (true, Identity::Label(c, l)) => (self.class, self.label.as_str()).cmp(&(*c, l.as_str())),
+        }
+    }
+
+    /// How two keys' identities compare, in [`Identity`]'s order, without building them.
+    pub fn cmp_by_identity(&self, other: &KeyObject) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self.id.is_empty(), other.id.is_empty()) {
+            (false, false) => (self.class, self.id.as_slice()).cmp(&(other.class, other.id.as_slice())),
+            (false, true) => Ordering::Less,
+            (true, false) => Ordering::Greater,
+            (true, true) => (self.class, self.label.as_str()).cmp(&(other.class, other.label.as_str())),
+        }
+    }
+
     /// The report's view of this key.
     pub fn key_ref(&self) -> KeyRef {
         KeyRef {

@@ -102,7 +102,13 @@ pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str
         None => None,
     };
     let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
-    let inventories = read_all(&tokens, &names)?;
+    // As many sessions per token as the plan's workers (--jobs is an apply option; the
+    // inventory comes before it).
+    let workers = plan
+        .options
+        .parallelism
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let inventories = read_all(&tokens, &names, workers)?;
     let mut diff = diff(plan, &inventories);
     if let Some(s) = shard {
         diff = diff.shard(s);

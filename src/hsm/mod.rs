@@ -29,15 +29,53 @@ pub use state::DataObject;
 
 use crate::plan::{Cluster, TokenRef};
 
+/// A module's raw function list, beside cryptoki's context on the same library, for the
+/// calls where cryptoki's convenience costs double (PKCS11-NOTES.md): `Session::wrap_key`
+/// calls `C_WrapKey` twice and the token does the whole wrap both times; `get_attributes`
+/// calls `C_GetAttributeValue` twice for variable-length attributes. One call with buffers
+/// sized in advance does the same work once (issue 6).
+pub(crate) struct RawFns {
+    /// The function list the module handed out (plain function pointers).
+    pub(crate) f: cryptoki_sys::CK_FUNCTION_LIST,
+    /// Keeps the library (and so the pointers in `f`) loaded.
+    _lib: cryptoki_sys::Pkcs11,
+}
+
+impl RawFns {
+    /// Loads the library again (the dynamic loader shares the instance cryptoki loaded)
+    /// and takes its function list; `None` when the module offers none.
+    fn load(path: &Path) -> Option<RawFns> {
+        // SAFETY: the library is the PKCS#11 module cryptoki already loaded and
+        // initialised; C_GetFunctionList only hands out a pointer to its static table,
+        // which stays valid while `_lib` keeps the library loaded.
+        unsafe {
+            let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
+            let get = *lib.C_GetFunctionList.as_ref().ok()?;
+            let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
+            if get(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
+                return None;
+            }
+            Some(RawFns { f: *list, _lib: lib })
+        }
+    }
+}
+
+/// A loaded module: cryptoki's context and, where available, the raw function list.
+type Loaded = (Arc<Pkcs11>, Option<Arc<RawFns>>);
+
 /// The loaded PKCS#11 modules of a run, each loaded and initialised once.
 #[derive(Default)]
 pub struct Modules {
-    loaded: Mutex<HashMap<PathBuf, Arc<Pkcs11>>>,
+    loaded: Mutex<HashMap<PathBuf, Loaded>>,
 }
 
 impl Modules {
     /// Loads (or returns the already loaded) module at `path`.
     pub fn load(&self, cluster: &str, path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
+        self.load_with_raw(cluster, path).map(|(ctx, _)| ctx)
+    }
+
+    fn load_with_raw(&self, cluster: &str, path: &Path) -> Result<Loaded, HsmError> {
         let module_err = |detail: String| HsmError::Module {
             cluster: cluster.to_string(),
             module: path.to_path_buf(),
@@ -47,17 +85,17 @@ impl Modules {
         // of the same library would fail.
         let key = std::fs::canonicalize(path).map_err(|e| module_err(e.to_string()))?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ctx) = loaded.get(&key) {
-            return Ok(ctx.clone());
+        if let Some(both) = loaded.get(&key) {
+            return Ok(both.clone());
         }
         let ctx = Pkcs11::new(&key).map_err(|e| module_err(e.to_string()))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(module_err(format!("C_Initialize failed: {e}"))),
         }
-        let ctx = Arc::new(ctx);
-        loaded.insert(key, ctx.clone());
-        Ok(ctx)
+        let both = (Arc::new(ctx), RawFns::load(&key).map(Arc::new));
+        loaded.insert(key, both.clone());
+        Ok(both)
     }
 }
 
@@ -81,6 +119,7 @@ pub struct Token {
     /// The plan's cluster name.
     pub cluster: String,
     ctx: Arc<Pkcs11>,
+    raw: Option<Arc<RawFns>>,
     slot: Slot,
     /// Facts read from `C_GetTokenInfo`.
     pub facts: TokenFacts,
@@ -93,7 +132,7 @@ pub struct Token {
 impl Token {
     /// Finds the cluster's token in its module.
     pub fn open(modules: &Modules, cluster: &Cluster) -> Result<Token, HsmError> {
-        let ctx = modules.load(&cluster.name, &cluster.module)?;
+        let (ctx, raw) = modules.load_with_raw(&cluster.name, &cluster.module)?;
         let pk = |op, error| HsmError::Pkcs11 {
             cluster: cluster.name.clone(),
             op,
@@ -112,6 +151,7 @@ impl Token {
                 return Ok(Token {
                     cluster: cluster.name.clone(),
                     ctx: ctx.clone(),
+                    raw: raw.clone(),
                     slot,
                     facts: TokenFacts {
                         label: info.label().to_string(),
@@ -193,15 +233,19 @@ impl Token {
         // same handle in every run while the token's keys are unchanged, so the handles
         // `inventory` prints mean the same keys to `sync-key` and `handle:` selectors.
         // Keys first: hsm-sync's own data objects (state, journal) come and go and must
-        // not renumber them.
+        // not renumber them. In batches of 1,024, not cryptoki's 10: a round trip per 10
+        // objects is seconds on a network HSM with many keys.
         for class in [
             ObjectClass::SECRET_KEY,
             ObjectClass::PRIVATE_KEY,
             ObjectClass::PUBLIC_KEY,
         ] {
-            session
-                .find_objects(&[Attribute::Token(true), Attribute::Class(class)])
-                .map_err(self.pk("listing objects"))?;
+            for h in session
+                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], ops::FIND_BATCH)
+                .map_err(self.pk("listing objects"))?
+            {
+                h.map_err(self.pk("listing objects"))?;
+            }
         }
         *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
         Ok(())
@@ -227,7 +271,13 @@ impl Token {
                 h
             }
         };
-        Ok(TokenSession::new(s, self.cluster.clone(), domain_key, self.profile()))
+        Ok(TokenSession::new(
+            s,
+            self.cluster.clone(),
+            domain_key,
+            self.profile(),
+            self.raw.clone(),
+        ))
     }
 }
 

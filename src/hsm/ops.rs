@@ -1,7 +1,11 @@
 //! Key operations on one session, in domain types: inventory, wrap, unwrap, verify, and
 //! the lineage proof. Wrapped blobs exist only inside [`Wrapped`], zeroized on drop.
 
-use cryptoki::error::{Error as CkError, RvError};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, Rv, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -9,7 +13,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::profile::Profile;
-use super::HsmError;
+use super::{HsmError, RawFns};
 use crate::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
@@ -47,8 +51,8 @@ pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-/// The attributes read per key, in one `C_GetAttributeValue` round (cryptoki adds a
-/// second for the variable-length ones). Not `CKA_KEY_GEN_MECHANISM`: SoftHSM answers
+/// The attributes read per key, in one `C_GetAttributeValue` call (buffers sized by
+/// [`READ_SIZES`]). Not `CKA_KEY_GEN_MECHANISM`: SoftHSM answers
 /// "unavailable" for unwrapped keys and cryptoki then fails the whole call.
 const READ: &[AttributeType] = &[
     AttributeType::Class,
@@ -74,6 +78,28 @@ const READ: &[AttributeType] = &[
     AttributeType::EcParams,
     AttributeType::EcPoint,
 ];
+
+/// Buffer sizes for [`READ`], in order, so that one `C_GetAttributeValue` fetches them all:
+/// fixed sizes for numbers and flags, generous ones for the variable-length attributes
+/// (ids and labels of any sensible length, RSA moduli up to 8192 bits, EC points up to
+/// P-521 and beyond). A value that does not fit falls back to cryptoki's two calls.
+const READ_SIZES: [usize; 22] = [
+    ULONG, ULONG, 128, 256, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ULONG, 1024, 16, 128, 256,
+];
+const ULONG: usize = std::mem::size_of::<cryptoki_sys::CK_ULONG>();
+
+/// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
+/// round trip per 10 keys on a network HSM).
+pub(crate) const FIND_BATCH: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// A wrap buffer large enough for any secret key (their values are at most a few
+/// hundred bytes) and for RSA private keys up to 8192 bits in PKCS#8; larger blobs fall
+/// back to cryptoki's size query.
+const WRAP_BUF_SECRET: usize = 512;
+const WRAP_BUF_PRIVATE: usize = 6144;
 
 const WRAP: Mechanism<'static> = Mechanism::AesKeyWrapPad;
 
@@ -179,15 +205,23 @@ pub struct TokenSession {
     cluster: String,
     domain_key: ObjectHandle,
     profile: &'static Profile,
+    raw: Option<Arc<RawFns>>,
 }
 
 impl TokenSession {
-    pub(crate) fn new(s: Session, cluster: String, domain_key: ObjectHandle, profile: &'static Profile) -> Self {
+    pub(crate) fn new(
+        s: Session,
+        cluster: String,
+        domain_key: ObjectHandle,
+        profile: &'static Profile,
+        raw: Option<Arc<RawFns>>,
+    ) -> Self {
         TokenSession {
             s,
             cluster,
             domain_key,
             profile,
+            raw,
         }
     }
 
@@ -200,6 +234,7 @@ impl TokenSession {
             cluster,
             domain_key: unsafe { ObjectHandle::new_from_raw(0) },
             profile: &super::profile::PROFILES[0],
+            raw: None,
         }
     }
 
@@ -225,32 +260,44 @@ impl TokenSession {
     /// key excluded, each with its fingerprint where it can be wrapped.
     pub fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
         let mut out = Vec::new();
-        for class in [
-            ObjectClass::SECRET_KEY,
-            ObjectClass::PRIVATE_KEY,
-            ObjectClass::PUBLIC_KEY,
-        ] {
-            let handles = self
-                .s
-                .find_objects(&[Attribute::Token(true), Attribute::Class(class)])
-                .map_err(self.pk("listing keys"))?;
-            for h in handles {
-                if h == self.domain_key {
-                    continue;
-                }
-                if let Some(mut k) = self.read_key(h)? {
-                    k.fingerprint = self.fingerprint(&k)?;
-                    out.push(k);
-                }
-            }
+        for h in self.key_handles()? {
+            out.extend(self.read_fingerprinted(h)?);
         }
-        out.sort_by(|a, b| a.identity().cmp(&b.identity()).then(a.handle.cmp(&b.handle)));
+        sort_keys(&mut out);
         Ok(out)
+    }
+
+    /// The handles of every token object but the domain key, found in batches of
+    /// [`FIND_BATCH`] (one search; objects that are not keys drop out when read).
+    pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {
+        self.s
+            .iter_objects_with_cache_size(&[Attribute::Token(true)], FIND_BATCH)
+            .map_err(self.pk("listing keys"))?
+            .filter(|h| h.as_ref().map_or(true, |h| *h != self.domain_key))
+            .map(|h| h.map(|h| h.handle()).map_err(self.pk("listing keys")))
+            .collect()
+    }
+
+    /// Reads one object and fingerprints it; `None` if it is not a key (or vanished).
+    pub fn read_fingerprinted(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        // SAFETY: handles come from this token's own listing.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        match self.read_key(h)? {
+            Some(mut k) => {
+                k.fingerprint = self.fingerprint(&k)?;
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
-        let attrs = match self.s.get_attributes(h, READ) {
+        let attrs = match self.read_raw(h) {
+            Some(r) => r,
+            None => self.s.get_attributes(h, READ),
+        };
+        let attrs = match attrs {
             Ok(a) => a,
             Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
             Err(e) => return Err(self.pk("reading key attributes")(e)),
@@ -302,6 +349,65 @@ impl TokenSession {
         }))
     }
 
+    /// [`READ`] in one raw `C_GetAttributeValue` with buffers sized in advance
+    /// ([`READ_SIZES`]). `None` when that is not possible (no raw function list, or a
+    /// value larger than its buffer): the caller then asks cryptoki, which sizes first.
+    fn read_raw(&self, h: ObjectHandle) -> Option<Result<Vec<Attribute>, CkError>> {
+        let get = self.raw.as_ref()?.f.C_GetAttributeValue?;
+        let mut buf = vec![0u8; READ_SIZES.iter().sum()];
+        let mut template = Vec::with_capacity(READ.len());
+        let mut at = 0;
+        for (t, n) in READ.iter().zip(READ_SIZES) {
+            template.push(cryptoki_sys::CK_ATTRIBUTE {
+                type_: (*t).into(),
+                // SAFETY: `at + n` never exceeds the buffer (it is the sum of the sizes).
+                pValue: unsafe { buf.as_mut_ptr().add(at) }.cast(),
+                ulValueLen: n as cryptoki_sys::CK_ULONG,
+            });
+            at += n;
+        }
+        // SAFETY: every template entry points at its own part of `buf`, of its stated
+        // length; `buf` and `template` outlive the call. The session is this one's.
+        let rv = unsafe {
+            get(
+                self.s.handle(),
+                h.handle(),
+                template.as_mut_ptr(),
+                template.len() as cryptoki_sys::CK_ULONG,
+            )
+        };
+        match Rv::from(rv) {
+            Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
+            Rv::Error(RvError::BufferTooSmall) => return None,
+            other => return Some(other.into_result(Function::GetAttributeValue).map(|()| Vec::new())),
+        }
+        // Every key has an id and a label. When another attribute's error (a sensitive
+        // value) is what the call returned, a label too long for its buffer shows only as
+        // "unavailable", with no CKR_BUFFER_TOO_SMALL: let cryptoki size it instead.
+        let must_have = [AttributeType::Id, AttributeType::Label];
+        if READ
+            .iter()
+            .zip(&template)
+            .any(|(t, a)| must_have.contains(t) && a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION)
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(READ.len());
+        for (a, n) in template.iter().zip(READ_SIZES) {
+            if a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION {
+                continue;
+            }
+            if a.ulValueLen as usize > n {
+                return None;
+            }
+            match Attribute::try_from(*a) {
+                Ok(v) => out.push(v),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(out))
+    }
+
     /// Reads the key at a handle this session just made (for verification).
     pub fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
         // SAFETY: the handle comes from this token's own unwrap or create.
@@ -331,8 +437,14 @@ impl TokenSession {
         if !k.flags.extractable {
             return Ok(None);
         }
-        match self.wrap(k.handle) {
-            Ok(w) => Ok(Some(w.fingerprint(k.class))),
+        self.fingerprint_at(k.handle, k.class)
+    }
+
+    /// The fingerprint of the secret or private key at `handle` (`None` when it cannot be
+    /// wrapped): how a copy is verified, in one `C_WrapKey`.
+    pub fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+        match self.wrap(handle, class) {
+            Ok(w) => Ok(Some(w.fingerprint(class))),
             Err(HsmError::Pkcs11 {
                 error:
                     CkError::Pkcs11(
@@ -345,10 +457,52 @@ impl TokenSession {
         }
     }
 
-    /// Wraps a key under the domain key (RFC 5649).
-    pub fn wrap(&self, handle: u64) -> Result<Wrapped, HsmError> {
+    /// Wraps a key under the domain key (RFC 5649): one `C_WrapKey` into a buffer sized
+    /// in advance for its class, else cryptoki's two calls.
+    pub fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
         // SAFETY: handles come from this token's own listing.
         let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let size = match class {
+            KeyClass::SecretKey => WRAP_BUF_SECRET,
+            _ => WRAP_BUF_PRIVATE,
+        };
+        if let Some(wrap) = self.raw.as_ref().and_then(|r| r.f.C_WrapKey) {
+            let mut buf = Zeroizing::new(vec![0u8; size]);
+            let mut len = size as cryptoki_sys::CK_ULONG;
+            let mut mech = cryptoki_sys::CK_MECHANISM {
+                mechanism: cryptoki_sys::CKM_AES_KEY_WRAP_PAD,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            // SAFETY: the mechanism takes no parameter; `buf` is writable for `len`
+            // bytes; the session and handles belong to this token.
+            let rv = unsafe {
+                wrap(
+                    self.s.handle(),
+                    &mut mech,
+                    self.domain_key.handle(),
+                    h.handle(),
+                    buf.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            match Rv::from(rv) {
+                Rv::Ok if len as usize <= size => {
+                    buf.truncate(len as usize);
+                    return Ok(Wrapped(buf));
+                }
+                // Larger than foreseen: let cryptoki ask for the size.
+                Rv::Ok | Rv::Error(RvError::BufferTooSmall) => {}
+                other => {
+                    return Err(self.pk("wrapping a key")(
+                        other
+                            .into_result(Function::WrapKey)
+                            .err()
+                            .unwrap_or(CkError::NotSupported),
+                    ))
+                }
+            }
+        }
         let blob = self
             .s
             .wrap_key(&WRAP, self.domain_key, h)
@@ -646,4 +800,11 @@ impl TokenSession {
         }
         Ok(())
     }
+}
+
+/// Sorts keys by identity, then handle: the order inventories are kept in.
+pub(crate) fn sort_keys(keys: &mut [KeyObject]) {
+    // Handles are unique, so the order is total and an unstable sort (no buffer of half
+    // the keys) gives the same result as a stable one.
+    keys.sort_unstable_by(|a, b| a.cmp_by_identity(b).then(a.handle.cmp(&b.handle)));
 }
