@@ -169,20 +169,31 @@ impl Diagnostic for PlanIssue {
         self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        // A label marks where a node starts; one over a whole 30 MB node shows no more.
-        let clip = |s: SourceSpan| SourceSpan::from((s.offset(), s.len().min(MAX_LABEL_LEN)));
-        let span = clip(self.span?);
+        let span = self.span?;
         let primary = LabeledSpan::new_primary_with_span(Some(self.label.clone()), span);
         let also = self
             .also
             .as_ref()
-            .map(|(s, l)| LabeledSpan::new_with_span(Some(l.clone()), clip(*s)));
+            .map(|(s, l)| LabeledSpan::new_with_span(Some(l.clone()), *s));
         Some(Box::new(std::iter::once(primary).chain(also)))
     }
 }
 
-/// Bytes of a label shown at most.
+/// Bytes of a label shown at most: a label marks where a node starts, and one over a
+/// whole 30 MB node shows no more.
 const MAX_LABEL_LEN: usize = 120;
+
+/// A span cut to [`MAX_LABEL_LEN`] bytes, ending on a character boundary of `text`.
+pub(crate) fn clip_label(text: &str, s: SourceSpan) -> SourceSpan {
+    if s.len() <= MAX_LABEL_LEN {
+        return s;
+    }
+    let mut end = (s.offset() + MAX_LABEL_LEN).min(text.len());
+    while end > s.offset() && !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    SourceSpan::from((s.offset(), end - s.offset()))
+}
 
 /// Bytes of text a snippet shows at most around a label before it is cut to a window.
 const MAX_SNIPPET: usize = 2048;

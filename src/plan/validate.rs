@@ -55,6 +55,12 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
     let plan = v.run(path);
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
     let wrap = |mut issues: Vec<PlanIssue>, src: &PlanSource| {
+        for i in &mut issues {
+            i.span = i.span.map(|s| super::clip_label(src.text(), s));
+            if let Some((s, _)) = &mut i.also {
+                *s = super::clip_label(src.text(), *s);
+            }
+        }
         issues.sort_by_key(|i| i.span.map_or(usize::MAX, |s| s.offset()));
         if issues.len() > MAX_ISSUES {
             let more = issues.len() - MAX_ISSUES;
@@ -1414,5 +1420,27 @@ mod tests {
             Some("did you mean `targets`?")
         );
         assert_eq!(suggest("zzz", ["name", "source"]), None);
+    }
+
+    #[test]
+    fn long_labels_are_cut_on_character_boundaries() {
+        // Found by the fuzzer: a 126-byte label cut to 120 bytes ended inside a 4-byte
+        // character, and miette slices the text at label ends.
+        let text = String::from_utf8_lossy(include_bytes!(
+            "../../tests/plans/regressions/long-label-ends-in-a-character.yaml"
+        ))
+        .into_owned();
+        let Err(crate::plan::PlanError::Invalid(inv)) = validate(Path::new("p.yaml"), "p.yaml", text.clone()) else {
+            panic!("the input is not a valid plan");
+        };
+        for issue in &inv.issues {
+            for s in issue.span.iter().chain(issue.also.iter().map(|(s, _)| s)) {
+                assert!(s.len() <= 120, "{issue:?}");
+                assert!(
+                    text.is_char_boundary(s.offset()) && text.is_char_boundary(s.offset() + s.len()),
+                    "{issue:?}"
+                );
+            }
+        }
     }
 }
