@@ -33,6 +33,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/integration/shim_build.rs"]
+mod shim_build;
+
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -227,26 +230,9 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
     v
 }
 
-/// The test-only latency shim, built in release mode (cargo reports where it went).
+/// The test-only latency shim, built in release mode.
 fn shim() -> PathBuf {
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "pkcs11-shim", "--message-format=json"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo build --release -p pkcs11-shim failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pkcs11_shim")
-        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-        .filter_map(|f| f.as_str().map(PathBuf::from))
-        .find(|f| f.extension().is_some_and(|e| e == "so"))
-        .expect("cargo reports where libpkcs11_shim.so is")
+    shim_build::build_shim(true)
 }
 
 /// What a child reports: `key=value` pairs on one `RESULT` line.
@@ -775,11 +761,13 @@ fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
     y
 }
 
-/// hsm-sync's `apply`, through the library: (time, of which `execute`, jobs ok).
-fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
-    let start = Instant::now();
+/// hsm-sync's online stages, through the library: load the plan, connect (login and
+/// lineage proofs), read every inventory with `threads` sessions per token, diff. Also
+/// the RSS right after connecting (SoftHSM's own objects, before hsm-sync reads a key).
+fn hsm_diff(plan: &Path, threads: usize) -> (hsm_sync::connect::Tokens, hsm_sync::diff::Diff, f64) {
     let loaded = hsm_sync::plan::load(plan).expect("the bench plan is valid");
     let (tokens, _proofs) = hsm_sync::connect::connect(&loaded.plan).expect("connect");
+    let connect_rss = rss_mb("VmRSS:");
     let names: Vec<&str> = loaded
         .plan
         .clusters_in_scope()
@@ -788,6 +776,13 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
         .collect();
     let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
     let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
+    (tokens, diff, connect_rss)
+}
+
+/// hsm-sync's `apply`, through the library: (time, of which `execute`, jobs ok).
+fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
+    let start = Instant::now();
+    let (tokens, diff, _) = hsm_diff(plan, threads);
     let exec_start = Instant::now();
     let outcomes = hsm_sync::executor::execute(&diff, &tokens, threads, false, &hsm_sync::progress::Silent);
     let took = start.elapsed();
@@ -806,17 +801,7 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
 /// hsm-sync's `plan`, through the library: (time, unchanged items).
 fn hsm_plan(plan: &Path, threads: usize) -> (Duration, usize, f64) {
     let start = Instant::now();
-    let loaded = hsm_sync::plan::load(plan).expect("the bench plan is valid");
-    let (tokens, _proofs) = hsm_sync::connect::connect(&loaded.plan).expect("connect");
-    let connect_rss = rss_mb("VmRSS:");
-    let names: Vec<&str> = loaded
-        .plan
-        .clusters_in_scope()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
-    let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
-    let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
+    let (_tokens, diff, connect_rss) = hsm_diff(plan, threads);
     let took = start.elapsed();
     (
         took,

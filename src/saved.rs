@@ -138,9 +138,31 @@ pub fn changes(saved: &[TokenState], now: &[TokenState]) -> Vec<String> {
     out
 }
 
-/// Reads `path` as a saved plan, if it is one (`Ok(None)` for a YAML plan).
+/// Saved plans larger than this are refused unread (one of 100,000 keys is about 60 MB).
+pub const MAX_SAVED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads `path` as a saved plan, if it is one (`Ok(None)` for a YAML plan). A file that
+/// does not start with `{` is left unread for the plan loader and its own size limit;
+/// a JSON one is read up to [`MAX_SAVED_BYTES`], so no input costs unbounded memory.
 pub fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
-    let text = std::fs::read(path)?;
+    use std::io::{BufRead, Read};
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let starts_json = f
+        .fill_buf()?
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    if !starts_json {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    f.take(MAX_SAVED_BYTES + 1).read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_SAVED_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_SAVED_BYTES} bytes"),
+        ));
+    }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else {
         return Ok(None);
     };
@@ -204,5 +226,25 @@ mod tests {
             changes(&saved, &now),
             vec!["the keys on `b` changed (0 key(s) then, 1 now)".to_string()]
         );
+    }
+
+    #[test]
+    fn only_json_is_read_as_a_saved_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        assert!(read(&file("a.yaml", "version: 1\nclusters: {}\n")).unwrap().is_none());
+        assert!(
+            read(&file("b.json", "  {\"version\": 1}")).unwrap().is_none(),
+            "a plan written as JSON"
+        );
+        let bad = read(&file(
+            "c.json",
+            "{\"kind\": \"hsm-sync/saved-plan\", \"version\": \"one\"}",
+        ));
+        assert_eq!(bad.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

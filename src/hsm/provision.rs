@@ -152,6 +152,26 @@ pub fn import_domain_key(s: &Session, label: &str, value: &Zeroizing<Vec<u8>>) -
     Ok(())
 }
 
+/// What every secret key made here carries besides its class, type and value: a token
+/// object named by `spec`, for encryption (`cipher`) or HMAC, never a wrapping key.
+fn secret_attributes(spec: &SecretSpec, cipher: bool) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Id(spec.id.clone()),
+        Attribute::Label(spec.label.as_bytes().to_vec()),
+        Attribute::Private(spec.private),
+        Attribute::Sensitive(spec.sensitive),
+        Attribute::Extractable(spec.extractable),
+        Attribute::Encrypt(cipher),
+        Attribute::Decrypt(cipher),
+        Attribute::Sign(!cipher),
+        Attribute::Verify(!cipher),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]
+}
+
 /// Imports a secret key of a known value (tests that look for leaked key material need
 /// to know it). Extractable and sensitive, like keys worth syncing.
 pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>) -> Result<u64, HsmError> {
@@ -160,23 +180,10 @@ pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>)
     } else {
         CkKeyType::GENERIC_SECRET
     };
-    let h = s
-        .create_object(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(kt),
-            Attribute::Token(true),
-            Attribute::Id(spec.id.clone()),
-            Attribute::Label(spec.label.as_bytes().to_vec()),
-            Attribute::Private(spec.private),
-            Attribute::Sensitive(spec.sensitive),
-            Attribute::Extractable(spec.extractable),
-            Attribute::Encrypt(spec.aes),
-            Attribute::Decrypt(spec.aes),
-            Attribute::Sign(!spec.aes),
-            Attribute::Verify(!spec.aes),
-            Attribute::Value(value.to_vec()),
-        ])
-        .map_err(pk("importing a key"))?;
+    let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(kt)];
+    template.extend(secret_attributes(spec, spec.aes));
+    template.push(Attribute::Value(value.to_vec()));
+    let h = s.create_object(&template).map_err(pk("importing a key"))?;
     Ok(h.handle())
 }
 
@@ -189,35 +196,12 @@ pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<u64, HsmError> 
     } else {
         (Mechanism::GenericSecretKeyGen, CkKeyType::GENERIC_SECRET)
     };
-    let cipher = spec.aes || spec.des3;
     let mut template = vec![Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(kt)];
     if !spec.des3 {
         template.push(Attribute::ValueLen((spec.bytes as u64).into()));
     }
-    let h = s
-        .generate_key(
-            &mech,
-            &[
-                template,
-                vec![
-                    Attribute::Token(true),
-                    Attribute::Id(spec.id.clone()),
-                    Attribute::Label(spec.label.as_bytes().to_vec()),
-                    Attribute::Private(spec.private),
-                    Attribute::Sensitive(spec.sensitive),
-                    Attribute::Extractable(spec.extractable),
-                    Attribute::Encrypt(cipher),
-                    Attribute::Decrypt(cipher),
-                    Attribute::Sign(!cipher),
-                    Attribute::Verify(!cipher),
-                    Attribute::Wrap(false),
-                    Attribute::Unwrap(false),
-                    Attribute::Derive(false),
-                ],
-            ]
-            .concat(),
-        )
-        .map_err(pk("generating a key"))?;
+    template.extend(secret_attributes(spec, spec.aes || spec.des3));
+    let h = s.generate_key(&mech, &template).map_err(pk("generating a key"))?;
     Ok(h.handle())
 }
 

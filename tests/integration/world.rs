@@ -15,32 +15,10 @@ pub fn softhsm() -> PathBuf {
 }
 
 /// The test-only pass-through module `tools/pkcs11-shim`, built once per test process so
-/// that a plain `cargo test` works on a fresh clone. cargo releases its build lock before
-/// it runs test binaries, so this nested build does not wait on the outer one; it asks
-/// cargo where the library went, which honours `CARGO_TARGET_DIR` and `build.target-dir`.
+/// that a plain `cargo test` works on a fresh clone.
 pub fn shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--locked", "-p", "pkcs11-shim", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "cargo build -p pkcs11-shim failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "pkcs11_shim")
-            .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
-            .filter_map(|f| f.as_str().map(PathBuf::from))
-            .find(|f| f.extension().is_some_and(|e| e == "so"))
-            .expect("cargo reports where libpkcs11_shim.so is")
-    })
-    .clone()
+    SHIM.get_or_init(|| crate::shim_build::build_shim(false)).clone()
 }
 
 /// One test's token directory, plan and runs.
