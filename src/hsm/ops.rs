@@ -267,15 +267,29 @@ impl TokenSession {
         Ok(out)
     }
 
-    /// The handles of every token object but the domain key, found in batches of
-    /// [`FIND_BATCH`] (one search; objects that are not keys drop out when read).
+    /// The handles of every key on the token but the domain key, found in batches of
+    /// [`FIND_BATCH`], one search per key class. hsm-sync's own data objects (notify
+    /// state, the in-flight journal) are never read here: another run may be rewriting
+    /// them, and they are not keys.
     pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {
-        self.s
-            .iter_objects_with_cache_size(&[Attribute::Token(true)], FIND_BATCH)
-            .map_err(self.pk("listing keys"))?
-            .filter(|h| h.as_ref().map_or(true, |h| *h != self.domain_key))
-            .map(|h| h.map(|h| h.handle()).map_err(self.pk("listing keys")))
-            .collect()
+        let mut out = Vec::new();
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            for h in self
+                .s
+                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], FIND_BATCH)
+                .map_err(self.pk("listing keys"))?
+            {
+                let h = h.map_err(self.pk("listing keys"))?;
+                if h != self.domain_key {
+                    out.push(h.handle());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Reads one object and fingerprints it; `None` if it is not a key (or vanished).
