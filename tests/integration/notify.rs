@@ -405,6 +405,14 @@ fn a_deletion_is_announced_as_deleted() {
 
 #[test]
 fn racing_notify_runs_never_both_send() {
+    let show = |o: &std::process::Output| {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
     let hook = Hook::start(Answer::Status(204));
     let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
@@ -429,7 +437,9 @@ fn racing_notify_runs_never_both_send() {
     assert!(hook.bodies().len() <= 1, "both sent: {:#?}", hook.bodies());
     assert!(
         codes.contains(&Some(4)),
-        "one run must be refused: {codes:?} {a:?} {b:?}"
+        "one run must be refused: {codes:?}\n{}\n{}",
+        show(&a),
+        show(&b)
     );
 
     // Two runs that surely overlap (each waits long after claiming): one sends and the
@@ -444,9 +454,11 @@ fn racing_notify_runs_never_both_send() {
     let senders = codes.iter().filter(|c| **c == Some(0)).count();
     assert!(
         codes == [Some(0), Some(4)] || codes == [Some(4), Some(4)],
-        "{a:?} {b:?}"
+        "{codes:?}\n{}\n{}",
+        show(&a),
+        show(&b)
     );
-    assert_eq!(hook.bodies().len(), senders, "{a:?} {b:?}");
+    assert_eq!(hook.bodies().len(), senders, "{}\n{}", show(&a), show(&b));
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     for o in [&a, &b].into_iter().filter(|o| o.status.code() == Some(4)) {
         assert!(
