@@ -17,9 +17,10 @@
 //!    `C_WrapKey` into a buffer sized in advance) → `C_UnwrapKey` on every target →
 //!    verify (wrap the copy, compare); public halves of pairs: read, `C_CreateObject`,
 //!    read back and compare. It knows its keys in advance (no inventory);
-//! 3. **apply**: hsm-sync's own path through the library: load the plan → connect (login,
-//!    lineage proofs) → `read_all` → `diff` → `execute` with the same thread count;
-//! 4. **plan**: hsm-sync's `plan` (load → connect → read_all → diff, every key now
+//! 3. **apply**: the `apply` command itself, run in this process through
+//!    [`hsm_sync::run`] (load, connect with lineage proofs, inventory, diff, journals,
+//!    jobs, lifecycle records, report) with the same thread count;
+//! 4. **plan**: the `plan --format json` command, in-process the same way (every key now
 //!    `unchanged`) against a **raw inventory**: per token, find all objects, then one
 //!    `C_GetAttributeValue` per object for the same attributes, buffers sized in advance,
 //!    tokens one after the other. Best of two runs each.
@@ -292,9 +293,11 @@ fn orchestrate(o: Opts) {
         provision::softhsm_module().map_or("(missing)".into(), |p| p.display().to_string())
     );
     println!("keys/s = source key objects copied to every target per second (a pair is 2 objects)");
-    println!("apply = load plan → connect → read_all → diff → execute; raw = wrap → unwrap → verify only");
-    println!("exec = apply's execute step alone (the copies; apply minus connect, inventory and diff)");
-    println!("plan = load → connect → read_all → diff (all unchanged); inv = find + 1 C_GetAttributeValue/object");
+    println!("apply = the `apply` command run in-process (load, connect, inventory, diff, jobs, report); raw = wrap → unwrap → verify only");
+    println!("exec = apply's jobs alone (the report's timings.execute_ms: apply minus connect, inventory and diff)");
+    println!(
+        "plan = the `plan --format json` command in-process (all unchanged); inv = find + 1 C_GetAttributeValue/object"
+    );
     println!("RSS MB (+) = the process's peak during apply (plan for plan-rss), SoftHSM included, and (+) its growth");
     println!("  over the RSS just before (SoftHSM keeps every object in memory: new copies grow it too)");
     println!();
@@ -761,53 +764,96 @@ fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
     y
 }
 
-/// hsm-sync's online stages, through the library: load the plan, connect (login and
-/// lineage proofs), read every inventory with `threads` sessions per token, diff. Also
-/// the RSS right after connecting (SoftHSM's own objects, before hsm-sync reads a key).
-fn hsm_diff(plan: &Path, threads: usize) -> (hsm_sync::connect::Tokens, hsm_sync::diff::Diff, f64) {
-    let loaded = hsm_sync::plan::load(plan).expect("the bench plan is valid");
-    let (tokens, _proofs) = hsm_sync::connect::connect(&loaded.plan).expect("connect");
-    let connect_rss = rss_mb("VmRSS:");
-    let names: Vec<&str> = loaded
-        .plan
-        .clusters_in_scope()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
-    let inv = hsm_sync::inventory::read_all(&tokens, &names, threads).expect("read_all");
-    let diff = hsm_sync::diff::diff(&loaded.plan, &inv);
-    (tokens, diff, connect_rss)
+/// Runs an hsm-sync command in this process, exactly as the binary would (same entry
+/// point, same stages, same output), and returns the report it wrote to `report`.
+fn hsm_command(args: &[&str], report: &Path) -> hsm_sync::report::Report {
+    let argv = std::iter::once("hsm-sync")
+        .chain(args.iter().copied())
+        .map(std::ffi::OsString::from);
+    let code = hsm_sync::run(argv);
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "hsm-sync {args:?} failed");
+    let text = std::fs::read(report).expect("the command wrote its report");
+    serde_json::from_slice(&text).expect("a valid report")
 }
 
-/// hsm-sync's `apply`, through the library: (time, of which `execute`, jobs ok).
+/// hsm-sync's `apply` command: (time, of which running the jobs, jobs ok).
 fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
+    let report = plan.with_file_name("apply-report.json");
+    let _ = std::fs::remove_file(&report);
     let start = Instant::now();
-    let (tokens, diff, _) = hsm_diff(plan, threads);
-    let exec_start = Instant::now();
-    let outcomes = hsm_sync::executor::execute(&diff, &tokens, threads, false, &hsm_sync::progress::Silent);
+    let r = hsm_command(
+        &[
+            "apply",
+            path_str(plan),
+            "--quiet",
+            "--jobs",
+            &threads.to_string(),
+            "--report",
+            path_str(&report),
+        ],
+        &report,
+    );
     let took = start.elapsed();
-    let exec = exec_start.elapsed();
-    let ok = outcomes
-        .iter()
-        .zip(&diff.items)
-        .filter(|(o, it)| it.action == Action::Create && o.status == Status::Ok)
-        .count();
-    if let Some(o) = outcomes.iter().find(|o| o.status == Status::Failed) {
-        panic!("a job failed: {:?}", o.error);
+    if let Some(j) = r.jobs.iter().find(|j| j.status == Status::Failed) {
+        panic!("a job failed: {:?}", j.error);
     }
+    let exec = r.timings.and_then(|t| t.execute_ms).map_or(took, Duration::from_millis);
+    let ok = r
+        .jobs
+        .iter()
+        .filter(|j| j.action == Action::Create && j.status == Status::Ok)
+        .count();
     (took, exec, ok)
 }
 
-/// hsm-sync's `plan`, through the library: (time, unchanged items).
-fn hsm_plan(plan: &Path, threads: usize) -> (Duration, usize, f64) {
+/// hsm-sync's `plan` command (its JSON report on stdout, as a pipeline reads it):
+/// (time, unchanged or create items).
+fn hsm_plan(plan: &Path) -> (Duration, usize) {
     let start = Instant::now();
-    let (_tokens, diff, connect_rss) = hsm_diff(plan, threads);
-    let took = start.elapsed();
-    (
-        took,
-        diff.count(Action::Unchanged) + diff.count(Action::Create),
-        connect_rss,
-    )
+    let r = hsm_plan_report(plan);
+    (start.elapsed(), r.summary.unchanged + r.summary.create)
+}
+
+/// `plan --format json`, its stdout captured to a file beside the plan.
+fn hsm_plan_report(plan: &Path) -> hsm_sync::report::Report {
+    let out = plan.with_file_name("plan-report.json");
+    let file = std::fs::File::create(&out).expect("the plan output file");
+    // The command prints to stdout: point fd 1 at the file for its duration.
+    let saved = redirect_stdout(&file);
+    let argv = ["hsm-sync", "plan", path_str(plan), "--format", "json"].map(std::ffi::OsString::from);
+    let code = hsm_sync::run(argv);
+    restore_stdout(saved);
+    assert_eq!(code, std::process::ExitCode::SUCCESS, "hsm-sync plan failed");
+    let text = std::fs::read(&out).expect("the plan's JSON");
+    serde_json::from_slice(&text).expect("a valid report")
+}
+
+/// Points fd 1 at `file`; returns the old stdout to put back.
+fn redirect_stdout(file: &std::fs::File) -> i32 {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain descriptor calls on descriptors this process owns.
+    unsafe {
+        let saved = libc::dup(1);
+        assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 1) == 1, "redirecting stdout");
+        saved
+    }
+}
+
+/// Puts back the stdout [`redirect_stdout`] saved.
+fn restore_stdout(saved: i32) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    // SAFETY: `saved` is the descriptor `dup` returned.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("bench paths are UTF-8")
 }
 
 /// Generates the source keys with two sessions; returns the seconds taken.
@@ -924,8 +970,14 @@ fn child(args: &[String]) {
     let plan = dir.join("plan.yaml");
 
     if s.mode == Mode::PlanRss {
+        // SoftHSM's own share first: it loads every object of a token into the process
+        // at login. A connection kept open while `plan` runs (same process, same
+        // objects), so the difference is what hsm-sync itself adds.
+        let loaded = hsm_sync::plan::load(&plan).expect("the bench plan is valid");
+        let _held = hsm_sync::connect::connect(&loaded.plan).expect("connect");
+        let connect_rss = rss_mb("VmRSS:");
         reset_peak();
-        let (t, n, connect_rss) = hsm_plan(&plan, s.threads);
+        let (t, n) = hsm_plan(&plan);
         assert_eq!(n, s.objects(), "plan sees every key");
         let _ = write!(
             out,
@@ -1009,7 +1061,7 @@ fn child(args: &[String]) {
     let mut best_plan = Duration::MAX;
     let mut best_inv = Duration::MAX;
     for _ in 0..2 {
-        let (t, n, _) = hsm_plan(&plan, s.threads);
+        let (t, n) = hsm_plan(&plan);
         assert_eq!(n, objs.len() * s.targets, "plan sees every copy");
         best_plan = best_plan.min(t);
         let (t, _) = raw_inventory(&c, &tokens);

@@ -430,54 +430,86 @@ impl AfterApply {
     }
 }
 
-/// After an apply: records every key's lifecycle event on its source token, then
-/// announces it to the resources that want it. The state is written first, so that a
-/// run killed while delivering still leaves the event where `notify` finds it.
-pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcome]) -> AfterApply {
-    let events = lifecycles(diff, outcomes, SystemTime::now());
+/// After an apply: records the lifecycle event of every key that has somebody to tell
+/// on its source token, then announces it to the resources that want it. The state is
+/// written first, so that a run killed while delivering still leaves the event where
+/// `notify` finds it. Keys of sync entries without `notify` resources get no state
+/// object: nobody is told of them, and an HSM's object slots are too scarce to spend one
+/// per key on a record nobody reads (issue 6: it was also one more call per key).
+/// `workers` sessions per source write the records side by side.
+pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcome], workers: usize) -> AfterApply {
+    let events: Vec<Lifecycle> = lifecycles(diff, outcomes, SystemTime::now())
+        .into_iter()
+        .filter(|l| plan.syncs.iter().any(|e| e.name == l.sync && !e.notify.is_empty()))
+        .collect();
     let mut out = AfterApply::default();
     let mut by_source: BTreeMap<&str, Vec<&Lifecycle>> = BTreeMap::new();
     for l in &events {
         by_source.entry(&l.source).or_default().push(l);
     }
     for (source, evs) in by_source {
-        out.warnings.extend(record_states(tokens, source, &evs));
+        out.warnings.extend(record_states(tokens, source, &evs, workers));
     }
     out.records = deliver_all(&deliveries(plan, &events, false));
     out
 }
 
-/// Writes the state objects of `events` on one source token, one find for all; returns
-/// a warning per key (or for the token) whose event could not be recorded.
-fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle]) -> Vec<String> {
+/// Writes the state objects of `events` on one source token, one find for all, then
+/// `workers` sessions side by side; returns a warning per key (or for the token) whose
+/// event could not be recorded.
+fn record_states(tokens: &Tokens, source: &str, events: &[&Lifecycle], workers: usize) -> Vec<String> {
     let warn = |what: String, e: HsmError| {
         format!("could not record the lifecycle event of {what} on `{source}` (notify cannot enforce its cooldown for it): {e}")
     };
-    let found = tokens
-        .get(source)
-        .session()
-        .and_then(|s| s.find_data(STATE_PREFIX).map(|found| (s, found)));
-    let (s, found) = match found {
-        Ok(x) => x,
+    let found = tokens.get(source).session().and_then(|s| s.find_data(STATE_PREFIX));
+    let existing: HashMap<String, DataObject> = match found {
+        Ok(found) => found.into_iter().map(|d| (d.name().to_string(), d)).collect(),
         Err(e) => return vec![warn(format!("{} key(s)", events.len()), e)],
     };
-    let mut existing: HashMap<String, DataObject> = found.into_iter().map(|d| (d.name().to_string(), d)).collect();
-    let mut warnings = Vec::new();
+    // A key both synced and deleted in one run has two events and one object: both go
+    // to the same worker, in order, so the second updates what the first created.
+    let mut shares: Vec<Vec<&Lifecycle>> = vec![Vec::new(); workers.clamp(1, events.len().max(1))];
     for l in events {
-        let state = l.state(None);
         let base = l.key.state_label();
-        let result = match existing.get(&base) {
-            Some(d) => write_state(&s, d, &state),
-            // Remember it: a key both synced and deleted in one run has one object.
-            None => create_state(&s, &state).map(|d| {
-                existing.insert(base, d);
-            }),
-        };
-        if let Err(e) = result {
-            warnings.push(warn(format!("key {}", l.key.name()), e));
-        }
+        let slot = base
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % shares.len();
+        shares[slot].push(l);
     }
-    warnings
+    let write_share = |share: &[&Lifecycle]| -> Vec<String> {
+        if share.is_empty() {
+            return Vec::new();
+        }
+        let s = match tokens.get(source).session() {
+            Ok(s) => s,
+            Err(e) => return vec![warn(format!("{} key(s)", share.len()), e)],
+        };
+        let mut made: HashMap<String, DataObject> = HashMap::new();
+        let mut warnings = Vec::new();
+        for l in share {
+            let state = l.state(None);
+            let base = l.key.state_label();
+            let result = match made.get(&base).or_else(|| existing.get(&base)) {
+                Some(d) => write_state(&s, d, &state),
+                None => create_state(&s, &state).map(|d| {
+                    made.insert(base, d);
+                }),
+            };
+            if let Err(e) = result {
+                warnings.push(warn(format!("key {}", l.key.name()), e));
+            }
+        }
+        warnings
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = shares[1..].iter().map(|sh| scope.spawn(|| write_share(sh))).collect();
+        let mut warnings = write_share(&shares[0]);
+        for h in helpers {
+            warnings.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        warnings
+    })
 }
 
 fn state_json(state: &KeyState) -> String {
@@ -790,9 +822,17 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
     // Keys with nothing to send are skipped, not refused.
     for list in by_source.values_mut() {
         list.retain(|c| match &c.state {
+            _ if c.entry.notify.is_empty() => {
+                skipped.push(format!(
+                    "key {}: sync `{}` has no notify resources: skipped",
+                    c.key.name(),
+                    c.entry.name
+                ));
+                false
+            }
             None => {
                 skipped.push(format!(
-                    "key {} has no recorded lifecycle event on `{}` (apply has not synced it yet): skipped",
+                    "key {} has no recorded lifecycle event on `{}` (apply has not synced it since its sync entry got notify resources): skipped",
                     c.key.name(),
                     c.entry.source
                 ));

@@ -117,6 +117,33 @@ pub struct Report {
     pub jobs: Vec<JobRecord>,
     /// Every notification's outcome.
     pub notifications: Vec<NotificationRecord>,
+    /// Where the run's wall time went (absent for `notify`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<Timings>,
+}
+
+/// Where the wall time of a `plan` or `apply` went, in milliseconds: what an operator
+/// sizing a maintenance window needs, and what the benchmark reads (issue 6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// Logging in to every token in scope and proving lineage.
+    pub connect_ms: u64,
+    /// Reading the inventories (side by side).
+    pub inventory_ms: u64,
+    /// Computing the diff.
+    pub diff_ms: u64,
+    /// Running the jobs (apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execute_ms: Option<u64>,
+    /// Recording lifecycle events on the sources and notifying (apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_ms: Option<u64>,
+}
+
+/// Whole milliseconds since `t`.
+pub fn ms_since(t: std::time::Instant) -> u64 {
+    t.elapsed().as_millis() as u64
 }
 
 /// Per-job results of an apply, aligned with the diff's items.
@@ -183,6 +210,7 @@ impl Report {
             summary,
             jobs,
             notifications: Vec::new(),
+            timings: None,
         }
     }
 }

@@ -131,11 +131,14 @@ enum Cmd {
         #[arg(long)]
         label: String,
     },
-    /// Print the number of secret keys with this id (or all, without --id).
+    /// Print the number of secret keys with this id (or all, without --id), or with
+    /// --data the number of hsm-sync's own data objects.
     Count {
         token: String,
         #[arg(long)]
         id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        data: bool,
     },
 }
 
@@ -327,10 +330,11 @@ fn run(a: Args) -> Result<(), String> {
             };
             provision::set_label(&s, *h, &label).map_err(e)?;
         }
-        Cmd::Count { token, id } => {
+        Cmd::Count { token, id, data } => {
             let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
             let n = match id {
                 Some(id) => provision::find_by_id(&s, &hexid(&id)?).map_err(e)?.len(),
+                None if data => provision::count_data_objects(&s).map_err(e)?,
                 None => provision::count_secret_keys(&s).map_err(e)?,
             };
             println!("{n}");

@@ -131,6 +131,7 @@ pub(super) fn run_jobs(
     o: &RunOptions,
     started: SystemTime,
 ) -> miette::Result<(Report, ExitStatus)> {
+    let t = std::time::Instant::now();
     let journals = write_journals(online)?;
     let reporter = progress::for_terminal(o.quiet);
     let outcomes = execute(
@@ -147,11 +148,18 @@ pub(super) fn run_jobs(
             eprintln!("warning: the in-flight journal on `{target}` was not removed: {e}");
         }
     }
+    let execute_ms = crate::report::ms_since(t);
     let mut report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
     // CONTRACT.md §5: lifecycle events recorded on the sources and announced; a failed
     // notification is exit 3 and never undoes the sync.
-    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes);
+    let t = std::time::Instant::now();
+    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, o.threads);
     report.notifications = notified.records.clone();
+    report.timings = Some(crate::report::Timings {
+        execute_ms: Some(execute_ms),
+        notify_ms: Some(crate::report::ms_since(t)),
+        ..online.timings.clone()
+    });
     report.finished_at = crate::report::timestamp(SystemTime::now());
     if let Some(path) = o.report {
         write_atomic(path, &report)

@@ -20,6 +20,7 @@ use crate::diff::{diff, Diff, Shard};
 use crate::exit::ExitStatus;
 use crate::inventory::{read_all, Inventories};
 use crate::plan::Plan;
+use crate::report::ms_since;
 use crate::saved;
 
 /// Runs the parsed command line.
@@ -79,6 +80,8 @@ pub(crate) struct Online {
     pub diff: Diff,
     /// The target tokens' locks, for commands that write (held until this drops).
     pub _lock: Option<crate::lock::RunLock>,
+    /// How long connecting, reading and diffing took.
+    pub timings: crate::report::Timings,
 }
 
 impl Online {
@@ -96,7 +99,10 @@ impl Online {
 /// With a shard, only that shard's jobs. A command that writes names itself in `writer`
 /// and gets every target token locked before its inventory is read.
 pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str>) -> miette::Result<Online> {
+    let mut timings = crate::report::Timings::default();
+    let t = std::time::Instant::now();
     let (tokens, _proofs) = connect(plan)?;
+    timings.connect_ms = ms_since(t);
     let lock = match writer {
         Some(command) => Some(lock_targets(plan, &tokens, command)?),
         None => None,
@@ -108,16 +114,21 @@ pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str
         .options
         .parallelism
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let t = std::time::Instant::now();
     let inventories = read_all(&tokens, &names, workers)?;
+    timings.inventory_ms = ms_since(t);
+    let t = std::time::Instant::now();
     let mut diff = diff(plan, &inventories);
     if let Some(s) = shard {
         diff = diff.shard(s);
     }
+    timings.diff_ms = ms_since(t);
     Ok(Online {
         tokens,
         inventories,
         diff,
         _lock: lock,
+        timings,
     })
 }
 

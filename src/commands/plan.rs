@@ -19,7 +19,8 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let plan = ui.load(&a.plan)?;
     let online = online_diff(&plan, a.shard, None)?;
     let diff = &online.diff;
-    let report = Report::new("plan", &a.plan, started, diff, None);
+    let mut report = Report::new("plan", &a.plan, started, diff, None);
+    report.timings = Some(online.timings.clone());
     if let Some(out) = &a.out {
         let saved = SavedPlan {
             kind: saved::KIND.into(),

@@ -245,6 +245,18 @@ pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
     Ok(n)
 }
 
+/// How many of hsm-sync's own data objects (state records, journals) the token holds.
+pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Token(true),
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(super::state::APPLICATION.as_bytes().to_vec()),
+        ])
+        .map_err(pk("finding data objects"))?;
+    Ok(found.len())
+}
+
 /// An RSA or EC key pair to create (same id and label on both halves).
 #[derive(Debug, Clone)]
 pub struct PairSpec {

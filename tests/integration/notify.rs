@@ -552,3 +552,43 @@ fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
     assert_eq!(again.code, 4, "{again:?}");
     assert_eq!(again.stderr.matches("was notified at").count(), 2, "{}", again.stderr);
 }
+
+#[test]
+fn keys_without_notify_resources_get_no_lifecycle_record() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(2, &hook.url, "", "  notify_cooldown: 1h\n");
+    let with = w.read("plan.yaml");
+    let block = format!("    notify:\n      - name: object-storage\n        url: {}\n", hook.url);
+    assert!(with.contains(&block), "{with}");
+    w.write("quiet.yaml", &with.replace(&block, ""));
+    let data = |t: &str| w.fixture(&["count", t, "--data"]);
+
+    let a = w.run(&["apply", "quiet.yaml", "--report", "r.json"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(w.count("dr"), 2, "both keys copied");
+    // No state object on the source for keys nobody hears of (and no journal left).
+    assert_eq!(data("primary"), "0");
+    assert_eq!(data("dr"), "0");
+    // The report says where the time went.
+    let r = report(&w, "r.json");
+    for stage in ["connect_ms", "inventory_ms", "diff_ms", "execute_ms", "notify_ms"] {
+        assert!(r["timings"][stage].is_u64(), "{stage}: {}", r["timings"]);
+    }
+
+    let n = w.run(&["notify", "quiet.yaml"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(n.stderr.contains("has no notify resources: skipped"), "{}", n.stderr);
+    // Resources added afterwards: no event was recorded, so nothing to re-send and no
+    // cooldown to refuse with.
+    let n = w.run(&["notify", "plan.yaml"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(n.stderr.contains("has no recorded lifecycle event"), "{}", n.stderr);
+    assert!(hook.got().is_empty());
+
+    // A key synced under the plan with resources gets its record (and its notification).
+    w.fixture(&["keygen", "primary", "--id", "b1", "--label", "pay-new"]);
+    let a = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(data("primary"), "1");
+    assert_eq!(hook.got().len(), 1, "{:?}", hook.got());
+}
