@@ -975,6 +975,12 @@ fn child(args: &[String]) {
         // objects), so the difference is what hsm-sync itself adds.
         let loaded = hsm_sync::plan::load(&plan).expect("the bench plan is valid");
         let _held = hsm_sync::connect::connect(&loaded.plan).expect("connect");
+        // SoftHSM reads an object's attributes from its file on first use and keeps
+        // them: a raw inventory first, so that growth is counted as SoftHSM's too.
+        let tokens: Vec<String> = std::iter::once("src".to_string())
+            .chain(targets.iter().cloned())
+            .collect();
+        let _ = raw_inventory(&Ctx::new(&module), &tokens);
         let connect_rss = rss_mb("VmRSS:");
         reset_peak();
         let (t, n) = hsm_plan(&plan);

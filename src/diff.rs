@@ -3,6 +3,7 @@
 //! token is touched here, so it is unit-tested with in-memory inventories.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,11 +89,11 @@ pub struct DiffItem {
     pub fingerprint: Option<String>,
     /// The source key, for create and update.
     ///
-    /// Boxed, like `target_key`: most items have one of the two, and an item is a
-    /// quarter of its inline size without them (peak RSS at 100,000 keys, issue 6).
-    pub source_key: Option<Box<KeyObject>>,
+    /// Shared with the inventory it came from, never copied: at 100,000 keys a copy
+    /// per item was a third of `plan`'s own peak RSS (issue 6).
+    pub source_key: Option<Arc<KeyObject>>,
     /// The target's object, for update and delete.
-    pub target_key: Option<Box<KeyObject>>,
+    pub target_key: Option<Arc<KeyObject>>,
 }
 
 /// The whole dry-run diff.
@@ -307,7 +308,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
         let mut seen: HashSet<(String, Identity)> = HashSet::new();
         let mut items = Vec::new();
         for sel in &entry.selectors {
-            let picked: Vec<&KeyObject> = src_inv.keys.iter().filter(|k| matches(&sel.matcher, k)).collect();
+            let picked: Vec<&Arc<KeyObject>> = src_inv.keys.iter().filter(|k| matches(&sel.matcher, k)).collect();
             // About one item per picked key and target: sized once, not doubled as it grows.
             items.reserve(picked.len() * sel.targets.len());
             match sel.state {
@@ -381,8 +382,8 @@ fn item(
     key: KeyRef,
     action: Action,
     reason: Option<String>,
-    src: Option<&KeyObject>,
-    dst: Option<&KeyObject>,
+    src: Option<&Arc<KeyObject>>,
+    dst: Option<&Arc<KeyObject>>,
 ) -> DiffItem {
     DiffItem {
         sync,
@@ -392,8 +393,8 @@ fn item(
         action,
         reason,
         fingerprint: src.and_then(|k| k.fingerprint.clone()),
-        source_key: src.map(|k| Box::new(k.clone())),
-        target_key: dst.map(|k| Box::new(k.clone())),
+        source_key: src.cloned(),
+        target_key: dst.cloned(),
     }
 }
 
@@ -401,13 +402,13 @@ fn decide(
     sync: &str,
     source: &str,
     target: &str,
-    k: &KeyObject,
+    k: &Arc<KeyObject>,
     src_inv: &Inventory,
     role: Role,
     inv: &Inventories,
 ) -> DiffItem {
     let twins_on_source = src_inv.by_identity(&k.identity()).len();
-    let mk = |action, reason: Option<String>, dst: Option<&KeyObject>| {
+    let mk = |action, reason: Option<String>, dst: Option<&Arc<KeyObject>>| {
         item(sync.into(), source, target, k.key_ref(), action, reason, Some(k), dst)
     };
     if twins_on_source > 1 {
@@ -502,7 +503,7 @@ fn deletions(
     sync: &str,
     source: &str,
     sel: &Selector,
-    picked: &[&KeyObject],
+    picked: &[&Arc<KeyObject>],
     inv: &Inventories,
     seen: &mut HashSet<(String, Identity)>,
 ) -> Vec<DiffItem> {
@@ -574,7 +575,7 @@ mod tests {
                 "a".to_string(),
                 Inventory {
                     cluster: "a".into(),
-                    keys: sorted(a),
+                    keys: sorted(a).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
                 },
             ),
@@ -582,7 +583,7 @@ mod tests {
                 "b".to_string(),
                 Inventory {
                     cluster: "b".into(),
-                    keys: sorted(b),
+                    keys: sorted(b).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
                 },
             ),

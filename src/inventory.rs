@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::connect::Tokens;
 use crate::hsm::ops::sort_keys;
@@ -16,15 +17,15 @@ use crate::key::{Identity, KeyObject};
 pub struct Inventory {
     /// Cluster name.
     pub cluster: String,
-    /// Key objects, domain key excluded, sorted by identity.
-    pub keys: Vec<KeyObject>,
+    /// Key objects, domain key excluded, sorted by identity (shared with the diff).
+    pub keys: Vec<Arc<KeyObject>>,
     /// Identities an interrupted run was creating here (its in-flight journal).
     pub in_flight: HashSet<String>,
 }
 
 impl Inventory {
     /// Keys with this identity (more than one is a duplicate: a conflict, never chosen).
-    pub fn by_identity(&self, id: &Identity) -> Vec<&KeyObject> {
+    pub fn by_identity(&self, id: &Identity) -> Vec<&Arc<KeyObject>> {
         // `keys` is sorted by identity: a binary search, not a scan (a scan per key made
         // the diff quadratic: minutes at 100,000 keys; issue 6, linear cost).
         let from = self.keys.partition_point(|k| k.cmp_identity(id).is_lt());
@@ -65,7 +66,7 @@ fn read_one(tokens: &Tokens, name: &str, workers: usize) -> Result<Inventory, Hs
     let handles = first.key_handles()?;
     let next = AtomicUsize::new(0);
     let sessions = workers.min(handles.len().div_ceil(CHUNK)).max(1);
-    let work = |s: &TokenSession| -> Result<Vec<KeyObject>, HsmError> {
+    let work = |s: &TokenSession| -> Result<Vec<Arc<KeyObject>>, HsmError> {
         // Each worker's share, give or take a chunk: sized once rather than doubled as it
         // grows (at 100,000 keys the doubling was tens of megabytes of peak RSS).
         let mut out = Vec::with_capacity(handles.len() / sessions + CHUNK);
@@ -78,12 +79,12 @@ fn read_one(tokens: &Tokens, name: &str, workers: usize) -> Result<Inventory, Hs
                 break;
             }
             for &h in chunk {
-                out.extend(s.read_fingerprinted(h)?);
+                out.extend(s.read_fingerprinted(h)?.map(Arc::new));
             }
         }
         Ok(out)
     };
-    let mut keys = std::thread::scope(|scope| -> Result<Vec<KeyObject>, HsmError> {
+    let mut keys = std::thread::scope(|scope| -> Result<Vec<Arc<KeyObject>>, HsmError> {
         let helpers: Vec<_> = (1..sessions).map(|_| scope.spawn(|| work(&token.session()?))).collect();
         let mut keys = work(&first)?;
         let mut rest = Vec::new();
@@ -148,7 +149,7 @@ mod tests {
         sort_keys(&mut sorted);
         let inv = Inventory {
             cluster: "c".into(),
-            keys: sorted,
+            keys: sorted.into_iter().map(std::sync::Arc::new).collect(),
             in_flight: Default::default(),
         };
         for k in &keys {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{Action, Diff};
+use crate::diff::{Action, Diff, DiffItem};
 use crate::key::KeyRef;
 
 /// The outcome of one job.
@@ -168,13 +168,31 @@ pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-impl Report {
-    /// Builds a report of a diff; `outcomes` is `None` for a plan (every job pending).
-    pub fn new(command: &str, plan: &Path, started: SystemTime, diff: &Diff, outcomes: Option<&[Outcome]>) -> Report {
+impl JobRecord {
+    /// The record of one diff item and, after an apply, its outcome.
+    pub fn of(it: &DiffItem, o: Option<&Outcome>) -> JobRecord {
+        JobRecord {
+            sync: it.sync.clone(),
+            source: it.source.clone(),
+            target: it.target.clone(),
+            key: it.key.clone(),
+            action: it.action,
+            status: o.map_or(Status::Pending, |o| o.status),
+            reason: it.reason.clone(),
+            error: o.and_then(|o| o.error.clone()),
+            duration_ms: o.map_or(0, |o| o.duration_ms),
+            fingerprint: o.and_then(|o| o.fingerprint.clone()).or_else(|| it.fingerprint.clone()),
+            note: o.and_then(|o| o.note.clone()),
+            attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
+        }
+    }
+}
+
+impl Summary {
+    /// The counts of a diff and, after an apply, its failed jobs.
+    pub fn of(diff: &Diff, outcomes: Option<&[Outcome]>) -> Summary {
         let mut summary = Summary::default();
-        let mut jobs = Vec::with_capacity(diff.items.len());
         for (i, it) in diff.items.iter().enumerate() {
-            let o = outcomes.and_then(|o| o.get(i));
             match it.action {
                 Action::Create => summary.create += 1,
                 Action::Update => summary.update += 1,
@@ -183,35 +201,86 @@ impl Report {
                 Action::Conflict => summary.conflict += 1,
                 Action::Blocked => summary.blocked += 1,
             }
-            if o.is_some_and(|o| o.status == Status::Failed) {
+            if outcomes
+                .and_then(|o| o.get(i))
+                .is_some_and(|o| o.status == Status::Failed)
+            {
                 summary.failed += 1;
             }
-            jobs.push(JobRecord {
-                sync: it.sync.clone(),
-                source: it.source.clone(),
-                target: it.target.clone(),
-                key: it.key.clone(),
-                action: it.action,
-                status: o.map_or(Status::Pending, |o| o.status),
-                reason: it.reason.clone(),
-                error: o.and_then(|o| o.error.clone()),
-                duration_ms: o.map_or(0, |o| o.duration_ms),
-                fingerprint: o.and_then(|o| o.fingerprint.clone()).or_else(|| it.fingerprint.clone()),
-                note: o.and_then(|o| o.note.clone()),
-                attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
-            });
         }
+        summary
+    }
+}
+
+impl Report {
+    /// Builds a report of a diff; `outcomes` is `None` for a plan (every job pending).
+    pub fn new(command: &str, plan: &Path, started: SystemTime, diff: &Diff, outcomes: Option<&[Outcome]>) -> Report {
+        let mut report = Report::header(command, plan, started, diff, outcomes);
+        report.jobs = diff
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| JobRecord::of(it, outcomes.and_then(|o| o.get(i))))
+            .collect();
+        report
+    }
+
+    /// A report without its jobs (see [`PlanJson`]).
+    pub fn header(
+        command: &str,
+        plan: &Path,
+        started: SystemTime,
+        diff: &Diff,
+        outcomes: Option<&[Outcome]>,
+    ) -> Report {
         Report {
             version: 1,
             command: command.into(),
             plan: plan.display().to_string(),
             started_at: timestamp(started),
             finished_at: timestamp(SystemTime::now()),
-            summary,
-            jobs,
+            summary: Summary::of(diff, outcomes),
+            jobs: Vec::new(),
             notifications: Vec::new(),
             timings: None,
         }
+    }
+}
+
+/// A plan's report serialized straight from its diff: the JSON of [`Report`], field for
+/// field, with each job's record made as it is written. At 100,000 jobs the records
+/// held at once were a quarter of `plan`'s own peak RSS (issue 6).
+pub struct PlanJson<'a> {
+    /// The report, its `jobs` empty.
+    pub header: &'a Report,
+    /// The diff whose items are the jobs.
+    pub diff: &'a Diff,
+}
+
+impl Serialize for PlanJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Jobs<'a>(&'a Diff);
+        impl Serialize for Jobs<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                ser.collect_seq(self.0.items.iter().map(|it| JobRecord::of(it, None)))
+            }
+        }
+        let r = self.header;
+        // Same fields, same order as the derived `Report` (a unit test compares them).
+        let mut st = ser.serialize_struct("Report", 9)?;
+        st.serialize_field("version", &r.version)?;
+        st.serialize_field("command", &r.command)?;
+        st.serialize_field("plan", &r.plan)?;
+        st.serialize_field("started_at", &r.started_at)?;
+        st.serialize_field("finished_at", &r.finished_at)?;
+        st.serialize_field("summary", &r.summary)?;
+        st.serialize_field("jobs", &Jobs(self.diff))?;
+        st.serialize_field("notifications", &r.notifications)?;
+        if let Some(t) = &r.timings {
+            st.serialize_field("timings", t)?;
+        }
+        st.end()
     }
 }
 
@@ -220,23 +289,92 @@ pub fn schema() -> schemars::Schema {
     schemars::schema_for!(Report)
 }
 
-/// Writes `value` as pretty JSON to `path` atomically (see [`write_bytes_atomic`]).
+/// Writes `value` as pretty JSON to `path` atomically (see [`write_bytes_atomic`]),
+/// serialized straight into the temporary file: at 100,000 jobs a report is tens of
+/// megabytes, never held whole in memory (issue 6, peak RSS).
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
-    write_bytes_atomic(path, &bytes)
+    write_with_atomic(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value)?;
+        w.write_all(b"\n")
+    })
+}
+
+/// Writes `value` as pretty JSON, and a newline, to stdout as it is serialized.
+pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
 /// then renamed over the destination, so a reader sees the whole file or none.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_with_atomic(path, |w| w.write_all(bytes))
+}
+
+/// Atomic write (see [`write_bytes_atomic`]) of whatever `fill` writes.
+fn write_with_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file());
+        fill(&mut w)?;
+        w.flush()?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::KeyRef;
+
+    #[test]
+    fn a_plan_streamed_is_the_report_built() {
+        let item = |label: &str, action| DiffItem {
+            sync: "s".into(),
+            source: "a".into(),
+            target: "b".into(),
+            key: KeyRef {
+                id: "a1".into(),
+                label: label.into(),
+                class: None,
+                key_type: None,
+                handle: Some(3),
+            },
+            action,
+            reason: Some("why".into()),
+            fingerprint: Some("f".into()),
+            source_key: None,
+            target_key: None,
+        };
+        let diff = Diff {
+            items: vec![item("x", Action::Create), item("y", Action::Conflict)],
+            notes: Vec::new(),
+        };
+        let t = SystemTime::UNIX_EPOCH;
+        let mut built = Report::new("plan", Path::new("p.yaml"), t, &diff, None);
+        let mut header = Report::header("plan", Path::new("p.yaml"), t, &diff, None);
+        for timings in [None, Some(Timings::default())] {
+            built.timings = timings.clone();
+            header.timings = timings;
+            // `finished_at` is taken at build time: the same second in this test.
+            header.finished_at = built.finished_at.clone();
+            let streamed = serde_json::to_string_pretty(&PlanJson {
+                header: &header,
+                diff: &diff,
+            })
+            .unwrap();
+            assert_eq!(streamed, serde_json::to_string_pretty(&built).unwrap());
+        }
+    }
 }

@@ -64,7 +64,7 @@ pub struct SavedPlan {
 }
 
 /// Digest of one inventory: what a change to any key in scope changes.
-pub fn inventory_digest(keys: &[KeyObject]) -> String {
+pub fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/inventory/v1\0");
     for k in keys {
@@ -98,16 +98,18 @@ pub fn token_states(
         .filter_map(|c| {
             let i = inv.get(&c.name)?;
             let (label, serial) = facts(&c.name);
-            let keys: Vec<KeyObject> = match shard {
-                Some(s) => i.keys.iter().filter(|k| s.holds(&k.key_ref())).cloned().collect(),
-                None => i.keys.clone(),
-            };
+            let keys: Vec<&KeyObject> = i
+                .keys
+                .iter()
+                .filter(|k| shard.is_none_or(|s| s.holds(&k.key_ref())))
+                .map(|k| &**k)
+                .collect();
             Some(TokenState {
                 cluster: c.name.clone(),
                 label,
                 serial,
                 keys: keys.len(),
-                inventory_digest: inventory_digest(&keys),
+                inventory_digest: inventory_digest(keys.iter().copied()),
             })
         })
         .collect()

@@ -69,7 +69,7 @@ pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
             .collect(),
     };
     match a.format {
-        InventoryFormat::Json => println!("{}", serde_json::to_string_pretty(&listing).into_diagnostic()?),
+        InventoryFormat::Json => crate::report::print_json(&listing).into_diagnostic()?,
         InventoryFormat::Text => {
             println!(
                 "cluster {} (token `{}`), lineage fingerprint {}",

@@ -9,7 +9,7 @@ use miette::{IntoDiagnostic, WrapErr};
 use crate::cli::{PlanArgs, PlanFormat};
 use crate::exit::ExitStatus;
 use crate::render;
-use crate::report::{timestamp, write_atomic, Report};
+use crate::report::{timestamp, write_atomic, PlanJson, Report};
 use crate::saved::{self, SavedPlan};
 
 use super::{online_diff, Ui};
@@ -19,9 +19,10 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let plan = ui.load(&a.plan)?;
     let online = online_diff(&plan, a.shard, None)?;
     let diff = &online.diff;
-    let mut report = Report::new("plan", &a.plan, started, diff, None);
+    let mut report = Report::header("plan", &a.plan, started, diff, None);
     report.timings = Some(online.timings.clone());
     if let Some(out) = &a.out {
+        let jobs = Report::new("plan", &a.plan, started, diff, None).jobs;
         let saved = SavedPlan {
             kind: saved::KIND.into(),
             version: 1,
@@ -32,7 +33,7 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
             shard: a.shard,
             tokens: online.token_states(&plan, a.shard),
             summary: report.summary.clone(),
-            jobs: report.jobs.clone(),
+            jobs,
         };
         write_atomic(out, &saved)
             .into_diagnostic()
@@ -49,7 +50,7 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
             print!("{}", render::text(diff, color));
         }
         PlanFormat::Markdown => print!("{}", render::markdown(diff, &a.plan.display().to_string())),
-        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&report).into_diagnostic()?),
+        PlanFormat::Json => crate::report::print_json(&PlanJson { header: &report, diff }).into_diagnostic()?,
     }
     Ok(if a.detailed_exitcode && diff.has_changes() {
         ExitStatus::ChangesPending
