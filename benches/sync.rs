@@ -820,12 +820,9 @@ fn hsm_plan_report(plan: &Path) -> hsm_sync::report::Report {
     let file = std::fs::File::create(&out).expect("the plan output file");
     // The command prints to stdout: point fd 1 at the file for its duration.
     let saved = redirect_stdout(&file);
-    let argv = ["hsm-sync", "plan", path_str(plan), "--format", "json"].map(std::ffi::OsString::from);
-    let code = hsm_sync::run(argv);
+    let r = hsm_command(&["plan", path_str(plan), "--format", "json"], &out);
     restore_stdout(saved);
-    assert_eq!(code, std::process::ExitCode::SUCCESS, "hsm-sync plan failed");
-    let text = std::fs::read(&out).expect("the plan's JSON");
-    serde_json::from_slice(&text).expect("a valid report")
+    r
 }
 
 /// Points fd 1 at `file`; returns the old stdout to put back.

@@ -430,18 +430,14 @@ impl AfterApply {
     }
 }
 
-/// After an apply: records the lifecycle event of every key that has somebody to tell
-/// on its source token, then announces it to the resources that want it. The state is
-/// written first, so that a run killed while delivering still leaves the event where
-/// `notify` finds it. Keys of sync entries without `notify` resources get no state
-/// object: nobody is told of them, and an HSM's object slots are too scarce to spend one
-/// per key on a record nobody reads (issue 6: it was also one more call per key).
-/// `workers` sessions per source write the records side by side.
+/// After an apply: records every key's lifecycle event on its source token (CONTRACT.md
+/// §5: per key, resources or not, so the cooldown holds for resources added later), then
+/// announces it to the resources that want it. The state is written first, so that a
+/// run killed while delivering still leaves the event where `notify` finds it.
+/// `workers` sessions per source write the records side by side (one call per key; at
+/// 1 ms per call a single session was a second per 1,000 keys, issue 6).
 pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcome], workers: usize) -> AfterApply {
-    let events: Vec<Lifecycle> = lifecycles(diff, outcomes, SystemTime::now())
-        .into_iter()
-        .filter(|l| plan.syncs.iter().any(|e| e.name == l.sync && !e.notify.is_empty()))
-        .collect();
+    let events = lifecycles(diff, outcomes, SystemTime::now());
     let mut out = AfterApply::default();
     let mut by_source: BTreeMap<&str, Vec<&Lifecycle>> = BTreeMap::new();
     for l in &events {
@@ -832,7 +828,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
             }
             None => {
                 skipped.push(format!(
-                    "key {} has no recorded lifecycle event on `{}` (apply has not synced it since its sync entry got notify resources): skipped",
+                    "key {} has no recorded lifecycle event on `{}` (apply has not synced it yet): skipped",
                     c.key.name(),
                     c.entry.source
                 ));

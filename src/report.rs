@@ -186,6 +186,15 @@ impl JobRecord {
             attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
         }
     }
+
+    /// The records of every diff item, in order.
+    pub fn all(diff: &Diff, outcomes: Option<&[Outcome]>) -> Vec<JobRecord> {
+        diff.items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| JobRecord::of(it, outcomes.and_then(|o| o.get(i))))
+            .collect()
+    }
 }
 
 impl Summary {
@@ -216,12 +225,7 @@ impl Report {
     /// Builds a report of a diff; `outcomes` is `None` for a plan (every job pending).
     pub fn new(command: &str, plan: &Path, started: SystemTime, diff: &Diff, outcomes: Option<&[Outcome]>) -> Report {
         let mut report = Report::header(command, plan, started, diff, outcomes);
-        report.jobs = diff
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| JobRecord::of(it, outcomes.and_then(|o| o.get(i))))
-            .collect();
+        report.jobs = JobRecord::all(diff, outcomes);
         report
     }
 

@@ -9,7 +9,7 @@ use miette::{IntoDiagnostic, WrapErr};
 use crate::cli::{PlanArgs, PlanFormat};
 use crate::exit::ExitStatus;
 use crate::render;
-use crate::report::{timestamp, write_atomic, PlanJson, Report};
+use crate::report::{timestamp, write_atomic, JobRecord, PlanJson, Report};
 use crate::saved::{self, SavedPlan};
 
 use super::{online_diff, Ui};
@@ -22,7 +22,7 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let mut report = Report::header("plan", &a.plan, started, diff, None);
     report.timings = Some(online.timings.clone());
     if let Some(out) = &a.out {
-        let jobs = Report::new("plan", &a.plan, started, diff, None).jobs;
+        let jobs = JobRecord::all(diff, None);
         let saved = SavedPlan {
             kind: saved::KIND.into(),
             version: 1,

@@ -554,7 +554,7 @@ fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
 }
 
 #[test]
-fn keys_without_notify_resources_get_no_lifecycle_record() {
+fn keys_without_notify_resources_still_get_their_lifecycle_record() {
     let hook = Hook::start(Answer::Status(204));
     let w = world(2, &hook.url, "", "  notify_cooldown: 1h\n");
     let with = w.read("plan.yaml");
@@ -566,8 +566,9 @@ fn keys_without_notify_resources_get_no_lifecycle_record() {
     let a = w.run(&["apply", "quiet.yaml", "--report", "r.json"]);
     assert_eq!(a.code, 0, "{a:?}");
     assert_eq!(w.count("dr"), 2, "both keys copied");
-    // No state object on the source for keys nobody hears of (and no journal left).
-    assert_eq!(data("primary"), "0");
+    // CONTRACT.md §5: one state object per key on the source, resources or not; no
+    // journal left on the target.
+    assert_eq!(data("primary"), "2");
     assert_eq!(data("dr"), "0");
     // The report says where the time went.
     let r = report(&w, "r.json");
@@ -575,20 +576,17 @@ fn keys_without_notify_resources_get_no_lifecycle_record() {
         assert!(r["timings"][stage].is_u64(), "{stage}: {}", r["timings"]);
     }
 
-    let n = w.run(&["notify", "quiet.yaml"]);
-    assert_eq!(n.code, 0, "{n:?}");
-    assert!(n.stderr.contains("has no notify resources: skipped"), "{}", n.stderr);
-    // Resources added afterwards: no event was recorded, so nothing to re-send and no
-    // cooldown to refuse with.
+    // Resources added afterwards: the keys were synced within the cooldown, so the
+    // renotify is refused and nothing is sent.
     let n = w.run(&["notify", "plan.yaml"]);
-    assert_eq!(n.code, 0, "{n:?}");
-    assert!(n.stderr.contains("has no recorded lifecycle event"), "{}", n.stderr);
+    assert_eq!(n.code, 4, "{n:?}");
+    assert!(n.stderr.contains("was synced at"), "{}", n.stderr);
     assert!(hook.got().is_empty());
 
-    // A key synced under the plan with resources gets its record (and its notification).
+    // A key synced under the plan with resources gets its record and its notification.
     w.fixture(&["keygen", "primary", "--id", "b1", "--label", "pay-new"]);
     let a = w.run(&["apply", "plan.yaml"]);
     assert_eq!(a.code, 0, "{a:?}");
-    assert_eq!(data("primary"), "1");
+    assert_eq!(data("primary"), "3");
     assert_eq!(hook.got().len(), 1, "{:?}", hook.got());
 }
