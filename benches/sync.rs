@@ -270,6 +270,11 @@ fn run_child(s: &Scenario, shim: Option<&Path>, keep: bool) -> Option<Row> {
         );
         return None;
     }
+    if std::env::var_os("BENCH_TIMINGS").is_some() {
+        for l in stdout.lines().filter(|l| l.starts_with("apply")) {
+            println!("  {}: {l}", s.name());
+        }
+    }
     let line = stdout.lines().find(|l| l.starts_with("RESULT "))?;
     let mut row = Row::default();
     for kv in line.split_whitespace().skip(1) {
@@ -797,6 +802,9 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
     if let Some(j) = r.jobs.iter().find(|j| j.status == Status::Failed) {
         panic!("a job failed: {:?}", j.error);
     }
+    if std::env::var_os("BENCH_TIMINGS").is_some() {
+        println!("apply {took:?}: {:?}", r.timings);
+    }
     let exec = r.timings.and_then(|t| t.execute_ms).map_or(took, Duration::from_millis);
     let ok = r
         .jobs
@@ -811,6 +819,9 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
 fn hsm_plan(plan: &Path) -> (Duration, usize) {
     let start = Instant::now();
     let r = hsm_plan_report(plan);
+    if std::env::var_os("BENCH_TIMINGS").is_some() {
+        println!("apply-plan {:?}: {:?}", start.elapsed(), r.timings);
+    }
     (start.elapsed(), r.summary.unchanged + r.summary.create)
 }
 

@@ -433,7 +433,9 @@ fn decide(
             None,
         );
     }
-    if k.class != KeyClass::PublicKey && (!k.flags.extractable || k.fingerprint.is_none()) {
+    // An inventory that deferred fingerprints (apply) leaves new keys without one; their
+    // copy job's wrap is the test of wrappability then.
+    if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && !src_inv.deferred)) {
         return mk(Action::Blocked, Some("not-extractable".into()), None);
     }
     if let Some(why) = odd_length_blocker(k) {
@@ -577,6 +579,7 @@ mod tests {
                     cluster: "a".into(),
                     keys: sorted(a).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
+                    deferred: false,
                 },
             ),
             (
@@ -585,6 +588,7 @@ mod tests {
                     cluster: "b".into(),
                     keys: sorted(b).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
+                    deferred: false,
                 },
             ),
         ])

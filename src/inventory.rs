@@ -21,6 +21,22 @@ pub struct Inventory {
     pub keys: Vec<Arc<KeyObject>>,
     /// Identities an interrupted run was creating here (its in-flight journal).
     pub in_flight: HashSet<String>,
+    /// Whether keys no other cluster holds were left unfingerprinted (see
+    /// [`Fingerprints::Compared`]): their `fingerprint` is `None` without meaning that
+    /// they cannot be wrapped.
+    pub deferred: bool,
+}
+
+/// Which keys an inventory fingerprints (one `C_WrapKey` each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fingerprints {
+    /// Every key: what `plan` shows and a saved plan's digests cover.
+    All,
+    /// Only what a diff compares: every key of a cluster that some sync writes to, and
+    /// the keys of a source-only cluster that another cluster in scope also holds. A key
+    /// to be created is fingerprinted by its copy job's own wrap instead, which saves
+    /// `apply` a round trip per new key (issue 6).
+    Compared,
 }
 
 impl Inventory {
@@ -40,68 +56,133 @@ impl Inventory {
 pub type Inventories = HashMap<String, Inventory>;
 
 /// Reads the inventories of `clusters`, side by side, each with up to `workers` sessions.
-pub fn read_all(tokens: &Tokens, clusters: &[&str], workers: usize) -> Result<Inventories, HsmError> {
-    std::thread::scope(|scope| {
+/// With [`Fingerprints::Compared`], the clusters in `source_only` (no sync writes to
+/// them) are read without fingerprints first; then only their keys that another cluster
+/// holds are fingerprinted.
+pub fn read_all(
+    tokens: &Tokens,
+    clusters: &[&str],
+    source_only: &[&str],
+    fingerprints: Fingerprints,
+    workers: usize,
+) -> Result<Inventories, HsmError> {
+    let deferred = |name: &str| fingerprints == Fingerprints::Compared && source_only.contains(&name);
+    let mut out: Inventories = std::thread::scope(|scope| {
         let handles: Vec<_> = clusters
             .iter()
-            .map(|name| scope.spawn(move || read_one(tokens, name, workers)))
+            .map(|name| scope.spawn(move || read_one(tokens, name, workers, !deferred(name))))
             .collect();
         let mut out = HashMap::new();
         for h in handles {
             let inv = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?;
             out.insert(inv.cluster.clone(), inv);
         }
-        Ok(out)
-    })
+        Ok::<_, HsmError>(out)
+    })?;
+    for name in clusters.iter().filter(|n| deferred(n)) {
+        let Some(mut inv) = out.remove(*name) else { continue };
+        let held_elsewhere: Vec<usize> = inv
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.fingerprint.is_none() && k.flags.extractable)
+            .filter(|(_, k)| {
+                let id = k.identity();
+                out.values().any(|o| !o.by_identity(&id).is_empty())
+            })
+            .map(|(i, _)| i)
+            .collect();
+        fingerprint_some(tokens, &mut inv, &held_elsewhere, workers)?;
+        out.insert(inv.cluster.clone(), inv);
+    }
+    Ok(out)
+}
+
+/// Fingerprints the keys of `inv` at `which`, with up to `workers` sessions.
+fn fingerprint_some(tokens: &Tokens, inv: &mut Inventory, which: &[usize], workers: usize) -> Result<(), HsmError> {
+    if which.is_empty() {
+        return Ok(());
+    }
+    let token = tokens.get(&inv.cluster);
+    let keys = &inv.keys;
+    let found = in_chunks(token, &token.session()?, which, workers, |s, &k| {
+        Ok(Some((k, s.fingerprint(&keys[k])?)))
+    })?;
+    for (i, fp) in found {
+        // Nothing else holds these keys yet: the diff comes after.
+        Arc::make_mut(&mut inv.keys[i]).fingerprint = fp;
+    }
+    Ok(())
 }
 
 /// Keys a worker takes at a time: large enough that the shared counter costs nothing,
 /// small enough that the workers finish together.
 const CHUNK: usize = 32;
 
-/// One token's inventory, read by up to `workers` sessions.
-fn read_one(tokens: &Tokens, name: &str, workers: usize) -> Result<Inventory, HsmError> {
-    let token = tokens.get(name);
-    let first = token.session()?;
-    let handles = first.key_handles()?;
+/// Runs `each` on every item with up to `workers` sessions of `token` (`first` and new
+/// ones), [`CHUNK`] items at a time, and collects what it returns.
+fn in_chunks<I: Sync, T: Send>(
+    token: &crate::hsm::Token,
+    first: &TokenSession,
+    items: &[I],
+    workers: usize,
+    each: impl Fn(&TokenSession, &I) -> Result<Option<T>, HsmError> + Sync,
+) -> Result<Vec<T>, HsmError> {
     let next = AtomicUsize::new(0);
-    let sessions = workers.min(handles.len().div_ceil(CHUNK)).max(1);
-    let work = |s: &TokenSession| -> Result<Vec<Arc<KeyObject>>, HsmError> {
+    let sessions = workers.min(items.len().div_ceil(CHUNK)).max(1);
+    let work = |s: &TokenSession| -> Result<Vec<T>, HsmError> {
         // Each worker's share, give or take a chunk: sized once rather than doubled as it
         // grows (at 100,000 keys the doubling was tens of megabytes of peak RSS).
-        let mut out = Vec::with_capacity(handles.len() / sessions + CHUNK);
+        let mut out = Vec::with_capacity(items.len() / sessions + CHUNK);
         loop {
             let i = next.fetch_add(CHUNK, Ordering::Relaxed);
-            let Some(chunk) = handles.get(i..(i + CHUNK).min(handles.len())) else {
+            let Some(chunk) = items.get(i..(i + CHUNK).min(items.len())) else {
                 break;
             };
             if chunk.is_empty() {
                 break;
             }
-            for &h in chunk {
-                out.extend(s.read_fingerprinted(h)?.map(Arc::new));
+            for item in chunk {
+                out.extend(each(s, item)?);
             }
         }
         Ok(out)
     };
-    let mut keys = std::thread::scope(|scope| -> Result<Vec<Arc<KeyObject>>, HsmError> {
+    std::thread::scope(|scope| {
         let helpers: Vec<_> = (1..sessions).map(|_| scope.spawn(|| work(&token.session()?))).collect();
-        let mut keys = work(&first)?;
+        let mut all = work(first)?;
         let mut rest = Vec::new();
         for h in helpers {
             rest.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
         }
-        keys.reserve_exact(rest.iter().map(Vec::len).sum());
+        all.reserve_exact(rest.iter().map(Vec::len).sum());
         for mut r in rest {
-            keys.append(&mut r);
+            all.append(&mut r);
         }
-        Ok(keys)
+        Ok(all)
+    })
+}
+
+/// One token's inventory, read by up to `workers` sessions; secret and private keys are
+/// fingerprinted if `fingerprint` (public keys always: theirs needs no call).
+fn read_one(tokens: &Tokens, name: &str, workers: usize, fingerprint: bool) -> Result<Inventory, HsmError> {
+    let token = tokens.get(name);
+    let first = token.session()?;
+    let handles = first.key_handles()?;
+    let mut keys = in_chunks(token, &first, &handles, workers, |s, &h| {
+        let k = if fingerprint {
+            s.read_fingerprinted(h)?
+        } else {
+            s.read_unfingerprinted(h)?
+        };
+        Ok(k.map(Arc::new))
     })?;
     sort_keys(&mut keys);
     Ok(Inventory {
         cluster: name.to_string(),
         keys,
         in_flight: first.journal_read()?.into_iter().collect::<HashSet<_>>(),
+        deferred: !fingerprint,
     })
 }
 
@@ -151,6 +232,7 @@ mod tests {
             cluster: "c".into(),
             keys: sorted.into_iter().map(std::sync::Arc::new).collect(),
             in_flight: Default::default(),
+            deferred: false,
         };
         for k in &keys {
             let id = k.identity();

@@ -11,6 +11,7 @@ use crate::cli::ApplyArgs;
 use crate::diff::Action;
 use crate::executor::execute;
 use crate::exit::ExitStatus;
+use crate::inventory::Fingerprints;
 use crate::plan::Plan;
 use crate::progress;
 use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
@@ -68,7 +69,13 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         (Some(saved), _) => saved.shard,
         (None, s) => s,
     };
-    let online = online_diff(&plan, shard, Some("apply"))?;
+    // A saved plan's digests cover every key's fingerprint; a plan file's new keys are
+    // fingerprinted by their copy jobs (one round trip less per key).
+    let fingerprints = match saved {
+        Some(_) => Fingerprints::All,
+        None => Fingerprints::Compared,
+    };
+    let online = online_diff(&plan, shard, Some("apply"), fingerprints)?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }

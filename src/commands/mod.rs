@@ -18,7 +18,7 @@ use crate::cli::{Cli, Command, DiagnosticsFormat};
 use crate::connect::{connect, Tokens};
 use crate::diff::{diff, Diff, Shard};
 use crate::exit::ExitStatus;
-use crate::inventory::{read_all, Inventories};
+use crate::inventory::{read_all, Fingerprints, Inventories};
 use crate::plan::Plan;
 use crate::report::ms_since;
 use crate::saved;
@@ -97,8 +97,15 @@ impl Online {
 /// The online part shared by `plan` and `apply`: log in, prove lineage, read the
 /// inventories in scope, diff.
 /// With a shard, only that shard's jobs. A command that writes names itself in `writer`
-/// and gets every target token locked before its inventory is read.
-pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str>) -> miette::Result<Online> {
+/// and gets every target token locked before its inventory is read. `fingerprints` says
+/// whether keys no target holds are fingerprinted now ([`Fingerprints::All`]: the diff
+/// shows them) or by their copy jobs.
+pub(crate) fn online_diff(
+    plan: &Plan,
+    shard: Option<Shard>,
+    writer: Option<&str>,
+    fingerprints: Fingerprints,
+) -> miette::Result<Online> {
     let mut timings = crate::report::Timings::default();
     let t = std::time::Instant::now();
     let (tokens, _proofs) = connect(plan)?;
@@ -115,7 +122,9 @@ pub(crate) fn online_diff(plan: &Plan, shard: Option<Shard>, writer: Option<&str
         .parallelism
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t = std::time::Instant::now();
-    let inventories = read_all(&tokens, &names, workers)?;
+    let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
+    let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();
+    let inventories = read_all(&tokens, &names, &source_only, fingerprints, workers)?;
     timings.inventory_ms = ms_since(t);
     let t = std::time::Instant::now();
     let mut diff = diff(plan, &inventories);

@@ -13,11 +13,12 @@ use crate::report::{timestamp, write_atomic, JobRecord, PlanJson, Report};
 use crate::saved::{self, SavedPlan};
 
 use super::{online_diff, Ui};
+use crate::inventory::Fingerprints;
 
 pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = ui.load(&a.plan)?;
-    let online = online_diff(&plan, a.shard, None)?;
+    let online = online_diff(&plan, a.shard, None, Fingerprints::All)?;
     let diff = &online.diff;
     let mut report = Report::header("plan", &a.plan, started, diff, None);
     report.timings = Some(online.timings.clone());

@@ -13,6 +13,7 @@ use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
 
 use super::apply::{run_jobs, threads, RunOptions};
 use super::{online_diff, Ui};
+use crate::inventory::Fingerprints;
 
 pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
     let started = SystemTime::now();
@@ -55,7 +56,7 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
         }],
         ..plan.clone()
     };
-    let online = online_diff(&one, None, Some("sync-key"))?;
+    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared)?;
     let opts = RunOptions {
         command: "sync-key",
         plan_name: a.plan.clone(),

@@ -305,6 +305,19 @@ impl TokenSession {
         }
     }
 
+    /// Reads one object without wrapping it: a public key gets its fingerprint (from its
+    /// attributes), others none; `None` if it is not a key (or vanished).
+    pub fn read_unfingerprinted(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        // SAFETY: handles come from this token's own listing.
+        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        Ok(self.read_key(h)?.map(|mut k| {
+            if k.class == KeyClass::PublicKey {
+                k.fingerprint = Some(public_fingerprint(k.key_type, &k.public));
+            }
+            k
+        }))
+    }
+
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
         let attrs = match self.read_raw(h) {

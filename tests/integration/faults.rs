@@ -175,3 +175,68 @@ fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
     );
     assert_eq!(w.count("dr"), 7);
 }
+
+/// `apply` of a plan file wraps a new key once on the source (its copy job's wrap is its
+/// fingerprint), not twice (issue 6: a round trip per key on a network HSM); keys a
+/// target already holds are still fingerprinted and compared. The shim on the source
+/// counts the wraps: `apply` makes as many as `plan`, which fingerprints every key.
+#[test]
+fn apply_wraps_each_new_key_once_on_the_source() {
+    let shim = shim().display().to_string();
+    let w = pair()
+        .key("primary", "01", "k-a", &[])
+        .key("primary", "02", "k-b", &[])
+        .key("primary", "03", "k-c", &[]);
+    let soft = format!("module: {}", softhsm().display());
+    let text = two_cluster_plan("      - label: \"k-*\"\n").replace("{module}", &softhsm().display().to_string());
+    // The first module line is `primary`'s: only the source goes through the shim.
+    w.write("plan.yaml", &text.replacen(&soft, &format!("module: {shim}"), 1));
+    let wraps = |log: &str| calls(&w, log, "C_WrapKey").len();
+    let fingerprints = |v: &Value| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| {
+                (
+                    j["key"]["id"].as_str().unwrap_or_default().to_string(),
+                    j["fingerprint"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+
+    for (round, new_keys, held) in [(1, 3, 0), (2, 1, 3)] {
+        if round == 2 {
+            w.fixture(&["keygen", "primary", "--id", "04", "--label", "k-d"]);
+        }
+        let plan_log = format!("plan-{round}.log");
+        let planned = w.run_env(
+            &["plan", "plan.yaml", "--format", "json", "--detailed-exitcode"],
+            &[("HSM_SYNC_SHIM_LOG", &plan_log)],
+        );
+        assert_eq!(planned.code, 2, "changes pending: {planned:?}");
+        let apply_log = format!("apply-{round}.log");
+        let applied = w.run_env(
+            &["apply", "plan.yaml", "--quiet", "--report", "report.json"],
+            &[("HSM_SYNC_SHIM_LOG", &apply_log)],
+        );
+        assert_eq!(applied.code, 0, "{applied:?}");
+        let report: Value = serde_json::from_str(&w.read("report.json")).unwrap();
+        assert_eq!(report["summary"]["create"], new_keys, "{report}");
+        assert_eq!(report["summary"]["unchanged"], held, "{report}");
+        // Every key has the fingerprint the plan showed: the job's own for new keys.
+        let shown = fingerprints(&planned.json());
+        assert_eq!(fingerprints(&report), shown);
+        assert!(shown.iter().all(|(_, f)| f.len() == 16), "{shown:?}");
+        assert_eq!(
+            wraps(&apply_log),
+            wraps(&plan_log),
+            "round {round}: apply wrapped {} times, plan {} (one wrap per key each)",
+            wraps(&apply_log),
+            wraps(&plan_log)
+        );
+    }
+}
