@@ -36,21 +36,34 @@ pub struct LineageProof {
 
 /// Opens and logs in to `clusters`, each PIN read and tried once.
 pub fn login(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
+    let tokens = open(clusters)?;
+    log_in(&tokens, clusters)?;
+    Ok(tokens)
+}
+
+/// Finds the token of each of `clusters`, without logging in (its facts are read).
+pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
     let modules = Modules::default();
     let mut tokens = HashMap::new();
     for c in clusters {
-        let token = Token::open(&modules, c)?;
-        let pin = c.credentials.pin.read().map_err(|source| HsmError::Credentials {
-            cluster: c.name.clone(),
-            source,
-        })?;
-        token.login(c, &pin)?;
-        tokens.insert(c.name.clone(), token);
+        tokens.insert(c.name.clone(), Token::open(&modules, c)?);
     }
     Ok(Tokens {
         tokens,
         _modules: modules,
     })
+}
+
+/// Logs in to the opened tokens of `clusters`, each PIN read and tried once.
+pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
+    for c in clusters {
+        let pin = c.credentials.pin.read().map_err(|source| HsmError::Credentials {
+            cluster: c.name.clone(),
+            source,
+        })?;
+        tokens.get(&c.name).login(c, &pin)?;
+    }
+    Ok(())
 }
 
 /// Logs in to every cluster in scope and proves lineage for every (source, target) pair.
@@ -76,7 +89,8 @@ pub fn lineage_fingerprint(cluster: &Cluster, tokens: &Tokens) -> Result<String,
     Ok(fp)
 }
 
-fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmError> {
+/// Proves lineage for every (source, target) pair of the plan (tokens logged in).
+pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmError> {
     let mut fps: HashMap<&str, String> = HashMap::new();
     for c in plan.clusters_in_scope() {
         fps.insert(&c.name, lineage_fingerprint(c, tokens)?);

@@ -168,7 +168,7 @@ fn in_chunks<I: Sync, T: Send>(
 fn read_one(tokens: &Tokens, name: &str, workers: usize, fingerprint: bool) -> Result<Inventory, HsmError> {
     let token = tokens.get(name);
     let first = token.session()?;
-    let handles = first.key_handles()?;
+    let handles = first.key_handles_or(token.take_listed_keys())?;
     let mut keys = in_chunks(token, &first, &handles, workers, |s, &h| {
         let k = if fingerprint {
             s.read_fingerprinted(h)?

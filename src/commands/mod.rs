@@ -15,7 +15,7 @@ use std::path::Path;
 use miette::Diagnostic;
 
 use crate::cli::{Cli, Command, DiagnosticsFormat};
-use crate::connect::{connect, Tokens};
+use crate::connect::{log_in, open, prove_all, Tokens};
 use crate::diff::{diff, Diff, Shard};
 use crate::exit::ExitStatus;
 use crate::inventory::{read_all, Fingerprints, Inventories};
@@ -108,13 +108,19 @@ pub(crate) fn online_diff(
 ) -> miette::Result<Online> {
     let mut timings = crate::report::Timings::default();
     let t = std::time::Instant::now();
-    let (tokens, _proofs) = connect(plan)?;
-    timings.connect_ms = ms_since(t);
+    // A writer locks its targets before logging in: login's search of the keys is then
+    // the inventory's own (no other run changes them in between), and a busy cluster
+    // costs no login.
+    let clusters = plan.clusters_in_scope();
+    let tokens = open(&clusters)?;
     let lock = match writer {
         Some(command) => Some(lock_targets(plan, &tokens, command)?),
         None => None,
     };
-    let names: Vec<&str> = plan.clusters_in_scope().iter().map(|c| c.name.as_str()).collect();
+    log_in(&tokens, &clusters)?;
+    prove_all(plan, &tokens)?;
+    timings.connect_ms = ms_since(t);
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     // As many sessions per token as the plan's workers (--jobs is an apply option; the
     // inventory comes before it).
     let workers = plan

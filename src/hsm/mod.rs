@@ -127,6 +127,8 @@ pub struct Token {
     /// Keeps the login alive: PKCS#11 logs out when the application's last session closes.
     anchor: Mutex<Option<Session>>,
     domain_key: Mutex<Option<ObjectHandle>>,
+    /// The key handles login's enumeration met, until the inventory takes them.
+    listed: Mutex<Option<Vec<u64>>>,
 }
 
 impl Token {
@@ -163,6 +165,7 @@ impl Token {
                     domain_label: cluster.domain_key.clone(),
                     anchor: Mutex::new(None),
                     domain_key: Mutex::new(None),
+                    listed: Mutex::new(None),
                 });
             }
             if info.token_initialized() {
@@ -235,6 +238,9 @@ impl Token {
         // Keys first: hsm-sync's own data objects (state, journal) come and go and must
         // not renumber them. In batches of 1,024, not cryptoki's 10: a round trip per 10
         // objects is seconds on a network HSM with many keys.
+        // The handles are kept for the inventory, which would otherwise search again (on
+        // SoftHSM a search re-checks every object's file: ~15 ms per 1,000 objects).
+        let mut listed = Vec::new();
         for class in [
             ObjectClass::SECRET_KEY,
             ObjectClass::PRIVATE_KEY,
@@ -244,11 +250,19 @@ impl Token {
                 .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], ops::FIND_BATCH)
                 .map_err(self.pk("listing objects"))?
             {
-                h.map_err(self.pk("listing objects"))?;
+                listed.push(h.map_err(self.pk("listing objects"))?.handle());
             }
         }
+        *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(listed);
         *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
         Ok(())
+    }
+
+    /// The key handles login found (every token key, the domain key included), once:
+    /// the first inventory after login takes them; later ones search. Commands that
+    /// write lock the token before logging in, so no other run changes its keys between.
+    pub fn take_listed_keys(&self) -> Option<Vec<u64>> {
+        self.listed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The unwrap-template profile of this token's family.

@@ -272,6 +272,15 @@ impl TokenSession {
     /// state, the in-flight journal) are never read here: another run may be rewriting
     /// them, and they are not keys.
     pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {
+        self.key_handles_or(None)
+    }
+
+    /// [`Self::key_handles`], from handles `listed` by login's search where given.
+    pub fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+        if let Some(mut l) = listed {
+            l.retain(|h| *h != self.domain_key.handle());
+            return Ok(l);
+        }
         let mut out = Vec::new();
         for class in [
             ObjectClass::SECRET_KEY,

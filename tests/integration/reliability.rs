@@ -200,7 +200,8 @@ fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = w.run(&["apply", "plan.yaml"]);
+    // The second run goes through the shim too (no latency), for its call log.
+    let second = w.run_env(&["apply", "slow.yaml"], &[("HSM_SYNC_SHIM_LOG", "second.log")]);
     let mut slow = slow;
     let still_running = slow.try_wait().expect("try_wait").is_none();
     let slow = finish(slow);
@@ -216,6 +217,10 @@ fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
         still_running,
         "the second run was refused while the first still ran, not after waiting for it"
     );
+    // Refused before logging in: a busy cluster costs no login attempt.
+    let second_calls = std::fs::read_to_string(w.path().join("second.log")).unwrap_or_default();
+    assert!(second_calls.contains("C_GetTokenInfo"), "the shim saw the second run");
+    assert!(!second_calls.contains("C_Login"), "{second_calls}");
     assert_eq!(slow.code, 0, "{slow:?}");
     assert_eq!(identities(&w, "dr").len(), 500);
 }
