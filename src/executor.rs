@@ -103,9 +103,9 @@ pub fn execute(
         let runs = match it.action {
             Action::Create => {
                 let Some(k) = &it.source_key else { continue };
-                let slot = *copies.entry((it.source.clone(), k.handle)).or_insert_with(|| {
+                let slot = *copies.entry((it.source.to_string(), k.handle)).or_insert_with(|| {
                     units.push(Unit::Copy {
-                        source: it.source.clone(),
+                        source: it.source.to_string(),
                         items: Vec::new(),
                     });
                     units.len() - 1
@@ -126,9 +126,9 @@ pub fn execute(
             _ => false,
         };
         if runs {
-            match per_target.iter_mut().find(|(t, _)| *t == it.target) {
+            match per_target.iter_mut().find(|(t, _)| **t == *it.target) {
                 Some((_, n)) => *n += 1,
-                None => per_target.push((it.target.clone(), 1)),
+                None => per_target.push((it.target.to_string(), 1)),
             }
         }
     }
@@ -180,7 +180,7 @@ pub fn execute(
 /// The outcome of an item no worker ran.
 fn not_run(it: &DiffItem, allow_destroy: bool) -> Outcome {
     let (status, error, fingerprint) = match it.action {
-        Action::Unchanged => (Status::Ok, None, it.fingerprint.clone()),
+        Action::Unchanged => (Status::Ok, None, it.fingerprint().map(String::from)),
         Action::Delete if !allow_destroy => (
             Status::Skipped,
             Some("deletion not allowed: pass --allow-destroy".to_string()),
@@ -213,7 +213,8 @@ fn run_unit(sessions: &mut Sessions<'_>, diff: &Diff, unit: &Unit) -> Vec<(usize
                 outcome(
                     start,
                     n,
-                    r.map(|_| (it.fingerprint.clone(), None)).map_err(|e| e.to_string()),
+                    r.map(|_| (it.fingerprint().map(String::from), None))
+                        .map_err(|e| e.to_string()),
                 ),
             )]
         }
@@ -246,7 +247,7 @@ fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize])
         return Vec::new();
     };
     let (material, fingerprint, attempts) = if key.class == KeyClass::PublicKey {
-        (Material::Public, public_fingerprint(key.key_type, &key.public), 1)
+        (Material::Public, public_fingerprint(key.key_type, key.public()), 1)
     } else {
         match sessions.retry(source, |s| s.wrap(key.handle, key.class)) {
             (Ok(b), n) => {

@@ -189,7 +189,7 @@ fn read_one(tokens: &Tokens, name: &str, workers: usize, fingerprint: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{KeyClass, KeyFlags, KeyType, PublicParts};
+    use crate::key::{KeyClass, KeyFlags, KeyType};
 
     fn key(handle: u64, class: KeyClass, id: &[u8], label: &str) -> KeyObject {
         KeyObject {
@@ -200,7 +200,7 @@ mod tests {
             label: label.into(),
             flags: KeyFlags::default(),
             value_len: None,
-            public: PublicParts::default(),
+            public_parts: None,
             fingerprint: None,
         }
     }

@@ -326,7 +326,7 @@ fn lifecycles(diff: &Diff, outcomes: &[Outcome], at: SystemTime) -> Vec<Lifecycl
         let fingerprint = o
             .fingerprint
             .clone()
-            .or_else(|| item.fingerprint.clone())
+            .or_else(|| item.fingerprint().map(String::from))
             .or_else(|| item.target_key.as_ref().and_then(|k| k.fingerprint.clone()));
         let key = KeyInfo {
             id: item.key.id.clone(),
@@ -335,17 +335,17 @@ fn lifecycles(diff: &Diff, outcomes: &[Outcome], at: SystemTime) -> Vec<Lifecycl
             key_type: item.key.key_type,
             fingerprint,
         };
-        let slot = (item.sync.clone(), item.source.clone(), key.suffix(), event);
+        let slot = (item.sync.to_string(), item.source.to_string(), key.suffix(), event);
         let l = by.entry(slot).or_insert_with(|| Lifecycle {
-            sync: item.sync.clone(),
-            source: item.source.clone(),
+            sync: item.sync.to_string(),
+            source: item.source.to_string(),
             key,
             event,
             targets: Vec::new(),
             at,
         });
-        if !l.targets.contains(&item.target) {
-            l.targets.push(item.target.clone());
+        if !l.targets.iter().any(|t| **t == *item.target) {
+            l.targets.push(item.target.to_string());
         }
     }
     by.into_values().collect()

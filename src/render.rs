@@ -52,7 +52,7 @@ pub fn text(diff: &Diff, color: bool) -> String {
     let mut out = String::new();
     let mut current = None;
     for it in &diff.items {
-        let head = (it.sync.as_str(), it.target.as_str());
+        let head = (&*it.sync, &*it.target);
         if current != Some(head) {
             let _ = writeln!(out, "\nsync `{}`: {} → {}", it.sync, it.source, it.target);
             current = Some(head);
@@ -93,7 +93,7 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
     }
     let mut current = None;
     for it in &diff.items {
-        let head = (it.sync.as_str(), it.target.as_str());
+        let head = (&*it.sync, &*it.target);
         if current != Some(head) {
             let _ = write!(
                 out,

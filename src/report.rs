@@ -172,16 +172,18 @@ impl JobRecord {
     /// The record of one diff item and, after an apply, its outcome.
     pub fn of(it: &DiffItem, o: Option<&Outcome>) -> JobRecord {
         JobRecord {
-            sync: it.sync.clone(),
-            source: it.source.clone(),
-            target: it.target.clone(),
+            sync: it.sync.to_string(),
+            source: it.source.to_string(),
+            target: it.target.to_string(),
             key: it.key.clone(),
             action: it.action,
             status: o.map_or(Status::Pending, |o| o.status),
             reason: it.reason.clone(),
             error: o.and_then(|o| o.error.clone()),
             duration_ms: o.map_or(0, |o| o.duration_ms),
-            fingerprint: o.and_then(|o| o.fingerprint.clone()).or_else(|| it.fingerprint.clone()),
+            fingerprint: o
+                .and_then(|o| o.fingerprint.clone())
+                .or_else(|| it.fingerprint().map(String::from)),
             note: o.and_then(|o| o.note.clone()),
             attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
         }
@@ -357,8 +359,17 @@ mod tests {
             },
             action,
             reason: Some("why".into()),
-            fingerprint: Some("f".into()),
-            source_key: None,
+            source_key: Some(std::sync::Arc::new(crate::key::KeyObject {
+                handle: 3,
+                class: crate::key::KeyClass::SecretKey,
+                key_type: crate::key::KeyType::Aes,
+                id: vec![0xa1],
+                label: label.into(),
+                flags: Default::default(),
+                value_len: None,
+                public_parts: None,
+                fingerprint: Some("f".into()),
+            })),
             target_key: None,
         };
         let diff = Diff {

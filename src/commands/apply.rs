@@ -233,9 +233,9 @@ fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
     for it in online.diff.items.iter().filter(|i| i.action == Action::Create) {
         let Some(k) = &it.source_key else { continue };
         let entry = k.identity().journal_key();
-        match per_target.iter_mut().find(|(t, _)| *t == it.target) {
+        match per_target.iter_mut().find(|(t, _)| **t == *it.target) {
             Some((_, v)) => v.push(entry),
-            None => per_target.push((it.target.clone(), vec![entry])),
+            None => per_target.push((it.target.to_string(), vec![entry])),
         }
     }
     for (target, entries) in &per_target {

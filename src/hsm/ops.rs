@@ -321,7 +321,7 @@ impl TokenSession {
         let h = unsafe { ObjectHandle::new_from_raw(handle) };
         Ok(self.read_key(h)?.map(|mut k| {
             if k.class == KeyClass::PublicKey {
-                k.fingerprint = Some(public_fingerprint(k.key_type, &k.public));
+                k.fingerprint = Some(public_fingerprint(k.key_type, k.public()));
             }
             k
         }))
@@ -380,7 +380,7 @@ impl TokenSession {
             label,
             flags: f,
             value_len,
-            public,
+            public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
             fingerprint: None,
         }))
     }
@@ -468,7 +468,7 @@ impl TokenSession {
     /// wrapped blob's digest for others (`None` when it cannot be wrapped).
     pub fn fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
         if k.class == KeyClass::PublicKey {
-            return Ok(Some(public_fingerprint(k.key_type, &k.public)));
+            return Ok(Some(public_fingerprint(k.key_type, k.public())));
         }
         if !k.flags.extractable {
             return Ok(None);
@@ -597,7 +597,7 @@ impl TokenSession {
     /// Creates the public half of a key pair from the source's public attributes.
     pub fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
         let mut template = self.copy_template(like)?;
-        let p = &like.public;
+        let p = like.public();
         match like.key_type {
             KeyType::Rsa => {
                 template.push(Attribute::Modulus(p.modulus.clone()));
