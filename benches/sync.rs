@@ -5,6 +5,7 @@
 //! cargo bench --bench sync                 # every scenario (~10 minutes)
 //! cargo bench --bench sync -- --quick      # a one-minute subset
 //! cargo bench --bench sync -- --only aes-1000 --threads 2 --no-rss
+//! BENCH_TIMINGS=1 cargo bench --bench sync -- --only lat1ms   # + each report's timings
 //! ```
 //!
 //! Each scenario runs in a child process (this binary re-executed with `--child`): SoftHSM
