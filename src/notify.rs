@@ -750,6 +750,10 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
             .into_iter()
             .filter_map(|d| read_state(&d).map(|st| (d, st)))
             .collect();
+        // By name, and the candidates so far by state label: lookups per key, not scans
+        // (a scan per key was quadratic in the keys of a large notify run).
+        let by_name: HashMap<&str, &(DataObject, KeyState)> = states.iter().map(|p| (p.0.name(), p)).collect();
+        let mut listed: HashSet<String> = HashSet::new();
         let list = by_source.entry(source).or_default();
         for entry in entries.iter().filter(|e| e.source == *source) {
             let mut push = |key: KeyInfo, handle: Option<u64>| {
@@ -757,10 +761,10 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
                     return;
                 }
                 let label = key.state_label();
-                if list.iter().any(|c| c.state_label == label) {
+                if listed.contains(&label) {
                     return;
                 }
-                let state = states.iter().find(|(d, _)| d.name() == label).cloned();
+                let state = by_name.get(label.as_str()).map(|p| (*p).clone());
                 // The resources are those of the entry the event happened under.
                 let owner = match &state {
                     None => Some(*entry),
@@ -778,6 +782,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
                     ));
                     return;
                 };
+                listed.insert(label.clone());
                 list.push(Candidate {
                     entry: owner,
                     state_label: label,
