@@ -301,6 +301,7 @@ fn orchestrate(o: Opts) {
     println!("keys/s = source key objects copied to every target per second (a pair is 2 objects)");
     println!("apply = the `apply` command run in-process (load, connect, inventory, diff, jobs, report); raw = wrap → unwrap → verify only");
     println!("exec = apply's jobs alone (the report's timings.execute_ms: apply minus connect, inventory and diff)");
+    println!("rec% = share of apply spent writing the lifecycle records (timings.notify_ms); -rec/raw = apply without them, against raw");
     println!(
         "plan = the `plan --format json` command in-process (all unchanged); inv = find + 1 C_GetAttributeValue/object"
     );
@@ -308,7 +309,7 @@ fn orchestrate(o: Opts) {
     println!("  over the RSS just before (SoftHSM keeps every object in memory: new copies grow it too)");
     println!();
     let header = format!(
-        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}",
+        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}",
         "scenario",
         "keys",
         "raw k/s",
@@ -316,6 +317,8 @@ fn orchestrate(o: Opts) {
         "a/raw",
         "exec k/s",
         "e/raw",
+        "rec%",
+        "-rec/raw",
         "plan s",
         "inv s",
         "p/inv",
@@ -356,9 +359,11 @@ fn print_row(s: &Scenario, r: &Row) {
     };
     match s.mode {
         Mode::PlanRss => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
             s.name(),
             s.objects(),
+            "-",
+            "-",
             "-",
             "-",
             "-",
@@ -375,7 +380,7 @@ fn print_row(s: &Scenario, r: &Row) {
             f("connect_rss_mb", 0),
         ),
         _ => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6} {:>11} {:>7}",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}",
             s.name(),
             s.objects(),
             f("raw_kps", 0),
@@ -383,6 +388,8 @@ fn print_row(s: &Scenario, r: &Row) {
             ratio("apply_kps", "raw_kps"),
             f("exec_kps", 0),
             ratio("exec_kps", "raw_kps"),
+            f("rec_pct", 0),
+            ratio("norec_kps", "raw_kps"),
             f("plan_s", 3),
             f("inv_s", 3),
             ratio("plan_s", "inv_s"),
@@ -782,8 +789,20 @@ fn hsm_command(args: &[&str], report: &Path) -> hsm_sync::report::Report {
     serde_json::from_slice(&text).expect("a valid report")
 }
 
-/// hsm-sync's `apply` command: (time, of which running the jobs, jobs ok).
-fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
+/// What one `apply` took.
+struct Applied {
+    /// The whole command.
+    took: Duration,
+    /// Its jobs (`timings.execute_ms`).
+    exec: Duration,
+    /// Writing the lifecycle records (`timings.notify_ms`; no resources, so no sends).
+    records: Duration,
+    /// Copies made and verified.
+    ok: usize,
+}
+
+/// hsm-sync's `apply` command.
+fn hsm_apply(plan: &Path, threads: usize) -> Applied {
     let report = plan.with_file_name("apply-report.json");
     let _ = std::fs::remove_file(&report);
     let start = Instant::now();
@@ -806,13 +825,18 @@ fn hsm_apply(plan: &Path, threads: usize) -> (Duration, Duration, usize) {
     if std::env::var_os("BENCH_TIMINGS").is_some() {
         println!("apply {took:?}: {:?}", r.timings);
     }
-    let exec = r.timings.and_then(|t| t.execute_ms).map_or(took, Duration::from_millis);
-    let ok = r
-        .jobs
-        .iter()
-        .filter(|j| j.action == Action::Create && j.status == Status::Ok)
-        .count();
-    (took, exec, ok)
+    let ms =
+        |f: fn(&hsm_sync::report::Timings) -> Option<u64>| r.timings.as_ref().and_then(f).map(Duration::from_millis);
+    Applied {
+        took,
+        exec: ms(|t| t.execute_ms).unwrap_or(took),
+        records: ms(|t| t.notify_ms).unwrap_or_default(),
+        ok: r
+            .jobs
+            .iter()
+            .filter(|j| j.action == Action::Create && j.status == Status::Ok)
+            .count(),
+    }
 }
 
 /// hsm-sync's `plan` command (its JSON report on stdout, as a pipeline reads it):
@@ -1058,14 +1082,16 @@ fn child(args: &[String]) {
     // (a) hsm-sync apply
     let before = rss_mb("VmRSS:");
     reset_peak();
-    let (apply, exec, ok) = hsm_apply(&plan, s.threads);
-    assert_eq!(ok, objs.len() * s.targets, "every copy made and verified");
+    let a = hsm_apply(&plan, s.threads);
+    assert_eq!(a.ok, objs.len() * s.targets, "every copy made and verified");
     let _ = write!(
         out,
-        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} before_rss_mb={before:.1} apply_rss_mb={:.1}",
-        apply.as_secs_f64(),
-        n / apply.as_secs_f64(),
-        n / exec.as_secs_f64(),
+        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} rec_pct={:.1} norec_kps={:.1} before_rss_mb={before:.1} apply_rss_mb={:.1}",
+        a.took.as_secs_f64(),
+        n / a.took.as_secs_f64(),
+        n / a.exec.as_secs_f64(),
+        100.0 * a.records.as_secs_f64() / a.took.as_secs_f64(),
+        n / a.took.saturating_sub(a.records).as_secs_f64(),
         rss_mb("VmHWM:")
     );
 
