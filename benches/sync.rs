@@ -430,7 +430,13 @@ fn summary(results: &[(Scenario, Row)]) {
         if let Some((_, r1)) = one {
             let per = |r: &Row, k: &str, n: f64| r.get(k).map(|v| v / n);
             if let (Some(a1), Some(a10)) = (r1.get("apply_kps"), r10.get("apply_kps")) {
-                println!("  {:<30} apply {:.2}", s10.name(), a1 / a10);
+                // The raw loop's own ratio in the same rows: how far the token itself is
+                // from linear (SoftHSM's searches and object store grow with its objects).
+                let raw = match (r1.get("raw_kps"), r10.get("raw_kps")) {
+                    (Some(w1), Some(w10)) => format!("   raw {:.2}", w1 / w10),
+                    _ => String::new(),
+                };
+                println!("  {:<30} apply {:.2}{raw}", s10.name(), a1 / a10);
             }
             if let (Some(p1), Some(p10)) = (per(r1, "plan_s", 1000.0), per(r10, "plan_s", 10_000.0)) {
                 println!("  {:<30} plan  {:.2}", s10.name(), p10 / p1);
