@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::world::{Output, World};
+use crate::world::{cluster_yaml, Output, World};
 
 /// The body of CONTRACT.md §5, read as typed data.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -130,21 +130,7 @@ fn world(keys: usize, url: &str, resource: &str, options: &str) -> World {
     w.plan(&format!(
         "version: 1
 clusters:
-  primary:
-    module: {{module}}
-    token: {{ label: primary }}
-    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./primary.pin }} }}
-  dr:
-    module: {{module}}
-    token: {{ label: dr }}
-    cloned_from: primary
-    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr.pin }} }}
-  dr2:
-    module: {{module}}
-    token: {{ label: dr2 }}
-    cloned_from: primary
-    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr2.pin }} }}
-sync:
+{}{}{}sync:
   - name: payments
     source: primary
     targets: [dr, dr2]
@@ -154,7 +140,10 @@ sync:
       - name: object-storage
         url: {url}
 {resource}options:
-{options}"
+{options}",
+        cluster_yaml("primary", None),
+        cluster_yaml("dr", Some("primary")),
+        cluster_yaml("dr2", Some("primary"))
     ))
 }
 
@@ -173,18 +162,7 @@ fn report(w: &World, name: &str) -> Value {
 
 /// Runs hsm-sync from `cwd` (not the world's directory) with the world's SoftHSM config.
 fn run_in(w: &World, cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-        .args(args)
-        .current_dir(cwd)
-        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("hsm-sync runs");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    w.run_in(cwd, args, &[])
 }
 
 #[test]

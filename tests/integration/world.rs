@@ -116,9 +116,15 @@ impl World {
     }
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_in(self.path(), args, env)
+    }
+
+    /// Runs `hsm-sync args…` from `cwd` (perhaps not the world's directory) with the
+    /// world's SOFTHSM2_CONF and `env`.
+    pub fn run_in(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
             .args(args)
-            .current_dir(self.path())
+            .current_dir(cwd)
             .env("SOFTHSM2_CONF", self.path().join("softhsm2.conf"))
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
@@ -140,25 +146,27 @@ impl World {
     }
 }
 
+/// One cluster of a test plan: token `name` through `{module}`, crypto-user `app`, its PIN
+/// from `./NAME.pin`, cloned from `from` if given.
+pub fn cluster_yaml(name: &str, from: Option<&str>) -> String {
+    let cloned = from.map(|f| format!("    cloned_from: {f}\n")).unwrap_or_default();
+    format!(
+        "  {name}:\n    module: {{module}}\n    token: {{ label: {name} }}\n{cloned}    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./{name}.pin }} }}\n"
+    )
+}
+
 /// A two-cluster plan: `primary` → `dr`, crypto-user `app`, PINs from files.
 pub fn two_cluster_plan(keys: &str) -> String {
     format!(
         "version: 1
 clusters:
-  primary:
-    module: {{module}}
-    token: {{ label: primary }}
-    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./primary.pin }} }}
-  dr:
-    module: {{module}}
-    token: {{ label: dr }}
-    cloned_from: primary
-    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./dr.pin }} }}
-sync:
+{}{}sync:
   - name: main
     source: primary
     targets: [dr]
     keys:
-{keys}"
+{keys}",
+        cluster_yaml("primary", None),
+        cluster_yaml("dr", Some("primary"))
     )
 }
