@@ -91,25 +91,46 @@ pub fn lineage_fingerprint(cluster: &Cluster, tokens: &Tokens) -> Result<String,
 
 /// Proves lineage for every (source, target) pair of the plan (tokens logged in).
 pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmError> {
+    // Clusters and pairs side by side: on a network HSM each proof is a dozen round
+    // trips, so one after the other they add up per target (issue 6). The first error
+    // in plan order is the one reported, as before.
+    let clusters = plan.clusters_in_scope();
     let mut fps: HashMap<&str, String> = HashMap::new();
-    for c in plan.clusters_in_scope() {
-        fps.insert(&c.name, lineage_fingerprint(c, tokens)?);
+    for (c, fp) in clusters
+        .iter()
+        .zip(side_by_side(&clusters, |c| lineage_fingerprint(c, tokens)))
+    {
+        fps.insert(&c.name, fp?);
     }
-    let mut proofs = Vec::new();
-    let mut done = std::collections::HashSet::new();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
     for entry in &plan.syncs {
         for t in entry.all_targets() {
-            if done.insert((entry.source.clone(), t.to_string())) {
-                prove(tokens, &entry.source, t)?;
-                proofs.push(LineageProof {
-                    source: entry.source.clone(),
-                    target: t.into(),
-                    fingerprint: fps[entry.source.as_str()].clone(),
-                });
+            if !pairs.contains(&(entry.source.as_str(), t)) {
+                pairs.push((&entry.source, t));
             }
         }
     }
+    let mut proofs = Vec::new();
+    for (&(source, target), proved) in pairs.iter().zip(side_by_side(&pairs, |(s, t)| prove(tokens, s, t))) {
+        proved?;
+        proofs.push(LineageProof {
+            source: source.into(),
+            target: target.into(),
+            fingerprint: fps[source].clone(),
+        });
+    }
     Ok(proofs)
+}
+
+/// `f` of every item, each on its own thread, in the items' order.
+fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    std::thread::scope(|scope| {
+        let running: Vec<_> = items.iter().map(|i| scope.spawn(|| f(i))).collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// The proof of CONTRACT.md §1: a fresh session key wrapped on the source under the
