@@ -58,7 +58,11 @@ pub type Inventories = HashMap<String, Inventory>;
 /// Reads the inventories of `clusters`, side by side, each with up to `workers` sessions.
 /// With [`Fingerprints::Compared`], the clusters in `source_only` (no sync writes to
 /// them) are read without fingerprints first; then only their keys that another cluster
-/// holds are fingerprinted. Their in-flight journals are not read (only targets have one).
+/// holds are fingerprinted. That second pass waits for every inventory, so it is taken
+/// only while the targets hold fewer than half as many keys as the source (a first sync):
+/// when they hold about as many, every key would be wrapped anyway, and wrapping them
+/// while the targets are read is faster (issue 6). Their in-flight journals are not read
+/// (only targets have one).
 pub fn read_all(
     tokens: &Tokens,
     clusters: &[&str],
@@ -66,7 +70,18 @@ pub fn read_all(
     fingerprints: Fingerprints,
     workers: usize,
 ) -> Result<Inventories, HsmError> {
-    let deferred = |name: &str| fingerprints == Fingerprints::Compared && source_only.contains(&name);
+    let listed = |name: &&str| tokens.get(name).listed_len().unwrap_or(usize::MAX);
+    let most_on_a_target = clusters
+        .iter()
+        .filter(|n| !source_only.contains(n))
+        .map(listed)
+        .max()
+        .unwrap_or(0);
+    let deferred = |name: &str| {
+        fingerprints == Fingerprints::Compared
+            && source_only.contains(&name)
+            && most_on_a_target.saturating_mul(2) < listed(&name)
+    };
     let mut out: Inventories = std::thread::scope(|scope| {
         let handles: Vec<_> = clusters
             .iter()
@@ -123,8 +138,8 @@ fn fingerprint_some(tokens: &Tokens, inv: &mut Inventory, which: &[usize], worke
 const CHUNK: usize = 32;
 
 /// Runs `each` on every item with up to `workers` sessions of `token` (`first` and new
-/// ones), [`CHUNK`] items at a time, and collects what it returns.
-fn in_chunks<I: Sync, T: Send>(
+/// ones), [`CHUNK`] items at a time, and collects what it returns (in no fixed order).
+pub(crate) fn in_chunks<I: Sync, T: Send>(
     token: &crate::hsm::Token,
     first: &TokenSession,
     items: &[I],

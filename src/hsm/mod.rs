@@ -258,6 +258,16 @@ impl Token {
         Ok(())
     }
 
+    /// How many keys login's search found (the domain key included), while the
+    /// inventory has not taken them.
+    pub fn listed_len(&self) -> Option<usize> {
+        self.listed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Vec::len)
+    }
+
     /// The key handles login found (every token key, the domain key included), once:
     /// the first inventory after login takes them; later ones search. Commands that
     /// write lock the token before logging in, so no other run changes its keys between.

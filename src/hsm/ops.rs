@@ -329,7 +329,7 @@ impl TokenSession {
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
-        let attrs = match self.read_raw(h) {
+        let attrs = match self.read_raw(h, READ, &READ_SIZES, &[AttributeType::Id, AttributeType::Label]) {
             Some(r) => r,
             None => self.s.get_attributes(h, READ),
         };
@@ -385,20 +385,27 @@ impl TokenSession {
         }))
     }
 
-    /// [`READ`] in one raw `C_GetAttributeValue` with buffers sized in advance
-    /// ([`READ_SIZES`]). `None` when that is not possible (no raw function list, or a
-    /// value larger than its buffer): the caller then asks cryptoki, which sizes first.
-    fn read_raw(&self, h: ObjectHandle) -> Option<Result<Vec<Attribute>, CkError>> {
+    /// `types` in one raw `C_GetAttributeValue` with buffers sized in advance (`sizes`),
+    /// not cryptoki's two calls (one to size, one to read). `None` when that is not
+    /// possible (no raw function list, or a value larger than its buffer, or one of
+    /// `must_have` unavailable): the caller then asks cryptoki, which sizes first.
+    pub(crate) fn read_raw(
+        &self,
+        h: ObjectHandle,
+        types: &[AttributeType],
+        sizes: &[usize],
+        must_have: &[AttributeType],
+    ) -> Option<Result<Vec<Attribute>, CkError>> {
         let get = self.raw.as_ref()?.f.C_GetAttributeValue?;
-        let mut buf = vec![0u8; READ_SIZES.iter().sum()];
-        let mut template = Vec::with_capacity(READ.len());
+        let mut buf = vec![0u8; sizes.iter().sum()];
+        let mut template = Vec::with_capacity(types.len());
         let mut at = 0;
-        for (t, n) in READ.iter().zip(READ_SIZES) {
+        for (t, n) in types.iter().zip(sizes) {
             template.push(cryptoki_sys::CK_ATTRIBUTE {
                 type_: (*t).into(),
                 // SAFETY: `at + n` never exceeds the buffer (it is the sum of the sizes).
                 pValue: unsafe { buf.as_mut_ptr().add(at) }.cast(),
-                ulValueLen: n as cryptoki_sys::CK_ULONG,
+                ulValueLen: *n as cryptoki_sys::CK_ULONG,
             });
             at += n;
         }
@@ -417,23 +424,22 @@ impl TokenSession {
             Rv::Error(RvError::BufferTooSmall) => return None,
             other => return Some(other.into_result(Function::GetAttributeValue).map(|()| Vec::new())),
         }
-        // Every key has an id and a label. When another attribute's error (a sensitive
-        // value) is what the call returned, a label too long for its buffer shows only as
-        // "unavailable", with no CKR_BUFFER_TOO_SMALL: let cryptoki size it instead.
-        let must_have = [AttributeType::Id, AttributeType::Label];
-        if READ
+        // When another attribute's error (a sensitive value) is what the call returned, a
+        // value too long for its buffer shows only as "unavailable", with no
+        // CKR_BUFFER_TOO_SMALL: for what every object has, let cryptoki size it instead.
+        if types
             .iter()
             .zip(&template)
             .any(|(t, a)| must_have.contains(t) && a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION)
         {
             return None;
         }
-        let mut out = Vec::with_capacity(READ.len());
-        for (a, n) in template.iter().zip(READ_SIZES) {
+        let mut out = Vec::with_capacity(types.len());
+        for (a, n) in template.iter().zip(sizes) {
             if a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION {
                 continue;
             }
-            if a.ulValueLen as usize > n {
+            if a.ulValueLen as usize > *n {
                 return None;
             }
             match Attribute::try_from(*a) {

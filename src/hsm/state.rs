@@ -21,6 +21,10 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use super::{HsmError, TokenSession};
 
+/// The buffer a record's label or value is read into in one call (larger ones take
+/// cryptoki's two).
+const RECORD_BUF: usize = 2048;
+
 /// `CKA_APPLICATION` of every data object hsm-sync writes.
 pub const APPLICATION: &str = "hsm-sync";
 
@@ -69,19 +73,28 @@ impl TokenSession {
         Ok(h.handle())
     }
 
-    /// Every hsm-sync data object whose label starts with `prefix`, with its value.
-    /// Objects that vanish while being read (another run destroyed them) are left out.
-    pub fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
-        let handles = self
+    /// The handles of every hsm-sync data object (one search; read them with
+    /// [`Self::reread_data`], perhaps from several sessions).
+    pub fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+        Ok(self
             .raw()
             .find_objects(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Application(APPLICATION.as_bytes().to_vec()),
             ])
-            .map_err(self.pk_err("finding hsm-sync data objects"))?;
+            .map_err(self.pk_err("finding hsm-sync data objects"))?
+            .into_iter()
+            .map(|h| h.handle())
+            .collect())
+    }
+
+    /// Every hsm-sync data object whose label starts with `prefix`, with its value.
+    /// Objects that vanish while being read (another run destroyed them) are left out.
+    pub fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
+        let handles = self.data_handles()?;
         let mut out = Vec::new();
         for h in handles {
-            if let Some(d) = self.read_data(h)? {
+            if let Some(d) = self.reread_data(h)? {
                 if d.label.starts_with(prefix) {
                     out.push(d);
                 }
@@ -153,21 +166,20 @@ impl TokenSession {
     }
 
     fn read_data(&self, h: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
-        // cryptoki asks for the sizes, then the values: another process may change the
-        // label in between (a notify claim), which the token answers with
-        // CKR_BUFFER_TOO_SMALL. Asking again reads the new label.
-        let mut tries = 0;
-        let attrs = loop {
-            tries += 1;
-            match self
-                .raw()
-                .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
-            {
-                Ok(a) => break a,
-                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
-                Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,
-                Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
-            }
+        // One call with buffers sized for a record (a few hundred bytes) where it fits:
+        // an apply reads every state object before recording, at 1 ms a call.
+        let attrs = match self.read_raw(
+            h,
+            &[AttributeType::Label, AttributeType::Value],
+            &[RECORD_BUF, RECORD_BUF],
+            &[AttributeType::Label],
+        ) {
+            Some(Ok(a)) => a,
+            Some(Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _))) => return Ok(None),
+            _ => match self.read_data_sized(h)? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
         };
         let mut label = String::new();
         let mut value = Vec::new();
@@ -183,6 +195,26 @@ impl TokenSession {
             label,
             value,
         }))
+    }
+
+    /// [`Self::read_data`] through cryptoki, which asks for the sizes, then the values;
+    /// `None` if the object is gone.
+    fn read_data_sized(&self, h: ObjectHandle) -> Result<Option<Vec<Attribute>>, HsmError> {
+        // Another process may change the label between the two calls (a notify claim),
+        // which the token answers with CKR_BUFFER_TOO_SMALL: asking again reads the new one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .raw()
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            {
+                Ok(a) => return Ok(Some(a)),
+                Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+                Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,
+                Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+            }
+        }
     }
 }
 
