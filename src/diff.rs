@@ -455,9 +455,14 @@ fn decide(
             None,
         );
     }
-    // An inventory that deferred fingerprints (apply) leaves new keys without one; their
-    // copy job's wrap is the test of wrappability then.
-    if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && !src_inv.deferred)) {
+    // An inventory that deferred fingerprints (apply's first sync) leaves keys no other
+    // cluster holds without one: their copy job's wrap is the test of wrappability then.
+    // A key this target holds was tried, so there too `None` means it cannot be wrapped.
+    let tried = !src_inv.deferred
+        || inv
+            .get(target)
+            .is_some_and(|t| !t.by_identity(&k.identity()).is_empty());
+    if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && tried)) {
         return mk(Action::Blocked, Some("not-extractable".into()), None);
     }
     if let Some(why) = odd_length_blocker(k) {
@@ -666,6 +671,34 @@ mod tests {
                 (Action::Blocked, Some("not-found-on-source".into())),
                 (Action::Blocked, Some("not-extractable".into())),
                 (Action::Blocked, Some("not-owned".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deferred_fingerprint_is_a_create_and_a_failed_one_stays_blocked() {
+        let p = plan("      - id: \"01\"\n      - id: \"02\"\n");
+        let mut new = key(1, "01", "x", "aa");
+        new.fingerprint = None;
+        let mut unwrappable = key(2, "02", "y", "bb");
+        unwrappable.fingerprint = None;
+        let mut invs = inv(vec![new, unwrappable], vec![key(7, "02", "y", "bb")]);
+        // Read eagerly, a key without a fingerprint cannot be wrapped.
+        assert_eq!(
+            actions(&diff(&p, &invs)),
+            vec![
+                (Action::Blocked, Some("not-extractable".into())),
+                (Action::Blocked, Some("not-extractable".into()))
+            ]
+        );
+        // Deferred (apply's first sync): the new key's job will wrap it; the key the
+        // target holds was tried and failed.
+        invs.get_mut("a").unwrap().deferred = true;
+        assert_eq!(
+            actions(&diff(&p, &invs)),
+            vec![
+                (Action::Create, None),
+                (Action::Blocked, Some("not-extractable".into()))
             ]
         );
     }
