@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(about = "Provision SoftHSM tokens for hsm-sync's tests, benchmarks and demos")]
 struct Args {
-    /// The token directory (holds softhsm2.conf, tokens/ and <token>.pin).
+    /// The token directory (holds softhsm2.conf, tokens/ and `<token>.pin`).
     dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -23,7 +23,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write DIR/softhsm2.conf and initialise tokens (PIN: DIR/<token>.pin).
+    /// Write DIR/softhsm2.conf and initialise tokens (PIN: `DIR/<token>.pin`).
     Init { tokens: Vec<String> },
     /// Import one fresh random domain key into each listed token (a "cloned" set).
     DomainKey {
@@ -35,7 +35,7 @@ enum Cmd {
         tokens: Vec<String>,
     },
     /// Generate secret keys; with --count N, ids are ID followed by a 2-byte index and
-    /// labels LABEL-<index>.
+    /// labels `LABEL-<index>`.
     Keygen {
         token: String,
         #[arg(long)]

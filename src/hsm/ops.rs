@@ -268,7 +268,7 @@ impl TokenSession {
     }
 
     /// The handles of every key on the token but the domain key, found in batches of
-    /// [`FIND_BATCH`], one search per key class. hsm-sync's own data objects (notify
+    /// `FIND_BATCH` (1,024), one search per key class. hsm-sync's own data objects (notify
     /// state, the in-flight journal) are never read here: another run may be rewriting
     /// them, and they are not keys.
     pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {

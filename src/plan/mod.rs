@@ -200,7 +200,7 @@ const MAX_SNIPPET: usize = 2048;
 
 /// The plan text as diagnostics show it: miette prints whole lines around a label, so a
 /// one-line JSON plan, or a hostile 30 MB line, would be echoed in full. Snippets longer
-/// than [`MAX_SNIPPET`] are cut to a window of the label's own line, so an error on such
+/// than `MAX_SNIPPET` are cut to a window of the label's own line, so an error on such
 /// a plan stays a few lines long.
 #[derive(Debug, Clone)]
 pub struct PlanText {
