@@ -272,7 +272,7 @@ fn run_child(s: &Scenario, shim: Option<&Path>, keep: bool) -> Option<Row> {
         return None;
     }
     if std::env::var_os("BENCH_TIMINGS").is_some() {
-        for l in stdout.lines().filter(|l| l.starts_with("apply")) {
+        for l in stdout.lines().filter(|l| l.starts_with("timings ")) {
             println!("  {}: {l}", s.name());
         }
     }
@@ -829,7 +829,7 @@ fn hsm_apply(plan: &Path, threads: usize) -> Applied {
         panic!("a job failed: {:?}", j.error);
     }
     if std::env::var_os("BENCH_TIMINGS").is_some() {
-        println!("apply {took:?}: {:?}", r.timings);
+        println!("timings apply {took:?}: {:?}", r.timings);
     }
     let ms =
         |f: fn(&hsm_sync::report::Timings) -> Option<u64>| r.timings.as_ref().and_then(f).map(Duration::from_millis);
@@ -850,10 +850,11 @@ fn hsm_apply(plan: &Path, threads: usize) -> Applied {
 fn hsm_plan(plan: &Path) -> (Duration, usize) {
     let start = Instant::now();
     let r = hsm_plan_report(plan);
+    let took = start.elapsed();
     if std::env::var_os("BENCH_TIMINGS").is_some() {
-        println!("apply-plan {:?}: {:?}", start.elapsed(), r.timings);
+        println!("timings plan {took:?}: {:?}", r.timings);
     }
-    (start.elapsed(), r.summary.unchanged + r.summary.create)
+    (took, r.summary.unchanged + r.summary.create)
 }
 
 /// `plan --format json`, its stdout captured to a file beside the plan.

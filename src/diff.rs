@@ -428,7 +428,11 @@ fn decide(
     role: Role,
     inv: &Inventories,
 ) -> DiffItem {
-    let twins_on_source = src_inv.by_identity(&k.identity()).len();
+    // Built and looked up once: this runs per key and target (100,000s of times).
+    let id = k.identity();
+    let twins_on_source = src_inv.by_identity(&id).len();
+    let tinv = inv.get(target);
+    let on_target = tinv.map(|t| t.by_identity(&id)).unwrap_or_default();
     let mk = |action, reason: Option<String>, dst: Option<&Arc<KeyObject>>| {
         item(names, target, k.key_ref(), action, reason, Some(k), dst)
     };
@@ -458,23 +462,20 @@ fn decide(
     // An inventory that deferred fingerprints (apply's first sync) leaves keys no other
     // cluster holds without one: their copy job's wrap is the test of wrappability then.
     // A key this target holds was tried, so there too `None` means it cannot be wrapped.
-    let tried = !src_inv.deferred
-        || inv
-            .get(target)
-            .is_some_and(|t| !t.by_identity(&k.identity()).is_empty());
+    let tried = !src_inv.deferred || !on_target.is_empty();
     if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && tried)) {
         return mk(Action::Blocked, Some("not-extractable".into()), None);
     }
     if let Some(why) = odd_length_blocker(k) {
         return mk(Action::Blocked, Some(why), None);
     }
-    let Some(tinv) = inv.get(target) else {
+    let Some(tinv) = tinv else {
         return mk(Action::Create, None, None);
     };
-    match tinv.by_identity(&k.identity()).as_slice() {
+    match on_target.as_slice() {
         [] => mk(Action::Create, None, None),
         [t] => {
-            if t.fingerprint.is_none() && tinv.in_flight.contains(&k.identity().journal_key()) {
+            if t.fingerprint.is_none() && tinv.in_flight.contains(&id.journal_key()) {
                 // A copy an interrupted run was making and never verified: it is ours,
                 // and unreadable, so it is replaced.
                 return mk(

@@ -97,13 +97,13 @@ pub fn execute(
     reporter: &dyn Reporter,
 ) -> Vec<Outcome> {
     let mut units = Vec::new();
-    let mut copies: HashMap<(String, u64), usize> = HashMap::new();
+    let mut copies: HashMap<(std::sync::Arc<str>, u64), usize> = HashMap::new();
     let mut per_target: Vec<(String, u64)> = Vec::new();
     for (i, it) in diff.items.iter().enumerate() {
         let runs = match it.action {
             Action::Create => {
                 let Some(k) = &it.source_key else { continue };
-                let slot = *copies.entry((it.source.to_string(), k.handle)).or_insert_with(|| {
+                let slot = *copies.entry((it.source.clone(), k.handle)).or_insert_with(|| {
                     units.push(Unit::Copy {
                         source: it.source.to_string(),
                         items: Vec::new(),

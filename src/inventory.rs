@@ -77,17 +77,23 @@ pub fn read_all(
         .map(listed)
         .max()
         .unwrap_or(0);
-    let deferred = |name: &str| {
-        fingerprints == Fingerprints::Compared
-            && source_only.contains(&name)
-            && most_on_a_target.saturating_mul(2) < listed(&name)
-    };
+    // Decided before reading: the inventories take login's handle lists, after which
+    // `listed` no longer knows them.
+    let deferred: Vec<bool> = clusters
+        .iter()
+        .map(|name| {
+            fingerprints == Fingerprints::Compared
+                && source_only.contains(name)
+                && most_on_a_target.saturating_mul(2) < listed(name)
+        })
+        .collect();
     let mut out: Inventories = std::thread::scope(|scope| {
         let handles: Vec<_> = clusters
             .iter()
-            .map(|name| {
+            .zip(&deferred)
+            .map(|(name, &deferred)| {
                 let written = !source_only.contains(name);
-                scope.spawn(move || read_one(tokens, name, workers, !deferred(name), written))
+                scope.spawn(move || read_one(tokens, name, workers, !deferred, written))
             })
             .collect();
         let mut out = HashMap::new();
@@ -97,7 +103,7 @@ pub fn read_all(
         }
         Ok::<_, HsmError>(out)
     })?;
-    for name in clusters.iter().filter(|n| deferred(n)) {
+    for (name, _) in clusters.iter().zip(&deferred).filter(|(_, d)| **d) {
         let Some(mut inv) = out.remove(*name) else { continue };
         let held_elsewhere: Vec<usize> = inv
             .keys
@@ -195,12 +201,7 @@ fn read_one(
     let first = token.session()?;
     let handles = first.key_handles_or(token.take_listed_keys())?;
     let mut keys = in_chunks(token, &first, &handles, workers, |s, &h| {
-        let k = if fingerprint {
-            s.read_fingerprinted(h)?
-        } else {
-            s.read_unfingerprinted(h)?
-        };
-        Ok(k.map(Arc::new))
+        Ok(s.read_fingerprinted(h, fingerprint)?.map(Arc::new))
     })?;
     sort_keys(&mut keys);
     Ok(Inventory {

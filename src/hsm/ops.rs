@@ -261,7 +261,7 @@ impl TokenSession {
     pub fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
         let mut out = Vec::new();
         for h in self.key_handles()? {
-            out.extend(self.read_fingerprinted(h)?);
+            out.extend(self.read_fingerprinted(h, true)?);
         }
         sort_keys(&mut out);
         Ok(out)
@@ -302,29 +302,20 @@ impl TokenSession {
     }
 
     /// Reads one object and fingerprints it; `None` if it is not a key (or vanished).
-    pub fn read_fingerprinted(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+    /// Secret and private keys only if `wrap` (theirs costs a `C_WrapKey`); a public
+    /// key's comes from its attributes, always.
+    pub fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
         // SAFETY: handles come from this token's own listing.
         let h = unsafe { ObjectHandle::new_from_raw(handle) };
         match self.read_key(h)? {
             Some(mut k) => {
-                k.fingerprint = self.fingerprint(&k)?;
+                if wrap || k.class == KeyClass::PublicKey {
+                    k.fingerprint = self.fingerprint(&k)?;
+                }
                 Ok(Some(k))
             }
             None => Ok(None),
         }
-    }
-
-    /// Reads one object without wrapping it: a public key gets its fingerprint (from its
-    /// attributes), others none; `None` if it is not a key (or vanished).
-    pub fn read_unfingerprinted(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
-        // SAFETY: handles come from this token's own listing.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
-        Ok(self.read_key(h)?.map(|mut k| {
-            if k.class == KeyClass::PublicKey {
-                k.fingerprint = Some(public_fingerprint(k.key_type, k.public()));
-            }
-            k
-        }))
     }
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
