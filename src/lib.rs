@@ -18,6 +18,7 @@ pub mod commands;
 pub mod connect;
 pub mod credentials;
 pub mod diff;
+pub mod domain;
 pub mod executor;
 pub mod exit;
 pub mod hsm;
