@@ -85,7 +85,7 @@ pub struct PlanArgs {
     /// Only shard i of n (from 1): keys are split by a hash of their identity, so n
     /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
     #[arg(long, value_name = "I/N")]
-    pub shard: Option<crate::diff::Shard>,
+    pub shard: Option<crate::domain::shard::Shard>,
 }
 
 /// `apply PLAN|SAVED [--jobs N] [--report FILE] [--junit FILE] [--allow-destroy] [--quiet]`
@@ -112,7 +112,7 @@ pub struct ApplyArgs {
     /// Only shard i of n (from 1): keys are split by a hash of their identity, so n
     /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
     #[arg(long, value_name = "I/N")]
-    pub shard: Option<crate::diff::Shard>,
+    pub shard: Option<crate::domain::shard::Shard>,
 }
 
 /// Output format of `inventory`.

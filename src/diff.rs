@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef, KeyType};
+use crate::domain::reason::Reason;
+use crate::domain::shard::Shard;
 use crate::inventory::{Inventories, Inventory};
-use crate::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef, KeyType};
 use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector};
 
 /// What happens to one key on one target.
@@ -85,8 +87,12 @@ pub struct DiffItem {
     pub key: KeyRef,
     /// The decision.
     pub action: Action,
-    /// Why (blocked, conflict, update), machine-readable first word.
-    pub reason: Option<String>,
+    /// Why (blocked, conflict, update, repair): the first reason that applies.
+    pub reason: Option<Reason>,
+    /// Every reason that applies, the first being `reason` (CONTRACT.md §3).
+    pub reasons: Vec<Reason>,
+    /// The explanation of this item's reasons, for people.
+    pub detail: Option<String>,
     /// The source key, for create and update.
     ///
     /// Shared with the inventory it came from, never copied: at 100,000 keys a copy
@@ -131,56 +137,6 @@ impl Diff {
     }
 }
 
-/// One of `n` deterministic parts of a diff (`--shard i/n`, `i` from 1), so that several
-/// CI runners can share one large sync. Keys are assigned by a hash of their `CKA_ID`
-/// (the label when the id is empty), not by position: the same key lands in the same
-/// shard on every runner, whatever else the tokens hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub struct Shard {
-    /// This shard, from 1.
-    pub index: u32,
-    /// How many shards.
-    pub count: u32,
-}
-
-impl Shard {
-    /// Whether the key belongs to this shard.
-    pub fn holds(self, key: &KeyRef) -> bool {
-        use sha2::{Digest, Sha256};
-        let name = if key.id.is_empty() {
-            format!("label:{}", key.label)
-        } else {
-            format!("id:{}", key.id)
-        };
-        let h = Sha256::digest(name.as_bytes());
-        let n = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
-        n % u64::from(self.count) == u64::from(self.index - 1)
-    }
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not a shard: write i/n with 1 ≤ i ≤ n, e.g. 2/4");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (u32, u32) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if index == 0 || count == 0 || index > count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
 /// What hsm-sync can copy: secret keys that AES key wrap carries, and RSA/EC pairs (the
 /// private half wrapped as PKCS#8, the public half rebuilt from its public attributes).
 /// Not Ed25519 and friends: SoftHSM cannot wrap them at all (PKCS11-NOTES.md).
@@ -222,7 +178,7 @@ fn odd_length_blocker(k: &KeyObject) -> Option<String> {
     }
     let f = &k.flags;
     (f.encrypt || f.decrypt || f.wrap || f.unwrap || f.derive).then(|| {
-        format!("odd-length-secret: a {len}-byte generic secret would arrive zero-padded to {} bytes; only HMAC-only keys (sign/verify) are synced", len.div_ceil(8) * 8)
+        format!("a {len}-byte generic secret would arrive zero-padded to {} bytes; only HMAC-only keys (sign/verify) are synced", len.div_ceil(8) * 8)
     })
 }
 
@@ -359,7 +315,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
                                     t,
                                     missing_ref(&sel.matcher),
                                     Action::Blocked,
-                                    Some("not-found-on-source".into()),
+                                    Why::one(Reason::NotFoundOnSource, None),
                                     None,
                                     None,
                                 ));
@@ -399,12 +355,52 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
     out
 }
 
+/// The reasons of one item and the explanation each came with.
+#[derive(Default)]
+struct Why {
+    reasons: Vec<Reason>,
+    details: Vec<(Reason, String)>,
+}
+
+impl Why {
+    fn none() -> Why {
+        Why::default()
+    }
+
+    fn one(r: Reason, detail: Option<String>) -> Why {
+        let mut w = Why::none();
+        w.add(r, detail);
+        w
+    }
+
+    fn add(&mut self, r: Reason, detail: Option<String>) {
+        self.reasons.push(r);
+        if let Some(d) = detail {
+            self.details.push((r, d));
+        }
+    }
+
+    /// One reason's detail as it is; several, each after its code.
+    fn detail(&self) -> Option<String> {
+        match self.details.as_slice() {
+            [] => None,
+            [(_, d)] if self.reasons.len() == 1 => Some(d.clone()),
+            many => Some(
+                many.iter()
+                    .map(|(r, d)| format!("{r}: {d}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        }
+    }
+}
+
 fn item(
     names: &Names,
     target: &str,
     key: KeyRef,
     action: Action,
-    reason: Option<String>,
+    why: Why,
     src: Option<&Arc<KeyObject>>,
     dst: Option<&Arc<KeyObject>>,
 ) -> DiffItem {
@@ -414,7 +410,9 @@ fn item(
         target: names.target(target),
         key,
         action,
-        reason,
+        reason: why.reasons.first().copied(),
+        detail: why.detail(),
+        reasons: why.reasons,
         source_key: src.cloned(),
         target_key: dst.cloned(),
     }
@@ -433,30 +431,31 @@ fn decide(
     let twins_on_source = src_inv.by_identity(&id).len();
     let tinv = inv.get(target);
     let on_target = tinv.map(|t| t.by_identity(&id)).unwrap_or_default();
-    let mk = |action, reason: Option<String>, dst: Option<&Arc<KeyObject>>| {
-        item(names, target, k.key_ref(), action, reason, Some(k), dst)
-    };
+    let mk =
+        |action, why: Why, dst: Option<&Arc<KeyObject>>| item(names, target, k.key_ref(), action, why, Some(k), dst);
+    let because = |r: Reason, detail: Option<String>| Why::one(r, detail);
     if twins_on_source > 1 {
         return mk(
             Action::Conflict,
-            Some(format!(
-                "duplicate-on-source: {twins_on_source} objects on `{}` share this identity",
-                names.source
-            )),
+            because(
+                Reason::DuplicateOnSource,
+                Some(format!(
+                    "{twins_on_source} objects on `{}` share this identity",
+                    names.source
+                )),
+            ),
             None,
         );
     }
+    // Every blocker is listed, not the first: fix them all in one pass (CONTRACT.md §3).
+    let mut blockers = Why::none();
     if !supported(k) {
-        return mk(Action::Blocked, Some("unsupported-key-type".into()), None);
+        blockers.add(Reason::UnsupportedKeyType, None);
     }
     if role == Role::CryptoUser && !owned_by_user(k, src_inv) {
-        return mk(
-            Action::Blocked,
-            Some(
-                "not-owned: a crypto-user syncs only its private objects (CKA_PRIVATE true) and their public halves"
-                    .into(),
-            ),
-            None,
+        blockers.add(
+            Reason::NotOwned,
+            Some("a crypto-user syncs only its private objects (CKA_PRIVATE true) and their public halves".into()),
         );
     }
     // An inventory that deferred fingerprints (apply's first sync) leaves keys no other
@@ -464,66 +463,75 @@ fn decide(
     // A key this target holds was tried, so there too `None` means it cannot be wrapped.
     let tried = !src_inv.deferred || !on_target.is_empty();
     if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && tried)) {
-        return mk(Action::Blocked, Some("not-extractable".into()), None);
+        blockers.add(Reason::NotExtractable, None);
     }
     if let Some(why) = odd_length_blocker(k) {
-        return mk(Action::Blocked, Some(why), None);
+        blockers.add(Reason::OddLengthSecret, Some(why));
+    }
+    if !blockers.reasons.is_empty() {
+        return mk(Action::Blocked, blockers, None);
     }
     let Some(tinv) = tinv else {
-        return mk(Action::Create, None, None);
+        return mk(Action::Create, Why::none(), None);
     };
     match on_target.as_slice() {
-        [] => mk(Action::Create, None, None),
+        [] => mk(Action::Create, Why::none(), None),
         [t] => {
             if t.fingerprint.is_none() && tinv.in_flight.contains(&id.journal_key()) {
                 // A copy an interrupted run was making and never verified: it is ours,
                 // and unreadable, so it is replaced.
                 return mk(
                     Action::Create,
-                    Some("repair: replaces an unverified copy left by an interrupted run".into()),
+                    because(
+                        Reason::Repair,
+                        Some("replaces an unverified copy left by an interrupted run".into()),
+                    ),
                     Some(t),
                 );
             }
             if t.fingerprint.is_none() {
                 return mk(
                     Action::Conflict,
-                    Some("cannot-compare: the target's copy cannot be fingerprinted (not extractable)".into()),
+                    because(
+                        Reason::CannotCompare,
+                        Some("the target's copy cannot be fingerprinted (not extractable)".into()),
+                    ),
                     Some(t),
                 );
             }
             if t.fingerprint != k.fingerprint {
-                return mk(Action::Conflict, Some("different-key-material".into()), Some(t));
+                return mk(Action::Conflict, because(Reason::DifferentKeyMaterial, None), Some(t));
             }
             let prot = protection_mismatch(k, t);
             if !prot.is_empty() {
                 return mk(
                     Action::Conflict,
-                    Some(format!("protection-differs: {}", prot.join(", "))),
+                    because(Reason::ProtectionDiffers, Some(prot.join(", "))),
                     Some(t),
                 );
             }
             let d = drift(k, t);
             if d.is_empty() {
-                mk(Action::Unchanged, None, Some(t))
+                mk(Action::Unchanged, Why::none(), Some(t))
             } else if !t.flags.modifiable {
                 mk(
                     Action::Conflict,
-                    Some(format!(
-                        "not-modifiable: drifted {} on a copy with CKA_MODIFIABLE false",
-                        d.join(", ")
-                    )),
+                    because(
+                        Reason::NotModifiable,
+                        Some(format!("drifted {} on a copy with CKA_MODIFIABLE false", d.join(", "))),
+                    ),
                     Some(t),
                 )
             } else {
-                mk(Action::Update, Some(format!("drifted: {}", d.join(", "))), Some(t))
+                mk(Action::Update, because(Reason::Drifted, Some(d.join(", "))), Some(t))
             }
         }
         many => mk(
             Action::Conflict,
-            Some(format!(
-                "duplicate-on-target: {} objects on `{target}` share this identity",
-                many.len()
-            )),
+            because(
+                Reason::DuplicateOnTarget,
+                Some(format!("{} objects on `{target}` share this identity", many.len())),
+            ),
             None,
         ),
     }
@@ -548,7 +556,7 @@ fn deletions<'a>(
             if hit && seen.insert((t.as_str(), k.identity_ref())) {
                 let mut key = k.key_ref();
                 key.handle = None;
-                out.push(item(names, t, key, Action::Delete, None, None, Some(k)));
+                out.push(item(names, t, key, Action::Delete, Why::none(), None, Some(k)));
             }
         }
     }
@@ -558,8 +566,8 @@ fn deletions<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::key::KeyFlags;
     use crate::inventory::Inventory;
-    use crate::key::KeyFlags;
 
     fn key(handle: u64, id: &str, label: &str, fp: &str) -> KeyObject {
         KeyObject {
@@ -624,12 +632,7 @@ mod tests {
     fn actions(d: &Diff) -> Vec<(Action, Option<String>)> {
         d.items
             .iter()
-            .map(|i| {
-                (
-                    i.action,
-                    i.reason.clone().map(|r| r.split(':').next().unwrap().to_string()),
-                )
-            })
+            .map(|i| (i.action, i.reason.map(|r| r.code().to_string())))
             .collect()
     }
 
@@ -817,7 +820,7 @@ mod tests {
         i.get_mut("b").unwrap().in_flight.insert(src.identity().journal_key());
         let d = diff(&p, &i);
         assert_eq!(d.items[0].action, Action::Create);
-        assert!(d.items[0].reason.as_deref().unwrap().starts_with("repair:"));
+        assert_eq!(d.items[0].reason, Some(Reason::Repair));
         assert_eq!(
             d.items[0].target_key.as_ref().map(|k| k.handle),
             Some(9),

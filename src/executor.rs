@@ -15,9 +15,9 @@ use rayon::prelude::*;
 
 use crate::connect::Tokens;
 use crate::diff::{Action, Diff, DiffItem};
+use crate::domain::key::{KeyClass, KeyObject, KeyType};
 use crate::hsm::ops::{public_fingerprint, Wrapped};
 use crate::hsm::{is_transient, HsmError, TokenSession};
-use crate::key::{KeyClass, KeyObject, KeyType};
 use crate::progress::Reporter;
 use crate::report::{Outcome, Status};
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::connect::Tokens;
+use crate::domain::key::{Identity, KeyObject};
 use crate::hsm::ops::sort_keys;
 use crate::hsm::{HsmError, TokenSession};
-use crate::key::{Identity, KeyObject};
 
 /// The keys of one cluster, with the lineage fingerprint of its domain key.
 #[derive(Debug, Clone)]
@@ -220,7 +220,7 @@ fn read_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{KeyClass, KeyFlags, KeyType};
+    use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 
     fn key(handle: u64, class: KeyClass, id: &[u8], label: &str) -> KeyObject {
         KeyObject {

@@ -30,7 +30,8 @@ pub fn render(report: &Report) -> Result<String, quick_junit::SerializeError> {
         let status = match (job.status, job.action) {
             (Status::Failed, _) => failure("failed", job.error.as_deref().unwrap_or("failed")),
             (_, Action::Conflict | Action::Blocked) => {
-                failure(job.action.name(), job.reason.as_deref().unwrap_or(job.action.name()))
+                let why = crate::domain::reason::describe(job.reason, job.detail.as_deref());
+                failure(job.action.name(), if why.is_empty() { job.action.name() } else { &why })
             }
             (Status::Skipped | Status::Pending, _) => TestCaseStatus::skipped(),
             (Status::Ok, _) => TestCaseStatus::success(),

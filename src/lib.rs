@@ -24,7 +24,6 @@ pub mod exit;
 pub mod hsm;
 pub mod inventory;
 pub mod junit;
-pub mod key;
 pub mod lock;
 pub mod notify;
 pub mod plan;

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::connect::Tokens;
 use crate::diff::{Action, Diff};
+use crate::domain::key::{KeyClass, KeyType};
 use crate::hsm::{DataObject, HsmError, TokenSession};
-use crate::key::{KeyClass, KeyType};
 use crate::plan::{Event, KeyMatcher, NotifyTarget, Plan, SyncEntry};
 use crate::report::{NotificationRecord, Outcome, Status};
 
@@ -885,7 +885,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
     })
 }
 
-fn info_of(k: &crate::key::KeyObject) -> KeyInfo {
+fn info_of(k: &crate::domain::key::KeyObject) -> KeyInfo {
     KeyInfo {
         id: hex::encode(&k.id),
         label: k.label.clone(),

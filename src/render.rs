@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::diff::{Action, Diff, DiffItem};
+use crate::domain::reason::describe;
 
 fn key_text(it: &DiffItem) -> String {
     let k = &it.key;
@@ -69,7 +70,10 @@ pub fn text(diff: &Diff, color: bool) -> String {
         } else {
             ("", "")
         };
-        let reason = it.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        let reason = match describe(it.reason, it.detail.as_deref()) {
+            r if r.is_empty() => r,
+            r => format!("  ({r})"),
+        };
         let _ = writeln!(
             out,
             "  {pre}{} {:<9}{post} {}{reason}",
@@ -102,7 +106,7 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
             );
             current = Some(head);
         }
-        let reason = it.reason.as_deref().unwrap_or("").replace('|', "\\|");
+        let reason = describe(it.reason, it.detail.as_deref()).replace('|', "\\|");
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",

@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{Action, Diff, DiffItem};
-use crate::key::KeyRef;
+use crate::domain::key::KeyRef;
+use crate::domain::reason::Reason;
 
 /// The outcome of one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -56,8 +57,14 @@ pub struct JobRecord {
     pub action: Action,
     /// What happened.
     pub status: Status,
-    /// Why it was blocked or in conflict, or what drifted.
-    pub reason: Option<String>,
+    /// Why it was blocked, in conflict or updated: a bare code (CONTRACT.md §3).
+    pub reason: Option<Reason>,
+    /// Every reason that applies, the first being `reason`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<Reason>,
+    /// The explanation of the reasons (or of what drifted), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
     /// Wall time of the job.
@@ -178,7 +185,9 @@ impl JobRecord {
             key: it.key.clone(),
             action: it.action,
             status: o.map_or(Status::Pending, |o| o.status),
-            reason: it.reason.clone(),
+            reason: it.reason,
+            reasons: it.reasons.clone(),
+            detail: it.detail.clone(),
             error: o.and_then(|o| o.error.clone()),
             duration_ms: o.map_or(0, |o| o.duration_ms),
             fingerprint: o
@@ -342,7 +351,7 @@ fn write_with_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::KeyRef;
+    use crate::domain::key::KeyRef;
 
     #[test]
     fn a_plan_streamed_is_the_report_built() {
@@ -358,11 +367,13 @@ mod tests {
                 handle: Some(3),
             },
             action,
-            reason: Some("why".into()),
-            source_key: Some(std::sync::Arc::new(crate::key::KeyObject {
+            reason: Some(Reason::Drifted),
+            reasons: vec![Reason::Drifted],
+            detail: Some("why".into()),
+            source_key: Some(std::sync::Arc::new(crate::domain::key::KeyObject {
                 handle: 3,
-                class: crate::key::KeyClass::SecretKey,
-                key_type: crate::key::KeyType::Aes,
+                class: crate::domain::key::KeyClass::SecretKey,
+                key_type: crate::domain::key::KeyType::Aes,
                 id: vec![0xa1],
                 label: label.into(),
                 flags: Default::default(),

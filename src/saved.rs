@@ -10,9 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::diff::Shard;
+use crate::domain::key::KeyObject;
+use crate::domain::shard::Shard;
 use crate::inventory::Inventories;
-use crate::key::KeyObject;
 use crate::plan::Plan;
 use crate::report::{JobRecord, Summary};
 
@@ -54,7 +54,7 @@ pub struct SavedPlan {
     pub created_at: String,
     /// The shard of the diff this plan holds (`plan --shard`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<crate::diff::Shard>,
+    pub shard: Option<crate::domain::shard::Shard>,
     /// Every token in scope, as it was.
     pub tokens: Vec<TokenState>,
     /// Counts of the diff.
@@ -63,24 +63,30 @@ pub struct SavedPlan {
     pub jobs: Vec<JobRecord>,
 }
 
-/// Digest of one inventory: what a change to any key in scope changes.
+/// Digest of one inventory: what a change to any key in scope changes. Version 2 is
+/// written field by field (class and type codes, length-prefixed id and label, the flags'
+/// bit mask, the value length, the fingerprint), never from `Debug`: a new field in
+/// `KeyFlags` must change this encoding on purpose, not by accident (issue 13).
 pub fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> String {
     let mut h = Sha256::new();
-    h.update(b"hsm-sync/inventory/v1\0");
+    h.update(b"hsm-sync/inventory/v2\0");
+    let field = |h: &mut Sha256, bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
     for k in keys {
-        let fields = [
-            format!("{:?}", k.class),
-            format!("{:?}", k.key_type),
-            hex::encode(&k.id),
-            k.label.clone(),
-            format!("{:?}", k.flags),
-            format!("{:?}", k.value_len),
-            k.fingerprint.clone().unwrap_or_default(),
-        ];
-        for f in fields {
-            h.update((f.len() as u64).to_be_bytes());
-            h.update(f.as_bytes());
+        h.update([k.class.code(), k.key_type.code()]);
+        field(&mut h, &k.id);
+        field(&mut h, k.label.as_bytes());
+        h.update(k.flags.bits().to_be_bytes());
+        match k.value_len {
+            Some(n) => {
+                h.update([1]);
+                h.update(n.to_be_bytes());
+            }
+            None => h.update([0]),
         }
+        field(&mut h, k.fingerprint.as_deref().unwrap_or_default().as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -193,7 +199,7 @@ pub fn same_jobs(a: &[JobRecord], b: &[JobRecord]) -> bool {
             j.key.label.clone(),
             j.key.class,
             j.action,
-            j.reason.clone(),
+            j.reason,
         )
     };
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))

@@ -197,7 +197,7 @@ pub(super) fn run_jobs(
                 job.target,
                 job.key.id,
                 job.key.label,
-                job.reason.as_deref().unwrap_or("")
+                crate::domain::reason::describe(job.reason, job.detail.as_deref())
             );
         }
     }

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::cli::{InventoryArgs, InventoryFormat};
 use crate::connect::{lineage_fingerprint, login};
+use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 use crate::exit::ExitStatus;
-use crate::key::{KeyClass, KeyFlags, KeyType};
 
 use super::Ui;
 

@@ -16,7 +16,8 @@ use miette::Diagnostic;
 
 use crate::cli::{Cli, Command, DiagnosticsFormat};
 use crate::connect::{log_in, open, prove_all, Tokens};
-use crate::diff::{diff, Diff, Shard};
+use crate::diff::{diff, Diff};
+use crate::domain::shard::Shard;
 use crate::exit::ExitStatus;
 use crate::inventory::{read_all, Fingerprints, Inventories};
 use crate::plan::Plan;

@@ -1,6 +1,6 @@
 //! Stage 3: the tokens. The only module that names `cryptoki`: it loads each PKCS#11
 //! module once, finds tokens, logs in once per token, and offers key operations in the
-//! domain types of [`crate::key`].
+//! domain types of [`crate::domain::key`].
 //!
 //! Thread model (rust-cryptoki `thread_local_session.rs`, parsec): one `Pkcs11` context
 //! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes

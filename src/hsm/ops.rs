@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::profile::Profile;
 use super::{HsmError, RawFns};
-use crate::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
+use crate::domain::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
 pub struct Wrapped(Zeroizing<Vec<u8>>);
@@ -33,7 +33,7 @@ impl Wrapped {
 pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/key-fingerprint/v1\0");
-    h.update([class as u8]);
+    h.update([class.code()]);
     h.update(blob);
     hex::encode(&h.finalize()[..8])
 }
@@ -43,7 +43,7 @@ pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
 pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/public-key-fingerprint/v1\0");
-    h.update([key_type as u8]);
+    h.update([key_type.code()]);
     for part in [&p.modulus, &p.public_exponent, &p.ec_params, &p.ec_point] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);

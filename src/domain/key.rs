@@ -34,6 +34,42 @@ pub enum KeyType {
     Other,
 }
 
+impl KeyClass {
+    /// The stable one-byte code fingerprints and digests are built from. Written out, not
+    /// `as u8`: reordering the enum must never change a fingerprint.
+    pub const fn code(self) -> u8 {
+        match self {
+            KeyClass::SecretKey => 0,
+            KeyClass::PrivateKey => 1,
+            KeyClass::PublicKey => 2,
+        }
+    }
+
+    /// The class as the in-flight journal (version 1) names it.
+    const fn journal_name(self) -> &'static str {
+        match self {
+            KeyClass::SecretKey => "SecretKey",
+            KeyClass::PrivateKey => "PrivateKey",
+            KeyClass::PublicKey => "PublicKey",
+        }
+    }
+}
+
+impl KeyType {
+    /// The stable one-byte code fingerprints and digests are built from (never reordered;
+    /// a new type takes a new code).
+    pub const fn code(self) -> u8 {
+        match self {
+            KeyType::Aes => 0,
+            KeyType::GenericSecret => 1,
+            KeyType::Des3 => 2,
+            KeyType::Rsa => 3,
+            KeyType::Ec => 4,
+            KeyType::Other => 5,
+        }
+    }
+}
+
 /// The boolean attributes hsm-sync reads and reproduces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[allow(missing_docs)]
@@ -51,6 +87,31 @@ pub struct KeyFlags {
     pub sign_recover: bool,
     pub verify_recover: bool,
     pub modifiable: bool,
+}
+
+impl KeyFlags {
+    /// The flags as a bit mask with a fixed position per flag: the explicit encoding that
+    /// digests use. A new flag takes the next free bit.
+    pub fn bits(&self) -> u16 {
+        [
+            self.private,
+            self.sensitive,
+            self.extractable,
+            self.encrypt,
+            self.decrypt,
+            self.sign,
+            self.verify,
+            self.wrap,
+            self.unwrap,
+            self.derive,
+            self.sign_recover,
+            self.verify_recover,
+            self.modifiable,
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u16, |acc, (bit, on)| acc | (u16::from(*on) << bit))
+    }
 }
 
 /// The usage flags of a key as one short string, e.g. `E D S V`.
@@ -121,11 +182,13 @@ pub enum Identity {
 }
 
 impl Identity {
-    /// A stable text form, for the in-flight journal kept on target tokens.
+    /// The one stable text form of an identity, as the in-flight journal on target tokens
+    /// holds it: `CLASS/id:HEX` or `CLASS/label:HEX`. This is version 1 of the encoding,
+    /// spelt out so that journals left by earlier runs are still recognised.
     pub fn journal_key(&self) -> String {
         match self {
-            Identity::Id(c, id) => format!("{c:?}/id:{}", hex::encode(id)),
-            Identity::Label(c, l) => format!("{c:?}/label:{}", hex::encode(l.as_bytes())),
+            Identity::Id(c, id) => format!("{}/id:{}", c.journal_name(), hex::encode(id)),
+            Identity::Label(c, l) => format!("{}/label:{}", c.journal_name(), hex::encode(l.as_bytes())),
         }
     }
 }
@@ -215,4 +278,45 @@ pub struct KeyRef {
     /// Object handle on the source, where the key exists there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persisted_encodings_are_spelt_out() {
+        // These values are in fingerprints, digests and journals on tokens: changing one
+        // is a format change, never a refactor.
+        assert_eq!(
+            [KeyClass::SecretKey, KeyClass::PrivateKey, KeyClass::PublicKey].map(KeyClass::code),
+            [0, 1, 2]
+        );
+        assert_eq!(
+            [
+                KeyType::Aes,
+                KeyType::GenericSecret,
+                KeyType::Des3,
+                KeyType::Rsa,
+                KeyType::Ec,
+                KeyType::Other
+            ]
+            .map(KeyType::code),
+            [0, 1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            Identity::Id(KeyClass::SecretKey, vec![0xa1]).journal_key(),
+            "SecretKey/id:a1"
+        );
+        assert_eq!(
+            Identity::Label(KeyClass::PublicKey, "k".into()).journal_key(),
+            "PublicKey/label:6b"
+        );
+        let f = KeyFlags {
+            private: true,
+            modifiable: true,
+            ..Default::default()
+        };
+        assert_eq!(f.bits(), 1 | 1 << 12);
+    }
 }
