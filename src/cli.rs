@@ -94,8 +94,8 @@ pub struct ApplyArgs {
     /// The plan file, or a saved plan written by `plan --out` (refused if stale).
     #[arg(value_name = "PLAN|SAVED")]
     pub plan: PathBuf,
-    /// Worker threads (default: `options.parallelism`, else the available CPUs).
-    #[arg(long)]
+    /// Worker threads, 1 to 256 (default: `options.parallelism`, else the available CPUs).
+    #[arg(long, value_parser = crate::limits::parse_jobs)]
     pub jobs: Option<usize>,
     /// Write the JSON report here (atomically: complete or absent).
     #[arg(long)]

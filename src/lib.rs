@@ -19,13 +19,16 @@ pub mod connect;
 pub mod credentials;
 pub mod diff;
 pub mod domain;
+pub mod error;
 pub mod executor;
 pub mod exit;
 pub mod hsm;
 pub mod inventory;
 pub mod junit;
+pub mod limits;
 pub mod lock;
 pub mod notify;
+pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod render;
@@ -33,40 +36,22 @@ pub mod report;
 pub mod saved;
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, JSONReportHandler};
 
-use cli::DiagnosticsFormat;
 use exit::ExitStatus;
-
-/// Renders a diagnostic for stderr: miette's graphical report (colour only on a terminal
-/// without `NO_COLOR`), or miette's JSON for CI annotations.
-pub fn render_diagnostic(d: &dyn Diagnostic, format: DiagnosticsFormat) -> String {
-    let mut out = String::new();
-    let result = match format {
-        DiagnosticsFormat::Json => JSONReportHandler::new().render_report(&mut out, d),
-        DiagnosticsFormat::Human => {
-            let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            let theme = if color {
-                GraphicalTheme::unicode()
-            } else {
-                GraphicalTheme::unicode_nocolor()
-            };
-            GraphicalReportHandler::new_themed(theme).render_report(&mut out, d)
-        }
-    };
-    if result.is_err() {
-        out = format!("error: {d}");
-    }
-    out
-}
+use output::Printer;
 
 /// Parses `args`, runs the command, and maps the outcome to an exit code
 /// (CONTRACT.md §2). Errors are rendered on stderr.
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
+    run_with(args, None)
+}
+
+/// [`run`] with stdout sent to `stdout` instead of the process's (the benchmark runs
+/// commands in its own process and reads what they print).
+pub fn run_with<I: IntoIterator<Item = OsString>>(args: I, stdout: Option<Box<dyn std::io::Write + Send>>) -> ExitCode {
     let cli = match cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -80,11 +65,16 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> ExitCode {
             };
         }
     };
-    match commands::dispatch(&cli) {
+    let quiet = matches!(&cli.command, cli::Command::Apply(a) if a.quiet);
+    let printer = match stdout {
+        Some(w) => Printer::with_stdout(cli.diagnostics, quiet, w),
+        None => Printer::new(cli.diagnostics, quiet),
+    };
+    match commands::dispatch(&cli, &printer) {
         Ok(status) => status.into(),
-        Err(report) => {
-            eprintln!("{}", render_diagnostic(report.as_ref(), cli.diagnostics));
-            ExitStatus::Error.into()
+        Err(e) => {
+            printer.diagnostic(e.diagnostic());
+            e.exit_status().into()
         }
     }
 }

@@ -314,14 +314,6 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()>
     })
 }
 
-/// Writes `value` as pretty JSON, and a newline, to stdout as it is serialized.
-pub fn print_json<T: Serialize>(value: &T) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, value)?;
-    out.write_all(b"\n")?;
-    out.flush()
-}
-
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
 /// then renamed over the destination, so a reader sees the whole file or none.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -5,19 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use miette::{miette, IntoDiagnostic, WrapErr};
+use miette::miette;
 
 use crate::cli::ApplyArgs;
 use crate::diff::Action;
+use crate::error::Result;
 use crate::executor::execute;
 use crate::exit::ExitStatus;
 use crate::inventory::Fingerprints;
+use crate::output::Printer;
 use crate::plan::Plan;
 use crate::progress;
 use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
 use crate::saved::{self, SavedPlan};
 
-use super::{online_diff, Online, Ui};
+use super::{load, load_text, online_diff, Online};
 
 /// How a set of jobs runs and where its results go; shared by `apply` and `sync-key`.
 pub(super) struct RunOptions<'a> {
@@ -37,11 +39,11 @@ pub(super) struct RunOptions<'a> {
     pub junit: Option<&'a Path>,
 }
 
-pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
+pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
     let (plan, saved) = match saved::read(&a.plan) {
         Ok(Some(saved)) => (
-            ui.load_text(Path::new(&saved.plan_path), saved.plan_text.clone())?,
+            load_text(p, Path::new(&saved.plan_path), saved.plan_text.clone())?,
             Some(saved),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -50,10 +52,11 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
                 help = "make a new one with `hsm-sync plan PLAN --out SAVED`",
                 "{} looks like a saved plan but is not a valid one: {e}",
                 a.plan.display()
-            ))
+            )
+            .into())
         }
         // Not a saved plan, or unreadable: the plan loader says which, with its diagnostics.
-        _ => (ui.load(&a.plan)?, None),
+        _ => (load(p, &a.plan)?, None),
     };
     let shard = match (&saved, a.shard) {
         (Some(saved), Some(s)) if saved.shard != Some(s) => {
@@ -64,7 +67,8 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
                 saved
                     .shard
                     .map_or("the whole diff".to_string(), |s| format!("shard {s}"))
-            ))
+            )
+            .into())
         }
         (Some(saved), _) => saved.shard,
         (None, s) => s,
@@ -85,7 +89,8 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
             code = "apply::destroy_not_allowed",
             help = "review them with `hsm-sync plan`, then re-run apply with --allow-destroy",
             "{deletions} deletion(s) pending and --allow-destroy not given: nothing was changed"
-        ));
+        )
+        .into());
     }
     let opts = RunOptions {
         command: "apply",
@@ -98,14 +103,13 @@ pub(super) fn run(ui: &Ui, a: &ApplyArgs) -> miette::Result<ExitStatus> {
         report: a.report.as_deref(),
         junit: a.junit.as_deref(),
     };
-    let (_report, status) = run_jobs(&plan, &online, &opts, started)?;
+    let (_report, status) = run_jobs(p, &plan, &online, &opts, started)?;
     Ok(status)
 }
 
 /// Worker threads: `--jobs`, else `options.parallelism`, else the available CPUs.
 pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
-    jobs.or(plan.options.parallelism)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    crate::limits::Limits::new(jobs, plan).jobs()
 }
 
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
@@ -133,11 +137,12 @@ fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemT
 /// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
 /// says how the run ends (exit 3 when a job failed or a conflict or blocked key remains).
 pub(super) fn run_jobs(
+    p: &Printer,
     plan: &Plan,
     online: &Online,
     o: &RunOptions,
     started: SystemTime,
-) -> miette::Result<(Report, ExitStatus)> {
+) -> Result<(Report, ExitStatus)> {
     let t = std::time::Instant::now();
     let journals = write_journals(online)?;
     let reporter = progress::for_terminal(o.quiet);
@@ -152,7 +157,7 @@ pub(super) fn run_jobs(
         let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
         if let Err(e) = cleared {
             // Harmless: the next run reads it, finds every copy verified, and replaces it.
-            eprintln!("warning: the in-flight journal on `{target}` was not removed: {e}");
+            p.warn(&format!("the in-flight journal on `{target}` was not removed: {e}"));
         }
     }
     let execute_ms = crate::report::ms_since(t);
@@ -168,29 +173,39 @@ pub(super) fn run_jobs(
         ..online.timings.clone()
     });
     report.finished_at = crate::report::timestamp(SystemTime::now());
+    // The record of what was done is written before it is printed; if it cannot be
+    // written, the summary is still printed and the run exits 3 when tokens were changed.
+    let mut unwritten = Vec::new();
     if let Some(path) = o.report {
-        write_atomic(path, &report)
-            .into_diagnostic()
-            .wrap_err_with(|| format!("writing the report to {}", path.display()))?;
+        let written = if path == Path::new("-") {
+            p.json(&report)
+        } else {
+            write_atomic(path, &report)
+        };
+        if let Err(e) = written {
+            unwritten.push(format!("writing the report to {}: {e}", path.display()));
+        }
     }
     if let Some(path) = o.junit {
-        let xml = crate::junit::render(&report).into_diagnostic()?;
-        write_bytes_atomic(path, xml.as_bytes())
-            .into_diagnostic()
-            .wrap_err_with(|| format!("writing the JUnit file to {}", path.display()))?;
+        let written = crate::junit::render(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|xml| write_bytes_atomic(path, xml.as_bytes()));
+        if let Err(e) = written {
+            unwritten.push(format!("writing the JUnit file to {}: {e}", path.display()));
+        }
     }
     for job in &report.jobs {
         if job.status == Status::Failed {
-            eprintln!(
+            p.error_line(&format!(
                 "failed: {} → {} {} {}: {}",
                 job.source,
                 job.target,
                 job.key.id,
                 job.key.label,
                 job.error.as_deref().unwrap_or("unknown error")
-            );
-        } else if !o.quiet && matches!(job.action, Action::Conflict | Action::Blocked) {
-            eprintln!(
+            ));
+        } else if matches!(job.action, Action::Conflict | Action::Blocked) {
+            p.error_line(&format!(
                 "{}: {} → {} {} {}: {}",
                 job.action.name(),
                 job.source,
@@ -198,26 +213,57 @@ pub(super) fn run_jobs(
                 job.key.id,
                 job.key.label,
                 crate::domain::reason::describe(job.reason, job.detail.as_deref())
-            );
+            ));
         }
     }
     let s = &report.summary;
     let failed_or_left = s.failed + s.conflict + s.blocked;
-    println!(
-        "Apply: {} created, {} updated, {} deleted, {} unchanged; {} conflict, {} blocked, {} failed ({} ms){}",
-        s.create - count_failed(&report, Action::Create),
-        s.update - count_failed(&report, Action::Update),
-        s.delete - count_failed(&report, Action::Delete),
-        s.unchanged,
-        s.conflict,
-        s.blocked,
-        s.failed,
-        SystemTime::now().duration_since(started).map_or(0, |d| d.as_millis()),
-        o.report
-            .map(|p| format!("; report: {}", p.display()))
-            .unwrap_or_default()
+    // With `--report -` stdout is the report alone: the summary goes to stderr.
+    let summary = if o.report == Some(Path::new("-")) {
+        Printer::error_line
+    } else {
+        Printer::outln
+    };
+    summary(
+        p,
+        &format!(
+            "Apply: {} created, {} updated, {} deleted, {} unchanged; {} conflict, {} blocked, {} failed ({} ms){}",
+            s.create - count_failed(&report, Action::Create),
+            s.update - count_failed(&report, Action::Update),
+            s.delete - count_failed(&report, Action::Delete),
+            s.unchanged,
+            s.conflict,
+            s.blocked,
+            s.failed,
+            SystemTime::now().duration_since(started).map_or(0, |d| d.as_millis()),
+            o.report
+                .filter(|path| *path != Path::new("-") && unwritten.is_empty())
+                .map(|path| format!("; report: {}", path.display()))
+                .unwrap_or_default()
+        ),
     );
     crate::notify::print_outcome(&notified.records, &notified.warnings);
+    if !unwritten.is_empty() {
+        let changed = report
+            .jobs
+            .iter()
+            .any(|j| j.action.is_change() && j.status == Status::Ok);
+        let e = miette::miette!(
+            code = "apply::record_not_written",
+            help = if changed {
+                "the tokens were changed as the summary says; re-run `hsm-sync plan` to see their state"
+            } else {
+                "nothing was changed"
+            },
+            "{}",
+            unwritten.join("; ")
+        );
+        return Err(if changed {
+            crate::error::Error::AfterChanges(e)
+        } else {
+            crate::error::Error::NothingChanged(e)
+        });
+    }
     let status = if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {

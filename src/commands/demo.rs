@@ -9,11 +9,11 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::cli::{ApplyArgs, DemoArgs, PlanArgs, PlanFormat, ValidateArgs};
+use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::hsm::provision::{self, Provisioner, SecretSpec};
+use crate::output::Printer;
 use crate::plan::DEFAULT_DOMAIN_KEY;
-
-use super::Ui;
 
 fn random_hex(n: usize) -> miette::Result<Zeroizing<String>> {
     let mut buf = Zeroizing::new(vec![0u8; n]);
@@ -60,16 +60,16 @@ fn demo_dir(dir: Option<&Path>) -> miette::Result<PathBuf> {
     }
 }
 
-pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
+pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
     let Some(module) = provision::softhsm_module() else {
-        eprintln!("hsm-sync demo needs SoftHSM2, which is not installed: run `sudo apt-get install -y softhsm2` (Debian/Ubuntu) and try again");
+        p.error_line("hsm-sync demo needs SoftHSM2, which is not installed: run `sudo apt-get install -y softhsm2` (Debian/Ubuntu) and try again");
         return Ok(ExitStatus::Error);
     };
     let dir = demo_dir(a.dir.as_deref())?;
     let conf = provision::write_conf(&dir).into_diagnostic()?;
     // SoftHSM reads its configuration at C_Initialize; no other thread runs yet.
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    println!("demo directory: {}", dir.display());
+    p.outln(&format!("demo directory: {}", dir.display()));
 
     let prov = Provisioner::new(&module)?;
     let domain = Zeroizing::new({
@@ -120,19 +120,19 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
         }
     }
     drop(prov);
-    println!(
+    p.outln(&format!(
         "made SoftHSM tokens `primary` and `dr` sharing domain key `{DEFAULT_DOMAIN_KEY}`, and {} keys on `primary`",
         a.keys + 1
-    );
+    ));
 
     let plan_path = dir.join("plan.yaml");
     std::fs::write(&plan_path, demo_plan(&module)).into_diagnostic()?;
-    println!("wrote {}\n", plan_path.display());
+    p.outln(&format!("wrote {}\n", plan_path.display()));
 
-    let step = |name: &str| println!("\n$ hsm-sync {name}");
+    let step = |name: &str| p.outln(&format!("\n$ hsm-sync {name}"));
     step("validate plan.yaml --online");
     super::validate::run(
-        ui,
+        p,
         &ValidateArgs {
             plan: plan_path.clone(),
             online: true,
@@ -141,7 +141,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
     let saved = dir.join("saved-plan.json");
     step("plan plan.yaml --out saved-plan.json");
     let first = super::plan::run(
-        ui,
+        p,
         &PlanArgs {
             plan: plan_path.clone(),
             format: PlanFormat::Text,
@@ -153,7 +153,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
     let report = dir.join("report.json");
     step("apply saved-plan.json --report report.json");
     let applied = super::apply::run(
-        ui,
+        p,
         &ApplyArgs {
             plan: saved,
             jobs: None,
@@ -166,7 +166,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
     )?;
     step("plan plan.yaml --detailed-exitcode");
     let second = super::plan::run(
-        ui,
+        p,
         &PlanArgs {
             plan: plan_path.clone(),
             format: PlanFormat::Text,
@@ -175,7 +175,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
             shard: None,
         },
     )?;
-    println!(
+    p.outln(&format!(
         "\ndemo done: the first plan had changes ({}), apply {}, the second plan {}.\nreport: {}\ntry:    SOFTHSM2_CONF={} hsm-sync inventory {} dr",
         if first == ExitStatus::ChangesPending { "exit 2" } else { "none?" },
         if applied == ExitStatus::Success { "succeeded" } else { "left work undone (exit 3)" },
@@ -183,7 +183,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
         report.display(),
         conf.display(),
         plan_path.display()
-    );
+    ));
     Ok(if applied == ExitStatus::Success && second == ExitStatus::Success {
         ExitStatus::Success
     } else {

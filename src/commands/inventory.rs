@@ -7,9 +7,11 @@ use serde::Serialize;
 use crate::cli::{InventoryArgs, InventoryFormat};
 use crate::connect::{lineage_fingerprint, login};
 use crate::domain::key::{KeyClass, KeyFlags, KeyType};
+use crate::error::Result;
 use crate::exit::ExitStatus;
+use crate::output::Printer;
 
-use super::Ui;
+use super::load;
 
 #[derive(Serialize)]
 struct Listing {
@@ -32,8 +34,8 @@ struct Entry {
     fingerprint: Option<String>,
 }
 
-pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
-    let plan = ui.load(&a.plan)?;
+pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
+    let plan = load(p, &a.plan)?;
     let Some(cluster) = plan.cluster(&a.cluster) else {
         let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
         let help = format!("defined clusters: {}", names.join(", "));
@@ -43,7 +45,8 @@ pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
             "cluster `{}` is not defined in {}",
             a.cluster,
             a.plan.display()
-        ));
+        )
+        .into());
     };
     let tokens = login(&[cluster])?;
     let lineage = lineage_fingerprint(cluster, &tokens)?;
@@ -69,18 +72,18 @@ pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
             .collect(),
     };
     match a.format {
-        InventoryFormat::Json => crate::report::print_json(&listing).into_diagnostic()?,
+        InventoryFormat::Json => p.json(&listing).into_diagnostic()?,
         InventoryFormat::Text => {
-            println!(
+            p.outln(&format!(
                 "cluster {} (token `{}`), lineage fingerprint {}",
                 listing.cluster, listing.token, listing.lineage_fingerprint
-            );
-            println!(
+            ));
+            p.outln(&format!(
                 "{:>8}  {:<11} {:<15} {:<16} {:<16} {:<24} flags",
                 "handle", "class", "type", "id", "fingerprint", "label"
-            );
+            ));
             for k in &listing.keys {
-                println!(
+                p.outln(&format!(
                     "{:>8}  {:<11} {:<15} {:<16} {:<16} {:<24} {}",
                     k.handle,
                     crate::render::serde_plain(&k.class),
@@ -89,9 +92,9 @@ pub(super) fn run(ui: &Ui, a: &InventoryArgs) -> miette::Result<ExitStatus> {
                     k.fingerprint.as_deref().unwrap_or("-"),
                     k.label,
                     k.flags
-                );
+                ));
             }
-            println!("{} key(s)", listing.keys.len());
+            p.outln(&format!("{} key(s)", listing.keys.len()));
         }
     }
     Ok(ExitStatus::Success)

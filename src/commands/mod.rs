@@ -1,5 +1,6 @@
 //! One file per subcommand, each wiring the stages together. Commands never name
-//! `cryptoki`; they return an [`ExitStatus`] or an error that the edge renders.
+//! `cryptoki`, print only through the [`Printer`], and return an [`ExitStatus`] or an
+//! [`crate::error::Error`] that the edge renders and maps to its exit code.
 
 mod apply;
 mod demo;
@@ -12,63 +13,47 @@ mod validate;
 
 use std::path::Path;
 
-use miette::Diagnostic;
-
-use crate::cli::{Cli, Command, DiagnosticsFormat};
+use crate::cli::{Cli, Command};
 use crate::connect::{log_in, open, prove_all, Tokens};
 use crate::diff::{diff, Diff};
 use crate::domain::shard::Shard;
+use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::inventory::{read_all, Fingerprints, Inventories};
+use crate::output::Printer;
 use crate::plan::Plan;
 use crate::report::ms_since;
 use crate::saved;
 
-/// Runs the parsed command line.
-pub fn dispatch(cli: &Cli) -> miette::Result<ExitStatus> {
-    let ui = Ui {
-        diagnostics: cli.diagnostics,
-    };
+/// Runs the parsed command line; everything it prints goes through `p`.
+pub fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
     match &cli.command {
-        Command::Validate(a) => validate::run(&ui, a),
-        Command::Plan(a) => plan::run(&ui, a),
-        Command::Apply(a) => apply::run(&ui, a),
-        Command::Inventory(a) => inventory::run(&ui, a),
-        Command::SyncKey(a) => sync_key::run(&ui, a),
-        Command::Demo(a) => demo::run(&ui, a),
-        Command::Notify(a) => notify::run(&ui, a),
-        Command::Schema(a) => schema::run(a),
+        Command::Validate(a) => validate::run(p, a),
+        Command::Plan(a) => plan::run(p, a),
+        Command::Apply(a) => apply::run(p, a),
+        Command::Inventory(a) => inventory::run(p, a),
+        Command::SyncKey(a) => sync_key::run(p, a),
+        Command::Demo(a) => demo::run(p, a),
+        Command::Notify(a) => notify::run(p, a),
+        Command::Schema(a) => schema::run(p, a),
     }
 }
 
-/// How diagnostics reach the operator.
-pub struct Ui {
-    /// Human or JSON.
-    pub diagnostics: DiagnosticsFormat,
+/// Loads a plan, printing its warnings.
+pub(crate) fn load(p: &Printer, path: &Path) -> miette::Result<Plan> {
+    warn(p, crate::plan::load(path)?)
 }
 
-impl Ui {
-    /// Prints a diagnostic (an error or a warning) on stderr.
-    pub fn emit(&self, d: &dyn Diagnostic) {
-        eprintln!("{}", crate::render_diagnostic(d, self.diagnostics));
-    }
+/// Validates the text of a plan saved earlier, printing its warnings.
+pub(crate) fn load_text(p: &Printer, path: &Path, text: String) -> miette::Result<Plan> {
+    warn(p, crate::plan::load_text(path, text)?)
+}
 
-    /// Loads a plan, printing its warnings.
-    pub fn load(&self, path: &Path) -> miette::Result<Plan> {
-        self.warn(crate::plan::load(path)?)
+fn warn(p: &Printer, loaded: crate::plan::Loaded) -> miette::Result<Plan> {
+    if let Some(w) = &loaded.warnings {
+        p.diagnostic(w);
     }
-
-    /// Validates the text of a plan saved earlier, printing its warnings.
-    pub fn load_text(&self, path: &Path, text: String) -> miette::Result<Plan> {
-        self.warn(crate::plan::load_text(path, text)?)
-    }
-
-    fn warn(&self, loaded: crate::plan::Loaded) -> miette::Result<Plan> {
-        if let Some(w) = &loaded.warnings {
-            self.emit(w);
-        }
-        Ok(loaded.plan)
-    }
+    Ok(loaded.plan)
 }
 
 /// What the online stages found: the logged-in tokens, their inventories and the diff.
@@ -124,10 +109,7 @@ pub(crate) fn online_diff(
     let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     // As many sessions per token as the plan's workers (--jobs is an apply option; the
     // inventory comes before it).
-    let workers = plan
-        .options
-        .parallelism
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = crate::limits::Limits::new(None, plan).jobs();
     let t = std::time::Instant::now();
     let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
     let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();

@@ -9,15 +9,17 @@ use miette::{IntoDiagnostic, WrapErr};
 use crate::cli::NotifyArgs;
 use crate::connect::login;
 use crate::diff::Diff;
+use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::notify::{parse_selector, print_outcome, renotify, Renotify, Selection};
+use crate::output::Printer;
 use crate::report::{write_atomic, Report};
 
-use super::Ui;
+use super::load;
 
-pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
+pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
-    let plan = ui.load(&a.plan)?;
+    let plan = load(p, &a.plan)?;
     let key = a.key.as_deref().map(parse_selector).transpose()?;
     let mut sources = Vec::new();
     for entry in plan
@@ -39,9 +41,9 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
     match renotify(&plan, &tokens, &sel)? {
         Renotify::Refused(why) => {
             for w in &why {
-                eprintln!("refused: {w}");
+                p.error_line(&format!("refused: {w}"));
             }
-            eprintln!("notify refused: nothing was sent");
+            p.error_line("notify refused: nothing was sent");
             Ok(ExitStatus::Cooldown)
         }
         Renotify::Done {
@@ -50,7 +52,7 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
             warnings,
         } => {
             for s in &skipped {
-                eprintln!("{s}");
+                p.error_line(s);
             }
             if let Some(path) = &a.report {
                 let mut report = Report::new("notify", &a.plan, started, &Diff::default(), Some(&[]));
@@ -61,7 +63,7 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
             }
             print_outcome(&records, &warnings);
             if records.is_empty() {
-                println!("Notify: nothing to re-send");
+                p.outln("Notify: nothing to re-send");
             }
             let failed = !warnings.is_empty() || records.iter().any(|r| r.status == "failed");
             Ok(if failed {

@@ -1,23 +1,24 @@
 //! `hsm-sync plan PLAN [--format text|json|markdown] [--out SAVED] [--detailed-exitcode]`:
 //! the dry run. It stops after the diff; nothing is written to any token.
 
-use std::io::IsTerminal;
 use std::time::SystemTime;
 
 use miette::{IntoDiagnostic, WrapErr};
 
 use crate::cli::{PlanArgs, PlanFormat};
+use crate::error::Result;
 use crate::exit::ExitStatus;
+use crate::output::Printer;
 use crate::render;
 use crate::report::{timestamp, write_atomic, JobRecord, PlanJson, Report};
 use crate::saved::{self, SavedPlan};
 
-use super::{online_diff, Ui};
+use super::{load, online_diff};
 use crate::inventory::Fingerprints;
 
-pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
+pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
-    let plan = ui.load(&a.plan)?;
+    let plan = load(p, &a.plan)?;
     let online = online_diff(&plan, a.shard, None, Fingerprints::All)?;
     let diff = &online.diff;
     let mut report = Report::header("plan", &a.plan, started, diff, None);
@@ -39,19 +40,19 @@ pub(super) fn run(ui: &Ui, a: &PlanArgs) -> miette::Result<ExitStatus> {
         write_atomic(out, &saved)
             .into_diagnostic()
             .wrap_err_with(|| format!("writing the saved plan to {}", out.display()))?;
-        eprintln!(
+        p.error_line(&format!(
             "Saved plan: {} (apply it with `hsm-sync apply {}`)",
             out.display(),
             out.display()
-        );
+        ));
     }
     match a.format {
         PlanFormat::Text => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            print!("{}", render::text(diff, color));
+            let color = p.stdout_color();
+            p.out(&render::text(diff, color));
         }
-        PlanFormat::Markdown => print!("{}", render::markdown(diff, &a.plan.display().to_string())),
-        PlanFormat::Json => crate::report::print_json(&PlanJson { header: &report, diff }).into_diagnostic()?,
+        PlanFormat::Markdown => p.out(&render::markdown(diff, &a.plan.display().to_string())),
+        PlanFormat::Json => p.json(&PlanJson { header: &report, diff }).into_diagnostic()?,
     }
     Ok(if a.detailed_exitcode && diff.has_changes() {
         ExitStatus::ChangesPending

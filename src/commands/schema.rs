@@ -3,7 +3,9 @@
 use miette::IntoDiagnostic;
 
 use crate::cli::{SchemaArgs, SchemaKind};
+use crate::error::Result;
 use crate::exit::ExitStatus;
+use crate::output::Printer;
 
 /// The schema text of a kind, as committed under `schemas/`.
 pub fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
@@ -15,7 +17,7 @@ pub fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
     Ok(serde_json::to_string_pretty(&schema)? + "\n")
 }
 
-pub(super) fn run(a: &SchemaArgs) -> miette::Result<ExitStatus> {
-    print!("{}", schema_text(a.kind).into_diagnostic()?);
+pub(super) fn run(p: &Printer, a: &SchemaArgs) -> Result<ExitStatus> {
+    p.out(&schema_text(a.kind).into_diagnostic()?);
     Ok(ExitStatus::Success)
 }

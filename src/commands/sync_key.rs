@@ -8,16 +8,18 @@ use std::time::SystemTime;
 use miette::miette;
 
 use crate::cli::SyncKeyArgs;
+use crate::error::Result;
 use crate::exit::ExitStatus;
+use crate::output::Printer;
 use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
 
 use super::apply::{run_jobs, threads, RunOptions};
-use super::{online_diff, Ui};
+use super::{load, online_diff};
 use crate::inventory::Fingerprints;
 
-pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
+pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
-    let plan = ui.load(&a.plan)?;
+    let plan = load(p, &a.plan)?;
     let source = cluster(&plan, &a.source, "source")?;
     let dest = destination(&plan, &a.destination)?;
     if dest.name == source.name {
@@ -25,7 +27,8 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
             code = "sync_key::same_cluster",
             "the destination `{}` is the source itself",
             dest.name
-        ));
+        )
+        .into());
     }
     // The plan rule for sync entries, applied to this ad-hoc pair.
     let (s, d) = (&source.credentials, &dest.credentials);
@@ -40,7 +43,8 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
             dest.name,
             d.role,
             d.user
-        ));
+        )
+        .into());
     }
     let one = Plan {
         syncs: vec![SyncEntry {
@@ -66,9 +70,9 @@ pub(super) fn run(ui: &Ui, a: &SyncKeyArgs) -> miette::Result<ExitStatus> {
         report: None,
         junit: None,
     };
-    let (_report, status) = run_jobs(&one, &online, &opts, started)?;
+    let (_report, status) = run_jobs(p, &one, &online, &opts, started)?;
     if status == ExitStatus::Success {
-        println!("syncKey success");
+        p.outln("syncKey success");
     }
     Ok(status)
 }

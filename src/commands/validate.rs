@@ -2,28 +2,30 @@
 
 use crate::cli::ValidateArgs;
 use crate::connect::connect;
+use crate::error::Result;
 use crate::exit::ExitStatus;
+use crate::output::Printer;
 
-use super::Ui;
+use super::load;
 
-pub(super) fn run(ui: &Ui, a: &ValidateArgs) -> miette::Result<ExitStatus> {
-    let plan = ui.load(&a.plan)?;
+pub(super) fn run(p: &Printer, a: &ValidateArgs) -> Result<ExitStatus> {
+    let plan = load(p, &a.plan)?;
     let selectors: usize = plan.syncs.iter().map(|s| s.selectors.len()).sum();
-    println!(
+    p.outln(&format!(
         "{} is valid: {} cluster(s), {} sync entr{}, {selectors} key selector(s)",
         a.plan.display(),
         plan.clusters.len(),
         plan.syncs.len(),
         if plan.syncs.len() == 1 { "y" } else { "ies" }
-    );
+    ));
     if a.online {
         let (_tokens, proofs) = connect(&plan)?;
-        println!("logged in to {} cluster(s)", plan.clusters_in_scope().len());
-        for p in proofs {
-            println!(
+        p.outln(&format!("logged in to {} cluster(s)", plan.clusters_in_scope().len()));
+        for proof in proofs {
+            p.outln(&format!(
                 "lineage proven: {} → {} (lineage fingerprint {})",
-                p.source, p.target, p.fingerprint
-            );
+                proof.source, proof.target, proof.fingerprint
+            ));
         }
     }
     Ok(ExitStatus::Success)

@@ -1153,13 +1153,26 @@ impl Validator {
     }
 
     fn options(&mut self, raw: RawOptions) -> Options {
-        if raw.parallelism == Some(0) {
-            self.issue(
+        match raw.parallelism {
+            Some(0) => self.issue(
                 IssueKind::InvalidValue,
                 "options.parallelism",
                 "`parallelism` must be at least 1",
                 None,
-            );
+            ),
+            Some(n) if n > crate::limits::MAX_JOBS => self.issue(
+                IssueKind::InvalidValue,
+                "options.parallelism",
+                format!(
+                    "`parallelism: {n}` is more than the {} workers hsm-sync runs",
+                    crate::limits::MAX_JOBS
+                ),
+                Some(format!(
+                    "each worker holds a session on every token; write at most {} (tokens usually allow far fewer)",
+                    crate::limits::MAX_JOBS
+                )),
+            ),
+            _ => {}
         }
         let notify_cooldown = match raw.notify_cooldown {
             None => Duration::from_secs(3600),
@@ -1174,7 +1187,7 @@ impl Validator {
             }),
         };
         Options {
-            parallelism: raw.parallelism.filter(|p| *p > 0),
+            parallelism: raw.parallelism.filter(|p| (1..=crate::limits::MAX_JOBS).contains(p)),
             notify_cooldown,
         }
     }

@@ -1,0 +1,203 @@
+//! The one printer (uv's `Printer`): every byte a command writes goes through it. Which
+//! stream, quiet or not, colour or not, human or JSON diagnostics: decided once, here.
+//! A closed stdout (`hsm-sync inventory … | head -1`) is not an error: the printer stops
+//! writing and the command finishes its work and exits with its own status, never a panic.
+
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, JSONReportHandler};
+use serde::Serialize;
+
+use crate::cli::DiagnosticsFormat;
+
+/// Where stdout goes: the process's own, or a buffer the caller reads (the benchmark
+/// runs commands in its own process).
+enum Sink {
+    Stdout,
+    Writer(Mutex<Box<dyn Write + Send>>),
+}
+
+/// The printer of one command run.
+pub struct Printer {
+    diagnostics: DiagnosticsFormat,
+    quiet: bool,
+    stdout_color: bool,
+    stderr_color: bool,
+    out: Sink,
+    closed: AtomicBool,
+}
+
+/// Colour on a stream: only on a terminal, and never with a non-empty `NO_COLOR`
+/// (the convention: an empty `NO_COLOR=` does not turn colour off).
+fn colour_on(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+impl Printer {
+    /// A printer on the process's stdout and stderr.
+    pub fn new(diagnostics: DiagnosticsFormat, quiet: bool) -> Printer {
+        Printer {
+            diagnostics,
+            quiet,
+            stdout_color: colour_on(io::stdout().is_terminal()),
+            stderr_color: colour_on(io::stderr().is_terminal()),
+            out: Sink::Stdout,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// A printer whose stdout is `out` (stderr stays the process's).
+    pub fn with_stdout(diagnostics: DiagnosticsFormat, quiet: bool, out: Box<dyn Write + Send>) -> Printer {
+        Printer {
+            stdout_color: false,
+            out: Sink::Writer(Mutex::new(out)),
+            ..Printer::new(diagnostics, quiet)
+        }
+    }
+
+    /// Whether `--quiet` is on: progress and per-job lines are left out (errors,
+    /// conflicts and failures are printed all the same).
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Whether stdout takes colour.
+    pub fn stdout_color(&self) -> bool {
+        self.stdout_color
+    }
+
+    /// Whether stdout was closed by its reader.
+    pub fn stdout_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Writes to stdout through `fill`. A closed pipe ends output quietly; any other
+    /// error is returned.
+    pub fn write_out(&self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+        if self.stdout_closed() {
+            return Ok(());
+        }
+        let result = match &self.out {
+            Sink::Stdout => {
+                let mut w = io::BufWriter::new(io::stdout().lock());
+                fill(&mut w).and_then(|()| w.flush())
+            }
+            Sink::Writer(m) => {
+                let mut w = m.lock().unwrap_or_else(|p| p.into_inner());
+                fill(&mut *w).and_then(|()| w.flush())
+            }
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                self.closed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Prints `text` on stdout as it is (the caller ends its lines).
+    pub fn out(&self, text: &str) {
+        // Only a closed pipe is expected here; a full disk behind a redirect is not
+        // worth a panic either, and the command's exit status still says what happened.
+        let _ = self.write_out(|w| w.write_all(text.as_bytes()));
+    }
+
+    /// Prints one line on stdout.
+    pub fn outln(&self, line: &str) {
+        let _ = self.write_out(|w| {
+            w.write_all(line.as_bytes())?;
+            w.write_all(b"\n")
+        });
+    }
+
+    /// Prints `value` as pretty JSON on stdout, streamed.
+    pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
+        self.write_out(|w| {
+            serde_json::to_writer_pretty(&mut *w, value)?;
+            w.write_all(b"\n")
+        })
+    }
+
+    /// A line on stderr that is always printed: an error, a failed job, a refusal.
+    pub fn error_line(&self, line: &str) {
+        let _ = writeln!(io::stderr().lock(), "{line}");
+    }
+
+    /// A status line on stderr (what was saved, where the report went), left out when quiet.
+    pub fn status(&self, line: &str) {
+        if !self.quiet {
+            let _ = writeln!(io::stderr().lock(), "{line}");
+        }
+    }
+
+    /// A warning: `warning: …` for people, or a JSON object with `"severity": "warning"`
+    /// under `--diagnostics json`, like every other diagnostic.
+    pub fn warn(&self, message: &str) {
+        let line = match self.diagnostics {
+            DiagnosticsFormat::Json => serde_json::json!({
+                "message": message,
+                "severity": "warning",
+                "causes": [],
+                "labels": [],
+                "related": [],
+            })
+            .to_string(),
+            DiagnosticsFormat::Human => format!("warning: {message}"),
+        };
+        let _ = writeln!(io::stderr().lock(), "{line}");
+    }
+
+    /// A miette diagnostic (error or warning) on stderr, in the chosen format.
+    pub fn diagnostic(&self, d: &dyn Diagnostic) {
+        let _ = writeln!(io::stderr().lock(), "{}", self.render(d));
+    }
+
+    /// Renders a diagnostic: miette's graphical report (colour only on a terminal without
+    /// `NO_COLOR`), or miette's JSON for CI annotations.
+    pub fn render(&self, d: &dyn Diagnostic) -> String {
+        let mut out = String::new();
+        let result = match self.diagnostics {
+            DiagnosticsFormat::Json => JSONReportHandler::new().render_report(&mut out, d),
+            DiagnosticsFormat::Human => {
+                let theme = if self.stderr_color {
+                    GraphicalTheme::unicode()
+                } else {
+                    GraphicalTheme::unicode_nocolor()
+                };
+                GraphicalReportHandler::new_themed(theme).render_report(&mut out, d)
+            }
+        };
+        if result.is_err() {
+            out = format!("error: {d}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that went away: every write is a broken pipe.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_stops_output_without_an_error() {
+        let p = Printer::with_stdout(DiagnosticsFormat::Human, false, Box::new(Closed));
+        p.outln("first");
+        assert!(p.stdout_closed());
+        assert!(p.json(&[1, 2, 3]).is_ok());
+    }
+}

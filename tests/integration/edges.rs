@@ -1,0 +1,113 @@
+//! The edges of a run that issue 13 found broken: untrusted saved plans, absurd limits, a
+//! report that cannot be written after keys were copied, a reader that closes the pipe,
+//! and reasons a pipeline can select on.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::world::{two_cluster_plan, World};
+use serde_json::Value;
+
+fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+#[test]
+fn a_saved_plan_with_an_impossible_shard_is_refused_without_a_panic() {
+    let w = pair()
+        .key("primary", "a1", "pay", &["--count", "2"])
+        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+    assert_eq!(w.run(&["plan", "plan.yaml", "--out", "saved.json"]).code, 0);
+    let mut saved: Value = serde_json::from_str(&w.read("saved.json")).unwrap();
+    for (index, count) in [(1, 0), (0, 2), (3, 2)] {
+        saved["shard"] = serde_json::json!({"index": index, "count": count});
+        w.write("bad.json", &saved.to_string());
+        let a = w.run(&["apply", "bad.json"]);
+        assert_eq!(a.code, 1, "shard {index}/{count}: {a:?}");
+        assert!(!a.stderr.contains("panicked"), "{}", a.stderr);
+        assert!(a.stderr.contains("not a shard"), "{}", a.stderr);
+    }
+    assert_eq!(w.count("dr"), 0, "nothing was copied");
+}
+
+#[test]
+fn absurd_parallelism_is_a_diagnostic_not_gigabytes() {
+    let w = pair().key("primary", "a1", "pay", &[]).plan(&format!(
+        "{}options:\n  parallelism: 100000000\n",
+        two_cluster_plan("      - label: \"pay*\"\n")
+    ));
+    let v = w.run(&["validate", "plan.yaml"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("more than the 256 workers"), "{}", v.stderr);
+    w.write(
+        "ok.yaml",
+        &two_cluster_plan("      - label: \"pay*\"\n")
+            .replace("{module}", &crate::world::softhsm().display().to_string()),
+    );
+    let j = w.run(&["apply", "ok.yaml", "--jobs", "100000000"]);
+    assert_eq!(j.code, 1, "{j:?}");
+    assert!(j.stderr.contains("from 1 to 256"), "{}", j.stderr);
+    assert_eq!(w.count("dr"), 0, "nothing was copied");
+}
+
+#[test]
+fn a_report_that_cannot_be_written_after_copies_exits_3_with_the_summary() {
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    let a = w.run(&["apply", "plan.yaml", "--report", "/nonexistent/dir/r.json"]);
+    assert_eq!(a.code, 3, "keys were copied, so not 'nothing changed': {a:?}");
+    assert!(a.stdout.contains("Apply: 1 created"), "the summary is printed: {a:?}");
+    assert!(a.stderr.contains("/nonexistent/dir/r.json"), "{}", a.stderr);
+    assert_eq!(w.count("dr"), 1, "the copy was made");
+
+    // Nothing to change: the same failure is exit 1, nothing changed.
+    let b = w.run(&["apply", "plan.yaml", "--report", "/nonexistent/dir/r.json"]);
+    assert_eq!(b.code, 1, "{b:?}");
+    assert!(b.stdout.contains("1 unchanged"), "{b:?}");
+}
+
+#[test]
+fn report_dash_is_stdout_and_stdout_is_the_report_alone() {
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let report: hsm_sync::report::Report = serde_json::from_str(&a.stdout).expect("stdout is the report");
+    assert_eq!(report.summary.create, 1);
+    assert!(
+        a.stderr.contains("Apply: 1 created"),
+        "the summary moves to stderr: {a:?}"
+    );
+    assert!(!w.path().join("-").exists(), "no file named `-`");
+}
+
+#[test]
+fn inventory_into_a_closed_pipe_ends_quietly() {
+    let w = pair()
+        .key("primary", "a1", "pay", &["--count", "1500"])
+        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+    // `hsm-sync inventory … | head -1`: read one line, then close the pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+        .args(["inventory", "plan.yaml", "primary"])
+        .current_dir(w.path())
+        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hsm-sync runs");
+    let mut first = String::new();
+    {
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout).read_line(&mut first).expect("a line");
+    }
+    let out = child.wait_with_output().expect("exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.starts_with("cluster primary"), "{first}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
