@@ -23,6 +23,15 @@ impl Tokens {
     }
 }
 
+/// The logged-in tokens are the executor's key store: a session per worker and cluster.
+impl crate::hsm::KeyStore for Tokens {
+    type Session = crate::hsm::TokenSession;
+
+    fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError> {
+        self.get(cluster).session()
+    }
+}
+
 /// One lineage proof, for the output of `validate --online`.
 #[derive(Debug, Clone)]
 pub struct LineageProof {

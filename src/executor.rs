@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::connect::Tokens;
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 use crate::hsm::ops::{public_fingerprint, Wrapped};
-use crate::hsm::{is_transient, HsmError, TokenSession};
+use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
 use crate::progress::Reporter;
 use crate::report::{Outcome, Status};
 
@@ -36,15 +35,15 @@ enum Unit {
 }
 
 /// A worker's sessions, opened on first use and reopened after a transient error.
-struct Sessions<'t> {
-    tokens: &'t Tokens,
-    open: HashMap<String, TokenSession>,
+struct Sessions<'t, S: KeyStore> {
+    store: &'t S,
+    open: HashMap<String, S::Session>,
 }
 
-impl Sessions<'_> {
-    fn get(&mut self, cluster: &str) -> Result<&TokenSession, HsmError> {
+impl<S: KeyStore> Sessions<'_, S> {
+    fn get(&mut self, cluster: &str) -> Result<&S::Session, HsmError> {
         if !self.open.contains_key(cluster) {
-            let s = self.tokens.get(cluster).session()?;
+            let s = self.store.open_session(cluster)?;
             self.open.insert(cluster.to_string(), s);
         }
         Ok(&self.open[cluster])
@@ -55,7 +54,7 @@ impl Sessions<'_> {
     fn retry<T>(
         &mut self,
         cluster: &str,
-        mut op: impl FnMut(&TokenSession) -> Result<T, HsmError>,
+        mut op: impl FnMut(&S::Session) -> Result<T, HsmError>,
     ) -> (Result<T, HsmError>, u32) {
         let mut attempt = 1;
         loop {
@@ -89,9 +88,9 @@ fn outcome(start: Instant, attempts: u32, r: Result<(Option<String>, Option<Stri
 
 /// Runs every change of `diff` with `threads` workers. `allow_destroy` gates deletions
 /// (skipped otherwise). Returns one outcome per diff item, in order.
-pub fn execute(
+pub fn execute<S: KeyStore>(
     diff: &Diff,
-    tokens: &Tokens,
+    store: &S,
     threads: usize,
     allow_destroy: bool,
     reporter: &dyn Reporter,
@@ -138,10 +137,10 @@ pub fn execute(
     // thread: dozens of session sets, each opened and closed, which the benchmark showed
     // costing 45% at 5 ms per call; issue 6.) Each worker locks only its own slot.
     let workers = threads.max(1);
-    let slots: Vec<Mutex<Sessions>> = (0..workers)
+    let slots: Vec<Mutex<Sessions<S>>> = (0..workers)
         .map(|_| {
             Mutex::new(Sessions {
-                tokens,
+                store,
                 open: HashMap::new(),
             })
         })
@@ -198,7 +197,7 @@ fn not_run(it: &DiffItem, allow_destroy: bool) -> Outcome {
     }
 }
 
-fn run_unit(sessions: &mut Sessions<'_>, diff: &Diff, unit: &Unit) -> Vec<(usize, Outcome)> {
+fn run_unit<S: KeyStore>(sessions: &mut Sessions<'_, S>, diff: &Diff, unit: &Unit) -> Vec<(usize, Outcome)> {
     match unit {
         Unit::Copy { source, items } => copy(sessions, diff, source, items),
         Unit::Update(i) => {
@@ -241,7 +240,12 @@ enum Material {
 /// A proof that an odd-length HMAC copy is the same key: a challenge and the source's MAC.
 type HmacCheck = Option<(Vec<u8>, Option<Vec<u8>>)>;
 
-fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize]) -> Vec<(usize, Outcome)> {
+fn copy<S: KeyStore>(
+    sessions: &mut Sessions<'_, S>,
+    diff: &Diff,
+    source: &str,
+    items: &[usize],
+) -> Vec<(usize, Outcome)> {
     let start = Instant::now();
     let Some(key) = items.first().and_then(|i| diff.items[*i].source_key.clone()) else {
         return Vec::new();
@@ -297,8 +301,8 @@ fn copy(sessions: &mut Sessions<'_>, diff: &Diff, source: &str, items: &[usize])
 }
 
 /// Puts one copy on `target` and verifies it; returns the note for the report.
-fn place(
-    sessions: &mut Sessions<'_>,
+fn place<S: KeyStore>(
+    sessions: &mut Sessions<'_, S>,
     target: &str,
     key: &KeyObject,
     material: &Material,
@@ -350,7 +354,7 @@ fn place(
 }
 
 fn verify(
-    t: &TokenSession,
+    t: &impl KeySession,
     h: u64,
     key: &KeyObject,
     fingerprint: &str,
@@ -396,4 +400,158 @@ fn verify(
 
 fn odd_length_hmac(k: &KeyObject) -> bool {
     k.key_type == KeyType::GenericSecret && k.value_len.is_some_and(|n| n % 8 != 0) && k.flags.sign
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::diff::DiffItem;
+    use crate::domain::key::{KeyFlags, KeyObject, KeyType};
+    use crate::hsm::memory::{Fault, MemoryStore};
+    use crate::progress::Silent;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn aes(id: u8) -> KeyObject {
+        KeyObject {
+            handle: 0,
+            class: KeyClass::SecretKey,
+            key_type: KeyType::Aes,
+            id: vec![id],
+            label: format!("k{id}"),
+            flags: KeyFlags {
+                private: true,
+                sensitive: true,
+                extractable: true,
+                encrypt: true,
+                decrypt: true,
+                modifiable: true,
+                ..Default::default()
+            },
+            value_len: Some(32),
+            public_parts: None,
+            fingerprint: None,
+        }
+    }
+
+    /// A store with `keys` on `src` and a diff creating each on `dst`.
+    fn world(keys: &[(u8, &[u8])]) -> (MemoryStore, Diff) {
+        let store = MemoryStore::default();
+        let items = keys
+            .iter()
+            .map(|(id, material)| {
+                let k = Arc::new(store.add("src", aes(*id), material));
+                DiffItem {
+                    sync: "s".into(),
+                    source: "src".into(),
+                    target: "dst".into(),
+                    key: k.key_ref(),
+                    action: Action::Create,
+                    reason: None,
+                    reasons: Vec::new(),
+                    detail: None,
+                    source_key: Some(k),
+                    target_key: None,
+                }
+            })
+            .collect();
+        (
+            store,
+            Diff {
+                items,
+                notes: Vec::new(),
+            },
+        )
+    }
+
+    fn run(store: &MemoryStore, diff: &Diff) -> Vec<Outcome> {
+        execute(diff, store, 2, false, &Silent)
+    }
+
+    fn copies(store: &MemoryStore) -> Vec<Vec<u8>> {
+        store.objects("dst").into_iter().map(|(_, m)| m).collect()
+    }
+
+    #[test]
+    fn a_transient_error_is_retried_on_a_fresh_session() {
+        let (store, diff) = world(&[(1, SECRET)]);
+        store.fail_next("src", "wrap", Fault::Transient);
+        store.fail_next("dst", "unwrap", Fault::Transient);
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Ok, "{:?}", out[0].error);
+        assert_eq!(out[0].attempts, 2);
+        assert_eq!(copies(&store), vec![SECRET.to_vec()], "exactly one copy");
+    }
+
+    #[test]
+    fn a_copy_a_lost_reply_left_is_adopted_not_duplicated() {
+        let (store, diff) = world(&[(1, SECRET)]);
+        store.fail_next("dst", "unwrap", Fault::TransientAfterCreate);
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Ok, "{:?}", out[0].error);
+        assert!(
+            out[0].note.as_deref().unwrap_or("").contains("adopted"),
+            "{:?}",
+            out[0].note
+        );
+        assert_eq!(copies(&store).len(), 1, "the retry did not make a second copy");
+        assert_eq!(store.calls("dst", "unwrap"), 1, "adopted, not unwrapped again");
+    }
+
+    #[test]
+    fn a_copy_that_fails_verification_is_destroyed() {
+        let (store, diff) = world(&[(1, SECRET)]);
+        store.fail_next("dst", "unwrap", Fault::Corrupt);
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Failed);
+        assert!(
+            out[0].error.as_deref().unwrap_or("").contains("fingerprint differs"),
+            "{:?}",
+            out[0].error
+        );
+        assert!(copies(&store).is_empty(), "no unverified copy is left behind");
+    }
+
+    #[test]
+    fn a_journaled_half_made_copy_is_replaced() {
+        let (store, mut diff) = world(&[(1, SECRET)]);
+        // What an interrupted run left: an object of this identity with other material.
+        let broken = store.add("dst", aes(1), b"half-made");
+        diff.items[0].reason = Some(crate::domain::reason::Reason::Repair);
+        diff.items[0].target_key = Some(Arc::new(broken));
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Ok, "{:?}", out[0].error);
+        assert_eq!(
+            copies(&store),
+            vec![SECRET.to_vec()],
+            "the broken copy is gone, the real one made"
+        );
+    }
+
+    #[test]
+    fn a_fatal_error_fails_its_own_job_only_and_is_not_retried() {
+        let (store, diff) = world(&[(1, SECRET), (2, b"fedcba9876543210fedcba9876543210")]);
+        // Sessions run in parallel: make the fatal error hit key 1's wrap whichever is first.
+        store.fail_next("dst", "unwrap", Fault::Fatal);
+        let out = run(&store, &diff);
+        let failed: Vec<_> = out.iter().filter(|o| o.status == Status::Failed).collect();
+        assert_eq!(failed.len(), 1, "{out:?}");
+        assert_eq!(failed[0].attempts, 1, "a fatal error is never retried");
+        assert_eq!(out.iter().filter(|o| o.status == Status::Ok).count(), 1);
+        assert_eq!(copies(&store).len(), 1);
+    }
+
+    #[test]
+    fn a_key_goes_to_every_target_from_one_wrap() {
+        let (store, mut diff) = world(&[(1, SECRET)]);
+        let mut second = diff.items[0].clone();
+        second.target = "dst2".into();
+        diff.items.push(second);
+        let out = run(&store, &diff);
+        assert!(out.iter().all(|o| o.status == Status::Ok), "{out:?}");
+        assert_eq!(store.calls("src", "wrap"), 1, "wrapped once for both targets");
+        assert_eq!(store.objects("dst2").len(), 1);
+    }
 }

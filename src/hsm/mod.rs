@@ -7,7 +7,10 @@
 //! off) and shared; one `Session` per worker (`Send`, not `Sync`).
 
 mod error;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod ops;
+pub mod port;
 pub mod profile;
 pub mod provision;
 pub mod state;
@@ -25,6 +28,7 @@ use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
 pub use ops::TokenSession;
+pub use port::{KeySession, KeyStore};
 pub use state::DataObject;
 
 use crate::plan::{Cluster, TokenRef};

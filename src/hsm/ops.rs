@@ -20,6 +20,18 @@ use crate::domain::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 pub struct Wrapped(Zeroizing<Vec<u8>>);
 
 impl Wrapped {
+    /// A blob made by the in-memory store of the unit tests.
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Wrapped {
+        Wrapped(Zeroizing::new(bytes))
+    }
+
+    /// The blob, for the in-memory store of the unit tests.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The fingerprint of the key inside (see [`fingerprint_of`]).
     pub fn fingerprint(&self, class: KeyClass) -> String {
         fingerprint_of(class, &self.0)

@@ -1,0 +1,80 @@
+//! The key-store port: what the executor needs from a token, in domain types. The real
+//! token ([`TokenSession`], one PKCS#11 session) and the in-memory store of the unit tests
+//! both implement it, so retry, adopt, repair and verify are tested without a token.
+
+use crate::domain::key::{KeyClass, KeyObject};
+
+use super::ops::{TokenSession, Wrapped};
+use super::HsmError;
+
+/// Where sessions come from: one per worker and cluster (a PKCS#11 session is `Send`,
+/// not `Sync`).
+pub trait KeyStore: Sync {
+    /// A session on one cluster's token.
+    type Session: KeySession + Send;
+
+    /// Opens a session on `cluster`'s token (logged in already).
+    fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError>;
+}
+
+/// One session's key operations. Handles are the token's own, valid for this run.
+pub trait KeySession {
+    /// Wraps a secret or private key under the domain key.
+    fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError>;
+    /// Unwraps `blob` as a token object with `like`'s attributes; returns its handle.
+    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError>;
+    /// Creates the public half of a pair from `like`'s public attributes.
+    fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError>;
+    /// Reads one key (not fingerprinted); `None` when the handle is no key.
+    fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError>;
+    /// The fingerprint of a key read earlier (`None`: it cannot be wrapped).
+    fn fingerprint(&self, key: &KeyObject) -> Result<Option<String>, HsmError>;
+    /// The fingerprint of the secret or private key at `handle`.
+    fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError>;
+    /// The keys with `like`'s identity, fingerprinted.
+    fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError>;
+    /// Sets label and usage flags to `like`'s.
+    fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError>;
+    /// Destroys an object.
+    fn destroy(&self, handle: u64) -> Result<(), HsmError>;
+    /// An HMAC of `data` (`None`: the key fits no HMAC mechanism of the token).
+    fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
+    /// Random bytes.
+    fn random(&self, n: usize) -> Result<Vec<u8>, HsmError>;
+}
+
+impl KeySession for TokenSession {
+    fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
+        TokenSession::wrap(self, handle, class)
+    }
+    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+        TokenSession::unwrap_as(self, blob, like)
+    }
+    fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+        TokenSession::create_public(self, like)
+    }
+    fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        TokenSession::read_key_at(self, handle)
+    }
+    fn fingerprint(&self, key: &KeyObject) -> Result<Option<String>, HsmError> {
+        TokenSession::fingerprint(self, key)
+    }
+    fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+        TokenSession::fingerprint_at(self, handle, class)
+    }
+    fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError> {
+        TokenSession::find_like(self, like)
+    }
+    fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+        TokenSession::set_usage(self, handle, like)
+    }
+    fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+        TokenSession::destroy(self, handle)
+    }
+    fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        TokenSession::hmac(self, handle, data)
+    }
+    fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
+        TokenSession::random(self, n)
+    }
+}
