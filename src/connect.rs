@@ -55,7 +55,13 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
     let modules = Modules::default();
     let mut tokens = HashMap::new();
     for c in clusters {
-        tokens.insert(c.name.clone(), Token::open(&modules, c)?);
+        let spec = crate::hsm::TokenSpec {
+            name: &c.name,
+            module: &c.module,
+            token: &c.token,
+            domain_key: &c.domain_key,
+        };
+        tokens.insert(c.name.clone(), Token::open(&modules, &spec)?);
     }
     Ok(Tokens {
         tokens,
@@ -70,7 +76,13 @@ pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
             cluster: c.name.clone(),
             source,
         })?;
-        tokens.get(&c.name).login(c, &pin)?;
+        let (role, pin_source) = (c.credentials.role.to_string(), c.credentials.pin.to_string());
+        let who = crate::hsm::LoginSpec {
+            role: &role,
+            user: &c.credentials.user,
+            pin_source: &pin_source,
+        };
+        tokens.get(&c.name).login(&who, &pin)?;
     }
     Ok(())
 }

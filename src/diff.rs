@@ -602,7 +602,7 @@ mod tests {
 
     /// Inventories are sorted by identity, as `read_all` leaves them.
     fn sorted(mut keys: Vec<KeyObject>) -> Vec<KeyObject> {
-        crate::hsm::ops::sort_keys(&mut keys);
+        crate::domain::key::sort_keys(&mut keys);
         keys
     }
 

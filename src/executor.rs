@@ -15,10 +15,10 @@ use rayon::prelude::*;
 
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
+use crate::domain::outcome::{Outcome, Status};
 use crate::hsm::ops::{public_fingerprint, Wrapped};
 use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
 use crate::progress::Reporter;
-use crate::report::{Outcome, Status};
 
 /// Tries per operation, and the first backoff (doubled after each failure).
 const ATTEMPTS: u32 = 4;

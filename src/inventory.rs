@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::connect::Tokens;
+use crate::domain::key::sort_keys;
 use crate::domain::key::{Identity, KeyObject};
-use crate::hsm::ops::sort_keys;
 use crate::hsm::{HsmError, TokenSession};
 
 /// The keys of one cluster, with the lineage fingerprint of its domain key.

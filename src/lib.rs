@@ -29,6 +29,7 @@ pub mod limits;
 pub mod lock;
 pub mod notify;
 pub mod output;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod render;

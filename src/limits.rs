@@ -2,8 +2,6 @@
 //! uses, decided once from `--jobs`, `options.parallelism` and the machine, and bounded.
 //! The inventory, the executor and the lifecycle records all take their sizes from here.
 
-use crate::plan::Plan;
-
 /// The most workers a run may ask for. Each worker holds a session on every token in
 /// scope; tokens run out of sessions long before this (a plan asking for 10^8 once made
 /// `apply` allocate 6.8 GB of session slots), and 2 cores gain nothing past a few dozen.
@@ -19,9 +17,9 @@ impl Limits {
     /// `--jobs`, else the plan's `options.parallelism`, else the available CPUs; always
     /// between 1 and [`MAX_JOBS`] (both inputs are validated against it beforehand, so
     /// the clamp only guards the machine's own count).
-    pub fn new(jobs: Option<usize>, plan: &Plan) -> Limits {
+    pub fn new(jobs: Option<usize>, parallelism: Option<usize>) -> Limits {
         let jobs = jobs
-            .or(plan.options.parallelism)
+            .or(parallelism)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Limits {
             jobs: jobs.clamp(1, MAX_JOBS),

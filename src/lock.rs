@@ -113,7 +113,7 @@ pub fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, LockErr
         let note = format!(
             "{command}, pid {}, since {}",
             std::process::id(),
-            crate::report::timestamp(std::time::SystemTime::now())
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
         let _ = f
             .set_len(0)

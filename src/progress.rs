@@ -1,9 +1,13 @@
 //! Progress of `apply`. Workers only send events to a [`Reporter`]; one implementation
-//! draws indicatif bars (one per target plus an overall line), the other stays silent.
+//! hands them to a single drawing thread that owns the indicatif bars (one per target
+//! plus an overall line), the other stays silent.
 //! Bars are drawn only on a terminal and never in quiet mode.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -26,28 +30,39 @@ impl Reporter for Silent {
     fn end(&self) {}
 }
 
-/// indicatif bars on stderr.
+/// What a worker tells the drawing thread.
+enum Event {
+    Begin(Vec<(String, u64)>),
+    Done { target: String, ok: bool },
+    End,
+}
+
+/// indicatif bars on stderr, drawn by one thread that owns them: workers only send
+/// events over a channel (uv's reporters; STYLE.md habit 9), so no bar is touched from a
+/// rayon worker and a slow terminal never holds a job up.
 pub struct Bars {
-    multi: MultiProgress,
-    overall: ProgressBar,
-    per_target: std::sync::Mutex<HashMap<String, ProgressBar>>,
+    tx: Mutex<Option<Sender<Event>>>,
+    drawer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Bars {
-    /// Bars on stderr.
+    /// Starts the drawing thread; bars appear at [`Reporter::begin`].
     pub fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let overall = multi.add(ProgressBar::new(0));
-        overall.set_style(
-            ProgressStyle::with_template("{prefix:>14} {pos}/{len} jobs, {rate}, eta {eta} {msg}")
-                .map(with_rate)
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        overall.set_prefix("overall");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let drawer = std::thread::Builder::new()
+            .name("hsm-sync-progress".into())
+            .spawn(move || draw(rx))
+            .ok();
         Bars {
-            multi,
-            overall,
-            per_target: std::sync::Mutex::new(HashMap::new()),
+            tx: Mutex::new(drawer.as_ref().map(|_| tx)),
+            drawer: Mutex::new(drawer),
+        }
+    }
+
+    fn send(&self, e: Event) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            // A drawer that is gone only loses the picture, never a job.
+            let _ = tx.send(e);
         }
     }
 }
@@ -60,38 +75,70 @@ impl Default for Bars {
 
 impl Reporter for Bars {
     fn begin(&self, per_target: &[(String, u64)]) {
-        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {rate} eta {eta}")
-            .map(with_rate)
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        let mut map = self.per_target.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = 0;
-        for (t, n) in per_target {
-            let bar = self.multi.insert_before(&self.overall, ProgressBar::new(*n));
-            bar.set_style(style.clone());
-            bar.set_prefix(t.clone());
-            map.insert(t.clone(), bar);
-            total += n;
-        }
-        self.overall.set_length(total);
+        self.send(Event::Begin(per_target.to_vec()));
     }
 
     fn job_done(&self, target: &str, ok: bool) {
-        if let Some(b) = self.per_target.lock().unwrap_or_else(|p| p.into_inner()).get(target) {
-            b.inc(1);
-        }
-        self.overall.inc(1);
-        if !ok {
-            self.overall.set_message("(failures: see the report)");
-        }
+        self.send(Event::Done {
+            target: target.to_string(),
+            ok,
+        });
     }
 
     fn end(&self) {
-        for b in self.per_target.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            b.finish();
+        self.send(Event::End);
+        // Close the channel and wait for the last frame, so the summary prints below it.
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = self.drawer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
         }
-        self.overall.finish();
     }
+}
+
+/// The drawing thread: the only code that touches the bars.
+fn draw(rx: Receiver<Event>) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let overall = multi.add(ProgressBar::new(0));
+    overall.set_style(
+        ProgressStyle::with_template("{prefix:>14} {pos}/{len} jobs, {rate}, eta {eta} {msg}")
+            .map(with_rate)
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    overall.set_prefix("overall");
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    for event in rx {
+        match event {
+            Event::Begin(per_target) => {
+                let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {rate} eta {eta}")
+                    .map(with_rate)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                let mut total = 0;
+                for (t, n) in per_target {
+                    let bar = multi.insert_before(&overall, ProgressBar::new(n));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(t.clone());
+                    bars.insert(t, bar);
+                    total += n;
+                }
+                overall.set_length(total);
+            }
+            Event::Done { target, ok } => {
+                if let Some(b) = bars.get(&target) {
+                    b.inc(1);
+                }
+                overall.inc(1);
+                if !ok {
+                    overall.set_message("(failures: see the report)");
+                }
+            }
+            Event::End => break,
+        }
+    }
+    for b in bars.values() {
+        b.finish();
+    }
+    overall.finish();
 }
 
 /// Keys per second as a whole number: indicatif's `{per_sec}` prints four decimals.

@@ -11,21 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::key::KeyRef;
+pub use crate::domain::outcome::{Outcome, Status};
 use crate::domain::reason::Reason;
-
-/// The outcome of one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Done (or nothing to do).
-    Ok,
-    /// Tried and failed; see `error`.
-    Failed,
-    /// Not attempted (conflict, blocked, or destroy not allowed).
-    Skipped,
-    /// In a plan: not yet applied.
-    Pending,
-}
 
 /// Counts per action, plus failed jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -151,23 +138,6 @@ pub struct Timings {
 /// Whole milliseconds since `t`.
 pub fn ms_since(t: std::time::Instant) -> u64 {
     t.elapsed().as_millis() as u64
-}
-
-/// Per-job results of an apply, aligned with the diff's items.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// What happened.
-    pub status: Status,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// Wall time.
-    pub duration_ms: u64,
-    /// The verified fingerprint of the copy.
-    pub fingerprint: Option<String>,
-    /// A note for a job that succeeded.
-    pub note: Option<String>,
-    /// How many times the job's PKCS#11 operations were tried (transient errors retried).
-    pub attempts: u32,
 }
 
 /// RFC 3339 UTC, seconds precision.

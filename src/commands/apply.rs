@@ -10,7 +10,6 @@ use miette::miette;
 use crate::cli::ApplyArgs;
 use crate::diff::Action;
 use crate::error::Result;
-use crate::executor::execute;
 use crate::exit::ExitStatus;
 use crate::inventory::Fingerprints;
 use crate::output::Printer;
@@ -19,7 +18,8 @@ use crate::progress;
 use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
 use crate::saved::{self, SavedPlan};
 
-use super::{load, load_text, online_diff, Online};
+use super::{load, load_text};
+use crate::pipeline::{online_diff, Online};
 
 /// How a set of jobs runs and where its results go; shared by `apply` and `sync-key`.
 pub(super) struct RunOptions<'a> {
@@ -109,7 +109,7 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
 
 /// Worker threads: `--jobs`, else `options.parallelism`, else the available CPUs.
 pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
-    crate::limits::Limits::new(jobs, plan).jobs()
+    crate::limits::Limits::new(jobs, plan.options.parallelism).jobs()
 }
 
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
@@ -143,36 +143,22 @@ pub(super) fn run_jobs(
     o: &RunOptions,
     started: SystemTime,
 ) -> Result<(Report, ExitStatus)> {
-    let t = std::time::Instant::now();
-    let journals = write_journals(online)?;
-    let reporter = progress::for_terminal(o.quiet);
-    let outcomes = execute(
-        &online.diff,
-        &online.tokens,
-        o.threads,
-        o.allow_destroy,
-        reporter.as_ref(),
-    );
-    for target in journals {
-        let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
-        if let Err(e) = cleared {
-            // Harmless: the next run reads it, finds every copy verified, and replaces it.
-            p.warn(&format!("the in-flight journal on `{target}` was not removed: {e}"));
-        }
+    let run = crate::pipeline::execute(
+        plan,
+        online,
+        &crate::pipeline::Execution {
+            command: o.command,
+            plan_name: &o.plan_name,
+            threads: o.threads,
+            allow_destroy: o.allow_destroy,
+            reporter: progress::for_terminal(o.quiet).as_ref(),
+            started,
+        },
+    )?;
+    for w in &run.warnings {
+        p.warn(w);
     }
-    let execute_ms = crate::report::ms_since(t);
-    let mut report = Report::new(o.command, &o.plan_name, started, &online.diff, Some(&outcomes));
-    // CONTRACT.md §5: lifecycle events recorded on the sources and announced; a failed
-    // notification is exit 3 and never undoes the sync.
-    let t = std::time::Instant::now();
-    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, o.threads);
-    report.notifications = notified.records.clone();
-    report.timings = Some(crate::report::Timings {
-        execute_ms: Some(execute_ms),
-        notify_ms: Some(crate::report::ms_since(t)),
-        ..online.timings.clone()
-    });
-    report.finished_at = crate::report::timestamp(SystemTime::now());
+    let (report, notified) = (run.report, run.notified);
     // The record of what was done is written before it is printed; if it cannot be
     // written, the summary is still printed and the run exits 3 when tokens were changed.
     let mut unwritten = Vec::new();
@@ -270,24 +256,6 @@ pub(super) fn run_jobs(
         ExitStatus::Success
     };
     Ok((report, status))
-}
-
-/// Writes each target's in-flight journal (the identities about to be created there)
-/// before any copy is made; returns the targets that have one.
-fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
-    let mut per_target: Vec<(String, Vec<String>)> = Vec::new();
-    for it in online.diff.items.iter().filter(|i| i.action == Action::Create) {
-        let Some(k) = &it.source_key else { continue };
-        let entry = k.identity().journal_key();
-        match per_target.iter_mut().find(|(t, _)| **t == *it.target) {
-            Some((_, v)) => v.push(entry),
-            None => per_target.push((it.target.to_string(), vec![entry])),
-        }
-    }
-    for (target, entries) in &per_target {
-        online.tokens.get(target).session()?.journal_write(entries)?;
-    }
-    Ok(per_target.into_iter().map(|(t, _)| t).collect())
 }
 
 fn count_failed(report: &Report, action: Action) -> usize {

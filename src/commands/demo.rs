@@ -8,7 +8,9 @@ use miette::{miette, IntoDiagnostic, WrapErr};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::cli::{ApplyArgs, DemoArgs, PlanArgs, PlanFormat, ValidateArgs};
+use clap::Parser;
+
+use crate::cli::{Cli, DemoArgs};
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::hsm::provision::{self, Provisioner, SecretSpec};
@@ -129,52 +131,24 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
     std::fs::write(&plan_path, demo_plan(&module)).into_diagnostic()?;
     p.outln(&format!("wrote {}\n", plan_path.display()));
 
-    let step = |name: &str| p.outln(&format!("\n$ hsm-sync {name}"));
-    step("validate plan.yaml --online");
-    super::validate::run(
-        p,
-        &ValidateArgs {
-            plan: plan_path.clone(),
-            online: true,
-        },
-    )?;
-    let saved = dir.join("saved-plan.json");
-    step("plan plan.yaml --out saved-plan.json");
-    let first = super::plan::run(
-        p,
-        &PlanArgs {
-            plan: plan_path.clone(),
-            format: PlanFormat::Text,
-            detailed_exitcode: true,
-            out: Some(saved.clone()),
-            shard: None,
-        },
-    )?;
+    // Each step is the command line it prints, parsed by the real CLI: what the demo
+    // shows is exactly what it runs (and no command builds another's arguments).
+    let step = |line: &str| -> Result<ExitStatus> {
+        p.outln(&format!("\n$ hsm-sync {line}"));
+        let words = line.split(' ').map(|w| match w {
+            "plan.yaml" => plan_path.clone().into_os_string(),
+            "saved-plan.json" => dir.join(w).into_os_string(),
+            "report.json" => dir.join(w).into_os_string(),
+            _ => w.into(),
+        });
+        let cli = Cli::try_parse_from(std::iter::once("hsm-sync".into()).chain(words)).map_err(|e| miette!("{e}"))?;
+        super::dispatch(&cli, p)
+    };
+    step("validate plan.yaml --online")?;
+    let first = step("plan plan.yaml --out saved-plan.json --detailed-exitcode")?;
+    let applied = step("apply saved-plan.json --report report.json")?;
+    let second = step("plan plan.yaml --detailed-exitcode")?;
     let report = dir.join("report.json");
-    step("apply saved-plan.json --report report.json");
-    let applied = super::apply::run(
-        p,
-        &ApplyArgs {
-            plan: saved,
-            jobs: None,
-            report: Some(report.clone()),
-            junit: None,
-            allow_destroy: false,
-            quiet: false,
-            shard: None,
-        },
-    )?;
-    step("plan plan.yaml --detailed-exitcode");
-    let second = super::plan::run(
-        p,
-        &PlanArgs {
-            plan: plan_path.clone(),
-            format: PlanFormat::Text,
-            detailed_exitcode: true,
-            out: None,
-            shard: None,
-        },
-    )?;
     p.outln(&format!(
         "\ndemo done: the first plan had changes ({}), apply {}, the second plan {}.\nreport: {}\ntry:    SOFTHSM2_CONF={} hsm-sync inventory {} dr",
         if first == ExitStatus::ChangesPending { "exit 2" } else { "none?" },

@@ -13,8 +13,9 @@ use crate::render;
 use crate::report::{timestamp, write_atomic, JobRecord, PlanJson, Report};
 use crate::saved::{self, SavedPlan};
 
-use super::{load, online_diff};
+use super::load;
 use crate::inventory::Fingerprints;
+use crate::pipeline::online_diff;
 
 pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();

@@ -14,8 +14,9 @@ use crate::output::Printer;
 use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
 
 use super::apply::{run_jobs, threads, RunOptions};
-use super::{load, online_diff};
+use super::load;
 use crate::inventory::Fingerprints;
+use crate::pipeline::online_diff;
 
 pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();

@@ -280,6 +280,16 @@ pub struct KeyRef {
     pub handle: Option<u64>,
 }
 
+/// Sorts keys by identity, then handle: the order inventories are kept in.
+pub fn sort_keys<K: std::borrow::Borrow<KeyObject>>(keys: &mut [K]) {
+    // Handles are unique, so the order is total and an unstable sort (no buffer of half
+    // the keys) gives the same result as a stable one.
+    keys.sort_unstable_by(|a, b| {
+        let (a, b) = (a.borrow(), b.borrow());
+        a.cmp_by_identity(b).then(a.handle.cmp(&b.handle))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

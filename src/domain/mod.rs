@@ -4,5 +4,7 @@
 //! versioned encoding, never `Debug` or enum declaration order (issue 13).
 
 pub mod key;
+pub mod outcome;
 pub mod reason;
 pub mod shard;
+pub mod token;

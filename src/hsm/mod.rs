@@ -31,7 +31,30 @@ pub use ops::TokenSession;
 pub use port::{KeySession, KeyStore};
 pub use state::DataObject;
 
-use crate::plan::{Cluster, TokenRef};
+use crate::domain::token::TokenRef;
+
+/// Which token a cluster is, as the token layer needs it (built from the plan by
+/// `connect`, so this module never names plan types).
+pub struct TokenSpec<'a> {
+    /// The cluster's name, for errors.
+    pub name: &'a str,
+    /// The PKCS#11 module.
+    pub module: &'a Path,
+    /// Which of the module's tokens.
+    pub token: &'a TokenRef,
+    /// The domain key's label.
+    pub domain_key: &'a str,
+}
+
+/// Who logs in, for the messages of a failed login (never the PIN).
+pub struct LoginSpec<'a> {
+    /// The role, as the plan names it.
+    pub role: &'a str,
+    /// The user, as the plan names it.
+    pub user: &'a str,
+    /// Where the PIN came from.
+    pub pin_source: &'a str,
+}
 
 /// A module's raw function list, beside cryptoki's context on the same library, for the
 /// calls where cryptoki's convenience costs double (PKCS11-NOTES.md): `Session::wrap_key`
@@ -137,10 +160,10 @@ pub struct Token {
 
 impl Token {
     /// Finds the cluster's token in its module.
-    pub fn open(modules: &Modules, cluster: &Cluster) -> Result<Token, HsmError> {
-        let (ctx, raw) = modules.load_with_raw(&cluster.name, &cluster.module)?;
+    pub fn open(modules: &Modules, cluster: &TokenSpec<'_>) -> Result<Token, HsmError> {
+        let (ctx, raw) = modules.load_with_raw(cluster.name, cluster.module)?;
         let pk = |op, error| HsmError::Pkcs11 {
-            cluster: cluster.name.clone(),
+            cluster: cluster.name.to_string(),
             op,
             error,
         };
@@ -148,14 +171,14 @@ impl Token {
         let mut present = Vec::new();
         for slot in slots {
             let info = ctx.get_token_info(slot).map_err(|e| pk("reading token info", e))?;
-            let hit = match &cluster.token {
+            let hit = match cluster.token {
                 TokenRef::Label(l) => info.label() == l,
                 TokenRef::Serial(s) => info.serial_number() == s,
                 TokenRef::Slot(id) => slot.id() == *id,
             };
             if hit {
                 return Ok(Token {
-                    cluster: cluster.name.clone(),
+                    cluster: cluster.name.to_string(),
                     ctx: ctx.clone(),
                     raw: raw.clone(),
                     slot,
@@ -166,7 +189,7 @@ impl Token {
                         model: info.model().to_string(),
                         slot: slot.id(),
                     },
-                    domain_label: cluster.domain_key.clone(),
+                    domain_label: cluster.domain_key.to_string(),
                     anchor: Mutex::new(None),
                     domain_key: Mutex::new(None),
                     listed: Mutex::new(None),
@@ -182,8 +205,8 @@ impl Token {
             }
         }
         Err(HsmError::TokenNotFound {
-            cluster: cluster.name.clone(),
-            module: cluster.module.clone(),
+            cluster: cluster.name.to_string(),
+            module: cluster.module.to_path_buf(),
             wanted: cluster.token.to_string(),
             present: if present.is_empty() {
                 "none".into()
@@ -203,7 +226,7 @@ impl Token {
 
     /// Logs in as `CKU_USER`, once. The PIN is tried at most once: a locked token or one
     /// on its final try is not even attempted, and a wrong PIN is never retried.
-    pub fn login(&self, cluster: &Cluster, pin: &SecretString) -> Result<(), HsmError> {
+    pub fn login(&self, who: &LoginSpec<'_>, pin: &SecretString) -> Result<(), HsmError> {
         let info = self
             .ctx
             .get_token_info(self.slot)
@@ -227,9 +250,9 @@ impl Token {
             Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
                 return Err(HsmError::WrongPin {
                     cluster: self.cluster.clone(),
-                    role: cluster.credentials.role.to_string(),
-                    user: cluster.credentials.user.clone(),
-                    pin_source: cluster.credentials.pin.to_string(),
+                    role: who.role.to_string(),
+                    user: who.user.to_string(),
+                    pin_source: who.pin_source.to_string(),
                 })
             }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => return Err(locked("the user PIN is locked")),

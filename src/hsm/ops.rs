@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::profile::Profile;
 use super::{HsmError, RawFns};
-use crate::domain::key::{KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
+use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
 pub struct Wrapped(Zeroizing<Vec<u8>>);
@@ -845,14 +845,4 @@ impl TokenSession {
         }
         Ok(())
     }
-}
-
-/// Sorts keys by identity, then handle: the order inventories are kept in.
-pub(crate) fn sort_keys<K: std::borrow::Borrow<KeyObject>>(keys: &mut [K]) {
-    // Handles are unique, so the order is total and an unstable sort (no buffer of half
-    // the keys) gives the same result as a stable one.
-    keys.sort_unstable_by(|a, b| {
-        let (a, b) = (a.borrow(), b.borrow());
-        a.cmp_by_identity(b).then(a.handle.cmp(&b.handle))
-    });
 }

@@ -1,0 +1,187 @@
+//! The pipeline, once: connect → lock → inventory → diff → execute → record. Commands
+//! map their arguments to these calls and the results to output; nothing here prints.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::connect::{log_in, open, prove_all, Tokens};
+use crate::diff::{diff, Action, Diff};
+use crate::domain::shard::Shard;
+use crate::executor;
+use crate::inventory::{read_all, Fingerprints, Inventories};
+use crate::notify::AfterApply;
+use crate::plan::Plan;
+use crate::progress::Reporter;
+use crate::report::{ms_since, Report};
+use crate::saved;
+
+/// What the online stages found: the logged-in tokens, their inventories and the diff.
+pub struct Online {
+    /// Logged-in tokens of every cluster in scope.
+    pub tokens: Tokens,
+    /// Their inventories.
+    pub inventories: Inventories,
+    /// The diff of the plan against them.
+    pub diff: Diff,
+    /// The target tokens' locks, for commands that write (held until this drops).
+    pub _lock: Option<crate::lock::RunLock>,
+    /// How long connecting, reading and diffing took.
+    pub timings: crate::report::Timings,
+}
+
+impl Online {
+    /// The state of every token in scope, for saved plans and their staleness check.
+    pub fn token_states(&self, plan: &Plan, shard: Option<Shard>) -> Vec<saved::TokenState> {
+        saved::token_states(plan, &self.inventories, shard, |c| {
+            let f = &self.tokens.get(c).facts;
+            (f.label.clone(), f.serial.clone())
+        })
+    }
+}
+
+/// The online part shared by `plan` and `apply`: log in, prove lineage, read the
+/// inventories in scope, diff.
+/// With a shard, only that shard's jobs. A command that writes names itself in `writer`
+/// and gets every target token locked before its inventory is read. `fingerprints` says
+/// whether keys no target holds are fingerprinted now ([`Fingerprints::All`]: the diff
+/// shows them) or by their copy jobs.
+pub fn online_diff(
+    plan: &Plan,
+    shard: Option<Shard>,
+    writer: Option<&str>,
+    fingerprints: Fingerprints,
+) -> miette::Result<Online> {
+    let mut timings = crate::report::Timings::default();
+    let t = std::time::Instant::now();
+    // A writer locks its targets before logging in: login's search of the keys is then
+    // the inventory's own (no other run changes them in between), and a busy cluster
+    // costs no login.
+    let clusters = plan.clusters_in_scope();
+    let tokens = open(&clusters)?;
+    let lock = match writer {
+        Some(command) => Some(lock_targets(plan, &tokens, command)?),
+        None => None,
+    };
+    log_in(&tokens, &clusters)?;
+    prove_all(plan, &tokens)?;
+    timings.connect_ms = ms_since(t);
+    let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+    // As many sessions per token as the plan's workers (--jobs is an apply option; the
+    // inventory comes before it).
+    let workers = crate::limits::Limits::new(None, plan.options.parallelism).jobs();
+    let t = std::time::Instant::now();
+    let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
+    let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();
+    let inventories = read_all(&tokens, &names, &source_only, fingerprints, workers)?;
+    timings.inventory_ms = ms_since(t);
+    let t = std::time::Instant::now();
+    let mut diff = diff(plan, &inventories);
+    if let Some(s) = shard {
+        diff = diff.shard(s);
+    }
+    timings.diff_ms = ms_since(t);
+    Ok(Online {
+        tokens,
+        inventories,
+        diff,
+        _lock: lock,
+        timings,
+    })
+}
+
+/// Locks every target token of the plan (sorted, so two runs meet in the same order).
+fn lock_targets(plan: &Plan, tokens: &Tokens, command: &str) -> Result<crate::lock::RunLock, crate::lock::LockError> {
+    let mut names: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let targets: Vec<crate::lock::LockTarget> = names
+        .iter()
+        .filter_map(|n| plan.cluster(n))
+        .map(|c| {
+            // The token itself, however it is reached (a pass-through module is the same token).
+            let f = &tokens.get(&c.name).facts;
+            crate::lock::LockTarget {
+                cluster: &c.name,
+                identity: format!("{}\0{}\0{}\0{}", f.manufacturer, f.model, f.serial, f.label),
+            }
+        })
+        .collect();
+    crate::lock::acquire(&targets, command)
+}
+
+/// How the jobs of a diff run.
+pub struct Execution<'a> {
+    /// The command, for the report.
+    pub command: &'a str,
+    /// The plan as the operator named it, for the report.
+    pub plan_name: &'a Path,
+    /// Worker threads.
+    pub threads: usize,
+    /// Deletions allowed.
+    pub allow_destroy: bool,
+    /// Where progress events go.
+    pub reporter: &'a dyn Reporter,
+    /// When the command started.
+    pub started: SystemTime,
+}
+
+/// What a run of the jobs did.
+pub struct Executed {
+    /// The report (not yet written anywhere).
+    pub report: Report,
+    /// The lifecycle records and notifications.
+    pub notified: AfterApply,
+    /// Harmless problems to tell the operator about.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the diff's changes: journals on the targets first, then the jobs, then the
+/// lifecycle records and notifications on the sources (CONTRACT.md §5: a failed
+/// notification never undoes the sync).
+pub fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Result<Executed> {
+    let t = std::time::Instant::now();
+    let journals = write_journals(online)?;
+    let outcomes = executor::execute(&online.diff, &online.tokens, e.threads, e.allow_destroy, e.reporter);
+    let mut warnings = Vec::new();
+    for target in journals {
+        let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
+        if let Err(err) = cleared {
+            // Harmless: the next run reads it, finds every copy verified, and replaces it.
+            warnings.push(format!("the in-flight journal on `{target}` was not removed: {err}"));
+        }
+    }
+    let execute_ms = ms_since(t);
+    let mut report = Report::new(e.command, e.plan_name, e.started, &online.diff, Some(&outcomes));
+    let t = std::time::Instant::now();
+    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.threads);
+    report.notifications = notified.records.clone();
+    report.timings = Some(crate::report::Timings {
+        execute_ms: Some(execute_ms),
+        notify_ms: Some(ms_since(t)),
+        ..online.timings.clone()
+    });
+    report.finished_at = crate::report::timestamp(SystemTime::now());
+    Ok(Executed {
+        report,
+        notified,
+        warnings,
+    })
+}
+
+/// Writes each target's in-flight journal (the identities about to be created there)
+/// before any copy is made; returns the targets that have one.
+fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
+    let mut per_target: Vec<(String, Vec<String>)> = Vec::new();
+    for it in online.diff.items.iter().filter(|i| i.action == Action::Create) {
+        let Some(k) = &it.source_key else { continue };
+        let entry = k.identity().journal_key();
+        match per_target.iter_mut().find(|(t, _)| **t == *it.target) {
+            Some((_, v)) => v.push(entry),
+            None => per_target.push((it.target.to_string(), vec![entry])),
+        }
+    }
+    for (target, entries) in &per_target {
+        online.tokens.get(target).session()?.journal_write(entries)?;
+    }
+    Ok(per_target.into_iter().map(|(t, _)| t).collect())
+}
