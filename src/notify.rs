@@ -32,17 +32,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::connect::Tokens;
 use crate::diff::{Action, Diff};
+use crate::domain::event::Event;
 use crate::hsm::{DataObject, HsmError, TokenSession};
 use crate::key::{KeyClass, KeyType};
-use crate::plan::{Event, KeyMatcher, NotifyTarget, Plan, SyncEntry};
+use crate::plan::{KeyMatcher, NotifyTarget, Plan, SyncEntry};
 use crate::report::{NotificationRecord, Outcome, Status};
 
-/// Time limit of one delivery attempt when the plan sets none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Retries after a failed attempt when the plan sets none.
-pub const DEFAULT_RETRIES: u32 = 3;
-/// The most retries a plan may ask for.
-pub const MAX_RETRIES: u32 = 10;
 /// Deliveries in flight at once.
 pub const MAX_IN_FLIGHT: usize = 8;
 /// A claim younger than this is another run at work; an older one is a crashed run's.
@@ -52,33 +47,9 @@ const STATE_PREFIX: &str = "hsm-sync/state/";
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A lifecycle event, as sent and as recorded on the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EventKind {
-    /// After a create or update.
-    Synced,
-    /// After a delete.
-    Deleted,
-}
-
-impl EventKind {
-    /// `synced` or `deleted`.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Synced => "synced",
-            EventKind::Deleted => "deleted",
-        }
-    }
-
-    fn wanted_by(self, r: &NotifyTarget) -> bool {
-        r.events.iter().any(|e| {
-            matches!(
-                (e, self),
-                (Event::Synced, EventKind::Synced) | (Event::Deleted, EventKind::Deleted)
-            )
-        })
-    }
+/// Whether a resource wants to hear of this event.
+fn wanted_by(r: &NotifyTarget, event: Event) -> bool {
+    r.events.contains(&event)
 }
 
 /// The key as a notification names it: never key material, only its fingerprint.
@@ -141,7 +112,7 @@ impl KeyInfo {
 #[serde(deny_unknown_fields)]
 pub struct EventBody {
     /// `synced` or `deleted`.
-    pub event: EventKind,
+    pub event: Event,
     /// The key.
     pub key: KeyInfo,
     /// Source cluster.
@@ -162,7 +133,7 @@ pub struct KeyState {
     /// Format version (1).
     pub version: u32,
     /// The last lifecycle event.
-    pub event: EventKind,
+    pub event: Event,
     /// When it happened (RFC 3339 UTC, milliseconds).
     pub at: String,
     /// When it was last re-sent by `hsm-sync notify`, if ever.
@@ -305,7 +276,7 @@ struct Lifecycle {
     sync: String,
     source: String,
     key: KeyInfo,
-    event: EventKind,
+    event: Event,
     targets: Vec<String>,
     at: SystemTime,
 }
@@ -313,14 +284,14 @@ struct Lifecycle {
 /// The events of an apply: for each (sync, key, event) the targets where a job of that
 /// kind succeeded.
 fn lifecycles(diff: &Diff, outcomes: &[Outcome], at: SystemTime) -> Vec<Lifecycle> {
-    let mut by: BTreeMap<(String, String, String, EventKind), Lifecycle> = BTreeMap::new();
+    let mut by: BTreeMap<(String, String, String, Event), Lifecycle> = BTreeMap::new();
     for (item, o) in diff.items.iter().zip(outcomes) {
         if o.status != Status::Ok {
             continue;
         }
         let event = match item.action {
-            Action::Create | Action::Update => EventKind::Synced,
-            Action::Delete => EventKind::Deleted,
+            Action::Create | Action::Update => Event::Synced,
+            Action::Delete => Event::Deleted,
             _ => continue,
         };
         let fingerprint = o
@@ -403,7 +374,7 @@ fn deliveries<'a>(plan: &'a Plan, events: &[Lifecycle], renotify: bool) -> Vec<D
         let Some(entry) = plan.syncs.iter().find(|s| s.name == l.sync) else {
             continue;
         };
-        for r in entry.notify.iter().filter(|r| l.event.wanted_by(r)) {
+        for r in entry.notify.iter().filter(|r| wanted_by(r, l.event)) {
             out.push(Delivery {
                 sync: l.sync.clone(),
                 resource: r,
@@ -851,7 +822,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
                 ));
                 false
             }
-            Some((_, st)) if !c.entry.notify.iter().any(|r| st.event.wanted_by(r)) => {
+            Some((_, st)) if !c.entry.notify.iter().any(|r| wanted_by(r, st.event)) => {
                 skipped.push(format!(
                     "key {}: no resource of sync `{}` wants `{}` events: skipped",
                     c.key.name(),
@@ -1076,7 +1047,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut st = KeyState {
             version: 1,
-            event: EventKind::Synced,
+            event: Event::Synced,
             at: time_millis(t0),
             notified_at: None,
             sync: "main".into(),

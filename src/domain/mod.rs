@@ -2,3 +2,5 @@
 //! shards and lifecycle events, in types that name no library but std, serde and sha2.
 //! Every persisted form built here (digests, journal keys, state labels) is an explicit,
 //! versioned encoding, never `Debug` or enum declaration order (issue 13).
+
+pub mod event;

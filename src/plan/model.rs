@@ -10,6 +10,9 @@ use globset::{Glob, GlobMatcher};
 
 use super::source::PlanSource;
 use crate::credentials::PinSource;
+/// The lifecycle events a resource wants are the domain's (re-exported where the plan
+/// names them).
+pub use crate::domain::event::Event;
 
 /// Default label of the shared wrapping ("domain") key.
 pub const DEFAULT_DOMAIN_KEY: &str = "hsm-sync-domain";
@@ -198,16 +201,6 @@ pub struct Selector {
     pub state: DesiredState,
     /// Its targets: the selector's own override, else the entry's.
     pub targets: Vec<String>,
-}
-
-/// A lifecycle event an associated resource can be told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Event {
-    /// After a create or update.
-    Synced,
-    /// After a delete.
-    Deleted,
 }
 
 /// An associated resource of a sync entry's keys.

@@ -14,6 +14,7 @@ use super::raw::*;
 use super::source::{child, index, PlanSource, COMPLEX_KEY};
 use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
 use crate::credentials::{loosely_readable, PinSource};
+use crate::domain::event::{Event, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES};
 
 const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
 
@@ -986,7 +987,7 @@ impl Validator {
                 );
             }
             let events = match n.events {
-                None => vec![Event::Synced, Event::Deleted],
+                None => Event::ALL.to_vec(),
                 Some(e) => e
                     .into_iter()
                     .map(|e| match e {
@@ -1009,7 +1010,7 @@ impl Validator {
                 );
             }
             let timeout = match n.timeout {
-                None => crate::notify::DEFAULT_TIMEOUT,
+                None => DEFAULT_TIMEOUT,
                 Some(t) => humantime::parse_duration(&t)
                     .ok()
                     .filter(|d| !d.is_zero())
@@ -1020,14 +1021,14 @@ impl Validator {
                             format!("invalid timeout `{t}`"),
                             Some("write e.g. `500ms`, `10s`".into()),
                         );
-                        crate::notify::DEFAULT_TIMEOUT
+                        DEFAULT_TIMEOUT
                     }),
             };
-            if n.retries.is_some_and(|r| r > crate::notify::MAX_RETRIES) {
+            if n.retries.is_some_and(|r| r > MAX_RETRIES) {
                 self.issue(
                     IssueKind::InvalidValue,
                     &child(&np, "retries"),
-                    format!("`retries` is at most {}", crate::notify::MAX_RETRIES),
+                    format!("`retries` is at most {}", MAX_RETRIES),
                     None,
                 );
             }
@@ -1037,7 +1038,7 @@ impl Validator {
                 events,
                 bearer_env: n.bearer_env,
                 timeout,
-                retries: n.retries.unwrap_or(crate::notify::DEFAULT_RETRIES),
+                retries: n.retries.unwrap_or(DEFAULT_RETRIES),
             });
         }
         let source = source?;
