@@ -35,7 +35,7 @@ use crate::diff::{Action, Diff};
 use crate::domain::event::Event;
 use crate::hsm::{DataObject, HsmError, TokenSession};
 use crate::key::{KeyClass, KeyType};
-use crate::plan::{KeyMatcher, NotifyTarget, Plan, SyncEntry};
+use crate::plan::{KeyMatcher, NotifyTarget, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{NotificationRecord, Outcome, Status};
 
 /// Deliveries in flight at once.
@@ -237,27 +237,24 @@ fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(s).ok()
 }
 
-/// Parses a `--key` selector: `id:HEX`, `label:GLOB` or `handle:N`.
+/// Parses a `--key` selector: `id:HEX`, `label:GLOB` or `handle:N`, by the plan's own
+/// rules for each value ([`KeyMatcher::from_value`]).
 pub fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
-    let bad = |why: &str| NotifyError::Selector(s.into(), why.into());
-    let (kind, value) = s.split_once(':').ok_or_else(|| bad("missing `kind:`"))?;
-    match kind {
-        "id" => hex::decode(value)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(KeyMatcher::Id)
-            .ok_or_else(|| bad("the id is not hex")),
-        "label" if value.is_empty() => Err(bad("the label is empty")),
-        "label" if value.contains(['*', '?', '[']) => crate::plan::LabelGlob::parse(value)
-            .map(|g| KeyMatcher::LabelGlob(value.into(), g))
-            .map_err(|e| bad(&e.to_string())),
-        "label" => Ok(KeyMatcher::Label(value.into())),
-        "handle" => value
-            .parse()
-            .map(KeyMatcher::Handle)
-            .map_err(|_| bad("the handle is not a number")),
-        _ => Err(bad("the kind must be id, label or handle")),
-    }
+    let bad = |why: String| NotifyError::Selector(s.into(), why);
+    let (kind, value) = s.split_once(':').ok_or_else(|| bad("missing `kind:`".into()))?;
+    let value = match kind {
+        "id" => SelectorValue::Id(value),
+        "label" => SelectorValue::Label(value),
+        "handle" => SelectorValue::Handle(value.parse().map_err(|_| bad("the handle is not a number".into()))?),
+        _ => return Err(bad("the kind must be id, label or handle".into())),
+    };
+    KeyMatcher::from_value(value).map_err(|e| {
+        bad(match e {
+            SelectorError::EmptyId | SelectorError::NotHex(_) => "the id is not hex".into(),
+            SelectorError::EmptyLabel => "the label is empty".into(),
+            SelectorError::BadGlob(e) => e.to_string(),
+        })
+    })
 }
 
 /// Whether a matcher picks a key (`handle` needs the key on the source).
@@ -1025,6 +1022,21 @@ mod tests {
         for bad in ["a1b2", "id:zz", "id:", "handle:x", "label:", "name:x"] {
             assert!(parse_selector(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn selector_errors_say_what_is_wrong_with_the_value() {
+        let why = |s: &str| match parse_selector(s) {
+            Err(NotifyError::Selector(_, why)) => why,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(why("a1b2"), "missing `kind:`");
+        assert_eq!(why("id:zz"), "the id is not hex");
+        assert_eq!(why("id:"), "the id is not hex");
+        assert_eq!(why("label:"), "the label is empty");
+        assert_eq!(why("handle:x"), "the handle is not a number");
+        assert_eq!(why("name:x"), "the kind must be id, label or handle");
+        assert!(why("label:[ab").contains("unclosed"), "{}", why("label:[ab"));
     }
 
     #[test]

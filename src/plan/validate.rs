@@ -1061,55 +1061,10 @@ impl Validator {
         names: &[String],
     ) -> Option<Selector> {
         let help = Some("a selector has exactly one of `id`, `label`, `handle`".to_string());
-        let matcher = match (sel.id, sel.label, sel.handle) {
-            (Some(id), None, None) => match hex::decode(&id) {
-                Ok(b) if !b.is_empty() => KeyMatcher::Id(b),
-                Ok(_) => {
-                    self.issue(
-                        IssueKind::InvalidHex,
-                        &child(sp, "id"),
-                        "an empty `id` selects nothing",
-                        Some("select keys without an id by `label`".into()),
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    self.issue(
-                        IssueKind::InvalidHex,
-                        &child(sp, "id"),
-                        format!("`id` is not hex: {e}"),
-                        Some("CKA_ID in hex, two digits a byte, e.g. `id: \"a1b2c3\"`".into()),
-                    );
-                    return None;
-                }
-            },
-            (None, Some(label), None) => {
-                if label.contains(['*', '?', '[']) {
-                    match LabelGlob::parse(&label) {
-                        Ok(g) => KeyMatcher::LabelGlob(label, g),
-                        Err(e) => {
-                            self.issue(
-                                IssueKind::InvalidGlob,
-                                &child(sp, "label"),
-                                format!("invalid label glob: {}", e.kind()),
-                                Some("globs use `*`, `?` and `[...]`".into()),
-                            );
-                            return None;
-                        }
-                    }
-                } else if label.is_empty() {
-                    self.issue(
-                        IssueKind::EmptySelector,
-                        &child(sp, "label"),
-                        "an empty `label` selects nothing",
-                        None,
-                    );
-                    return None;
-                } else {
-                    KeyMatcher::Label(label)
-                }
-            }
-            (None, None, Some(h)) => KeyMatcher::Handle(h),
+        let value = match (&sel.id, &sel.label, sel.handle) {
+            (Some(id), None, None) => SelectorValue::Id(id),
+            (None, Some(label), None) => SelectorValue::Label(label),
+            (None, None, Some(h)) => SelectorValue::Handle(h),
             (None, None, None) => {
                 self.issue(IssueKind::EmptySelector, sp, "this selector selects nothing", help);
                 return None;
@@ -1121,6 +1076,39 @@ impl Validator {
                     "this selector has more than one of `id`, `label`, `handle`",
                     help,
                 );
+                return None;
+            }
+        };
+        let matcher = match KeyMatcher::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                let (kind, field, message, help) = match e {
+                    SelectorError::EmptyId => (
+                        IssueKind::InvalidHex,
+                        "id",
+                        "an empty `id` selects nothing".to_string(),
+                        Some("select keys without an id by `label`".into()),
+                    ),
+                    SelectorError::NotHex(e) => (
+                        IssueKind::InvalidHex,
+                        "id",
+                        format!("`id` is not hex: {e}"),
+                        Some("CKA_ID in hex, two digits a byte, e.g. `id: \"a1b2c3\"`".into()),
+                    ),
+                    SelectorError::BadGlob(e) => (
+                        IssueKind::InvalidGlob,
+                        "label",
+                        format!("invalid label glob: {}", e.kind()),
+                        Some("globs use `*`, `?` and `[...]`".into()),
+                    ),
+                    SelectorError::EmptyLabel => (
+                        IssueKind::EmptySelector,
+                        "label",
+                        "an empty `label` selects nothing".to_string(),
+                        None,
+                    ),
+                };
+                self.issue(kind, &child(sp, field), message, help);
                 return None;
             }
         };
