@@ -36,7 +36,7 @@ use crate::domain::event::Event;
 use crate::hsm::{DataObject, HsmError, TokenSession};
 use crate::key::{KeyClass, KeyType};
 use crate::plan::{KeyMatcher, NotifyTarget, Plan, SelectorError, SelectorValue, SyncEntry};
-use crate::report::{NotificationRecord, Outcome, Status};
+use crate::report::{DeliveryStatus, NotificationRecord, Outcome, Status};
 
 /// Deliveries in flight at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -394,7 +394,7 @@ pub struct AfterApply {
 impl AfterApply {
     /// Whether anything failed (exit 3).
     pub fn failed(&self) -> bool {
-        !self.warnings.is_empty() || self.records.iter().any(|r| r.status == "failed")
+        !self.warnings.is_empty() || self.records.iter().any(|r| r.status == DeliveryStatus::Failed)
     }
 }
 
@@ -551,8 +551,8 @@ fn deliver(d: &Delivery<'_>) -> NotificationRecord {
         sync: d.sync.clone(),
         resource: r.name.clone(),
         key_id: d.body.key.id.clone(),
-        event: d.body.event.name().into(),
-        status: "failed".into(),
+        event: d.body.event,
+        status: DeliveryStatus::Failed,
         http_status: None,
         error: None,
         attempts: Some(0),
@@ -596,7 +596,7 @@ fn deliver(d: &Delivery<'_>) -> NotificationRecord {
                 let status = resp.status().as_u16();
                 rec.http_status = Some(status);
                 if (200..300).contains(&status) {
-                    rec.status = "sent".into();
+                    rec.status = DeliveryStatus::Sent;
                     rec.error = None;
                     return rec;
                 }
@@ -624,18 +624,18 @@ pub fn print_outcome(records: &[NotificationRecord], warnings: &[String]) {
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    for r in records.iter().filter(|r| r.status == "failed") {
+    for r in records.iter().filter(|r| r.status == DeliveryStatus::Failed) {
         eprintln!(
             "notification failed: sync `{}` resource `{}` key {} {}: {}",
             r.sync,
             r.resource,
             r.key_id,
-            r.event,
+            r.event.name(),
             r.error.as_deref().unwrap_or("unknown error")
         );
     }
     if !records.is_empty() {
-        let sent = records.iter().filter(|r| r.status == "sent").count();
+        let sent = records.iter().filter(|r| r.status == DeliveryStatus::Sent).count();
         println!("Notifications: {sent} sent, {} failed", records.len() - sent);
     }
 }
@@ -976,7 +976,7 @@ fn claim_and_send<'p>(
     let sent: HashSet<String> = ds
         .iter()
         .zip(&records)
-        .filter(|(_, r)| r.status == "sent")
+        .filter(|(_, r)| r.status == DeliveryStatus::Sent)
         .map(|(d, _)| d.body.key.state_label())
         .collect();
     let sent_at = SystemTime::now();

@@ -11,7 +11,7 @@ use crate::connect::login;
 use crate::diff::Diff;
 use crate::exit::ExitStatus;
 use crate::notify::{parse_selector, print_outcome, renotify, Renotify, Selection};
-use crate::report::{write_atomic, Report};
+use crate::report::{write_atomic, DeliveryStatus, Report};
 
 use super::Ui;
 
@@ -63,7 +63,7 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
             if records.is_empty() {
                 println!("Notify: nothing to re-send");
             }
-            let failed = !warnings.is_empty() || records.iter().any(|r| r.status == "failed");
+            let failed = !warnings.is_empty() || records.iter().any(|r| r.status == DeliveryStatus::Failed);
             Ok(if failed {
                 ExitStatus::Incomplete
             } else {
