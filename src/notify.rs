@@ -618,28 +618,6 @@ fn describe_http_error(e: &ureq::Error, timeout: Duration) -> String {
     }
 }
 
-/// Prints failed deliveries and a one-line count on stderr/stdout (after the run: workers
-/// never draw).
-pub fn print_outcome(records: &[NotificationRecord], warnings: &[String]) {
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-    for r in records.iter().filter(|r| r.status == DeliveryStatus::Failed) {
-        eprintln!(
-            "notification failed: sync `{}` resource `{}` key {} {}: {}",
-            r.sync,
-            r.resource,
-            r.key_id,
-            r.event.name(),
-            r.error.as_deref().unwrap_or("unknown error")
-        );
-    }
-    if !records.is_empty() {
-        let sent = records.iter().filter(|r| r.status == DeliveryStatus::Sent).count();
-        println!("Notifications: {sent} sent, {} failed", records.len() - sent);
-    }
-}
-
 /// What `hsm-sync notify` asks for.
 pub struct Selection<'a> {
     /// Only this sync entry.

@@ -217,7 +217,7 @@ pub(super) fn run_jobs(
             .map(|p| format!("; report: {}", p.display()))
             .unwrap_or_default()
     );
-    crate::notify::print_outcome(&notified.records, &notified.warnings);
+    crate::render::print_notifications(&notified.records, &notified.warnings);
     let status = if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {

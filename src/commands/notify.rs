@@ -10,7 +10,8 @@ use crate::cli::NotifyArgs;
 use crate::connect::login;
 use crate::diff::Diff;
 use crate::exit::ExitStatus;
-use crate::notify::{parse_selector, print_outcome, renotify, Renotify, Selection};
+use crate::notify::{parse_selector, renotify, Renotify, Selection};
+use crate::render::print_notifications;
 use crate::report::{write_atomic, DeliveryStatus, Report};
 
 use super::Ui;
@@ -59,7 +60,7 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
                     .into_diagnostic()
                     .wrap_err_with(|| format!("writing the report to {}", path.display()))?;
             }
-            print_outcome(&records, &warnings);
+            print_notifications(&records, &warnings);
             if records.is_empty() {
                 println!("Notify: nothing to re-send");
             }
