@@ -2,7 +2,7 @@
 //! "renotify" of CONTRACT.md §5. Logs in to the sources only (nothing is synced, so no
 //! lineage proof is needed), then lets [`crate::notify::renotify`] decide.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use miette::{IntoDiagnostic, WrapErr};
 
@@ -10,7 +10,7 @@ use crate::cli::NotifyArgs;
 use crate::connect::login;
 use crate::diff::Diff;
 use crate::exit::ExitStatus;
-use crate::notify::{parse_selector, renotify, Renotify, Selection};
+use crate::notify::{parse_selector, renotify, Renotify, Selection, DEFAULT_CLAIM_SETTLE};
 use crate::render::print_notifications;
 use crate::report::{write_atomic, DeliveryStatus, Report};
 
@@ -37,7 +37,11 @@ pub(super) fn run(ui: &Ui, a: &NotifyArgs) -> miette::Result<ExitStatus> {
         sync: a.sync.as_deref(),
         key,
     };
-    match renotify(&plan, &tokens, &sel)? {
+    // A hidden flag, not an environment variable (why: `NotifyArgs::test_claim_settle_ms`).
+    let settle = a
+        .test_claim_settle_ms
+        .map_or(DEFAULT_CLAIM_SETTLE, Duration::from_millis);
+    match renotify(&plan, &tokens, &sel, settle)? {
         Renotify::Refused(why) => {
             for w in &why {
                 eprintln!("refused: {w}");

@@ -7,6 +7,9 @@
 //! hold it). A claim lives in the key's state record rather than in an object of its own
 //! because SoftHSM's object index can miss an object another process created just before
 //! this one created its own, while an existing object's attributes are always re-read.
+//!
+//! The settle time is the caller's to choose ([`DEFAULT_CLAIM_SETTLE`] unless a test
+//! asks otherwise at the command edge); nothing here reads the environment.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -84,9 +87,9 @@ fn current(s: &TokenSession, c: &Candidate<'_>) -> Result<Option<Stored>, HsmErr
 }
 
 /// Claims every candidate for this run (`mine`): reads, checks and claims each key in
-/// one short step, waits the settle time, and checks the claims held. Returns why nothing may be
-/// sent (empty: every key is this run's, and each candidate's state is re-read). Every
-/// key claimed is pushed to `held`, whatever the outcome, for [`release`].
+/// one short step, waits `settle`, and checks the claims held. Returns why nothing may
+/// be sent (empty: every key is this run's, and each candidate's state is re-read).
+/// Every key claimed is pushed to `held`, whatever the outcome, for [`release`].
 ///
 /// Fischer's exclusion holds when every run writes its claim less than `settle` after
 /// reading the state: measured here, and a run that took longer backs off instead of
@@ -96,13 +99,10 @@ pub(crate) fn claim_all<'p>(
     sessions: &Sessions<'p>,
     by_source: &mut BTreeMap<&'p str, Vec<Candidate<'p>>>,
     mine: &Claim,
+    settle: Duration,
     cooldown: Duration,
     held: &mut Vec<(&'p str, usize)>,
 ) -> Result<Vec<String>, HsmError> {
-    let settle = std::env::var("HSM_SYNC_TEST_CLAIM_SETTLE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(DEFAULT_CLAIM_SETTLE, Duration::from_millis);
     let mut refused = Vec::new();
     for (source, list) in by_source.iter() {
         let s = &sessions[source];

@@ -28,7 +28,7 @@ mod store;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use miette::Diagnostic;
 
@@ -194,8 +194,8 @@ struct Candidate<'a> {
 
 /// `hsm-sync notify`: re-sends the latest lifecycle event of the selected keys, unless
 /// one of them is within the cooldown or another run is notifying it (then nothing is
-/// sent at all).
-pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Renotify, NotifyError> {
+/// sent at all). `settle` is the claim protocol's wait ([`DEFAULT_CLAIM_SETTLE`]).
+pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>, settle: Duration) -> Result<Renotify, NotifyError> {
     let entries: Vec<&SyncEntry> = match sel.sync {
         Some(name) => {
             let e = plan.syncs.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -260,7 +260,7 @@ pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>) -> Result<Ren
     // 3. Claim each key in its state record, wait, and check the claims held; then send.
     let mine = Claim::new();
     let mut held: Vec<(&str, usize)> = Vec::new();
-    let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, cooldown, &mut held) {
+    let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
         Ok(refused) if refused.is_empty() => Ok(send_and_record(&HttpSink, plan, &sessions, &by_source)),
         Ok(refused) => Ok(Renotify::Refused(refused)),
         Err(e) => Err(NotifyError::from(e)),
