@@ -177,6 +177,13 @@ pub struct NotifyArgs {
     /// Write the JSON report (its `notifications`) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// The claim protocol's settle time in milliseconds, for the test that races two
+    /// runs (default: `notify::DEFAULT_CLAIM_SETTLE`). A hidden flag rather than an
+    /// environment variable: it reaches exactly the run it is given to, clap checks it,
+    /// and an inherited environment can never shorten the wait that keeps two runs from
+    /// both sending. Not part of CONTRACT.md §2.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub test_claim_settle_ms: Option<u64>,
 }
 
 /// Which schema to print.

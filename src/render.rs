@@ -1,10 +1,12 @@
 //! Three renderings of one diff: text for terminals, Markdown for pull requests (JSON is
-//! the report of [`crate::report`]).
+//! the report of [`crate::report`]); and the console lines of a notification stage.
 
 use std::fmt::Write;
 
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::reason::describe;
+use crate::output::Printer;
+use crate::report::{DeliveryStatus, NotificationRecord};
 
 fn key_text(it: &DiffItem) -> String {
     let k = &it.key;
@@ -120,4 +122,26 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
         let _ = writeln!(out, "\n> note: {n}");
     }
     out
+}
+
+/// Prints a notification stage's warnings and failed deliveries on stderr and a one-line
+/// count on stdout (after the run: workers never draw).
+pub fn print_notifications(p: &Printer, records: &[NotificationRecord], warnings: &[String]) {
+    for w in warnings {
+        p.warn(w);
+    }
+    for r in records.iter().filter(|r| r.status == DeliveryStatus::Failed) {
+        p.error_line(&format!(
+            "notification failed: sync `{}` resource `{}` key {} {}: {}",
+            r.sync,
+            r.resource,
+            r.key_id,
+            r.event.name(),
+            r.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if !records.is_empty() {
+        let sent = records.iter().filter(|r| r.status == DeliveryStatus::Sent).count();
+        p.outln(&format!("Notifications: {sent} sent, {} failed", records.len() - sent));
+    }
 }

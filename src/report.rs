@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{Action, Diff, DiffItem};
+use crate::domain::event::Event;
 use crate::domain::key::KeyRef;
 pub use crate::domain::outcome::{Outcome, Status};
 use crate::domain::reason::Reason;
@@ -66,6 +67,24 @@ pub struct JobRecord {
     pub attempts: Option<u32>,
 }
 
+/// How one delivery to an associated resource ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeliveryStatus {
+    /// The resource answered 2xx.
+    #[serde(rename = "sent")]
+    Sent,
+    /// Every attempt failed, or nothing could be sent.
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+/// The schema of a lifecycle event's name, from the one list of events (the domain type
+/// names no schema library).
+fn event_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+    schemars::json_schema!({ "type": "string", "enum": names })
+}
+
 /// One delivery to an associated resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,9 +96,10 @@ pub struct NotificationRecord {
     /// Key id (hex).
     pub key_id: String,
     /// `synced` or `deleted`.
-    pub event: String,
+    #[schemars(schema_with = "event_schema")]
+    pub event: Event,
     /// `sent` or `failed`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// The HTTP status, if one came back.
     pub http_status: Option<u16>,
     /// Why it failed (never a token or secret).

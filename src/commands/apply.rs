@@ -228,7 +228,7 @@ pub(super) fn run_jobs(
                 .unwrap_or_default()
         ),
     );
-    crate::notify::print_outcome(&notified.records, &notified.warnings);
+    crate::render::print_notifications(p, &notified.records, &notified.warnings);
     if !unwritten.is_empty() {
         let changed = report
             .jobs

@@ -2,7 +2,7 @@
 //! "renotify" of CONTRACT.md §5. Logs in to the sources only (nothing is synced, so no
 //! lineage proof is needed), then lets [`crate::notify::renotify`] decide.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use miette::{IntoDiagnostic, WrapErr};
 
@@ -11,9 +11,10 @@ use crate::connect::login;
 use crate::diff::Diff;
 use crate::error::Result;
 use crate::exit::ExitStatus;
-use crate::notify::{parse_selector, print_outcome, renotify, Renotify, Selection};
+use crate::notify::{parse_selector, renotify, Renotify, Selection, DEFAULT_CLAIM_SETTLE};
 use crate::output::Printer;
-use crate::report::{write_atomic, Report};
+use crate::render::print_notifications;
+use crate::report::{write_atomic, DeliveryStatus, Report};
 
 use super::load;
 
@@ -38,7 +39,11 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
         sync: a.sync.as_deref(),
         key,
     };
-    match renotify(&plan, &tokens, &sel)? {
+    // A hidden flag, not an environment variable (why: `NotifyArgs::test_claim_settle_ms`).
+    let settle = a
+        .test_claim_settle_ms
+        .map_or(DEFAULT_CLAIM_SETTLE, Duration::from_millis);
+    match renotify(&plan, &tokens, &sel, settle)? {
         Renotify::Refused(why) => {
             for w in &why {
                 p.error_line(&format!("refused: {w}"));
@@ -61,11 +66,11 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
                     .into_diagnostic()
                     .wrap_err_with(|| format!("writing the report to {}", path.display()))?;
             }
-            print_outcome(&records, &warnings);
+            print_notifications(p, &records, &warnings);
             if records.is_empty() {
                 p.outln("Notify: nothing to re-send");
             }
-            let failed = !warnings.is_empty() || records.iter().any(|r| r.status == "failed");
+            let failed = !warnings.is_empty() || records.iter().any(|r| r.status == DeliveryStatus::Failed);
             Ok(if failed {
                 ExitStatus::Incomplete
             } else {

@@ -3,6 +3,7 @@
 //! Every persisted form built here (digests, journal keys, state labels) is an explicit,
 //! versioned encoding, never `Debug` or enum declaration order (issue 13).
 
+pub mod event;
 pub mod key;
 pub mod outcome;
 pub mod reason;

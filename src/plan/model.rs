@@ -10,6 +10,9 @@ use globset::{Glob, GlobMatcher};
 
 use super::source::PlanSource;
 use crate::credentials::PinSource;
+/// The lifecycle events a resource wants are the domain's (re-exported where the plan
+/// names them).
+pub use crate::domain::event::Event;
 
 /// Default label of the shared wrapping ("domain") key.
 pub const DEFAULT_DOMAIN_KEY: &str = "hsm-sync-domain";
@@ -150,7 +153,50 @@ pub enum KeyMatcher {
     Handle(u64),
 }
 
+/// One selector value, as a plan's `keys` entry or `notify --key` writes it.
+#[derive(Debug, Clone, Copy)]
+pub enum SelectorValue<'a> {
+    /// `id`: `CKA_ID` in hex.
+    Id(&'a str),
+    /// `label`: exact, or a glob when it holds `*`, `?` or `[`.
+    Label(&'a str),
+    /// `handle`: an object handle on the source.
+    Handle(u64),
+}
+
+/// Why a selector value selects nothing; each caller words it for its own input.
+#[derive(Debug)]
+pub enum SelectorError {
+    /// An empty `id`.
+    EmptyId,
+    /// An `id` that is not hex.
+    NotHex(hex::FromHexError),
+    /// An empty `label`.
+    EmptyLabel,
+    /// A label glob that does not parse.
+    BadGlob(globset::Error),
+}
+
 impl KeyMatcher {
+    /// The matcher of one selector value, by the plan's rules (CONTRACT.md §1): an id is
+    /// non-empty hex, a label holding `*`, `?` or `[` is a glob, a label is never empty.
+    /// The plan's validation and `notify --key` both build their matchers here.
+    pub fn from_value(value: SelectorValue<'_>) -> Result<KeyMatcher, SelectorError> {
+        match value {
+            SelectorValue::Id(id) => match hex::decode(id) {
+                Ok(b) if !b.is_empty() => Ok(KeyMatcher::Id(b)),
+                Ok(_) => Err(SelectorError::EmptyId),
+                Err(e) => Err(SelectorError::NotHex(e)),
+            },
+            SelectorValue::Label(label) if label.contains(['*', '?', '[']) => LabelGlob::parse(label)
+                .map(|g| KeyMatcher::LabelGlob(label.into(), g))
+                .map_err(SelectorError::BadGlob),
+            SelectorValue::Label("") => Err(SelectorError::EmptyLabel),
+            SelectorValue::Label(label) => Ok(KeyMatcher::Label(label.into())),
+            SelectorValue::Handle(h) => Ok(KeyMatcher::Handle(h)),
+        }
+    }
+
     /// `id:HEX`, `label:GLOB` or `handle:N`, as on the command line.
     pub fn describe(&self) -> String {
         match self {
@@ -179,16 +225,6 @@ pub struct Selector {
     pub state: DesiredState,
     /// Its targets: the selector's own override, else the entry's.
     pub targets: Vec<String>,
-}
-
-/// A lifecycle event an associated resource can be told of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Event {
-    /// After a create or update.
-    Synced,
-    /// After a delete.
-    Deleted,
 }
 
 /// An associated resource of a sync entry's keys.

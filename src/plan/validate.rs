@@ -14,6 +14,7 @@ use super::raw::*;
 use super::source::{child, index, PlanSource, COMPLEX_KEY};
 use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
 use crate::credentials::{loosely_readable, PinSource};
+use crate::domain::event::{Event, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES};
 
 const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
 
@@ -986,7 +987,7 @@ impl Validator {
                 );
             }
             let events = match n.events {
-                None => vec![Event::Synced, Event::Deleted],
+                None => Event::ALL.to_vec(),
                 Some(e) => e
                     .into_iter()
                     .map(|e| match e {
@@ -1009,7 +1010,7 @@ impl Validator {
                 );
             }
             let timeout = match n.timeout {
-                None => crate::notify::DEFAULT_TIMEOUT,
+                None => DEFAULT_TIMEOUT,
                 Some(t) => humantime::parse_duration(&t)
                     .ok()
                     .filter(|d| !d.is_zero())
@@ -1020,14 +1021,14 @@ impl Validator {
                             format!("invalid timeout `{t}`"),
                             Some("write e.g. `500ms`, `10s`".into()),
                         );
-                        crate::notify::DEFAULT_TIMEOUT
+                        DEFAULT_TIMEOUT
                     }),
             };
-            if n.retries.is_some_and(|r| r > crate::notify::MAX_RETRIES) {
+            if n.retries.is_some_and(|r| r > MAX_RETRIES) {
                 self.issue(
                     IssueKind::InvalidValue,
                     &child(&np, "retries"),
-                    format!("`retries` is at most {}", crate::notify::MAX_RETRIES),
+                    format!("`retries` is at most {}", MAX_RETRIES),
                     None,
                 );
             }
@@ -1037,7 +1038,7 @@ impl Validator {
                 events,
                 bearer_env: n.bearer_env,
                 timeout,
-                retries: n.retries.unwrap_or(crate::notify::DEFAULT_RETRIES),
+                retries: n.retries.unwrap_or(DEFAULT_RETRIES),
             });
         }
         let source = source?;
@@ -1060,55 +1061,10 @@ impl Validator {
         names: &[String],
     ) -> Option<Selector> {
         let help = Some("a selector has exactly one of `id`, `label`, `handle`".to_string());
-        let matcher = match (sel.id, sel.label, sel.handle) {
-            (Some(id), None, None) => match hex::decode(&id) {
-                Ok(b) if !b.is_empty() => KeyMatcher::Id(b),
-                Ok(_) => {
-                    self.issue(
-                        IssueKind::InvalidHex,
-                        &child(sp, "id"),
-                        "an empty `id` selects nothing",
-                        Some("select keys without an id by `label`".into()),
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    self.issue(
-                        IssueKind::InvalidHex,
-                        &child(sp, "id"),
-                        format!("`id` is not hex: {e}"),
-                        Some("CKA_ID in hex, two digits a byte, e.g. `id: \"a1b2c3\"`".into()),
-                    );
-                    return None;
-                }
-            },
-            (None, Some(label), None) => {
-                if label.contains(['*', '?', '[']) {
-                    match LabelGlob::parse(&label) {
-                        Ok(g) => KeyMatcher::LabelGlob(label, g),
-                        Err(e) => {
-                            self.issue(
-                                IssueKind::InvalidGlob,
-                                &child(sp, "label"),
-                                format!("invalid label glob: {}", e.kind()),
-                                Some("globs use `*`, `?` and `[...]`".into()),
-                            );
-                            return None;
-                        }
-                    }
-                } else if label.is_empty() {
-                    self.issue(
-                        IssueKind::EmptySelector,
-                        &child(sp, "label"),
-                        "an empty `label` selects nothing",
-                        None,
-                    );
-                    return None;
-                } else {
-                    KeyMatcher::Label(label)
-                }
-            }
-            (None, None, Some(h)) => KeyMatcher::Handle(h),
+        let value = match (&sel.id, &sel.label, sel.handle) {
+            (Some(id), None, None) => SelectorValue::Id(id),
+            (None, Some(label), None) => SelectorValue::Label(label),
+            (None, None, Some(h)) => SelectorValue::Handle(h),
             (None, None, None) => {
                 self.issue(IssueKind::EmptySelector, sp, "this selector selects nothing", help);
                 return None;
@@ -1120,6 +1076,39 @@ impl Validator {
                     "this selector has more than one of `id`, `label`, `handle`",
                     help,
                 );
+                return None;
+            }
+        };
+        let matcher = match KeyMatcher::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                let (kind, field, message, help) = match e {
+                    SelectorError::EmptyId => (
+                        IssueKind::InvalidHex,
+                        "id",
+                        "an empty `id` selects nothing".to_string(),
+                        Some("select keys without an id by `label`".into()),
+                    ),
+                    SelectorError::NotHex(e) => (
+                        IssueKind::InvalidHex,
+                        "id",
+                        format!("`id` is not hex: {e}"),
+                        Some("CKA_ID in hex, two digits a byte, e.g. `id: \"a1b2c3\"`".into()),
+                    ),
+                    SelectorError::BadGlob(e) => (
+                        IssueKind::InvalidGlob,
+                        "label",
+                        format!("invalid label glob: {}", e.kind()),
+                        Some("globs use `*`, `?` and `[...]`".into()),
+                    ),
+                    SelectorError::EmptyLabel => (
+                        IssueKind::EmptySelector,
+                        "label",
+                        "an empty `label` selects nothing".to_string(),
+                        None,
+                    ),
+                };
+                self.issue(kind, &child(sp, field), message, help);
                 return None;
             }
         };

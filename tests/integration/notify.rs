@@ -399,10 +399,9 @@ fn racing_notify_runs_never_both_send() {
 
     let spawn = |settle: &str| {
         Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-            .args(["notify", "plan.yaml"])
+            .args(["notify", "plan.yaml", "--test-claim-settle-ms", settle])
             .current_dir(w.path())
             .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
-            .env("HSM_SYNC_TEST_CLAIM_SETTLE_MS", settle)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

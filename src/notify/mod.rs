@@ -1,0 +1,527 @@
+//! Stage 7: associated-resource notifications (CONTRACT.md §5, issue 5).
+//!
+//! After `apply` ([`after_apply`]), every key whose lifecycle changed (`synced` after a
+//! create or update, `deleted` after a delete) is recorded on its source and announced to
+//! the `notify` resources of its sync entry: one delivery per (key, resource, event), its
+//! `targets` listing where it happened. A failed delivery is reported (exit 3) and never
+//! undoes the sync. `hsm-sync notify` ([`renotify`]) re-sends a key's recorded event,
+//! refused (exit 4, nothing sent) while any selected key is within the cooldown or
+//! claimed by another run.
+//!
+//! This file wires the parts, one concern each:
+//!
+//! - `lifecycle`: which events an apply made and which resources want them (pure);
+//! - `store`: each key's [`KeyState`] record, kept on the source token;
+//! - `cooldown`: the refusal rule of `notify` (pure);
+//! - `claim`: the protocol that keeps two `notify` runs from both sending;
+//! - `sink`: the `Sink` port, bounded parallel delivery, and the HTTP sink (the only
+//!   file naming the HTTP client);
+//! - `wire`: the body a resource receives ([`EventBody`], [`KeyInfo`]).
+//!
+//! What the operator sees is printed by [`crate::render::print_notifications`].
+
+mod claim;
+mod cooldown;
+mod lifecycle;
+mod sink;
+mod store;
+mod wire;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use miette::Diagnostic;
+
+pub use claim::{Claim, CLAIM_TTL, DEFAULT_CLAIM_SETTLE};
+pub use sink::MAX_IN_FLIGHT;
+pub use store::KeyState;
+pub use wire::{EventBody, KeyInfo};
+
+use claim::Sessions;
+use lifecycle::{deliveries, lifecycles, wanted_by, Lifecycle};
+use sink::http::HttpSink;
+use sink::{deliver_all, Delivery, Sink};
+use store::Stored;
+
+use crate::connect::Tokens;
+use crate::diff::Diff;
+use crate::hsm::HsmError;
+use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
+use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
+
+/// Errors of `hsm-sync notify` before anything is sent.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum NotifyError {
+    /// A token operation failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Hsm(#[from] HsmError),
+    /// `--sync` names no sync entry.
+    #[error("no sync entry is named `{0}`")]
+    #[diagnostic(code(notify::unknown_sync), help("sync entries: {1}"))]
+    UnknownSync(String, String),
+    /// `--key` is malformed.
+    #[error("invalid key selector `{0}`: {1}")]
+    #[diagnostic(code(notify::selector), help("write id:HEX, label:GLOB or handle:N"))]
+    Selector(String, String),
+    /// `--key` matched nothing.
+    #[error("no key selected by the plan matches `{0}`")]
+    #[diagnostic(code(notify::no_match))]
+    NoMatch(String),
+}
+
+/// RFC 3339 UTC with milliseconds: the times of state records and claims.
+fn time_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse_time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(s).ok()
+}
+
+/// Parses a `--key` selector: `id:HEX`, `label:GLOB` or `handle:N`, by the plan's own
+/// rules for each value ([`KeyMatcher::from_value`]).
+pub fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
+    let bad = |why: String| NotifyError::Selector(s.into(), why);
+    let (kind, value) = s.split_once(':').ok_or_else(|| bad("missing `kind:`".into()))?;
+    let value = match kind {
+        "id" => SelectorValue::Id(value),
+        "label" => SelectorValue::Label(value),
+        "handle" => SelectorValue::Handle(value.parse().map_err(|_| bad("the handle is not a number".into()))?),
+        _ => return Err(bad("the kind must be id, label or handle".into())),
+    };
+    KeyMatcher::from_value(value).map_err(|e| {
+        bad(match e {
+            SelectorError::EmptyId | SelectorError::NotHex(_) => "the id is not hex".into(),
+            SelectorError::EmptyLabel => "the label is empty".into(),
+            SelectorError::BadGlob(e) => e.to_string(),
+        })
+    })
+}
+
+/// Whether a matcher picks a key (`handle` needs the key on the source).
+fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<u64>) -> bool {
+    match m {
+        KeyMatcher::Id(id) => hex::encode(id) == key.id,
+        KeyMatcher::Label(l) => &key.label == l,
+        KeyMatcher::LabelGlob(_, g) => g.is_match(&key.label),
+        KeyMatcher::Handle(h) => handle == Some(*h),
+    }
+}
+
+fn info_of(k: &crate::domain::key::KeyObject) -> KeyInfo {
+    KeyInfo {
+        id: hex::encode(&k.id),
+        label: k.label.clone(),
+        class: Some(k.class),
+        key_type: Some(k.key_type),
+        fingerprint: k.fingerprint.clone(),
+    }
+}
+
+/// Whether any record is a failed delivery.
+fn any_failed(records: &[NotificationRecord]) -> bool {
+    records.iter().any(|r| r.status == DeliveryStatus::Failed)
+}
+
+/// What `apply` gets back from the notification stage.
+#[derive(Debug, Default)]
+pub struct AfterApply {
+    /// One record per delivery.
+    pub records: Vec<NotificationRecord>,
+    /// State objects that could not be written (the sync itself stands).
+    pub warnings: Vec<String>,
+}
+
+impl AfterApply {
+    /// Whether anything failed (exit 3).
+    pub fn failed(&self) -> bool {
+        !self.warnings.is_empty() || any_failed(&self.records)
+    }
+}
+
+/// After an apply: records every key's lifecycle event on its source token (CONTRACT.md
+/// §5: per key, resources or not, so the cooldown holds for resources added later), then
+/// announces it to the resources that want it. The state is written first, so that a
+/// run killed while delivering still leaves the event where `notify` finds it.
+/// `workers` sessions per source write the records side by side (one call per key; at
+/// 1 ms per call a single session was a second per 1,000 keys, issue 6).
+pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcome], workers: usize) -> AfterApply {
+    let events = lifecycles(diff, outcomes, SystemTime::now());
+    let mut out = AfterApply::default();
+    let mut by_source: BTreeMap<&str, Vec<&Lifecycle>> = BTreeMap::new();
+    for l in &events {
+        by_source.entry(&l.source).or_default().push(l);
+    }
+    for (source, evs) in by_source {
+        out.warnings.extend(store::record_events(tokens, source, &evs, workers));
+    }
+    out.records = deliver_all(&HttpSink, &deliveries(plan, &events, false));
+    out
+}
+
+/// What `hsm-sync notify` asks for.
+pub struct Selection<'a> {
+    /// Only this sync entry.
+    pub sync: Option<&'a str>,
+    /// Only keys this selector picks.
+    pub key: Option<KeyMatcher>,
+}
+
+/// How a `notify` run ended.
+#[derive(Debug)]
+pub enum Renotify {
+    /// Refused, nothing sent (exit 4): one message per refused key.
+    Refused(Vec<String>),
+    /// Sent (or tried to): the records, and keys skipped with why.
+    Done {
+        /// One record per delivery.
+        records: Vec<NotificationRecord>,
+        /// Keys with nothing to re-send, and why.
+        skipped: Vec<String>,
+        /// State objects that could not be updated.
+        warnings: Vec<String>,
+    },
+}
+
+/// One key `notify` would re-send.
+struct Candidate<'a> {
+    entry: &'a SyncEntry,
+    state_label: String,
+    key: KeyInfo,
+    state: Option<Stored>,
+}
+
+/// `hsm-sync notify`: re-sends the latest lifecycle event of the selected keys, unless
+/// one of them is within the cooldown or another run is notifying it (then nothing is
+/// sent at all). `settle` is the claim protocol's wait ([`DEFAULT_CLAIM_SETTLE`]).
+pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>, settle: Duration) -> Result<Renotify, NotifyError> {
+    let entries: Vec<&SyncEntry> = match sel.sync {
+        Some(name) => {
+            let e = plan.syncs.iter().find(|s| s.name == name).ok_or_else(|| {
+                NotifyError::UnknownSync(
+                    name.into(),
+                    plan.syncs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            })?;
+            vec![e]
+        }
+        None => plan.syncs.iter().collect(),
+    };
+    let now = SystemTime::now();
+    let cooldown = plan.options.notify_cooldown;
+
+    // 1. The candidates, by source: keys the entries select, and keys whose recorded
+    //    event belongs to one of them (a deleted key may be gone from the source).
+    let mut sessions: Sessions<'_> = HashMap::new();
+    for entry in &entries {
+        if !sessions.contains_key(entry.source.as_str()) {
+            sessions.insert(&entry.source, tokens.get(&entry.source).session()?);
+        }
+    }
+    let mut skipped = Vec::new();
+    let mut by_source = candidates(plan, &entries, &sessions, sel, &mut skipped)?;
+    let total: usize = by_source.values().map(Vec::len).sum();
+    if total == 0 {
+        if let Some(m) = &sel.key {
+            return Err(NotifyError::NoMatch(m.describe()));
+        }
+    }
+
+    // 2. Cooldown: refuse everything if any key is within it.
+    let refused: Vec<String> = by_source
+        .values()
+        .flatten()
+        .filter_map(|c| {
+            c.state
+                .as_ref()
+                .and_then(|(_, st)| cooldown::refusal(&c.key, st, cooldown, now))
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Ok(Renotify::Refused(refused));
+    }
+
+    // Keys with nothing to send are skipped, not refused.
+    for list in by_source.values_mut() {
+        list.retain(|c| match unsendable(c) {
+            Some(why) => {
+                skipped.push(why);
+                false
+            }
+            None => true,
+        });
+    }
+
+    // 3. Claim each key in its state record, wait, and check the claims held; then send.
+    let mine = Claim::new();
+    let mut held: Vec<(&str, usize)> = Vec::new();
+    let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
+        Ok(refused) if refused.is_empty() => Ok(send_and_record(&HttpSink, plan, &sessions, &by_source)),
+        Ok(refused) => Ok(Renotify::Refused(refused)),
+        Err(e) => Err(NotifyError::from(e)),
+    };
+    // Whatever happened, release the claims still held (a crashed run's expire).
+    for (source, i) in held {
+        let (Some(s), Some(c)) = (sessions.get(source), by_source.get(source).and_then(|l| l.get(i))) else {
+            continue;
+        };
+        let _ = claim::release(s, c, &mine);
+    }
+    Ok(match outcome? {
+        Renotify::Done { records, warnings, .. } => Renotify::Done {
+            records,
+            skipped,
+            warnings,
+        },
+        refused => refused,
+    })
+}
+
+/// The candidates of `notify`, by source: the keys the entries select on each source,
+/// and the keys whose recorded event belongs to one of them. A key whose last event
+/// happened under an entry that is in the plan but not selected is skipped, with why.
+fn candidates<'p>(
+    plan: &'p Plan,
+    entries: &[&'p SyncEntry],
+    sessions: &Sessions<'p>,
+    sel: &Selection<'_>,
+    skipped: &mut Vec<String>,
+) -> Result<BTreeMap<&'p str, Vec<Candidate<'p>>>, NotifyError> {
+    let mut by_source: BTreeMap<&str, Vec<Candidate<'_>>> = BTreeMap::new();
+    for (source, s) in sessions {
+        let keys = s.list_keys()?;
+        let states = store::read_all(s)?;
+        // By name, and the candidates so far by state label: lookups per key, not scans
+        // (a scan per key was quadratic in the keys of a large notify run).
+        let by_name: HashMap<&str, &Stored> = states.iter().map(|p| (p.0.name(), p)).collect();
+        let mut listed: HashSet<String> = HashSet::new();
+        let list = by_source.entry(*source).or_default();
+        for entry in entries.iter().filter(|e| e.source == *source) {
+            let mut push = |key: KeyInfo, handle: Option<u64>| {
+                if sel.key.as_ref().is_some_and(|m| !picks(m, &key, handle)) {
+                    return;
+                }
+                let label = key.state_label();
+                if listed.contains(&label) {
+                    return;
+                }
+                let state = by_name.get(label.as_str()).map(|p| (*p).clone());
+                // The resources are those of the entry the event happened under.
+                let owner = match &state {
+                    None => Some(*entry),
+                    Some((_, st)) => match entries.iter().find(|e| e.name == st.sync) {
+                        Some(e) => Some(*e),
+                        None if plan.syncs.iter().any(|e| e.name == st.sync) => None,
+                        None => Some(*entry),
+                    },
+                };
+                let Some(owner) = owner else {
+                    skipped.push(format!(
+                        "key {}: its last event happened under sync `{}`, not selected: skipped",
+                        key.name(),
+                        state.map(|(_, st)| st.sync).unwrap_or_default()
+                    ));
+                    return;
+                };
+                listed.insert(label.clone());
+                list.push(Candidate {
+                    entry: owner,
+                    state_label: label,
+                    key,
+                    state,
+                });
+            };
+            for k in keys.iter().filter(|k| {
+                entry
+                    .selectors
+                    .iter()
+                    .any(|sl| picks(&sl.matcher, &info_of(k), Some(k.handle)))
+            }) {
+                push(info_of(k), Some(k.handle));
+            }
+            for (_, st) in states.iter().filter(|(_, st)| st.sync == entry.name) {
+                push(st.key.clone(), None);
+            }
+        }
+    }
+    Ok(by_source)
+}
+
+/// Why a candidate has nothing to re-send (it is skipped, not refused), if so.
+fn unsendable(c: &Candidate<'_>) -> Option<String> {
+    match &c.state {
+        _ if c.entry.notify.is_empty() => Some(format!(
+            "key {}: sync `{}` has no notify resources: skipped",
+            c.key.name(),
+            c.entry.name
+        )),
+        None => Some(format!(
+            "key {} has no recorded lifecycle event on `{}` (apply has not synced it yet): skipped",
+            c.key.name(),
+            c.entry.source
+        )),
+        Some((_, st)) if !c.entry.notify.iter().any(|r| wanted_by(r, st.event)) => Some(format!(
+            "key {}: no resource of sync `{}` wants `{}` events: skipped",
+            c.key.name(),
+            c.entry.name,
+            st.event.name()
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Step 4 of `notify`: sends the claimed keys' events, then records `notified_at` (the
+/// claim goes with that write) for keys with at least one delivery made; the caller
+/// releases the others' claims.
+fn send_and_record<'p>(
+    sink: &impl Sink,
+    plan: &'p Plan,
+    sessions: &Sessions<'p>,
+    by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
+) -> Renotify {
+    let mut events = Vec::new();
+    for c in by_source.values().flatten() {
+        if let Some(mut l) = c.state.as_ref().and_then(|(_, st)| st.lifecycle()) {
+            // The candidate's entry: the event's own, or the one selecting the key when
+            // the event's entry is gone from the plan.
+            l.sync = c.entry.name.clone();
+            events.push(l);
+        }
+    }
+    let ds = deliveries(plan, &events, true);
+    let records = deliver_all(sink, &ds);
+    let sent = sent_keys(&ds, &records);
+    let sent_at = SystemTime::now();
+    let mut warnings = Vec::new();
+    for (source, list) in by_source {
+        let s = &sessions[source];
+        for c in list {
+            let Some((d, st)) = &c.state else { continue };
+            if !sent.contains(&c.state_label) {
+                continue;
+            }
+            let mut new = st.clone();
+            new.notified_at = Some(time_millis(sent_at));
+            new.claim = None;
+            if let Err(e) = store::write(s, d, &new) {
+                warnings.push(format!(
+                    "could not record the notification of key {}: {e}",
+                    c.key.name()
+                ));
+            }
+        }
+    }
+    Renotify::Done {
+        records,
+        skipped: Vec::new(),
+        warnings,
+    }
+}
+
+/// The state labels of the keys with at least one delivery made (records come back in
+/// delivery order).
+fn sent_keys(ds: &[Delivery<'_>], records: &[NotificationRecord]) -> HashSet<String> {
+    ds.iter()
+        .zip(records)
+        .filter(|(_, r)| r.status == DeliveryStatus::Sent)
+        .map(|(d, _)| d.body.key.state_label())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse() {
+        assert!(matches!(parse_selector("id:a1b2").unwrap(), KeyMatcher::Id(v) if v == [0xa1, 0xb2]));
+        assert!(matches!(
+            parse_selector("label:pay-*").unwrap(),
+            KeyMatcher::LabelGlob(..)
+        ));
+        assert!(matches!(parse_selector("label:pay").unwrap(), KeyMatcher::Label(_)));
+        assert!(matches!(parse_selector("handle:12").unwrap(), KeyMatcher::Handle(12)));
+        for bad in ["a1b2", "id:zz", "id:", "handle:x", "label:", "name:x"] {
+            assert!(parse_selector(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn selector_errors_say_what_is_wrong_with_the_value() {
+        let why = |s: &str| match parse_selector(s) {
+            Err(NotifyError::Selector(_, why)) => why,
+            other => panic!("{s}: {other:?}"),
+        };
+        assert_eq!(why("a1b2"), "missing `kind:`");
+        assert_eq!(why("id:zz"), "the id is not hex");
+        assert_eq!(why("id:"), "the id is not hex");
+        assert_eq!(why("label:"), "the label is empty");
+        assert_eq!(why("handle:x"), "the handle is not a number");
+        assert_eq!(why("name:x"), "the kind must be id, label or handle");
+        assert!(why("label:[ab").contains("unclosed"), "{}", why("label:[ab"));
+    }
+
+    #[test]
+    fn the_keys_sent_are_those_with_a_delivery_made() {
+        use sink::tests::{resource, FakeSink};
+        let (ok, down) = (resource("ok"), resource("down"));
+        let key = KeyInfo::sample;
+        let body = |id: &str| EventBody {
+            event: crate::domain::event::Event::Synced,
+            key: key(id),
+            source: "primary".into(),
+            targets: vec!["dr".into()],
+            sync: "main".into(),
+            at: "2027-01-15T08:00:00Z".into(),
+            renotify: true,
+        };
+        let ds = vec![
+            Delivery {
+                sync: "main".into(),
+                resource: &ok,
+                body: body("a1"),
+            },
+            Delivery {
+                sync: "main".into(),
+                resource: &down,
+                body: body("a1"),
+            },
+            Delivery {
+                sync: "main".into(),
+                resource: &down,
+                body: body("b2"),
+            },
+        ];
+        let sink = FakeSink {
+            failing: vec!["down".into()],
+            ..FakeSink::default()
+        };
+        let records = deliver_all(&sink, &ds);
+        let sent = sent_keys(&ds, &records);
+        assert_eq!(sent, HashSet::from([key("a1").state_label()]));
+        let after = AfterApply {
+            records,
+            warnings: Vec::new(),
+        };
+        assert!(after.failed(), "one failed delivery fails the apply");
+        let all_sent = AfterApply {
+            records: after
+                .records
+                .into_iter()
+                .filter(|r| r.status == DeliveryStatus::Sent)
+                .collect(),
+            warnings: Vec::new(),
+        };
+        assert!(!all_sent.failed());
+        assert!(AfterApply {
+            warnings: vec!["w".into()],
+            ..AfterApply::default()
+        }
+        .failed());
+    }
+}
