@@ -6,6 +6,7 @@
 //! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes
 //! off) and shared; one `Session` per worker (`Send`, not `Sync`).
 
+pub mod attributes;
 mod error;
 pub mod ops;
 pub mod profile;
