@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{ApplyArgs, DemoArgs, PlanArgs, PlanFormat, ValidateArgs};
 use crate::exit::ExitStatus;
-use crate::hsm::provision::{self, Provisioner, SecretSpec};
+use crate::hsm::softhsm::{self, Provisioner, SecretSpec};
 use crate::plan::DEFAULT_DOMAIN_KEY;
 
 use super::Ui;
@@ -61,12 +61,12 @@ fn demo_dir(dir: Option<&Path>) -> miette::Result<PathBuf> {
 }
 
 pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
-    let Some(module) = provision::softhsm_module() else {
+    let Some(module) = softhsm::softhsm_module() else {
         eprintln!("hsm-sync demo needs SoftHSM2, which is not installed: run `sudo apt-get install -y softhsm2` (Debian/Ubuntu) and try again");
         return Ok(ExitStatus::Error);
     };
     let dir = demo_dir(a.dir.as_deref())?;
-    let conf = provision::write_conf(&dir).into_diagnostic()?;
+    let conf = softhsm::write_conf(&dir).into_diagnostic()?;
     // SoftHSM reads its configuration at C_Initialize; no other thread runs yet.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     println!("demo directory: {}", dir.display());
@@ -84,7 +84,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
         let user = SecretString::from(user_hex.to_string());
         prov.init_token(token, &so, &user)?;
         let s = prov.user_session(token, &user)?;
-        provision::import_domain_key(&s, DEFAULT_DOMAIN_KEY, &domain)?;
+        softhsm::import_domain_key(&s, DEFAULT_DOMAIN_KEY, &domain)?;
         if token == "primary" {
             for i in 0..a.keys {
                 let aes = i % 3 != 2;
@@ -103,7 +103,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
                     private: true,
                     sensitive: true,
                 };
-                provision::generate_secret(&s, &spec)?;
+                softhsm::generate_secret(&s, &spec)?;
             }
             // A 20-byte HMAC key: SoftHSM stores its copy zero-padded; hsm-sync verifies HMACs agree.
             let odd = SecretSpec {
@@ -116,7 +116,7 @@ pub(super) fn run(ui: &Ui, a: &DemoArgs) -> miette::Result<ExitStatus> {
                 private: true,
                 sensitive: true,
             };
-            provision::generate_secret(&s, &odd)?;
+            softhsm::generate_secret(&s, &odd)?;
         }
     }
     drop(prov);

@@ -10,7 +10,7 @@ pub mod attributes;
 mod error;
 pub mod ops;
 pub mod profile;
-pub mod provision;
+pub mod softhsm;
 pub mod state;
 
 use std::collections::HashMap;

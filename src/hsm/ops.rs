@@ -189,19 +189,6 @@ impl TokenSession {
         }
     }
 
-    /// A session for operations that need no domain key (HMAC checks in tests); any
-    /// wrap or unwrap on it fails.
-    pub fn without_domain_key(s: Session, cluster: String) -> Self {
-        // SAFETY: handle 0 is CK_INVALID_HANDLE; the token rejects its use.
-        TokenSession {
-            s,
-            cluster,
-            domain_key: unsafe { ObjectHandle::new_from_raw(0) },
-            profile: &super::profile::PROFILES[0],
-            raw: None,
-        }
-    }
-
     fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
         move |error| HsmError::Pkcs11 {
             cluster: self.cluster.clone(),

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 /// The SoftHSM2 module, or a loud failure: a test that needs SoftHSM never skips.
 pub fn softhsm() -> PathBuf {
-    hsm_sync::hsm::provision::softhsm_module().unwrap_or_else(|| {
+    testkit::provision::softhsm_module().unwrap_or_else(|| {
         panic!("SoftHSM2 is required for the integration tests and is not installed: run `apt-get install -y softhsm2` (or set HSM_SYNC_SOFTHSM_MODULE)")
     })
 }
@@ -18,7 +18,15 @@ pub fn softhsm() -> PathBuf {
 /// that a plain `cargo test` works on a fresh clone.
 pub fn shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| crate::shim_build::build_shim(false)).clone()
+    SHIM.get_or_init(|| testkit::build::shim(false)).clone()
+}
+
+/// testkit's `hsm-fixture` helper, built once per test process. It runs in a process of
+/// its own because SoftHSM reads one `SOFTHSM2_CONF` per process: the test process cannot
+/// load the tokens of every test itself.
+pub fn fixture_bin() -> PathBuf {
+    static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURE.get_or_init(testkit::build::fixture).clone()
 }
 
 /// One test's token directory, plan and runs.
@@ -60,7 +68,7 @@ impl World {
 
     /// Runs `hsm-fixture DIR args…`, returning stdout; panics on failure.
     pub fn fixture(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_hsm-fixture"))
+        let out = Command::new(fixture_bin())
             .arg(self.path())
             .args(args)
             .output()
