@@ -1,11 +1,19 @@
 //! A small fluent builder for SoftHSM-backed tests:
-//! `World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]).plan(..).run(..)`.
+//! `World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]).plan(..).run(..)`,
+//! reports read as typed data (`hsm_sync::report::Report`), and the schema check.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use serde_json::Value;
+
+// The report's types, named once for every test file.
+pub use hsm_sync::diff::Action;
+pub use hsm_sync::key::KeyClass;
+pub use hsm_sync::report::{JobRecord, Report, Status};
 
 /// The SoftHSM2 module, or a loud failure: a test that needs SoftHSM never skips.
 pub fn softhsm() -> PathBuf {
@@ -43,10 +51,53 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
+
+    /// stdout as a report (`plan --format json`).
+    pub fn report(&self) -> Report {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not a report ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// The two-token world most tests start from: `primary` and `dr`, clones of one domain key.
+pub fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+/// A report file as typed data.
+pub fn read_report(path: &Path) -> Report {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not a report ({e}):\n{text}", path.display()))
+}
+
+/// Where `instance` breaks the committed schema `schemas/NAME.schema.json`, one line per
+/// error with its place; empty when it matches.
+pub fn schema_errors(name: &str, instance: &Value) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.schema.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect()
+}
+
+/// Fails unless `instance` (`what`, for the message) matches `schemas/NAME.schema.json`.
+pub fn assert_schema(name: &str, instance: &Value, what: &str) {
+    let errors = schema_errors(name, instance);
+    assert!(
+        errors.is_empty(),
+        "{what} does not match schemas/{name}.schema.json: {errors:#?}"
+    );
 }
 
 impl World {
@@ -116,6 +167,16 @@ impl World {
 
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// A report file a run wrote in the world's directory, as typed data.
+    pub fn report(&self, name: &str) -> Report {
+        read_report(&self.path().join(name))
+    }
+
+    /// A JSON file a run wrote in the world's directory.
+    pub fn json(&self, name: &str) -> Value {
+        serde_json::from_str(&self.read(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
     }
 
     /// Runs `hsm-sync args…` in the world's directory with its SOFTHSM2_CONF.
