@@ -35,9 +35,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-#[path = "../tests/integration/shim_build.rs"]
-mod shim_build;
-
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -46,9 +43,9 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki_sys as sys;
 use hsm_sync::diff::Action;
-use hsm_sync::hsm::provision::{self, PairSpec, Provisioner, SecretSpec};
 use hsm_sync::report::Status;
 use secrecy::SecretString;
+use testkit::provision::{self, PairSpec, Provisioner, SecretSpec};
 use zeroize::Zeroizing;
 
 const DOMAIN: &str = "hsm-sync-domain";
@@ -234,7 +231,7 @@ fn scenarios(o: &Opts) -> Vec<Scenario> {
 
 /// The test-only latency shim, built in release mode.
 fn shim() -> PathBuf {
-    shim_build::build_shim(true)
+    testkit::build::shim(true)
 }
 
 /// What a child reports: `key=value` pairs on one `RESULT` line.

@@ -13,7 +13,7 @@ use clap::Parser;
 use crate::cli::{Cli, DemoArgs};
 use crate::error::Result;
 use crate::exit::ExitStatus;
-use crate::hsm::provision::{self, Provisioner, SecretSpec};
+use crate::hsm::softhsm::{self, Provisioner, SecretSpec};
 use crate::output::Printer;
 use crate::plan::DEFAULT_DOMAIN_KEY;
 
@@ -63,12 +63,12 @@ fn demo_dir(dir: Option<&Path>) -> miette::Result<PathBuf> {
 }
 
 pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
-    let Some(module) = provision::softhsm_module() else {
+    let Some(module) = softhsm::softhsm_module() else {
         p.error_line("hsm-sync demo needs SoftHSM2, which is not installed: run `sudo apt-get install -y softhsm2` (Debian/Ubuntu) and try again");
         return Ok(ExitStatus::Error);
     };
     let dir = demo_dir(a.dir.as_deref())?;
-    let conf = provision::write_conf(&dir).into_diagnostic()?;
+    let conf = softhsm::write_conf(&dir).into_diagnostic()?;
     // SoftHSM reads its configuration at C_Initialize; no other thread runs yet.
     std::env::set_var("SOFTHSM2_CONF", &conf);
     p.outln(&format!("demo directory: {}", dir.display()));
@@ -86,7 +86,7 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
         let user = SecretString::from(user_hex.to_string());
         prov.init_token(token, &so, &user)?;
         let s = prov.user_session(token, &user)?;
-        provision::import_domain_key(&s, DEFAULT_DOMAIN_KEY, &domain)?;
+        softhsm::import_domain_key(&s, DEFAULT_DOMAIN_KEY, &domain)?;
         if token == "primary" {
             for i in 0..a.keys {
                 let aes = i % 3 != 2;
@@ -105,7 +105,7 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
                     private: true,
                     sensitive: true,
                 };
-                provision::generate_secret(&s, &spec)?;
+                softhsm::generate_secret(&s, &spec)?;
             }
             // A 20-byte HMAC key: SoftHSM stores its copy zero-padded; hsm-sync verifies HMACs agree.
             let odd = SecretSpec {
@@ -118,7 +118,7 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
                 private: true,
                 sensitive: true,
             };
-            provision::generate_secret(&s, &odd)?;
+            softhsm::generate_secret(&s, &odd)?;
         }
     }
     drop(prov);

@@ -6,13 +6,14 @@
 //! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes
 //! off) and shared; one `Session` per worker (`Send`, not `Sync`).
 
+pub mod attributes;
 mod error;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod ops;
 pub mod port;
 pub mod profile;
-pub mod provision;
+pub mod softhsm;
 pub mod state;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@ use cryptoki::session::Session;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::attributes::{KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
 use super::profile::Profile;
 use super::{HsmError, RawFns};
 use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
@@ -62,43 +63,6 @@ pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
     }
     hex::encode(&h.finalize()[..8])
 }
-
-/// The attributes read per key, in one `C_GetAttributeValue` call (buffers sized by
-/// [`READ_SIZES`]). Not `CKA_KEY_GEN_MECHANISM`: SoftHSM answers
-/// "unavailable" for unwrapped keys and cryptoki then fails the whole call.
-const READ: &[AttributeType] = &[
-    AttributeType::Class,
-    AttributeType::KeyType,
-    AttributeType::Id,
-    AttributeType::Label,
-    AttributeType::Private,
-    AttributeType::Sensitive,
-    AttributeType::Extractable,
-    AttributeType::Encrypt,
-    AttributeType::Decrypt,
-    AttributeType::Sign,
-    AttributeType::Verify,
-    AttributeType::Wrap,
-    AttributeType::Unwrap,
-    AttributeType::Derive,
-    AttributeType::SignRecover,
-    AttributeType::VerifyRecover,
-    AttributeType::Modifiable,
-    AttributeType::ValueLen,
-    AttributeType::Modulus,
-    AttributeType::PublicExponent,
-    AttributeType::EcParams,
-    AttributeType::EcPoint,
-];
-
-/// Buffer sizes for [`READ`], in order, so that one `C_GetAttributeValue` fetches them all:
-/// fixed sizes for numbers and flags, generous ones for the variable-length attributes
-/// (ids and labels of any sensible length, RSA moduli up to 8192 bits, EC points up to
-/// P-521 and beyond). A value that does not fit falls back to cryptoki's two calls.
-const READ_SIZES: [usize; 22] = [
-    ULONG, ULONG, 128, 256, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, ULONG, 1024, 16, 128, 256,
-];
-const ULONG: usize = std::mem::size_of::<cryptoki_sys::CK_ULONG>();
 
 /// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
 /// round trip per 10 keys on a network HSM).
@@ -237,19 +201,6 @@ impl TokenSession {
         }
     }
 
-    /// A session for operations that need no domain key (HMAC checks in tests); any
-    /// wrap or unwrap on it fails.
-    pub fn without_domain_key(s: Session, cluster: String) -> Self {
-        // SAFETY: handle 0 is CK_INVALID_HANDLE; the token rejects its use.
-        TokenSession {
-            s,
-            cluster,
-            domain_key: unsafe { ObjectHandle::new_from_raw(0) },
-            profile: &super::profile::PROFILES[0],
-            raw: None,
-        }
-    }
-
     fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
         move |error| HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
@@ -332,9 +283,14 @@ impl TokenSession {
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
-        let attrs = match self.read_raw(h, READ, &READ_SIZES, &[AttributeType::Id, AttributeType::Label]) {
+        let attrs = match self.read_raw(
+            h,
+            &KEY_ATTRIBUTE_TYPES,
+            &KEY_ATTRIBUTE_LENS,
+            &[AttributeType::Id, AttributeType::Label],
+        ) {
             Some(r) => r,
-            None => self.s.get_attributes(h, READ),
+            None => self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES),
         };
         let attrs = match attrs {
             Ok(a) => a,

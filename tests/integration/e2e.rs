@@ -1,41 +1,7 @@
 //! The pipeline end to end on SoftHSM: validate, plan, apply, report, rerun, demo.
 
-use crate::world::{two_cluster_plan, World};
+use crate::world::{assert_schema, pair, read_report, two_cluster_plan, Action, Status, World};
 use serde_json::Value;
-
-fn pair() -> World {
-    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
-}
-
-fn actions(report: &Value) -> Vec<(String, String)> {
-    report["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .map(|j| {
-            (
-                j["key"]["label"].as_str().unwrap_or("").to_string(),
-                j["action"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-fn validate_against_schema(report: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/report.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(report)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match schemas/report.schema.json: {errors:#?}"
-    );
-}
 
 #[test]
 fn plan_apply_and_rerun_converge() {
@@ -56,29 +22,26 @@ fn plan_apply_and_rerun_converge() {
     assert!(p.stdout.contains("+ create"), "{}", p.stdout);
     assert!(p.stdout.contains("9 to create"), "{}", p.stdout);
 
-    let json = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    assert_eq!(json["command"], "plan");
-    assert_eq!(json["summary"]["create"], 9);
-    assert!(json["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|j| j["status"] == "pending"));
-    validate_against_schema(&json);
+    let planned = w.run(&["plan", "plan.yaml", "--format", "json"]);
+    let json = planned.report();
+    assert_eq!(json.command, "plan");
+    assert_eq!(json.summary.create, 9);
+    assert!(json.jobs.iter().all(|j| j.status == Status::Pending));
+    assert_schema("report", &planned.json(), "report");
 
     let a = w.run(&["apply", "plan.yaml", "--report", "report.json", "--jobs", "2"]);
     assert_eq!(a.code, 0, "{a:?}");
-    let report: Value = serde_json::from_str(&w.read("report.json")).unwrap();
-    validate_against_schema(&report);
-    assert_eq!(report["command"], "apply");
-    assert_eq!(report["summary"]["create"], 9);
-    assert_eq!(report["summary"]["failed"], 0);
-    for j in report["jobs"].as_array().unwrap() {
-        assert_eq!(j["status"], "ok", "{j}");
+    assert_schema("report", &w.json("report.json"), "report");
+    let report = w.report("report.json");
+    assert_eq!(report.command, "apply");
+    assert_eq!(report.summary.create, 9);
+    assert_eq!(report.summary.failed, 0);
+    for j in &report.jobs {
+        assert_eq!(j.status, Status::Ok, "{j:?}");
         assert_eq!(
-            j["fingerprint"].as_str().unwrap().len(),
-            16,
-            "64-bit fingerprint, not a 3-byte KCV: {j}"
+            j.fingerprint.as_deref().map(str::len),
+            Some(16),
+            "64-bit fingerprint, not a 3-byte KCV: {j:?}"
         );
     }
     // The unselected key stayed home; the copies are the same keys.
@@ -87,7 +50,7 @@ fn plan_apply_and_rerun_converge() {
 
     let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode", "--format", "json"]);
     assert_eq!(again.code, 0, "no changes after apply: {again:?}");
-    assert_eq!(again.json()["summary"]["unchanged"], 9);
+    assert_eq!(again.report().summary.unchanged, 9);
     let rerun = w.run(&["apply", "plan.yaml"]);
     assert_eq!(rerun.code, 0);
     assert_eq!(w.count("dr"), 9, "a rerun creates nothing");
@@ -164,24 +127,16 @@ fn conflicts_and_blocked_keys_are_never_overwritten_and_exit_3() {
     let before = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(out.code, 3, "{out:?}");
-    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
-    let by_id = |id: &str| {
-        r["jobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|j| j["key"]["id"] == id)
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(by_id("01")["action"], "conflict");
-    assert_eq!(by_id("01")["reason"], "different-key-material");
-    assert_eq!(by_id("02")["action"], "blocked");
-    assert_eq!(by_id("02")["reason"], "not-extractable");
-    assert_eq!(by_id("0f")["reason"], "not-found-on-source");
-    assert_eq!(by_id("03")["status"], "ok");
-    assert_eq!(r["summary"]["conflict"], 1);
-    assert_eq!(r["summary"]["blocked"], 2);
+    let r = w.report("r.json");
+    let by_id = |id: &str| r.jobs.iter().find(|j| j.key.id == id).cloned().unwrap();
+    assert_eq!(by_id("01").action, Action::Conflict);
+    assert_eq!(by_id("01").reason.map(|r| r.code()), Some("different-key-material"));
+    assert_eq!(by_id("02").action, Action::Blocked);
+    assert_eq!(by_id("02").reason.map(|r| r.code()), Some("not-extractable"));
+    assert_eq!(by_id("0f").reason.map(|r| r.code()), Some("not-found-on-source"));
+    assert_eq!(by_id("03").status, Status::Ok);
+    assert_eq!(r.summary.conflict, 1);
+    assert_eq!(r.summary.blocked, 2);
     let after = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
     let fp = |v: &Value| v["keys"].as_array().unwrap().iter().find(|k| k["id"] == "01").unwrap()["fingerprint"].clone();
     assert_eq!(fp(&before), fp(&after), "the conflicting key on dr is untouched");
@@ -196,11 +151,11 @@ fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
         .plan(&two_cluster_plan("      - id: \"20\"\n"));
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
-    let note = r["jobs"][0]["note"].as_str().unwrap_or_default();
+    let r = w.report("r.json");
+    let note = r.jobs[0].note.as_deref().unwrap_or_default();
     assert!(
         note.contains("zero-padded to 24 bytes; HMAC results verified equal"),
-        "{r}"
+        "{r:?}"
     );
     assert_eq!(w.hmac("primary", "20"), w.hmac("dr", "20"));
     assert_eq!(w.run(&["plan", "plan.yaml", "--detailed-exitcode"]).code, 0);
@@ -289,10 +244,11 @@ fn the_demo_runs_on_its_own_tokens() {
         "{}",
         out.stdout
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["summary"]["create"], 13);
-    validate_against_schema(&report);
-    assert!(actions(&report).iter().all(|(_, a)| a == "create"));
+    let report = read_report(&dir.join("report.json"));
+    assert_eq!(report.summary.create, 13);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_schema("report", &json, "report");
+    assert!(report.jobs.iter().all(|j| j.action == Action::Create));
     // A second demo in the same directory is refused rather than mixed in.
     assert_eq!(w.run(&["demo", "--dir", dir.to_str().unwrap()]).code, 1);
 }

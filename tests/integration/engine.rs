@@ -1,8 +1,9 @@
 //! The sync engine on three SoftHSM tokens (one source, two targets): every key type,
 //! every action of CONTRACT.md §3, roles, and the exit codes.
 
-use crate::world::World;
-use serde_json::Value;
+use crate::world::{Action, JobRecord, KeyClass, Report, Status, World};
+use hsm_sync::domain::reason::Reason;
+use KeyClass::{PrivateKey, PublicKey, SecretKey};
 
 /// `primary` → `dr1`, `dr2`, all three clones of one domain key; role and user as given.
 fn three(role: &str) -> World {
@@ -32,22 +33,12 @@ fn plan3_text(role: &str, keys: &str) -> String {
     )
 }
 
-fn jobs(r: &Value) -> &Vec<Value> {
-    r["jobs"].as_array().expect("jobs")
-}
-
-fn job<'a>(r: &'a Value, target: &str, class: &str, id: &str) -> &'a Value {
-    jobs(r)
+/// The job for `id` (of `class`, or of no class when the key was not found) on `target`.
+fn job<'a>(r: &'a Report, target: &str, class: Option<KeyClass>, id: &str) -> &'a JobRecord {
+    r.jobs
         .iter()
-        .find(|j| {
-            let class_matches = if class.is_empty() {
-                j["key"]["class"].is_null()
-            } else {
-                j["key"]["class"] == class
-            };
-            j["target"] == target && class_matches && j["key"]["id"] == id
-        })
-        .unwrap_or_else(|| panic!("no job {target} {class} {id} in {r:#}"))
+        .find(|j| j.target == target && j.key.class == class && j.key.id == id)
+        .unwrap_or_else(|| panic!("no job {target} {class:?} {id} in {r:#?}"))
 }
 
 #[test]
@@ -72,10 +63,10 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
     let w = plan3(w, "crypto-user", "      - label: \"*\"\n");
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json", "--jobs", "2"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
+    let r = w.report("r.json");
     // 6 secret keys + 4 pairs × 2 halves, on 2 targets.
-    assert_eq!(r["summary"]["create"], 28, "{r:#}");
-    assert!(jobs(&r).iter().all(|j| j["status"] == "ok"), "{r:#}");
+    assert_eq!(r.summary.create, 28, "{r:#?}");
+    assert!(r.jobs.iter().all(|j| j.status == Status::Ok), "{r:#?}");
     for t in ["dr1", "dr2"] {
         for id in ["2048", "3072", "e256", "e384"] {
             // The copy's private key signs what the source's public key verifies, and back.
@@ -83,15 +74,15 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
             w.fixture(&["verify", "primary", "--id", id, "--sig", &sig]);
             let sig = w.fixture(&["sign", "primary", "--id", id]);
             w.fixture(&["verify", t, "--id", id, "--sig", &sig]);
-            assert_eq!(job(&r, t, "private-key", id)["action"], "create");
-            assert_eq!(job(&r, t, "public-key", id)["action"], "create");
+            assert_eq!(job(&r, t, Some(PrivateKey), id).action, Action::Create);
+            assert_eq!(job(&r, t, Some(PublicKey), id).action, Action::Create);
         }
         assert_eq!(w.hmac("primary", "6848"), w.hmac(t, "6848"));
         assert_eq!(w.hmac("primary", "6820"), w.hmac(t, "6820"));
     }
     let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode", "--format", "json"]);
     assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(again.json()["summary"]["unchanged"], 28);
+    assert_eq!(again.report().summary.unchanged, 28);
 }
 
 #[test]
@@ -135,31 +126,36 @@ fn every_action_in_one_run() {
         .replace("keys:\n", "keys:\n      - id: \"01\"\n      - id: \"07\"\n");
     w.write("plan.yaml", &plan);
 
-    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    let action = |t: &str, class: &str, id: &str| job(&p, t, class, id)["action"].as_str().unwrap().to_string();
-    let reason = |t: &str, class: &str, id: &str| job(&p, t, class, id)["reason"].as_str().unwrap_or("").to_string();
-    let detail = |t: &str, class: &str, id: &str| job(&p, t, class, id)["detail"].as_str().unwrap_or("").to_string();
-    assert_eq!(action("dr1", "secret-key", "01"), "create");
-    assert_eq!(action("dr1", "private-key", "07"), "create");
+    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let action = |t: &str, class: Option<KeyClass>, id: &str| job(&p, t, class, id).action;
+    let reason = |t: &str, class: Option<KeyClass>, id: &str| {
+        job(&p, t, class, id)
+            .reason
+            .map(|r| r.code().to_string())
+            .unwrap_or_default()
+    };
+    let detail = |t: &str, class: Option<KeyClass>, id: &str| job(&p, t, class, id).detail.clone().unwrap_or_default();
+    assert_eq!(action("dr1", Some(SecretKey), "01"), Action::Create);
+    assert_eq!(action("dr1", Some(PrivateKey), "07"), Action::Create);
     assert_eq!(
-        action("dr2", "public-key", "07"),
-        "create",
+        action("dr2", Some(PublicKey), "07"),
+        Action::Create,
         "a crypto-user owns the public half of its pair"
     );
-    assert_eq!(action("dr1", "secret-key", "02"), "update");
+    assert_eq!(action("dr1", Some(SecretKey), "02"), Action::Update);
     // The reason is a bare code a pipeline can select on; what drifted is its detail.
-    assert_eq!(reason("dr1", "secret-key", "02"), "drifted", "{p:#}");
-    assert!(detail("dr1", "secret-key", "02").contains("label"), "{p:#}");
-    assert!(detail("dr2", "secret-key", "02").contains("encrypt"), "{p:#}");
-    assert_eq!(action("dr1", "secret-key", "03"), "unchanged");
-    assert_eq!(action("dr1", "secret-key", "04"), "conflict");
-    assert_eq!(reason("dr1", "secret-key", "04"), "different-key-material");
-    assert_eq!(action("dr2", "secret-key", "04"), "create");
-    assert_eq!(reason("dr1", "secret-key", "05"), "not-extractable");
-    assert_eq!(reason("dr1", "secret-key", "06"), "not-owned", "{p:#}");
-    assert!(detail("dr1", "secret-key", "06").contains("CKA_PRIVATE"), "{p:#}");
-    assert_eq!(reason("dr1", "", "0e"), "not-found-on-source");
-    assert_eq!(action("dr2", "secret-key", "0d"), "delete");
+    assert_eq!(reason("dr1", Some(SecretKey), "02"), "drifted", "{p:#?}");
+    assert!(detail("dr1", Some(SecretKey), "02").contains("label"), "{p:#?}");
+    assert!(detail("dr2", Some(SecretKey), "02").contains("encrypt"), "{p:#?}");
+    assert_eq!(action("dr1", Some(SecretKey), "03"), Action::Unchanged);
+    assert_eq!(action("dr1", Some(SecretKey), "04"), Action::Conflict);
+    assert_eq!(reason("dr1", Some(SecretKey), "04"), "different-key-material");
+    assert_eq!(action("dr2", Some(SecretKey), "04"), Action::Create);
+    assert_eq!(reason("dr1", Some(SecretKey), "05"), "not-extractable");
+    assert_eq!(reason("dr1", Some(SecretKey), "06"), "not-owned", "{p:#?}");
+    assert!(detail("dr1", Some(SecretKey), "06").contains("CKA_PRIVATE"), "{p:#?}");
+    assert_eq!(reason("dr1", None, "0e"), "not-found-on-source");
+    assert_eq!(action("dr2", Some(SecretKey), "0d"), Action::Delete);
 
     // Deletions need --allow-destroy: without it nothing changes and the exit is 1.
     let refused = w.run(&["apply", "plan.yaml"]);
@@ -170,22 +166,18 @@ fn every_action_in_one_run() {
         refused.stderr
     );
     assert_eq!(
-        w.run(&["plan", "plan.yaml", "--format", "json"]).json()["summary"],
-        p["summary"]
+        w.run(&["plan", "plan.yaml", "--format", "json"]).report().summary,
+        p.summary
     );
 
     let out = w.run(&["apply", "plan.yaml", "--allow-destroy", "--report", "r.json"]);
     assert_eq!(out.code, 3, "conflicts and blocked keys remain: {out:?}");
-    let r: Value = serde_json::from_str(&w.read("r.json")).unwrap();
-    assert_eq!(r["summary"]["failed"], 0, "{r:#}");
-    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    let s = &after["summary"];
-    assert_eq!(
-        (s["create"].as_u64(), s["update"].as_u64(), s["delete"].as_u64()),
-        (Some(0), Some(0), Some(0)),
-        "{after:#}"
-    );
-    assert_eq!(s["conflict"], 1);
+    let r = w.report("r.json");
+    assert_eq!(r.summary.failed, 0, "{r:#?}");
+    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let s = &after.summary;
+    assert_eq!((s.create, s.update, s.delete), (0, 0, 0), "{after:#?}");
+    assert_eq!(s.conflict, 1);
     assert_eq!(w.fixture(&["count", "dr2", "--id", "0d"]), "0");
 }
 
@@ -221,9 +213,9 @@ fn drift_on_an_unmodifiable_copy_is_a_conflict() {
     );
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     w.fixture(&["freeze", "dr1", "--id", "01", "--label", "renamed"]);
-    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    let j = job(&p, "dr1", "secret-key", "01");
-    assert_eq!(j["action"], "conflict");
-    assert_eq!(j["reason"], "not-modifiable", "{j}");
-    assert!(j["detail"].as_str().unwrap().contains("label"), "{j}");
+    let p = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let j = job(&p, "dr1", Some(SecretKey), "01");
+    assert_eq!(j.action, Action::Conflict);
+    assert_eq!(j.reason, Some(Reason::NotModifiable), "{j:?}");
+    assert!(j.detail.as_deref().unwrap_or("").contains("label"), "{j:?}");
 }

@@ -2,12 +2,7 @@
 //! `pkcs11-shim` (locked PINs, injected `CKR_*` failures, a call log) or OpenSC's
 //! `pkcs11-spy` (an independent record of every call).
 
-use crate::world::{shim, softhsm, two_cluster_plan, World};
-use serde_json::Value;
-
-fn pair() -> World {
-    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
-}
+use crate::world::{pair, shim, softhsm, two_cluster_plan, JobRecord, Report, Status, World};
 
 /// The two-cluster plan with `dr` (or both clusters) reached through `module`.
 fn plan_via(module: &str, both: bool, keys: &str) -> String {
@@ -120,16 +115,11 @@ fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
         ],
     );
     assert_eq!(t.code, 0, "{t:?}");
-    let r: Value = serde_json::from_str(&w.read("transient.json")).unwrap();
-    assert_eq!(r["summary"]["create"], 4);
-    assert_eq!(r["summary"]["failed"], 0);
-    let retried: Vec<&Value> = r["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["attempts"] == 2)
-        .collect();
-    assert_eq!(retried.len(), 1, "exactly the faulted job was retried: {r:#}");
+    let r = w.report("transient.json");
+    assert_eq!(r.summary.create, 4);
+    assert_eq!(r.summary.failed, 0);
+    let retried: Vec<&JobRecord> = r.jobs.iter().filter(|j| j.attempts == Some(2)).collect();
+    assert_eq!(retried.len(), 1, "exactly the faulted job was retried: {r:#?}");
     assert_eq!(
         calls(&w, "t.log", "C_UnwrapKey")
             .iter()
@@ -148,31 +138,27 @@ fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
         &[("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:3:CKR_FUNCTION_FAILED")],
     );
     assert_eq!(f.code, 3, "{f:?}");
-    let r: Value = serde_json::from_str(&w.read("fatal.json")).unwrap();
-    assert_eq!(r["summary"]["failed"], 1, "{r:#}");
-    assert_eq!(r["summary"]["create"], 3);
-    let failed = r["jobs"]
-        .as_array()
-        .unwrap()
+    let r = w.report("fatal.json");
+    assert_eq!(r.summary.failed, 1, "{r:#?}");
+    assert_eq!(r.summary.create, 3);
+    let failed = r
+        .jobs
         .iter()
-        .find(|j| j["status"] == "failed")
+        .find(|j| j.status == Status::Failed)
         .expect("a failed job");
     assert!(
-        failed["error"].as_str().unwrap().contains("CKR_FUNCTION_FAILED"),
-        "{failed}"
+        failed.error.as_deref().unwrap().contains("CKR_FUNCTION_FAILED"),
+        "{failed:?}"
     );
-    assert!(failed["attempts"].is_null(), "a fatal error is not retried: {failed}");
+    assert!(failed.attempts.is_none(), "a fatal error is not retried: {failed:?}");
     assert!(f.stderr.contains("failed:"), "{}", f.stderr);
     assert_eq!(w.count("dr"), 6);
 
     // The rerun converges without the fault.
     let again = w.run(&["apply", "plan.yaml", "--report", "again.json"]);
     assert_eq!(again.code, 0, "{again:?}");
-    let r: Value = serde_json::from_str(&w.read("again.json")).unwrap();
-    assert_eq!(
-        (r["summary"]["create"].as_u64(), r["summary"]["unchanged"].as_u64()),
-        (Some(1), Some(6))
-    );
+    let r = w.report("again.json");
+    assert_eq!((r.summary.create, r.summary.unchanged), (1, 6));
     assert_eq!(w.count("dr"), 7);
 }
 
@@ -194,17 +180,11 @@ fn apply_wraps_each_new_key_once_on_the_source() {
     // The first module line is `primary`'s: only the source goes through the shim.
     w.write("plan.yaml", &text.replacen(&soft, &format!("module: {shim}"), 1));
     let wraps = |log: &str| calls(&w, log, "C_WrapKey").len();
-    let fingerprints = |v: &Value| -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = v["jobs"]
-            .as_array()
-            .expect("jobs")
+    let fingerprints = |r: &Report| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = r
+            .jobs
             .iter()
-            .map(|j| {
-                (
-                    j["key"]["id"].as_str().unwrap_or_default().to_string(),
-                    j["fingerprint"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+            .map(|j| (j.key.id.clone(), j.fingerprint.clone().unwrap_or_default()))
             .collect();
         out.sort();
         out
@@ -226,11 +206,11 @@ fn apply_wraps_each_new_key_once_on_the_source() {
             &[("HSM_SYNC_SHIM_LOG", &apply_log)],
         );
         assert_eq!(applied.code, 0, "{applied:?}");
-        let report: Value = serde_json::from_str(&w.read("report.json")).unwrap();
-        assert_eq!(report["summary"]["create"], new_keys, "{report}");
-        assert_eq!(report["summary"]["unchanged"], held, "{report}");
+        let report = w.report("report.json");
+        assert_eq!(report.summary.create, new_keys, "{report:?}");
+        assert_eq!(report.summary.unchanged, held, "{report:?}");
         // Every key has the fingerprint the plan showed: the job's own for new keys.
-        let shown = fingerprints(&planned.json());
+        let shown = fingerprints(&planned.report());
         assert_eq!(fingerprints(&report), shown);
         assert!(shown.iter().all(|(_, f)| f.len() == 16), "{shown:?}");
         assert_eq!(

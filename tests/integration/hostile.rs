@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::world::{two_cluster_plan, World};
+use crate::world::{pair, two_cluster_plan, Action, KeyClass, World};
 
 /// Validates a plan written by `make`, returning the output; asserts a clean refusal.
 fn refused(w: &World, name: &str, bytes: &[u8], expect: &str) {
@@ -69,7 +69,7 @@ fn hostile_plans_get_a_diagnostic_quickly() {
 
 #[test]
 fn a_module_that_is_not_a_pkcs11_library_is_a_clear_error() {
-    let w = World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]);
+    let w = pair();
     w.write("not-a-module.so", "this is text, not a shared library\n");
     let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]
         .into_iter()
@@ -93,7 +93,7 @@ fn a_module_that_is_not_a_pkcs11_library_is_a_clear_error() {
 
 #[test]
 fn odd_objects_on_a_token_do_not_crash_the_diff() {
-    let w = World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]);
+    let w = pair();
     let huge_label = "L".repeat(20_000);
     w.fixture(&["keygen", "primary", "--id", "", "--label", "no-id"]);
     w.fixture(&["keygen", "primary", "--id", "", "--label", ""]);
@@ -114,37 +114,32 @@ fn odd_objects_on_a_token_do_not_crash_the_diff() {
     assert_eq!(inv.code, 0, "{inv:?}");
     let out = w.run(&["plan", "plan.yaml", "--format", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let jobs = out.json()["jobs"].as_array().expect("jobs").clone();
-    let find = |label: &str, class: &str| {
+    let jobs = out.report().jobs;
+    let find = |label: &str, class: KeyClass| {
         jobs.iter()
-            .find(|j| j["key"]["label"] == label && j["key"]["class"] == class)
-            .unwrap_or_else(|| panic!("no job for {label} {class}: {jobs:#?}"))
+            .find(|j| j.key.label == label && j.key.class == Some(class))
+            .unwrap_or_else(|| panic!("no job for {label} {class:?}: {jobs:#?}"))
     };
     assert_eq!(
-        find("no-id", "secret-key")["action"],
-        "create",
+        find("no-id", KeyClass::SecretKey).action,
+        Action::Create,
         "matched by label when the id is empty"
     );
-    assert_eq!(find(&huge_label, "secret-key")["action"], "create");
-    let ed = find("edwards", "private-key");
+    assert_eq!(find(&huge_label, KeyClass::SecretKey).action, Action::Create);
+    let ed = find("edwards", KeyClass::PrivateKey);
     assert_eq!(
-        (ed["action"].as_str(), ed["reason"].as_str()),
-        (Some("blocked"), Some("unsupported-key-type"))
+        (ed.action, ed.reason.map(|r| r.code())),
+        (Action::Blocked, Some("unsupported-key-type"))
     );
     let a = w.run(&["apply", "plan.yaml", "--report", "report.json"]);
     assert_eq!(a.code, 3, "blocked keys remain: {a:?}");
-    let again = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    let s = &again["summary"];
+    let again = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let s = &again.summary;
     // The nameless keys (no id, no label) on both sides share an identity but not their
     // material: a conflict, never overwritten.
     assert_eq!(
-        (
-            s["create"].as_u64(),
-            s["unchanged"].as_u64(),
-            s["conflict"].as_u64(),
-            s["blocked"].as_u64()
-        ),
-        (Some(0), Some(2), Some(1), Some(2)),
-        "{again:#}"
+        (s.create, s.unchanged, s.conflict, s.blocked),
+        (0, 2, 1, 2),
+        "{again:#?}"
     );
 }

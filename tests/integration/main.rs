@@ -9,6 +9,5 @@ mod hostile;
 mod notify;
 mod plan_lang;
 mod reliability;
-mod shim_build;
 mod workflow;
 mod world;

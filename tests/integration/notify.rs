@@ -9,9 +9,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use serde_json::Value;
 
-use crate::world::{cluster_yaml, Output, World};
+use crate::world::{assert_schema, cluster_yaml, Output, Report, World};
+use hsm_sync::domain::event::Event;
+use hsm_sync::report::DeliveryStatus;
 
 /// The body of CONTRACT.md §5, read as typed data.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -148,16 +149,9 @@ clusters:
 }
 
 /// A report file, checked against `schemas/report.schema.json`.
-fn report(w: &World, name: &str) -> Value {
-    let report: Value = serde_json::from_str(&w.read(name)).expect("report is JSON");
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/report.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
-    assert!(errors.is_empty(), "{name} does not match the schema: {errors:#?}");
-    report
+fn report(w: &World, name: &str) -> Report {
+    assert_schema("report", &w.json(name), name);
+    w.report(name)
 }
 
 /// Runs hsm-sync from `cwd` (not the world's directory) with the world's SoftHSM config.
@@ -200,14 +194,14 @@ fn apply_announces_each_synced_key_once_with_its_targets() {
     }
 
     let r = report(&w, "r.json");
-    let n = r["notifications"].as_array().expect("notifications");
-    assert_eq!(n.len(), 2, "{r:#}");
+    let n = &r.notifications;
+    assert_eq!(n.len(), 2, "{r:#?}");
     for x in n {
-        assert_eq!(x["status"], "sent");
-        assert_eq!(x["http_status"], 204);
-        assert_eq!(x["resource"], "object-storage");
-        assert_eq!(x["event"], "synced");
-        assert_eq!(x["sync"], "payments");
+        assert_eq!(x.status, DeliveryStatus::Sent);
+        assert_eq!(x.http_status, Some(204));
+        assert_eq!(x.resource, "object-storage");
+        assert_eq!(x.event, Event::Synced);
+        assert_eq!(x.sync, "payments");
     }
     let text = format!("{}{}{}", a.stdout, a.stderr, w.read("r.json"));
     assert!(!text.contains(secret), "the bearer token leaked");
@@ -291,8 +285,8 @@ fn notify_resends_once_the_cooldown_has_passed() {
     assert_eq!(again[0].at, orig.at, "a re-sent event keeps its time");
     assert_eq!(again[0].key, orig.key);
     let r = report(&w, "n.json");
-    assert_eq!(r["command"], "notify");
-    assert_eq!(r["notifications"][0]["status"], "sent");
+    assert_eq!(r.command, "notify");
+    assert_eq!(r.notifications[0].status, DeliveryStatus::Sent);
 
     // Now pay-1 was notified: refused again, naming that.
     let n = w.run_env(&["notify", "plan.yaml", "--sync", "payments"], &env);
@@ -309,11 +303,11 @@ fn a_failing_endpoint_is_reported_and_never_undoes_the_sync() {
     assert_eq!(a.code, 3, "{a:?}");
     assert!(a.stderr.contains("notification failed"), "{}", a.stderr);
     let r = report(&w, "r.json");
-    let n = &r["notifications"][0];
-    assert_eq!(n["status"], "failed", "{r:#}");
-    assert_eq!(n["http_status"], 500);
-    assert_eq!(n["attempts"], 2);
-    assert_eq!(r["summary"]["failed"], 0, "the jobs themselves succeeded");
+    let n = &r.notifications[0];
+    assert_eq!(n.status, DeliveryStatus::Failed, "{r:#?}");
+    assert_eq!(n.http_status, Some(500));
+    assert_eq!(n.attempts, Some(2));
+    assert_eq!(r.summary.failed, 0, "the jobs themselves succeeded");
     assert_eq!(hook.bodies().len(), 2, "one try and one retry");
     assert_eq!(w.count("dr"), 1, "the key stays synced");
     assert_eq!(w.count("dr2"), 1, "the key stays synced");
@@ -335,10 +329,10 @@ fn an_endpoint_that_never_answers_times_out() {
     assert_eq!(a.code, 3, "{a:?}");
     assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
     let r = report(&w, "r.json");
-    let n = &r["notifications"][0];
-    assert_eq!(n["status"], "failed", "{r:#}");
-    assert_eq!(n["http_status"], Value::Null);
-    assert!(n["error"].as_str().unwrap_or("").contains("timeout"), "{n}");
+    let n = &r.notifications[0];
+    assert_eq!(n.status, DeliveryStatus::Failed, "{r:#?}");
+    assert_eq!(n.http_status, None);
+    assert!(n.error.as_deref().unwrap_or("").contains("timeout"), "{n:?}");
     assert_eq!(hook.bodies().len(), 2, "one try and one retry");
     assert_eq!(w.count("dr"), 1);
 }
@@ -356,8 +350,8 @@ fn an_unset_bearer_variable_fails_the_delivery_without_sending() {
     assert_eq!(a.code, 3, "{a:?}");
     assert!(a.stderr.contains("HSM_SYNC_TEST_UNSET_TOKEN"), "{}", a.stderr);
     let r = report(&w, "r.json");
-    assert_eq!(r["notifications"][0]["status"], "failed");
-    assert_eq!(r["notifications"][0]["attempts"], 0);
+    assert_eq!(r.notifications[0].status, DeliveryStatus::Failed);
+    assert_eq!(r.notifications[0].attempts, Some(0));
     assert!(hook.got().is_empty());
 }
 
@@ -549,9 +543,12 @@ fn keys_without_notify_resources_still_get_their_lifecycle_record() {
     assert_eq!(data("dr"), "0");
     // The report says where the time went.
     let r = report(&w, "r.json");
-    for stage in ["connect_ms", "inventory_ms", "diff_ms", "execute_ms", "notify_ms"] {
-        assert!(r["timings"][stage].is_u64(), "{stage}: {}", r["timings"]);
-    }
+    // connect_ms, inventory_ms and diff_ms are always there once `timings` is.
+    let timings = r.timings.as_ref().expect("timings");
+    assert!(
+        timings.execute_ms.is_some() && timings.notify_ms.is_some(),
+        "{timings:?}"
+    );
 
     // Resources added afterwards: the keys were synced within the cooldown, so the
     // renotify is refused and nothing is sent.

@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::world::{shim, softhsm, two_cluster_plan, Output, World};
-
-fn pair() -> World {
-    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
-}
+use crate::world::{pair, shim, softhsm, two_cluster_plan, Output, World};
 
 /// Starts `hsm-sync args…` in the world without waiting.
 fn spawn(w: &World, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
@@ -123,23 +119,14 @@ fn killed_mid_apply_then_rerun_ends_with_exactly_the_expected_keys() {
     );
     let rerun = w.run(&["apply", "plan.yaml", "--report", "rerun.json"]);
     assert_eq!(rerun.code, 0, "rerun after kills after unwraps {moments:?}: {rerun:?}");
-    let report: serde_json::Value = serde_json::from_str(&w.read("rerun.json")).unwrap();
-    let s = &report["summary"];
-    assert_eq!(
-        s["create"].as_u64().unwrap() + s["unchanged"].as_u64().unwrap(),
-        KEYS as u64,
-        "every key is created or unchanged: {s}"
-    );
-    assert_eq!(
-        (s["failed"].as_u64(), s["conflict"].as_u64()),
-        (Some(0), Some(0)),
-        "{s}"
-    );
-    let repairs = report["jobs"]
-        .as_array()
-        .unwrap()
+    let report = w.report("rerun.json");
+    let s = &report.summary;
+    assert_eq!(s.create + s.unchanged, KEYS, "every key is created or unchanged: {s:?}");
+    assert_eq!((s.failed, s.conflict), (0, 0), "{s:?}");
+    let repairs = report
+        .jobs
         .iter()
-        .filter(|j| j["reason"] == "repair")
+        .filter(|j| j.reason == Some(hsm_sync::domain::reason::Reason::Repair))
         .count();
     assert_eq!(repairs, broken, "every half-made copy, and only those, is repaired");
     let keys = identities(&w, "dr");

@@ -1,12 +1,7 @@
 //! The operator's workflow around the diff: saved plans and their staleness check,
 //! JUnit for CI, Markdown for pull requests, colour rules, and CloudHSM's `syncKey`.
 
-use crate::world::{two_cluster_plan, World};
-use serde_json::Value;
-
-fn pair() -> World {
-    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
-}
+use crate::world::{assert_schema, pair, two_cluster_plan, KeyClass, World};
 
 fn handle_of(w: &World, cluster: &str, label: &str) -> String {
     let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
@@ -27,24 +22,20 @@ fn a_saved_plan_applies_exactly_what_was_reviewed() {
         .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
     let p = w.run(&["plan", "plan.yaml", "--out", "saved.json", "--detailed-exitcode"]);
     assert_eq!(p.code, 2, "{p:?}");
-    let saved: Value = serde_json::from_str(&w.read("saved.json")).expect("saved plan is JSON");
+    let saved = w.json("saved.json");
     assert_eq!(saved["kind"], "hsm-sync/saved-plan");
     assert_eq!(saved["summary"]["create"], 4);
     assert_eq!(saved["tokens"].as_array().map(Vec::len), Some(2));
-    let schema: Value = serde_json::from_str(include_str!("../../schemas/saved-plan.schema.json")).unwrap();
-    assert!(
-        jsonschema::is_valid(&schema, &saved),
-        "saved plan does not match its schema"
-    );
+    assert_schema("saved-plan", &saved, "saved plan");
 
     // Editing the plan file after review changes nothing: the saved text is what runs.
     w.write("plan.yaml", "version: 1\nthis is not the reviewed plan\n");
     let a = w.run(&["apply", "saved.json", "--report", "report.json"]);
     assert_eq!(a.code, 0, "{a:?}");
     assert_eq!(w.count("dr"), 4, "four copies");
-    let report: Value = serde_json::from_str(&w.read("report.json")).unwrap();
-    assert_eq!(report["summary"]["create"], 4);
-    assert_eq!(report["plan"], "plan.yaml");
+    let report = w.report("report.json");
+    assert_eq!(report.summary.create, 4);
+    assert_eq!(report.plan, "plan.yaml");
 
     // The tokens changed (by that very apply): the saved plan is now stale.
     let again = w.run(&["apply", "saved.json"]);
@@ -235,19 +226,14 @@ fn shards_together_equal_the_unsharded_run() {
     let w = w.plan(&two_cluster_plan(
         "      - label: \"k-*\"\n      - label: \"mac-*\"\n      - id: c1\n      - id: dead\n",
     ));
-    let jobs = |out: &crate::world::Output| -> Vec<(String, String, String)> {
+    // The action by name: `Action` has no order to sort by.
+    let jobs = |out: &crate::world::Output| -> Vec<(Option<KeyClass>, String, String)> {
         assert_eq!(out.code, 0, "{out:?}");
-        let mut v: Vec<_> = out.json()["jobs"]
-            .as_array()
-            .expect("jobs")
+        let mut v: Vec<_> = out
+            .report()
+            .jobs
             .iter()
-            .map(|j| {
-                (
-                    j["key"]["class"].to_string(),
-                    j["key"]["id"].to_string(),
-                    j["action"].to_string(),
-                )
-            })
+            .map(|j| (j.key.class, j.key.id.clone(), format!("{:?}", j.action)))
             .collect();
         v.sort();
         v
@@ -266,7 +252,7 @@ fn shards_together_equal_the_unsharded_run() {
             "shard {i}/3 has {} jobs",
             part.len()
         );
-        let classes_of_c1: Vec<_> = part.iter().filter(|j| j.1 == "\"c1\"").collect();
+        let classes_of_c1: Vec<_> = part.iter().filter(|j| j.1 == "c1").collect();
         assert!(
             classes_of_c1.is_empty() || classes_of_c1.len() == 2,
             "the pair stays together"
@@ -297,9 +283,9 @@ fn shards_together_equal_the_unsharded_run() {
         vec![0, 0, 3],
         "only the shard holding the missing id `dead` has a blocked job"
     );
-    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).json();
-    assert_eq!(after["summary"]["create"], 0, "{after:#}");
-    assert_eq!(after["summary"]["unchanged"], 47);
+    let after = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    assert_eq!(after.summary.create, 0, "{after:#?}");
+    assert_eq!(after.summary.unchanged, 47);
     assert_eq!(w.count("dr"), 45);
     let bad = w.run(&["plan", "plan.yaml", "--shard", "4/3"]);
     assert_eq!(bad.code, 1, "{bad:?}");

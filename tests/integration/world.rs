@@ -1,5 +1,6 @@
 //! A small fluent builder for SoftHSM-backed tests:
-//! `World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]).plan(..).run(..)`.
+//! `World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"]).plan(..).run(..)`,
+//! reports read as typed data (`hsm_sync::report::Report`), and the schema check.
 
 #![allow(dead_code)]
 
@@ -7,9 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use serde_json::Value;
+
+// The report's types, named once for every test file.
+pub use hsm_sync::diff::Action;
+pub use hsm_sync::domain::key::KeyClass;
+pub use hsm_sync::report::{JobRecord, Report, Status};
+
 /// The SoftHSM2 module, or a loud failure: a test that needs SoftHSM never skips.
 pub fn softhsm() -> PathBuf {
-    hsm_sync::hsm::provision::softhsm_module().unwrap_or_else(|| {
+    testkit::provision::softhsm_module().unwrap_or_else(|| {
         panic!("SoftHSM2 is required for the integration tests and is not installed: run `apt-get install -y softhsm2` (or set HSM_SYNC_SOFTHSM_MODULE)")
     })
 }
@@ -18,7 +26,15 @@ pub fn softhsm() -> PathBuf {
 /// that a plain `cargo test` works on a fresh clone.
 pub fn shim() -> PathBuf {
     static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| crate::shim_build::build_shim(false)).clone()
+    SHIM.get_or_init(|| testkit::build::shim(false)).clone()
+}
+
+/// testkit's `hsm-fixture` helper, built once per test process. It runs in a process of
+/// its own because SoftHSM reads one `SOFTHSM2_CONF` per process: the test process cannot
+/// load the tokens of every test itself.
+pub fn fixture_bin() -> PathBuf {
+    static FIXTURE: OnceLock<PathBuf> = OnceLock::new();
+    FIXTURE.get_or_init(testkit::build::fixture).clone()
 }
 
 /// One test's token directory, plan and runs.
@@ -35,10 +51,53 @@ pub struct Output {
 }
 
 impl Output {
-    pub fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
+
+    /// stdout as a report (`plan --format json`).
+    pub fn report(&self) -> Report {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not a report ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// The two-token world most tests start from: `primary` and `dr`, clones of one domain key.
+pub fn pair() -> World {
+    World::new().tokens(&["primary", "dr"]).domain_key(&["primary", "dr"])
+}
+
+/// A report file as typed data.
+pub fn read_report(path: &Path) -> Report {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not a report ({e}):\n{text}", path.display()))
+}
+
+/// Where `instance` breaks the committed schema `schemas/NAME.schema.json`, one line per
+/// error with its place; empty when it matches.
+pub fn schema_errors(name: &str, instance: &Value) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.schema.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect()
+}
+
+/// Fails unless `instance` (`what`, for the message) matches `schemas/NAME.schema.json`.
+pub fn assert_schema(name: &str, instance: &Value, what: &str) {
+    let errors = schema_errors(name, instance);
+    assert!(
+        errors.is_empty(),
+        "{what} does not match schemas/{name}.schema.json: {errors:#?}"
+    );
 }
 
 impl World {
@@ -60,7 +119,7 @@ impl World {
 
     /// Runs `hsm-fixture DIR args…`, returning stdout; panics on failure.
     pub fn fixture(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_hsm-fixture"))
+        let out = Command::new(fixture_bin())
             .arg(self.path())
             .args(args)
             .output()
@@ -108,6 +167,16 @@ impl World {
 
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// A report file a run wrote in the world's directory, as typed data.
+    pub fn report(&self, name: &str) -> Report {
+        read_report(&self.path().join(name))
+    }
+
+    /// A JSON file a run wrote in the world's directory.
+    pub fn json(&self, name: &str) -> Value {
+        serde_json::from_str(&self.read(name)).unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
     }
 
     /// Runs `hsm-sync args…` in the world's directory with its SOFTHSM2_CONF.

@@ -23,7 +23,7 @@ pub(crate) const TOKEN_FLAGS: &str = "HSM_SYNC_SHIM_TOKEN_FLAGS";
 /// File that gets one line per call.
 pub(crate) const LOG: &str = "HSM_SYNC_SHIM_LOG";
 
-/// Where Debian and others install SoftHSM2 (the same list as hsm-sync's provisioning).
+/// Where Debian and others install SoftHSM2 (the same list as `hsm_sync::hsm::softhsm`).
 const SOFTHSM_PATHS: &[&str] = &[
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",

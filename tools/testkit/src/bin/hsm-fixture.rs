@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hsm_sync::hsm::provision::{self, Provisioner, SecretSpec};
 use secrecy::SecretString;
+use testkit::provision::{self, Provisioner, SecretSpec};
 use zeroize::Zeroizing;
 
 #[derive(Parser)]
@@ -142,7 +142,7 @@ enum Cmd {
     },
 }
 
-/// What `sign` signs and `verify` checks.
+/// What `sign` signs, `verify` checks and `hmac` MACs.
 const MESSAGE: &[u8] = b"hsm-sync fixture message";
 
 fn pin(dir: &Path, token: &str) -> Result<SecretString, String> {
@@ -315,9 +315,7 @@ fn run(a: Args) -> Result<(), String> {
             let [h] = found.as_slice() else {
                 return Err(format!("{} keys with id {id}", found.len()));
             };
-            let ts = hsm_sync::hsm::TokenSession::without_domain_key(s, token);
-            let mac = ts
-                .hmac(h.handle(), b"hsm-sync fixture message")
+            let mac = provision::hmac(&s, *h, MESSAGE)
                 .map_err(e)?
                 .ok_or("key too short for HMAC")?;
             println!("{}", hex::encode(mac));

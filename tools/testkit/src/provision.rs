@@ -1,0 +1,229 @@
+//! SoftHSM provisioning for the tests and benchmarks: what `hsm-sync demo` does (re-exported
+//! from [`hsm_sync::hsm::softhsm`]) plus what only tests need: keys of a known value, key
+//! pairs, signatures, HMACs, drift (labels, flags, unmodifiable copies) and counts. Never
+//! used against real HSMs.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use hsm_sync::hsm::softhsm::provision_error as pk;
+use hsm_sync::hsm::HsmError;
+use sha2::Digest;
+use zeroize::Zeroizing;
+
+pub use hsm_sync::hsm::softhsm::{
+    generate_secret, import_domain_key, softhsm_module, write_conf, Provisioner, SecretSpec, SOFTHSM_PATHS,
+};
+
+/// Imports a secret key of a known value (tests that look for leaked key material need
+/// to know it). Its flags are the spec's, like keys worth syncing.
+pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>) -> Result<u64, HsmError> {
+    let mut template = spec.template();
+    template.push(Attribute::Value(value.to_vec()));
+    let h = s.create_object(&template).map_err(pk("importing a key"))?;
+    Ok(h.handle())
+}
+
+/// The secret keys with a given `CKA_ID`.
+pub fn find_by_id(s: &Session, id: &[u8]) -> Result<Vec<ObjectHandle>, HsmError> {
+    s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id.to_vec())])
+        .map_err(pk("finding keys"))
+}
+
+/// `CKA_LABEL` of an object.
+pub fn label_of(s: &Session, h: ObjectHandle) -> Result<String, HsmError> {
+    let attrs = s
+        .get_attributes(h, &[AttributeType::Label])
+        .map_err(pk("reading the label"))?;
+    Ok(attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Label(l) => Some(String::from_utf8_lossy(&l).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// Sets the label of an object (tests make attribute drift with it).
+pub fn set_label(s: &Session, h: ObjectHandle, label: &str) -> Result<(), HsmError> {
+    s.update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+        .map_err(pk("setting the label"))
+}
+
+/// The number of secret-key token objects, the domain key not counted.
+pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
+    let all = s
+        .find_objects(&[Attribute::Token(true), Attribute::Class(ObjectClass::SECRET_KEY)])
+        .map_err(pk("finding keys"))?;
+    let mut n = 0;
+    for h in all {
+        if label_of(s, h)? != hsm_sync::plan::DEFAULT_DOMAIN_KEY {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// How many of hsm-sync's own data objects (state records, journals) the token holds.
+pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Token(true),
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Application(hsm_sync::hsm::state::APPLICATION.as_bytes().to_vec()),
+        ])
+        .map_err(pk("finding data objects"))?;
+    Ok(found.len())
+}
+
+/// An HMAC of `data` under the secret key `h`: SHA-256, or SHA-1 where the token refuses
+/// the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for SHA-1), as
+/// hsm-sync verifies copies. `None` when the key fits neither.
+pub fn hmac(s: &Session, h: ObjectHandle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
+        match s.sign(&mech, h, data) {
+            Ok(mac) => return Ok(Some(mac)),
+            Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
+            Err(e) => return Err(pk("computing an HMAC")(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// An RSA or EC key pair to create (same id and label on both halves).
+#[derive(Debug, Clone)]
+pub struct PairSpec {
+    /// RSA modulus bits; `None` for EC.
+    pub rsa_bits: Option<u64>,
+    /// EC curve `p256`, `p384` or `ed25519` when `rsa_bits` is `None`.
+    pub curve: String,
+    /// `CKA_ID`.
+    pub id: Vec<u8>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_EXTRACTABLE` of the private half.
+    pub extractable: bool,
+}
+
+/// DER `CKA_EC_PARAMS` (the named curve's OID) of a curve name.
+pub fn curve_oid(curve: &str) -> Option<Vec<u8>> {
+    match curve {
+        "p256" => Some(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+        "p384" => Some(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        // Ed25519 (RFC 8410): a key type hsm-sync does not sync, for tests of that.
+        "ed25519" => Some(vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
+        _ => None,
+    }
+}
+
+/// Generates a key pair on the token.
+pub fn generate_pair(s: &Session, spec: &PairSpec) -> Result<(), HsmError> {
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Id(spec.id.clone()),
+            Attribute::Label(spec.label.as_bytes().to_vec()),
+            Attribute::Private(private),
+        ]
+    };
+    let mut public = common(false);
+    public.push(Attribute::Verify(true));
+    let mut private = common(true);
+    private.extend([
+        Attribute::Sign(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(spec.extractable),
+    ]);
+    let mech = match spec.rsa_bits {
+        Some(bits) => {
+            public.extend([
+                Attribute::ModulusBits(bits.into()),
+                Attribute::PublicExponent(vec![1, 0, 1]),
+                Attribute::Encrypt(true),
+            ]);
+            private.push(Attribute::Decrypt(true));
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        None => {
+            let oid = curve_oid(&spec.curve).ok_or_else(|| pk("choosing a curve")(CkError::NotSupported))?;
+            public.push(Attribute::EcParams(oid));
+            if spec.curve == "ed25519" {
+                Mechanism::EccEdwardsKeyPairGen
+            } else {
+                Mechanism::EccKeyPairGen
+            }
+        }
+    };
+    s.generate_key_pair(&mech, &public, &private)
+        .map_err(pk("generating a key pair"))?;
+    Ok(())
+}
+
+fn find_class(s: &Session, class: ObjectClass, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+    match s
+        .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+        .map_err(pk("finding keys"))?
+        .as_slice()
+    {
+        [h] => Ok(*h),
+        _ => Err(pk("finding exactly one key with that id")(CkError::InvalidValue)),
+    }
+}
+
+fn is_ec(s: &Session, h: ObjectHandle) -> Result<bool, HsmError> {
+    let attrs = s
+        .get_attributes(h, &[AttributeType::KeyType])
+        .map_err(pk("reading the key type"))?;
+    Ok(attrs.iter().any(|a| matches!(a, Attribute::KeyType(CkKeyType::EC))))
+}
+
+/// Signs `message` with the private key of this id (RSA PKCS#1 v1.5 SHA-256, or ECDSA
+/// over the SHA-256 digest).
+pub fn sign(s: &Session, id: &[u8], message: &[u8]) -> Result<Vec<u8>, HsmError> {
+    let h = find_class(s, ObjectClass::PRIVATE_KEY, id)?;
+    if is_ec(s, h)? {
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        s.sign(&Mechanism::Ecdsa, h, &digest).map_err(pk("signing"))
+    } else {
+        s.sign(&Mechanism::Sha256RsaPkcs, h, message).map_err(pk("signing"))
+    }
+}
+
+/// Verifies a signature with the public key of this id.
+pub fn verify(s: &Session, id: &[u8], message: &[u8], signature: &[u8]) -> Result<bool, HsmError> {
+    let h = find_class(s, ObjectClass::PUBLIC_KEY, id)?;
+    let r = if is_ec(s, h)? {
+        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
+        s.verify(&Mechanism::Ecdsa, h, &digest, signature)
+    } else {
+        s.verify(&Mechanism::Sha256RsaPkcs, h, message, signature)
+    };
+    match r {
+        Ok(()) => Ok(true),
+        Err(CkError::Pkcs11(RvError::SignatureInvalid, _)) => Ok(false),
+        Err(e) => Err(pk("verifying")(e)),
+    }
+}
+
+/// Sets boolean usage attributes of the key(s) with this id (tests make drift with it).
+pub fn set_flags(s: &Session, id: &[u8], class: ObjectClass, attrs: &[Attribute]) -> Result<(), HsmError> {
+    let h = find_class(s, class, id)?;
+    s.update_attributes(h, attrs).map_err(pk("setting attributes"))
+}
+
+/// Replaces the key(s) with this id by a copy with a new label and `CKA_MODIFIABLE`
+/// false (`C_CopyObject`; MODIFIABLE cannot be changed in place): tests make an
+/// unmodifiable, drifted copy with it.
+pub fn freeze(s: &Session, id: &[u8], class: ObjectClass, label: &str) -> Result<(), HsmError> {
+    let h = find_class(s, class, id)?;
+    s.copy_object(
+        h,
+        &[
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Modifiable(false),
+        ],
+    )
+    .map_err(pk("copying the object"))?;
+    s.destroy_object(h).map_err(pk("destroying the original"))
+}
