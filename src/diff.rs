@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef, KeyType};
+use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef};
+use crate::domain::kind;
 use crate::domain::reason::Reason;
 use crate::domain::shard::Shard;
 use crate::inventory::{Inventories, Inventory};
@@ -137,21 +138,6 @@ impl Diff {
     }
 }
 
-/// What hsm-sync can copy: secret keys that AES key wrap carries, and RSA/EC pairs (the
-/// private half wrapped as PKCS#8, the public half rebuilt from its public attributes).
-/// Not Ed25519 and friends: SoftHSM cannot wrap them at all (PKCS11-NOTES.md).
-fn supported(k: &KeyObject) -> bool {
-    match k.class {
-        KeyClass::SecretKey => matches!(k.key_type, KeyType::Aes | KeyType::GenericSecret | KeyType::Des3),
-        KeyClass::PrivateKey => matches!(k.key_type, KeyType::Rsa | KeyType::Ec),
-        KeyClass::PublicKey => match k.key_type {
-            KeyType::Rsa => !k.public().modulus.is_empty() && !k.public().public_exponent.is_empty(),
-            KeyType::Ec => !k.public().ec_params.is_empty() && !k.public().ec_point.is_empty(),
-            _ => false,
-        },
-    }
-}
-
 /// Whether a crypto-user owns a key: its private objects, and the public halves of its
 /// key pairs (a public key whose private half, same id, is private on the source).
 fn owned_by_user(k: &KeyObject, source: &Inventory) -> bool {
@@ -167,46 +153,16 @@ fn owned_by_user(k: &KeyObject, source: &Inventory) -> bool {
     }
 }
 
-/// A generic secret whose length is not a multiple of 8 comes back from SoftHSM's unwrap
-/// zero-padded (PKCS11-NOTES.md). HMAC gives the same results for both values, nothing
-/// else does: such keys sync only when HMAC is all they may do (README, "Odd-length
-/// generic secrets").
-fn odd_length_blocker(k: &KeyObject) -> Option<String> {
-    let len = k.value_len?;
-    if k.key_type != KeyType::GenericSecret || len % 8 == 0 || len == 0 {
-        return None;
-    }
-    let f = &k.flags;
-    (f.encrypt || f.decrypt || f.wrap || f.unwrap || f.derive).then(|| {
-        format!("a {len}-byte generic secret would arrive zero-padded to {} bytes; only HMAC-only keys (sign/verify) are synced", len.div_ceil(8) * 8)
-    })
-}
-
-/// Attributes `update` may set, and how they differ.
+/// Attributes `update` may set, and how they differ: the label, and the usage flags
+/// the key's class carries (the kind table's).
 fn drift(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
-    let (a, b) = (&src.flags, &dst.flags);
     let mut out = Vec::new();
     if src.label != dst.label {
         out.push("label");
     }
-    let applies = |name: &str| match src.class {
-        KeyClass::SecretKey => !name.ends_with("recover"),
-        KeyClass::PrivateKey => matches!(name, "decrypt" | "sign" | "sign_recover" | "unwrap" | "derive"),
-        KeyClass::PublicKey => matches!(name, "encrypt" | "verify" | "verify_recover" | "wrap" | "derive"),
-    };
-    for (name, x, y) in [
-        ("encrypt", a.encrypt, b.encrypt),
-        ("decrypt", a.decrypt, b.decrypt),
-        ("sign", a.sign, b.sign),
-        ("verify", a.verify, b.verify),
-        ("wrap", a.wrap, b.wrap),
-        ("unwrap", a.unwrap, b.unwrap),
-        ("derive", a.derive, b.derive),
-        ("sign_recover", a.sign_recover, b.sign_recover),
-        ("verify_recover", a.verify_recover, b.verify_recover),
-    ] {
-        if applies(name) && x != y {
-            out.push(name);
+    for u in kind::usages(src.class) {
+        if u.of(&src.flags) != u.of(&dst.flags) {
+            out.push(u.name());
         }
     }
     out
@@ -449,8 +405,9 @@ fn decide(
     }
     // Every blocker is listed, not the first: fix them all in one pass (CONTRACT.md §3).
     let mut blockers = Why::none();
-    if !supported(k) {
-        blockers.add(Reason::UnsupportedKeyType, None);
+    let table = kind::blockers(k);
+    for (r, d) in table.iter().filter(|(r, _)| *r == Reason::UnsupportedKeyType) {
+        blockers.add(*r, d.clone());
     }
     if role == Role::CryptoUser && !owned_by_user(k, src_inv) {
         blockers.add(
@@ -465,8 +422,8 @@ fn decide(
     if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && tried)) {
         blockers.add(Reason::NotExtractable, None);
     }
-    if let Some(why) = odd_length_blocker(k) {
-        blockers.add(Reason::OddLengthSecret, Some(why));
+    for (r, d) in table.into_iter().filter(|(r, _)| *r != Reason::UnsupportedKeyType) {
+        blockers.add(r, d);
     }
     if !blockers.reasons.is_empty() {
         return mk(Action::Blocked, blockers, None);
@@ -566,7 +523,7 @@ fn deletions<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::key::KeyFlags;
+    use crate::domain::key::{KeyFlags, KeyType};
     use crate::inventory::Inventory;
 
     fn key(handle: u64, id: &str, label: &str, fp: &str) -> KeyObject {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::diff::{Action, Diff, DiffItem};
-use crate::domain::key::{KeyClass, KeyObject, KeyType};
+use crate::domain::key::KeyObject;
+use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
 use crate::hsm::ops::{public_fingerprint, Wrapped};
 use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
@@ -250,7 +251,9 @@ fn copy<S: KeyStore>(
     let Some(key) = items.first().and_then(|i| diff.items[*i].source_key.clone()) else {
         return Vec::new();
     };
-    let (material, fingerprint, attempts) = if key.class == KeyClass::PublicKey {
+    // The diff blocks kinds the table lacks; a key without a row would travel wrapped.
+    let travel = kind::kind(key.class, key.key_type).map_or(Travel::Wrapped, |k| k.travel);
+    let (material, fingerprint, attempts) = if travel == Travel::PublicAttributes {
         (Material::Public, public_fingerprint(key.key_type, key.public()), 1)
     } else {
         match sessions.retry(source, |s| s.wrap(key.handle, key.class)) {
@@ -268,7 +271,7 @@ fn copy<S: KeyStore>(
         }
     };
     // An odd-length HMAC key arrives zero-padded: prove the copy computes the same HMACs.
-    let hmac_check: Result<HmacCheck, HsmError> = if odd_length_hmac(&key) {
+    let hmac_check: Result<HmacCheck, HsmError> = if kind::proven_by_hmac(&key) {
         sessions
             .retry(source, |s| {
                 let challenge = s.random(32)?;
@@ -363,7 +366,8 @@ fn verify(
     // A secret or private copy is proven by wrapping it here (one call): the fingerprint
     // is the digest of that wrap. A public copy is read back and its public attributes
     // hashed.
-    let copy_fp = if key.class == KeyClass::PublicKey {
+    let proof = kind::kind(key.class, key.key_type).map_or(Proof::WrapDigest, |k| k.proof);
+    let copy_fp = if proof == Proof::PublicAttributes {
         let copy = t
             .read_key_at(h)
             .map_err(|e| format!("verify: {e}"))?
@@ -398,17 +402,13 @@ fn verify(
     }
 }
 
-fn odd_length_hmac(k: &KeyObject) -> bool {
-    k.key_type == KeyType::GenericSecret && k.value_len.is_some_and(|n| n % 8 != 0) && k.flags.sign
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::diff::DiffItem;
-    use crate::domain::key::{KeyFlags, KeyObject, KeyType};
+    use crate::domain::key::{KeyClass, KeyFlags, KeyObject, KeyType};
     use crate::hsm::memory::{Fault, MemoryStore};
     use crate::progress::Silent;
 

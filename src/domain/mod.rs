@@ -5,6 +5,7 @@
 
 pub mod event;
 pub mod key;
+pub mod kind;
 pub mod outcome;
 pub mod reason;
 pub mod shard;
