@@ -127,10 +127,19 @@ fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
 /// Runs an hsm-sync command in this process, exactly as the binary would (same entry
 /// point, same stages, same output), and returns the report it wrote to `report`.
 fn hsm_command(args: &[&str], report: &Path) -> hsm_sync::report::Report {
+    hsm_command_to(args, report, None)
+}
+
+/// [`hsm_command`] with the command's stdout sent to `stdout`.
+fn hsm_command_to(
+    args: &[&str],
+    report: &Path,
+    stdout: Option<Box<dyn std::io::Write + Send>>,
+) -> hsm_sync::report::Report {
     let argv = std::iter::once("hsm-sync")
         .chain(args.iter().copied())
         .map(std::ffi::OsString::from);
-    let code = hsm_sync::run(argv);
+    let code = hsm_sync::run_with(argv, stdout);
     assert_eq!(code, std::process::ExitCode::SUCCESS, "hsm-sync {args:?} failed");
     let text = std::fs::read(report).expect("the command wrote its report");
     serde_json::from_slice(&text).expect("a valid report")
@@ -198,39 +207,16 @@ fn hsm_plan(plan: &Path) -> (Duration, usize) {
     (took, r.summary.unchanged + r.summary.create)
 }
 
-/// `plan --format json`, its stdout captured to a file beside the plan.
+/// `plan --format json`, its stdout (the printer's, not the process's) written to a file
+/// beside the plan.
 fn hsm_plan_report(plan: &Path) -> hsm_sync::report::Report {
     let out = plan.with_file_name("plan-report.json");
     let file = std::fs::File::create(&out).expect("the plan output file");
-    // The command prints to stdout: point fd 1 at the file for its duration.
-    let saved = redirect_stdout(&file);
-    let r = hsm_command(&["plan", path_str(plan), "--format", "json"], &out);
-    restore_stdout(saved);
-    r
-}
-
-/// Points fd 1 at `file`; returns the old stdout to put back.
-fn redirect_stdout(file: &std::fs::File) -> i32 {
-    use std::io::Write as _;
-    use std::os::fd::AsRawFd;
-    let _ = std::io::stdout().flush();
-    // SAFETY: plain descriptor calls on descriptors this process owns.
-    unsafe {
-        let saved = libc::dup(1);
-        assert!(saved >= 0 && libc::dup2(file.as_raw_fd(), 1) == 1, "redirecting stdout");
-        saved
-    }
-}
-
-/// Puts back the stdout [`redirect_stdout`] saved.
-fn restore_stdout(saved: i32) {
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    // SAFETY: `saved` is the descriptor `dup` returned.
-    unsafe {
-        libc::dup2(saved, 1);
-        libc::close(saved);
-    }
+    hsm_command_to(
+        &["plan", path_str(plan), "--format", "json"],
+        &out,
+        Some(Box::new(file)),
+    )
 }
 
 /// A path as the `&str` an argument list wants.
