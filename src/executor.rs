@@ -19,6 +19,7 @@ use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
 use crate::hsm::ops::{public_fingerprint, Wrapped};
 use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
+use crate::interrupt::Stop;
 use crate::progress::Reporter;
 
 /// Tries per operation, and the first backoff (doubled after each failure).
@@ -89,12 +90,15 @@ fn outcome(start: Instant, attempts: u32, r: Result<(Option<String>, Option<Stri
 
 /// Runs every change of `diff` with `threads` workers. `allow_destroy` gates deletions
 /// (skipped otherwise). Returns one outcome per diff item, in order.
+/// Once `stop` is requested no new unit starts, and a copy goes to no further target;
+/// what is in flight finishes and is verified, and the rest is `skipped`.
 pub fn execute<S: KeyStore>(
     diff: &Diff,
     store: &S,
     threads: usize,
     allow_destroy: bool,
     reporter: &dyn Reporter,
+    stop: &Stop,
 ) -> Vec<Outcome> {
     let mut units = Vec::new();
     let mut copies: HashMap<(std::sync::Arc<str>, u64), usize> = HashMap::new();
@@ -150,9 +154,12 @@ pub fn execute<S: KeyStore>(
         units
             .par_iter()
             .map(|unit| {
+                if stop.requested() {
+                    return Vec::new();
+                }
                 let slot = rayon::current_thread_index().unwrap_or(0) % workers;
                 let mut sessions = slots[slot].lock().unwrap_or_else(|p| p.into_inner());
-                let done = run_unit(&mut sessions, diff, unit);
+                let done = run_unit(&mut sessions, diff, unit, stop);
                 for (i, o) in &done {
                     reporter.job_done(&diff.items[*i].target, o.status == Status::Ok);
                 }
@@ -198,9 +205,14 @@ fn not_run(it: &DiffItem, allow_destroy: bool) -> Outcome {
     }
 }
 
-fn run_unit<S: KeyStore>(sessions: &mut Sessions<'_, S>, diff: &Diff, unit: &Unit) -> Vec<(usize, Outcome)> {
+fn run_unit<S: KeyStore>(
+    sessions: &mut Sessions<'_, S>,
+    diff: &Diff,
+    unit: &Unit,
+    stop: &Stop,
+) -> Vec<(usize, Outcome)> {
     match unit {
-        Unit::Copy { source, items } => copy(sessions, diff, source, items),
+        Unit::Copy { source, items } => copy(sessions, diff, source, items, stop),
         Unit::Update(i) => {
             let start = Instant::now();
             let it = &diff.items[*i];
@@ -246,6 +258,7 @@ fn copy<S: KeyStore>(
     diff: &Diff,
     source: &str,
     items: &[usize],
+    stop: &Stop,
 ) -> Vec<(usize, Outcome)> {
     let start = Instant::now();
     let Some(key) = items.first().and_then(|i| diff.items[*i].source_key.clone()) else {
@@ -284,6 +297,9 @@ fn copy<S: KeyStore>(
     };
     let mut out = Vec::with_capacity(items.len());
     for &i in items {
+        if stop.requested() {
+            break;
+        }
         let start = Instant::now();
         let target = &diff.items[i].target;
         // A repair: the unverified copy an interrupted run left goes first.
@@ -467,7 +483,7 @@ mod tests {
     }
 
     fn run(store: &MemoryStore, diff: &Diff) -> Vec<Outcome> {
-        execute(diff, store, 2, false, &Silent)
+        execute(diff, store, 2, false, &Silent, crate::interrupt::never())
     }
 
     fn copies(store: &MemoryStore) -> Vec<Vec<u8>> {
@@ -541,6 +557,17 @@ mod tests {
         assert_eq!(failed[0].attempts, 1, "a fatal error is never retried");
         assert_eq!(out.iter().filter(|o| o.status == Status::Ok).count(), 1);
         assert_eq!(copies(&store).len(), 1);
+    }
+
+    #[test]
+    fn after_a_stop_no_job_starts_and_the_rest_is_skipped() {
+        let (store, diff) = world(&[(1, SECRET), (2, SECRET)]);
+        let stop = Stop::default();
+        stop.request(15);
+        let out = execute(&diff, &store, 2, false, &Silent, &stop);
+        assert!(out.iter().all(|o| o.status == Status::Skipped), "{out:?}");
+        assert!(copies(&store).is_empty());
+        assert_eq!(store.calls("src", "wrap"), 0, "nothing was started");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum ExitStatus {
     Incomplete,
     /// 4: `notify` refused because a selected key is within its cooldown (nothing sent).
     Cooldown,
+    /// 128 + the signal (130 SIGINT, 143 SIGTERM): stopped by a signal, the jobs in
+    /// flight finished and verified, the rest skipped.
+    Interrupted(i32),
 }
 
 impl ExitStatus {
@@ -27,6 +30,7 @@ impl ExitStatus {
             ExitStatus::ChangesPending => 2,
             ExitStatus::Incomplete => 3,
             ExitStatus::Cooldown => 4,
+            ExitStatus::Interrupted(sig) => u8::try_from(128 + sig.clamp(1, 127)).unwrap_or(u8::MAX),
         }
     }
 }
@@ -54,5 +58,7 @@ mod tests {
         .map(|s| s.code())
         .collect();
         assert_eq!(codes, vec![0, 1, 2, 3, 4]);
+        assert_eq!(ExitStatus::Interrupted(2).code(), 130);
+        assert_eq!(ExitStatus::Interrupted(15).code(), 143);
     }
 }

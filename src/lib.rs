@@ -23,6 +23,7 @@ pub mod error;
 pub mod executor;
 pub mod exit;
 pub mod hsm;
+pub mod interrupt;
 pub mod inventory;
 pub mod junit;
 pub mod limits;

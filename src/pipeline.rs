@@ -123,6 +123,8 @@ pub struct Execution<'a> {
     pub reporter: &'a dyn Reporter,
     /// When the command started.
     pub started: SystemTime,
+    /// Set by the first SIGINT/SIGTERM: no new job starts.
+    pub stop: &'a crate::interrupt::Stop,
 }
 
 /// What a run of the jobs did.
@@ -140,8 +142,20 @@ pub struct Executed {
 /// notification never undoes the sync).
 pub fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Result<Executed> {
     let t = std::time::Instant::now();
-    let journals = write_journals(online)?;
-    let outcomes = executor::execute(&online.diff, &online.tokens, e.threads, e.allow_destroy, e.reporter);
+    // A stop asked for before any job: no job will start, so no journal either.
+    let journals = if e.stop.requested() {
+        Vec::new()
+    } else {
+        write_journals(online)?
+    };
+    let outcomes = executor::execute(
+        &online.diff,
+        &online.tokens,
+        e.threads,
+        e.allow_destroy,
+        e.reporter,
+        e.stop,
+    );
     let mut warnings = Vec::new();
     for target in journals {
         let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
@@ -161,6 +175,7 @@ pub fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Resul
         ..online.timings.clone()
     });
     report.finished_at = crate::report::timestamp(SystemTime::now());
+    report.interrupted = e.stop.requested();
     Ok(Executed {
         report,
         notified,

@@ -131,6 +131,9 @@ pub struct Report {
     pub jobs: Vec<JobRecord>,
     /// Every notification's outcome.
     pub notifications: Vec<NotificationRecord>,
+    /// True only for a run stopped by SIGINT/SIGTERM: jobs not started are `skipped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     /// Where the run's wall time went (absent for `notify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<Timings>,
@@ -247,6 +250,7 @@ impl Report {
             summary: Summary::of(diff, outcomes),
             jobs: Vec::new(),
             notifications: Vec::new(),
+            interrupted: false,
             timings: None,
         }
     }
@@ -282,6 +286,9 @@ impl Serialize for PlanJson<'_> {
         st.serialize_field("summary", &r.summary)?;
         st.serialize_field("jobs", &Jobs(self.diff))?;
         st.serialize_field("notifications", &r.notifications)?;
+        if r.interrupted {
+            st.serialize_field("interrupted", &true)?;
+        }
         if let Some(t) = &r.timings {
             st.serialize_field("timings", t)?;
         }

@@ -41,6 +41,9 @@ pub(super) struct RunOptions<'a> {
 
 pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
+    // From the start: a signal during login or the inventory then starts no job at all
+    // (the report still says so).
+    stop_handlers(p);
     let (plan, saved) = match saved::read(&a.plan) {
         Ok(Some(saved)) => (
             load_text(p, Path::new(&saved.plan_path), saved.plan_text.clone())?,
@@ -143,6 +146,7 @@ pub(super) fn run_jobs(
     o: &RunOptions,
     started: SystemTime,
 ) -> Result<(Report, ExitStatus)> {
+    let stop = stop_handlers(p);
     let run = crate::pipeline::execute(
         plan,
         online,
@@ -153,6 +157,7 @@ pub(super) fn run_jobs(
             allow_destroy: o.allow_destroy,
             reporter: progress::for_terminal(o.quiet).as_ref(),
             started,
+            stop,
         },
     )?;
     for w in &run.warnings {
@@ -250,12 +255,39 @@ pub(super) fn run_jobs(
             crate::error::Error::NothingChanged(e)
         });
     }
+    if let Some(sig) = stop.signal() {
+        let skipped = report.jobs.iter().filter(|j| j.status == Status::Skipped).count();
+        p.error_line(&format!(
+            "interrupted by {}: the jobs in flight finished and were verified, {skipped} job(s) skipped; run apply again to finish",
+            signal_name(sig)
+        ));
+        return Ok((report, ExitStatus::Interrupted(sig)));
+    }
     let status = if failed_or_left > 0 || notified.failed() {
         ExitStatus::Incomplete
     } else {
         ExitStatus::Success
     };
     Ok((report, status))
+}
+
+/// The stop flags, with SIGINT/SIGTERM handlers installed (once per process). Without
+/// them a signal would kill the run mid-call, leaving half-made objects on a target.
+pub(super) fn stop_handlers(p: &Printer) -> &'static crate::interrupt::Stop {
+    crate::interrupt::install().unwrap_or_else(|e| {
+        p.warn(&format!(
+            "cannot catch SIGINT/SIGTERM ({e}): a signal stops this run at once"
+        ));
+        crate::interrupt::never()
+    })
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        2 => "SIGINT",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
 }
 
 fn count_failed(report: &Report, action: Action) -> usize {

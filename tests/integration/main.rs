@@ -6,6 +6,7 @@ mod edges;
 mod engine;
 mod faults;
 mod hostile;
+mod interrupt;
 mod notify;
 mod plan_lang;
 mod reliability;

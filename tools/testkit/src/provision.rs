@@ -45,6 +45,31 @@ pub fn label_of(s: &Session, h: ObjectHandle) -> Result<String, HsmError> {
         .unwrap_or_default())
 }
 
+/// Every token object as (class, id, label): what an interrupted run may have left
+/// (objects with neither id nor label are what a killed `C_UnwrapKey` leaves on SoftHSM).
+pub fn objects(s: &Session) -> Result<Vec<(String, Vec<u8>, String)>, HsmError> {
+    let mut out = Vec::new();
+    for h in s
+        .find_objects(&[Attribute::Token(true)])
+        .map_err(pk("finding objects"))?
+    {
+        let attrs = s
+            .get_attributes(h, &[AttributeType::Class, AttributeType::Id, AttributeType::Label])
+            .map_err(pk("reading an object"))?;
+        let (mut class, mut id, mut label) = (String::new(), Vec::new(), String::new());
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = c.to_string(),
+                Attribute::Id(v) => id = v,
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                _ => {}
+            }
+        }
+        out.push((class, id, label));
+    }
+    Ok(out)
+}
+
 /// Sets the label of an object (tests make attribute drift with it).
 pub fn set_label(s: &Session, h: ObjectHandle, label: &str) -> Result<(), HsmError> {
     s.update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])

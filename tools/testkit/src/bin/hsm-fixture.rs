@@ -23,6 +23,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Print every token object as `CLASS ID-HEX LABEL`, one per line (id `-` when empty).
+    Objects { token: String },
     /// Write DIR/softhsm2.conf and initialise tokens (PIN: `DIR/<token>.pin`).
     Init { tokens: Vec<String> },
     /// Import one fresh random domain key into each listed token (a "cloned" set).
@@ -327,6 +329,17 @@ fn run(a: Args) -> Result<(), String> {
                 return Err(format!("{} keys with id {id}", found.len()));
             };
             provision::set_label(&s, *h, &label).map_err(e)?;
+        }
+        Cmd::Objects { token } => {
+            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            for (class, id, label) in provision::objects(&s).map_err(e)? {
+                let id = if id.is_empty() {
+                    "-".to_string()
+                } else {
+                    hex::encode(id)
+                };
+                println!("{class} {id} {label}");
+            }
         }
         Cmd::Count { token, id, data } => {
             let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
