@@ -109,6 +109,9 @@ pub struct ApplyArgs {
     /// No progress bars and no per-job lines; the summary and errors only.
     #[arg(long)]
     pub quiet: bool,
+    /// Off a terminal, print a progress line to stderr this often (e.g. 10s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+    pub progress_interval: std::time::Duration,
     /// Only shard i of n (from 1): keys are split by a hash of their identity, so n
     /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
     #[arg(long, value_name = "I/N")]
@@ -203,4 +206,13 @@ pub struct SchemaArgs {
     /// Which schema.
     #[arg(value_enum)]
     pub kind: SchemaKind,
+}
+
+/// A humantime duration of at least 10 ms (a zero interval would print without end).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= std::time::Duration::from_millis(10) => Ok(d),
+        Ok(_) => Err(format!("`{s}` is too short: write at least 10ms")),
+        Err(e) => Err(format!("`{s}` is not a duration ({e}): write e.g. 10s or 1m")),
+    }
 }

@@ -4,10 +4,11 @@
 //! Bars are drawn only on a terminal and never in quiet mode.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::sync::mpsc::{Receiver, Sender};
+use std::io::{IsTerminal, Write};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -37,26 +38,36 @@ enum Event {
     End,
 }
 
-/// indicatif bars on stderr, drawn by one thread that owns them: workers only send
-/// events over a channel (uv's reporters; STYLE.md habit 9), so no bar is touched from a
-/// rayon worker and a slow terminal never holds a job up.
-pub struct Bars {
+/// A reporter whose events go over a channel to one thread that owns the output (uv's
+/// reporters; STYLE.md habit 9): no bar or line is drawn from a rayon worker, and a
+/// slow terminal never holds a job up.
+pub struct Drawer {
     tx: Mutex<Option<Sender<Event>>>,
     drawer: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Bars {
-    /// Starts the drawing thread; bars appear at [`Reporter::begin`].
-    pub fn new() -> Self {
+impl Drawer {
+    fn spawn(name: &str, draw: impl FnOnce(Receiver<Event>) + Send + 'static) -> Drawer {
         let (tx, rx) = std::sync::mpsc::channel();
         let drawer = std::thread::Builder::new()
-            .name("hsm-sync-progress".into())
+            .name(name.into())
             .spawn(move || draw(rx))
             .ok();
-        Bars {
+        Drawer {
             tx: Mutex::new(drawer.as_ref().map(|_| tx)),
             drawer: Mutex::new(drawer),
         }
+    }
+
+    /// indicatif bars on stderr, one per target plus an overall line.
+    pub fn bars() -> Drawer {
+        Drawer::spawn("hsm-sync-progress", draw)
+    }
+
+    /// Off a terminal, a line on stderr every `every` (done/total, keys/s, eta): a CI job
+    /// that prints nothing for minutes is killed for silence (issue 16).
+    pub fn ticker(every: Duration) -> Drawer {
+        Drawer::spawn("hsm-sync-ticker", move |rx| tick(rx, every))
     }
 
     fn send(&self, e: Event) {
@@ -67,13 +78,7 @@ impl Bars {
     }
 }
 
-impl Default for Bars {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Reporter for Bars {
+impl Reporter for Drawer {
     fn begin(&self, per_target: &[(String, u64)]) {
         self.send(Event::Begin(per_target.to_vec()));
     }
@@ -149,11 +154,51 @@ fn with_rate(style: ProgressStyle) -> ProgressStyle {
     })
 }
 
-/// Bars when stderr is a terminal and output is not quiet, else silence.
-pub fn for_terminal(quiet: bool) -> Box<dyn Reporter> {
-    if !quiet && std::io::stderr().is_terminal() {
-        Box::new(Bars::new())
-    } else {
+/// The ticking thread: counts events and prints a line each time `every` passes.
+fn tick(rx: Receiver<Event>, every: Duration) {
+    let start = Instant::now();
+    let (mut total, mut done, mut failed) = (0u64, 0u64, 0u64);
+    let mut next = start + every;
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Event::Begin(per_target)) => total = per_target.iter().map(|(_, n)| n).sum(),
+            Ok(Event::Done { ok, .. }) => {
+                done += 1;
+                failed += u64::from(!ok);
+            }
+            Ok(Event::End) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let secs = start.elapsed().as_secs_f64().max(0.001);
+                let rate = done as f64 / secs;
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", total.saturating_sub(done) as f64 / rate)
+                } else {
+                    "?".into()
+                };
+                let failures = if failed > 0 {
+                    format!(", {failed} failed")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "progress: {done}/{total} jobs, {rate:.0} keys/s, eta {eta}{failures}"
+                );
+                next += every;
+            }
+        }
+    }
+}
+
+/// Bars when stderr is a terminal, a progress line every `every` off one, and silence
+/// when quiet.
+pub fn for_output(quiet: bool, every: Duration) -> Box<dyn Reporter> {
+    if quiet {
         Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Drawer::bars())
+    } else {
+        Box::new(Drawer::ticker(every))
     }
 }

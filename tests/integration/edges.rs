@@ -111,3 +111,32 @@ fn inventory_into_a_closed_pipe_ends_quietly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn off_a_terminal_apply_prints_a_progress_line_every_interval_unless_quiet() {
+    let w = pair()
+        .key("primary", "a1", "pay", &["--count", "600"])
+        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+    let a = w.run(&["apply", "plan.yaml", "--progress-interval", "50ms"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let lines: Vec<&str> = a.stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(!lines.is_empty(), "a CI log sees progress: {a:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("/600 jobs") && l.contains("keys/s") && l.contains("eta")),
+        "{lines:?}"
+    );
+
+    w.fixture(&["keygen", "primary", "--id", "b1", "--label", "more", "--count", "300"]);
+    w.write(
+        "plan.yaml",
+        &two_cluster_plan("      - label: \"*\"\n").replace("{module}", &crate::world::softhsm().display().to_string()),
+    );
+    let q = w.run(&["apply", "plan.yaml", "--quiet", "--progress-interval", "10ms"]);
+    assert_eq!(q.code, 0, "{q:?}");
+    assert!(!q.stderr.contains("progress: "), "quiet means no progress: {q:?}");
+    let bad = w.run(&["apply", "plan.yaml", "--progress-interval", "0s"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("too short"), "{bad:?}");
+}
