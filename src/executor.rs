@@ -16,8 +16,7 @@ use rayon::prelude::*;
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 use crate::domain::outcome::{Outcome, Status};
-use crate::hsm::ops::{public_fingerprint, Wrapped};
-use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
+use crate::hsm::{is_transient, public_fingerprint, HsmError, KeySession, KeyStore, Wrapped};
 use crate::progress::Reporter;
 
 /// Tries per operation, and the first backoff (doubled after each failure).

@@ -8,13 +8,16 @@
 
 pub mod attributes;
 mod error;
+mod fingerprint;
+mod lineage;
 #[cfg(test)]
 pub(crate) mod memory;
-pub mod ops;
 pub mod port;
 pub mod profile;
+pub mod records;
+mod session;
 pub mod softhsm;
-pub mod state;
+mod wrap;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,9 +31,11 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
-pub use ops::TokenSession;
+pub use fingerprint::{fingerprint_of, public_fingerprint};
 pub use port::{KeySession, KeyStore};
-pub use state::DataObject;
+pub use records::DataObject;
+pub use session::TokenSession;
+pub use wrap::Wrapped;
 
 use crate::domain::token::TokenRef;
 
@@ -275,7 +280,7 @@ impl Token {
             ObjectClass::PUBLIC_KEY,
         ] {
             for h in session
-                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], ops::FIND_BATCH)
+                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], session::FIND_BATCH)
                 .map_err(self.pk("listing objects"))?
             {
                 listed.push(h.map_err(self.pk("listing objects"))?.handle());
@@ -318,7 +323,7 @@ impl Token {
         let domain_key = match *dk {
             Some(h) => h,
             None => {
-                let h = ops::find_domain_key(&s, &self.cluster, &self.domain_label)?;
+                let h = session::find_domain_key(&s, &self.cluster, &self.domain_label)?;
                 *dk = Some(h);
                 h
             }
