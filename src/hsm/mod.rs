@@ -14,6 +14,7 @@ mod lineage;
 pub(crate) mod memory;
 pub mod port;
 pub mod profile;
+mod raw;
 pub mod records;
 mod session;
 pub mod softhsm;
@@ -38,6 +39,7 @@ pub use session::TokenSession;
 pub use wrap::Wrapped;
 
 use crate::domain::token::TokenRef;
+use raw::RawFns;
 
 /// Which token a cluster is, as the token layer needs it (built from the plan by
 /// `connect`, so this module never names plan types).
@@ -60,37 +62,6 @@ pub struct LoginSpec<'a> {
     pub user: &'a str,
     /// Where the PIN came from.
     pub pin_source: &'a str,
-}
-
-/// A module's raw function list, beside cryptoki's context on the same library, for the
-/// calls where cryptoki's convenience costs double (PKCS11-NOTES.md): `Session::wrap_key`
-/// calls `C_WrapKey` twice and the token does the whole wrap both times; `get_attributes`
-/// calls `C_GetAttributeValue` twice for variable-length attributes. One call with buffers
-/// sized in advance does the same work once (issue 6).
-pub(crate) struct RawFns {
-    /// The function list the module handed out (plain function pointers).
-    pub(crate) f: cryptoki_sys::CK_FUNCTION_LIST,
-    /// Keeps the library (and so the pointers in `f`) loaded.
-    _lib: cryptoki_sys::Pkcs11,
-}
-
-impl RawFns {
-    /// Loads the library again (the dynamic loader shares the instance cryptoki loaded)
-    /// and takes its function list; `None` when the module offers none.
-    fn load(path: &Path) -> Option<RawFns> {
-        // SAFETY: the library is the PKCS#11 module cryptoki already loaded and
-        // initialised; C_GetFunctionList only hands out a pointer to its static table,
-        // which stays valid while `_lib` keeps the library loaded.
-        unsafe {
-            let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
-            let get = *lib.C_GetFunctionList.as_ref().ok()?;
-            let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-            if get(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
-                return None;
-            }
-            Some(RawFns { f: *list, _lib: lib })
-        }
-    }
 }
 
 /// A loaded module: cryptoki's context and, where available, the raw function list.

@@ -28,7 +28,7 @@
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
-use super::{HsmError, TokenSession};
+use super::{raw, HsmError, TokenSession};
 
 /// The buffer a record's label or value is read into in one call (larger ones take
 /// cryptoki's two).
@@ -152,8 +152,7 @@ impl TokenSession {
     /// Replaces a data object's record in place: in `CKA_VALUE` where the token allows
     /// it (the label then goes back to the bare name), else in the label.
     pub fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
+        let h = raw::object(old.handle);
         let in_label = || self.set_data_label(old.handle, &format!("{} {record}", old.name()));
         if old.label.contains(' ') {
             // This token keeps records in labels already.
@@ -176,8 +175,7 @@ impl TokenSession {
     /// which every token allows on a modifiable object; SoftHSM refuses to change a data
     /// object's `CKA_VALUE`).
     pub fn set_data_label(&self, handle: u64, label: &str) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         self.s
             .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
             .map_err(self.pk("updating an hsm-sync data object"))
@@ -186,8 +184,7 @@ impl TokenSession {
     /// Reads one data object again by handle (its attributes as the token holds them
     /// now, another process's changes included); `None` if it is gone.
     pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        self.read_data(unsafe { ObjectHandle::new_from_raw(handle) })
+        self.read_data(raw::object(handle))
     }
 
     /// Destroys a data object; one that is already gone counts as destroyed.
@@ -237,8 +234,7 @@ impl TokenSession {
     /// Destroys a data object; one that is already gone counts as destroyed (another run
     /// removed it first).
     fn destroy_object(&self, handle: u64, op: &'static str) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         match self.s.destroy_object(h) {
             Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
             Err(e) => Err(self.pk(op)(e)),

@@ -7,15 +7,15 @@
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use cryptoki::context::Function;
-use cryptoki::error::{Error as CkError, Rv, RvError};
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
 use super::profile::Profile;
-use super::{HsmError, RawFns};
+use super::raw::{self, RawFns};
+use super::HsmError;
 use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
@@ -136,8 +136,7 @@ impl TokenSession {
     /// Secret and private keys only if `wrap` (theirs costs a `C_WrapKey`); a public
     /// key's comes from its attributes, always.
     pub fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
-        // SAFETY: handles come from this token's own listing.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         match self.read_key(h)? {
             Some(mut k) => {
                 if wrap || k.class == KeyClass::PublicKey {
@@ -223,71 +222,21 @@ impl TokenSession {
         sizes: &[usize],
         must_have: &[AttributeType],
     ) -> Option<Result<Vec<Attribute>, CkError>> {
-        let get = self.raw.as_ref()?.f.C_GetAttributeValue?;
-        let mut buf = vec![0u8; sizes.iter().sum()];
-        let mut template = Vec::with_capacity(types.len());
-        let mut at = 0;
-        for (t, n) in types.iter().zip(sizes) {
-            template.push(cryptoki_sys::CK_ATTRIBUTE {
-                type_: (*t).into(),
-                // SAFETY: `at + n` never exceeds the buffer (it is the sum of the sizes).
-                pValue: unsafe { buf.as_mut_ptr().add(at) }.cast(),
-                ulValueLen: *n as cryptoki_sys::CK_ULONG,
-            });
-            at += n;
-        }
-        // SAFETY: every template entry points at its own part of `buf`, of its stated
-        // length; `buf` and `template` outlive the call. The session is this one's.
-        let rv = unsafe {
-            get(
-                self.s.handle(),
-                h.handle(),
-                template.as_mut_ptr(),
-                template.len() as cryptoki_sys::CK_ULONG,
-            )
-        };
-        match Rv::from(rv) {
-            Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
-            Rv::Error(RvError::BufferTooSmall) => return None,
-            other => return Some(other.into_result(Function::GetAttributeValue).map(|()| Vec::new())),
-        }
-        // When another attribute's error (a sensitive value) is what the call returned, a
-        // value too long for its buffer shows only as "unavailable", with no
-        // CKR_BUFFER_TOO_SMALL: for what every object has, let cryptoki size it instead.
-        if types
-            .iter()
-            .zip(&template)
-            .any(|(t, a)| must_have.contains(t) && a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION)
-        {
-            return None;
-        }
-        let mut out = Vec::with_capacity(types.len());
-        for (a, n) in template.iter().zip(sizes) {
-            if a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION {
-                continue;
-            }
-            if a.ulValueLen as usize > *n {
-                return None;
-            }
-            match Attribute::try_from(*a) {
-                Ok(v) => out.push(v),
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        Some(Ok(out))
+        self.raw
+            .as_ref()?
+            .get_attribute_value(&self.s, h, types, sizes, must_have)
     }
 
     /// Reads the key at a handle this session just made (for verification).
     pub fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
-        // SAFETY: the handle comes from this token's own unwrap or create.
-        self.read_key(unsafe { ObjectHandle::new_from_raw(handle) })
+        self.read_key(raw::object(handle))
     }
 
     /// The handle of a key named by the plan's `handle:` selector, if it is a key here.
     pub fn key_by_handle(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
-        // SAFETY: a handle from the operator may name nothing; the token answers
+        // A handle from the operator may name nothing; the token answers
         // CKR_OBJECT_HANDLE_INVALID, which read_key turns into None.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         match self.read_key(h)? {
             Some(mut k) => {
                 k.fingerprint = self.fingerprint(&k)?;
@@ -321,8 +270,7 @@ impl TokenSession {
 
     /// Sets a copy's label and usage flags to the source's (`update`).
     pub fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own listing.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         let mut template = vec![Attribute::Label(like.label.as_bytes().to_vec())];
         template.extend(usage_attributes(like.class, &like.flags));
         self.s
@@ -332,8 +280,7 @@ impl TokenSession {
 
     /// Destroys an object (used to remove a copy that failed verification).
     pub fn destroy(&self, handle: u64) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own listing or unwrap.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         self.s.destroy_object(h).map_err(self.pk("destroying an object"))
     }
 
@@ -341,8 +288,7 @@ impl TokenSession {
     /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
     /// SHA-1). `None` when the key fits neither.
     pub fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
-        // SAFETY: as above.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
             match self.s.sign(&mech, h, data) {
                 Ok(mac) => return Ok(Some(mac)),

@@ -2,14 +2,13 @@
 //! under the domain key, and making a copy from a blob (unwrap) or from public
 //! attributes, with the one copy template both use.
 
-use cryptoki::context::Function;
-use cryptoki::error::{Error as CkError, Rv, RvError};
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType as CkKeyType};
 use zeroize::Zeroizing;
 
 use super::attributes::{ck_class, ck_type, usage_attributes};
-use super::{HsmError, TokenSession};
+use super::{raw, HsmError, TokenSession};
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
@@ -41,48 +40,17 @@ impl TokenSession {
     /// Wraps a key under the domain key (RFC 5649): one `C_WrapKey` into a buffer sized
     /// in advance for its class, else cryptoki's two calls.
     pub fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
-        // SAFETY: handles come from this token's own listing.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
+        let h = raw::object(handle);
         let size = match class {
             KeyClass::SecretKey => WRAP_BUF_SECRET,
             _ => WRAP_BUF_PRIVATE,
         };
-        if let Some(wrap) = self.raw.as_ref().and_then(|r| r.f.C_WrapKey) {
-            let mut buf = Zeroizing::new(vec![0u8; size]);
-            let mut len = size as cryptoki_sys::CK_ULONG;
-            let mut mech = cryptoki_sys::CK_MECHANISM {
-                mechanism: cryptoki_sys::CKM_AES_KEY_WRAP_PAD,
-                pParameter: std::ptr::null_mut(),
-                ulParameterLen: 0,
-            };
-            // SAFETY: the mechanism takes no parameter; `buf` is writable for `len`
-            // bytes; the session and handles belong to this token.
-            let rv = unsafe {
-                wrap(
-                    self.s.handle(),
-                    &mut mech,
-                    self.domain_key.handle(),
-                    h.handle(),
-                    buf.as_mut_ptr(),
-                    &mut len,
-                )
-            };
-            match Rv::from(rv) {
-                Rv::Ok if len as usize <= size => {
-                    buf.truncate(len as usize);
-                    return Ok(Wrapped(buf));
-                }
-                // Larger than foreseen: let cryptoki ask for the size.
-                Rv::Ok | Rv::Error(RvError::BufferTooSmall) => {}
-                other => {
-                    return Err(self.pk("wrapping a key")(
-                        other
-                            .into_result(Function::WrapKey)
-                            .err()
-                            .unwrap_or(CkError::NotSupported),
-                    ))
-                }
-            }
+        let one_call = self
+            .raw
+            .as_ref()
+            .and_then(|r| r.wrap_key(&self.s, cryptoki_sys::CKM_AES_KEY_WRAP_PAD, self.domain_key, h, size));
+        if let Some(blob) = one_call {
+            return blob.map(Wrapped).map_err(self.pk("wrapping a key"));
         }
         let blob = self
             .s
