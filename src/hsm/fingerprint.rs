@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 use super::{HsmError, TokenSession, Wrapped};
 use crate::domain::key::{KeyClass, KeyObject, KeyType, PublicParts};
 
-/// A key fingerprint: SHA-256 over a domain-separation tag, the class and the RFC 5649
-/// wrap of the key under the domain key, first 8 bytes in hex. AES key wrap is
+/// A key fingerprint: SHA-256 over a domain-separation tag, the class and the wrap of the
+/// key under the domain key with the token profile's mechanism (RFC 5649 for every
+/// profile today), first 8 bytes in hex. AES key wrap is
 /// deterministic, so equal keys under one lineage give equal fingerprints, and the digest
 /// reveals nothing of the key (CONTRACT.md §1; 64 bits, not a 3-byte KCV).
 pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {

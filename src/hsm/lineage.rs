@@ -8,7 +8,6 @@ use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::wrap::WRAP;
 use super::{HsmError, TokenSession, Wrapped};
 
 impl TokenSession {
@@ -55,9 +54,10 @@ impl TokenSession {
             )
             .map_err(self.pk("generating the lineage session key"))?;
         let result = (|| {
+            let mechanism = self.wrap_mechanism("wrapping the lineage session key")?;
             let blob = self
                 .s
-                .wrap_key(&WRAP, self.domain_key, key)
+                .wrap_key(&mechanism, self.domain_key, key)
                 .map_err(self.pk("wrapping the lineage session key"))?;
             let check = self
                 .s
@@ -79,7 +79,8 @@ impl TokenSession {
             Attribute::Encrypt(true),
             Attribute::Extractable(false),
         ];
-        let key = match self.s.unwrap_key(&WRAP, self.domain_key, &blob.0, &template) {
+        let mechanism = self.wrap_mechanism("unwrapping the lineage session key")?;
+        let key = match self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template) {
             Ok(k) => k,
             Err(CkError::Pkcs11(
                 rv @ (RvError::WrappedKeyInvalid

@@ -36,7 +36,7 @@ pub use fingerprint::{fingerprint_of, public_fingerprint};
 pub use port::{KeySession, KeyStore};
 pub use records::DataObject;
 pub use session::TokenSession;
-pub use wrap::Wrapped;
+pub use wrap::{WrapMechanism, Wrapped};
 
 use crate::domain::token::TokenRef;
 use raw::RawFns;
