@@ -5,6 +5,20 @@
 //! Thread model (rust-cryptoki `thread_local_session.rs`, parsec): one `Pkcs11` context
 //! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes
 //! off) and shared; one `Session` per worker (`Send`, not `Sync`).
+//!
+//! This file loads modules and opens tokens ([`Modules`], [`Token`]: login once, one
+//! session per worker). The rest, one concern a file:
+//!
+//! - [`port`]: the key-store port the executor is generic over; `memory.rs` its
+//!   in-memory implementation for unit tests;
+//! - `session.rs`: [`TokenSession`], reading and changing keys in place;
+//! - `wrap.rs`: [`Wrapped`], wrap, unwrap and public-key copies, [`WrapMechanism`];
+//! - `fingerprint.rs`: [`fingerprint_of`], [`public_fingerprint`];
+//! - `lineage.rs`: the lineage fingerprint and proof;
+//! - [`records`]: hsm-sync's own data objects (the in-flight journal, state records);
+//! - [`attributes`], [`profile`]: the attribute table and the per-vendor profiles;
+//! - `raw.rs`: every `unsafe` and raw FFI call of the crate;
+//! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
 pub mod attributes;
 mod error;
