@@ -17,7 +17,7 @@
 //! - `lineage.rs`: the lineage fingerprint and proof;
 //! - [`records`]: hsm-sync's own data objects (the in-flight journal, state records);
 //! - [`attributes`], [`profile`]: the attribute table and the per-vendor profiles;
-//! - `raw.rs`: every `unsafe` and raw FFI call of the crate;
+//! - `raw.rs`: the FFI edge, where all of the crate's raw PKCS#11 calls live;
 //! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
 pub mod attributes;
