@@ -17,8 +17,7 @@ use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::key::KeyObject;
 use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
-use crate::hsm::ops::{public_fingerprint, Wrapped};
-use crate::hsm::{is_transient, HsmError, KeySession, KeyStore};
+use crate::hsm::{is_transient, public_fingerprint, HsmError, KeySession, KeyStore, Wrapped};
 use crate::interrupt::Stop;
 use crate::progress::Reporter;
 

@@ -2,8 +2,13 @@
 //! each is read into, so that one raw `C_GetAttributeValue` fetches them all (cryptoki's
 //! `get_attributes` asks for the sizes first: two calls, PKCS11-NOTES.md). One table, so
 //! the inventory and the benchmark's raw baseline read exactly the same.
+//!
+//! Beside it, the maps between PKCS#11's classes, key types and usage attributes and the
+//! domain's, used both when keys are read and when copies are made.
 
-use cryptoki::object::AttributeType;
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass};
+
+use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 
 /// `sizeof(CK_ULONG)`: the length of a class, a key type or `CKA_VALUE_LEN`.
 const ULONG: usize = std::mem::size_of::<cryptoki_sys::CK_ULONG>();
@@ -66,6 +71,79 @@ pub(crate) const KEY_ATTRIBUTE_LENS: [usize; KEY_ATTRIBUTES.len()] = {
 /// The buffer length [`KEY_ATTRIBUTES`] gives `attribute`, if hsm-sync reads it per key.
 pub fn read_len(attribute: AttributeType) -> Option<usize> {
     KEY_ATTRIBUTES.iter().find(|(t, _)| *t == attribute).map(|(_, n)| *n)
+}
+
+/// The domain class of a PKCS#11 object class; `None` for objects that are no keys.
+pub(crate) fn class_of(c: ObjectClass) -> Option<KeyClass> {
+    match c {
+        ObjectClass::SECRET_KEY => Some(KeyClass::SecretKey),
+        ObjectClass::PRIVATE_KEY => Some(KeyClass::PrivateKey),
+        ObjectClass::PUBLIC_KEY => Some(KeyClass::PublicKey),
+        _ => None,
+    }
+}
+
+/// The PKCS#11 object class of a domain key class.
+pub(crate) fn ck_class(c: KeyClass) -> ObjectClass {
+    match c {
+        KeyClass::SecretKey => ObjectClass::SECRET_KEY,
+        KeyClass::PrivateKey => ObjectClass::PRIVATE_KEY,
+        KeyClass::PublicKey => ObjectClass::PUBLIC_KEY,
+    }
+}
+
+/// The domain key type of a PKCS#11 key type (`Other` for those hsm-sync cannot copy).
+pub(crate) fn type_of(t: CkKeyType) -> KeyType {
+    match t {
+        CkKeyType::AES => KeyType::Aes,
+        CkKeyType::GENERIC_SECRET => KeyType::GenericSecret,
+        CkKeyType::DES3 => KeyType::Des3,
+        CkKeyType::RSA => KeyType::Rsa,
+        CkKeyType::EC => KeyType::Ec,
+        _ => KeyType::Other,
+    }
+}
+
+/// The PKCS#11 key type of a domain key type; `None` for `Other`.
+pub(crate) fn ck_type(t: KeyType) -> Option<CkKeyType> {
+    Some(match t {
+        KeyType::Aes => CkKeyType::AES,
+        KeyType::GenericSecret => CkKeyType::GENERIC_SECRET,
+        KeyType::Des3 => CkKeyType::DES3,
+        KeyType::Rsa => CkKeyType::RSA,
+        KeyType::Ec => CkKeyType::EC,
+        KeyType::Other => return None,
+    })
+}
+
+/// The usage flags a key of this class has (PKCS#11 §4.8–4.10: a private key has no
+/// `CKA_ENCRYPT`, a public key no `CKA_SIGN`; sending them is `CKR_ATTRIBUTE_TYPE_INVALID`).
+pub(crate) fn usage_attributes(class: KeyClass, f: &KeyFlags) -> Vec<Attribute> {
+    match class {
+        KeyClass::SecretKey => vec![
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::Verify(f.verify),
+            Attribute::Wrap(f.wrap),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+        ],
+        KeyClass::PrivateKey => vec![
+            Attribute::Decrypt(f.decrypt),
+            Attribute::Sign(f.sign),
+            Attribute::SignRecover(f.sign_recover),
+            Attribute::Unwrap(f.unwrap),
+            Attribute::Derive(f.derive),
+        ],
+        KeyClass::PublicKey => vec![
+            Attribute::Encrypt(f.encrypt),
+            Attribute::Verify(f.verify),
+            Attribute::VerifyRecover(f.verify_recover),
+            Attribute::Wrap(f.wrap),
+            Attribute::Derive(f.derive),
+        ],
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::key::{KeyClass, KeyObject};
 
-use super::ops::{fingerprint_of, public_fingerprint, Wrapped};
 use super::port::{KeySession, KeyStore};
 use super::HsmError;
+use super::{fingerprint_of, public_fingerprint, Wrapped};
 
 /// What the next call of an operation does instead of succeeding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

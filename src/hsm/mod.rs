@@ -5,16 +5,34 @@
 //! Thread model (rust-cryptoki `thread_local_session.rs`, parsec): one `Pkcs11` context
 //! per module, initialised with `OS_LOCKING_OK` (without it SoftHSM turns its mutexes
 //! off) and shared; one `Session` per worker (`Send`, not `Sync`).
+//!
+//! This file loads modules and opens tokens ([`Modules`], [`Token`]: login once, one
+//! session per worker). The rest, one concern a file:
+//!
+//! - [`port`]: the key-store port the executor is generic over; `memory.rs` its
+//!   in-memory implementation for unit tests;
+//! - `session.rs`: [`TokenSession`], reading and changing keys in place;
+//! - `wrap.rs`: [`Wrapped`], wrap, unwrap and public-key copies, [`WrapMechanism`];
+//! - `fingerprint.rs`: [`fingerprint_of`], [`public_fingerprint`];
+//! - `lineage.rs`: the lineage fingerprint and proof;
+//! - [`records`]: hsm-sync's own data objects (the in-flight journal, state records);
+//! - [`attributes`], [`profile`]: the attribute table and the per-vendor profiles;
+//! - `raw.rs`: the FFI edge, where all of the crate's raw PKCS#11 calls live;
+//! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
 pub mod attributes;
 mod error;
+mod fingerprint;
+mod lineage;
 #[cfg(test)]
 pub(crate) mod memory;
-pub mod ops;
 pub mod port;
 pub mod profile;
+mod raw;
+pub mod records;
+mod session;
 pub mod softhsm;
-pub mod state;
+mod wrap;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +46,14 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
-pub use ops::TokenSession;
+pub use fingerprint::{fingerprint_of, public_fingerprint};
 pub use port::{KeySession, KeyStore};
-pub use state::DataObject;
+pub use records::DataObject;
+pub use session::TokenSession;
+pub use wrap::{WrapMechanism, Wrapped};
 
 use crate::domain::token::TokenRef;
+use raw::RawFns;
 
 /// Which token a cluster is, as the token layer needs it (built from the plan by
 /// `connect`, so this module never names plan types).
@@ -55,37 +76,6 @@ pub struct LoginSpec<'a> {
     pub user: &'a str,
     /// Where the PIN came from.
     pub pin_source: &'a str,
-}
-
-/// A module's raw function list, beside cryptoki's context on the same library, for the
-/// calls where cryptoki's convenience costs double (PKCS11-NOTES.md): `Session::wrap_key`
-/// calls `C_WrapKey` twice and the token does the whole wrap both times; `get_attributes`
-/// calls `C_GetAttributeValue` twice for variable-length attributes. One call with buffers
-/// sized in advance does the same work once (issue 6).
-pub(crate) struct RawFns {
-    /// The function list the module handed out (plain function pointers).
-    pub(crate) f: cryptoki_sys::CK_FUNCTION_LIST,
-    /// Keeps the library (and so the pointers in `f`) loaded.
-    _lib: cryptoki_sys::Pkcs11,
-}
-
-impl RawFns {
-    /// Loads the library again (the dynamic loader shares the instance cryptoki loaded)
-    /// and takes its function list; `None` when the module offers none.
-    fn load(path: &Path) -> Option<RawFns> {
-        // SAFETY: the library is the PKCS#11 module cryptoki already loaded and
-        // initialised; C_GetFunctionList only hands out a pointer to its static table,
-        // which stays valid while `_lib` keeps the library loaded.
-        unsafe {
-            let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
-            let get = *lib.C_GetFunctionList.as_ref().ok()?;
-            let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-            if get(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
-                return None;
-            }
-            Some(RawFns { f: *list, _lib: lib })
-        }
-    }
 }
 
 /// A loaded module: cryptoki's context and, where available, the raw function list.
@@ -275,7 +265,7 @@ impl Token {
             ObjectClass::PUBLIC_KEY,
         ] {
             for h in session
-                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], ops::FIND_BATCH)
+                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], session::FIND_BATCH)
                 .map_err(self.pk("listing objects"))?
             {
                 listed.push(h.map_err(self.pk("listing objects"))?.handle());
@@ -318,7 +308,7 @@ impl Token {
         let domain_key = match *dk {
             Some(h) => h,
             None => {
-                let h = ops::find_domain_key(&s, &self.cluster, &self.domain_label)?;
+                let h = session::find_domain_key(&s, &self.cluster, &self.domain_label)?;
                 *dk = Some(h);
                 h
             }

@@ -4,8 +4,7 @@
 
 use crate::domain::key::{KeyClass, KeyObject};
 
-use super::ops::{TokenSession, Wrapped};
-use super::HsmError;
+use super::{HsmError, TokenSession, Wrapped};
 
 /// Where sessions come from: one per worker and cluster (a PKCS#11 session is `Send`,
 /// not `Sync`).

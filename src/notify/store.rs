@@ -2,7 +2,7 @@
 //! record (JSON) kept where a fresh CI runner sees it (CONTRACT.md §5, §6).
 //!
 //! Today that is the SOURCE token: a private data object named
-//! `hsm-sync/state/<class>/<id>` (`CKA_APPLICATION` = `hsm-sync`; [`crate::hsm::state`]
+//! `hsm-sync/state/<class>/<id>` (`CKA_APPLICATION` = `hsm-sync`; [`crate::hsm::records`]
 //! says where its record lives). Everything that knows this sits behind the small
 //! functions of this file ([`read_all`], [`reread`], [`write`], [`record_events`]), so a
 //! state port with file and database backends (issue 13) replaces them and nothing else.
@@ -18,10 +18,8 @@ use super::wire::KeyInfo;
 use super::{parse_time, time_millis};
 use crate::connect::Tokens;
 use crate::domain::event::Event;
+use crate::hsm::records::STATE_PREFIX;
 use crate::hsm::{DataObject, HsmError, TokenSession};
-
-/// The name every state object's label starts with.
-const STATE_PREFIX: &str = "hsm-sync/state/";
 
 /// The value of a key's state object on the source token (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,10 +1,18 @@
 //! hsm-sync's own records on a token: PKCS#11 data objects (`CKO_DATA`) with
-//! `CKA_APPLICATION` = `hsm-sync`, used by [`crate::notify`] for each key's last lifecycle
-//! event and for the claims that keep two runs from notifying the same key at once
-//! (CONTRACT.md §5, issue 5).
+//! `CKA_APPLICATION` = [`APPLICATION`]. Two kinds, one implementation:
+//!
+//! - the in-flight journal ([`JOURNAL_LABEL`]), on each target while a run copies keys
+//!   there, so the next run can repair what a killed run left half-made;
+//! - the state records (labels under [`STATE_PREFIX`]), used by [`crate::notify`] for each
+//!   key's last lifecycle event and for the claims that keep two runs from notifying the
+//!   same key at once (CONTRACT.md §5, issue 5).
+//!
+//! Every label is `hsm-sync/<kind>…`: the application, a slash, the kind of record. These
+//! labels and values are persisted (habit 17): runs of every version read what earlier
+//! ones wrote, so they change only with a migration.
 //!
 //! They are token objects (a fresh CI runner sees them) and private (only a logged-in user
-//! reads them). Each holds a name (its label) and a record (small JSON written by the
+//! reads them). Each holds a name (its label) and a record (small text written by the
 //! caller; never key material). Inventory lists key classes only, so these objects never
 //! show up as keys.
 //!
@@ -14,19 +22,28 @@
 //! (Replacing the object instead would cost a directory rescan per destroy on SoftHSM,
 //! and a SoftHSM process that creates an object may miss one another process created
 //! just before; an existing object's attributes are always re-read.) Tokens that allow
-//! changing the value keep short labels, as tokens that cap label length need.
+//! changing the value keep short labels, as tokens that cap label length need. The
+//! journal is never changed in place: each run replaces it.
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
-use super::{HsmError, TokenSession};
+use super::{raw, HsmError, TokenSession};
 
 /// The buffer a record's label or value is read into in one call (larger ones take
 /// cryptoki's two).
 const RECORD_BUF: usize = 2048;
 
-/// `CKA_APPLICATION` of every data object hsm-sync writes.
+/// `CKA_APPLICATION` of every data object hsm-sync writes, and the first part of each
+/// one's label.
 pub const APPLICATION: &str = "hsm-sync";
+
+/// `CKA_LABEL` of the in-flight journal (see [`TokenSession::journal_write`]).
+pub const JOURNAL_LABEL: &str = "hsm-sync/in-flight";
+
+/// The start of every state record's label: `hsm-sync/state/<class>/<id>` (the names are
+/// made by [`crate::notify`]).
+pub const STATE_PREFIX: &str = "hsm-sync/state/";
 
 /// One hsm-sync data object read back from a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,37 +72,55 @@ impl DataObject {
     }
 }
 
+/// The in-flight journal.
+impl TokenSession {
+    /// Records, before any copy is made, which identities this run is about to create on
+    /// this token. A process killed inside `C_UnwrapKey` can leave a copy whose value
+    /// was never stored (SoftHSM writes an object in steps); the journal lets the next run
+    /// tell such a copy from someone else's key, and repair only its own. One data object
+    /// named [`JOURNAL_LABEL`], one identity a line, replaced each run, removed when a run
+    /// ends.
+    pub fn journal_write(&self, entries: &[String]) -> Result<(), HsmError> {
+        self.journal_clear()?;
+        self.create_object(
+            JOURNAL_LABEL,
+            entries.join("\n").as_bytes(),
+            "writing the in-flight journal",
+        )?;
+        Ok(())
+    }
+
+    /// The identities an interrupted run was creating here (empty when none was).
+    pub fn journal_read(&self) -> Result<Vec<String>, HsmError> {
+        let mut out = Vec::new();
+        for h in self.handles_named(Some(JOURNAL_LABEL), "finding the in-flight journal")? {
+            if let Some(d) = self.reread_data(h)? {
+                out.extend(String::from_utf8_lossy(d.record()).lines().map(String::from));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the journal: the run ended and every copy it made was verified or destroyed.
+    pub fn journal_clear(&self) -> Result<(), HsmError> {
+        for h in self.handles_named(Some(JOURNAL_LABEL), "finding the in-flight journal")? {
+            self.destroy_object(h, "removing the in-flight journal")?;
+        }
+        Ok(())
+    }
+}
+
+/// Records by name, read and changed in place (the state records).
 impl TokenSession {
     /// Creates a private token data object of hsm-sync with this label and value.
     pub fn create_data(&self, label: &str, value: &[u8]) -> Result<u64, HsmError> {
-        let h = self
-            .raw()
-            .create_object(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Modifiable(true),
-                Attribute::Application(APPLICATION.as_bytes().to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Value(value.to_vec()),
-            ])
-            .map_err(self.pk_err("writing an hsm-sync data object"))?;
-        Ok(h.handle())
+        self.create_object(label, value, "writing an hsm-sync data object")
     }
 
     /// The handles of every hsm-sync data object (one search; read them with
     /// [`Self::reread_data`], perhaps from several sessions).
     pub fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
-        Ok(self
-            .raw()
-            .find_objects(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Application(APPLICATION.as_bytes().to_vec()),
-            ])
-            .map_err(self.pk_err("finding hsm-sync data objects"))?
-            .into_iter()
-            .map(|h| h.handle())
-            .collect())
+        self.handles_named(None, "finding hsm-sync data objects")
     }
 
     /// Every hsm-sync data object whose label starts with `prefix`, with its value.
@@ -117,15 +152,14 @@ impl TokenSession {
     /// Replaces a data object's record in place: in `CKA_VALUE` where the token allows
     /// it (the label then goes back to the bare name), else in the label.
     pub fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(old.handle) };
+        let h = raw::object(old.handle);
         let in_label = || self.set_data_label(old.handle, &format!("{} {record}", old.name()));
         if old.label.contains(' ') {
             // This token keeps records in labels already.
             return in_label();
         }
         match self
-            .raw()
+            .s
             .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
         {
             Ok(()) => Ok(()),
@@ -133,7 +167,7 @@ impl TokenSession {
                 RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::AttributeTypeInvalid,
                 _,
             )) => in_label(),
-            Err(e) => Err(self.pk_err("updating an hsm-sync data object")(e)),
+            Err(e) => Err(self.pk("updating an hsm-sync data object")(e)),
         }
     }
 
@@ -141,27 +175,69 @@ impl TokenSession {
     /// which every token allows on a modifiable object; SoftHSM refuses to change a data
     /// object's `CKA_VALUE`).
     pub fn set_data_label(&self, handle: u64, label: &str) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
-        self.raw()
+        let h = raw::object(handle);
+        self.s
             .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
-            .map_err(self.pk_err("updating an hsm-sync data object"))
+            .map_err(self.pk("updating an hsm-sync data object"))
     }
 
     /// Reads one data object again by handle (its attributes as the token holds them
     /// now, another process's changes included); `None` if it is gone.
     pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        self.read_data(unsafe { ObjectHandle::new_from_raw(handle) })
+        self.read_data(raw::object(handle))
     }
 
     /// Destroys a data object; one that is already gone counts as destroyed.
     pub fn destroy_data(&self, handle: u64) -> Result<(), HsmError> {
-        // SAFETY: handles come from this token's own find or create.
-        let h = unsafe { ObjectHandle::new_from_raw(handle) };
-        match self.raw().destroy_object(h) {
+        self.destroy_object(handle, "destroying an hsm-sync data object")
+    }
+}
+
+/// The one way each of the above reaches the token.
+impl TokenSession {
+    /// Creates a private, modifiable token data object of hsm-sync.
+    fn create_object(&self, label: &str, value: &[u8], op: &'static str) -> Result<u64, HsmError> {
+        let h = self
+            .s
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(true),
+                Attribute::Application(APPLICATION.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(value.to_vec()),
+            ])
+            .map_err(self.pk(op))?;
+        Ok(h.handle())
+    }
+
+    /// The handles of hsm-sync's token data objects, those labelled `label` where given.
+    fn handles_named(&self, label: Option<&str>, op: &'static str) -> Result<Vec<u64>, HsmError> {
+        let mut template = vec![
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Token(true),
+            Attribute::Application(APPLICATION.as_bytes().to_vec()),
+        ];
+        if let Some(l) = label {
+            template.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        Ok(self
+            .s
+            .find_objects(&template)
+            .map_err(self.pk(op))?
+            .into_iter()
+            .map(|h| h.handle())
+            .collect())
+    }
+
+    /// Destroys a data object; one that is already gone counts as destroyed (another run
+    /// removed it first).
+    fn destroy_object(&self, handle: u64, op: &'static str) -> Result<(), HsmError> {
+        let h = raw::object(handle);
+        match self.s.destroy_object(h) {
             Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
-            Err(e) => Err(self.pk_err("destroying an hsm-sync data object")(e)),
+            Err(e) => Err(self.pk(op)(e)),
         }
     }
 
@@ -205,14 +281,11 @@ impl TokenSession {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self
-                .raw()
-                .get_attributes(h, &[AttributeType::Label, AttributeType::Value])
-            {
+            match self.s.get_attributes(h, &[AttributeType::Label, AttributeType::Value]) {
                 Ok(a) => return Ok(Some(a)),
                 Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
                 Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,
-                Err(e) => return Err(self.pk_err("reading an hsm-sync data object")(e)),
+                Err(e) => return Err(self.pk("reading an hsm-sync data object")(e)),
             }
         }
     }
@@ -234,5 +307,13 @@ mod tests {
         d.label = "hsm-sync/state/secret-key/a1 {\"v\": 2}".into();
         assert_eq!(d.name(), "hsm-sync/state/secret-key/a1");
         assert_eq!(d.record(), b"{\"v\": 2}");
+    }
+
+    #[test]
+    fn every_label_is_the_application_then_its_kind() {
+        // Persisted: earlier runs' journals and records carry exactly these.
+        assert_eq!(APPLICATION, "hsm-sync");
+        assert_eq!(JOURNAL_LABEL, format!("{APPLICATION}/in-flight"));
+        assert_eq!(STATE_PREFIX, format!("{APPLICATION}/state/"));
     }
 }

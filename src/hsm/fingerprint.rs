@@ -1,0 +1,73 @@
+//! Key fingerprints: how hsm-sync tells two keys equal across tokens without seeing
+//! their values. Secret and private keys are fingerprinted by their wrap under the
+//! domain key, public keys by their public attributes (CONTRACT.md §1).
+
+use cryptoki::error::{Error as CkError, RvError};
+use sha2::{Digest, Sha256};
+
+use super::{HsmError, TokenSession, Wrapped};
+use crate::domain::key::{KeyClass, KeyObject, KeyType, PublicParts};
+
+/// A key fingerprint: SHA-256 over a domain-separation tag, the class and the wrap of the
+/// key under the domain key with the token profile's mechanism (RFC 5649 for every
+/// profile today), first 8 bytes in hex. AES key wrap is
+/// deterministic, so equal keys under one lineage give equal fingerprints, and the digest
+/// reveals nothing of the key (CONTRACT.md §1; 64 bits, not a 3-byte KCV).
+pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hsm-sync/key-fingerprint/v1\0");
+    h.update([class.code()]);
+    h.update(blob);
+    hex::encode(&h.finalize()[..8])
+}
+
+/// A public key's fingerprint: its public attributes hashed (they are public; the domain
+/// key is not needed to compare them across tokens).
+pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hsm-sync/public-key-fingerprint/v1\0");
+    h.update([key_type.code()]);
+    for part in [&p.modulus, &p.public_exponent, &p.ec_params, &p.ec_point] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+impl Wrapped {
+    /// The fingerprint of the key inside (see [`fingerprint_of`]).
+    pub fn fingerprint(&self, class: KeyClass) -> String {
+        fingerprint_of(class, &self.0)
+    }
+}
+
+impl TokenSession {
+    /// The fingerprint of a key on this token: public attributes for a public key, the
+    /// wrapped blob's digest for others (`None` when it cannot be wrapped).
+    pub fn fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
+        if k.class == KeyClass::PublicKey {
+            return Ok(Some(public_fingerprint(k.key_type, k.public())));
+        }
+        if !k.flags.extractable {
+            return Ok(None);
+        }
+        self.fingerprint_at(k.handle, k.class)
+    }
+
+    /// The fingerprint of the secret or private key at `handle` (`None` when it cannot be
+    /// wrapped): how a copy is verified, in one `C_WrapKey`.
+    pub fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+        match self.wrap(handle, class) {
+            Ok(w) => Ok(Some(w.fingerprint(class))),
+            Err(HsmError::Pkcs11 {
+                error:
+                    CkError::Pkcs11(
+                        RvError::KeyUnextractable | RvError::KeyNotWrappable | RvError::KeyFunctionNotPermitted,
+                        _,
+                    ),
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

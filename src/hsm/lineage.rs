@@ -1,0 +1,108 @@
+//! Lineage: whether two tokens hold the same domain key (clones of one HSM), proved
+//! before any key moves. A fingerprint to pin in the plan, and a challenge that a key
+//! wrapped on one token must answer after unwrapping on the other.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{HsmError, TokenSession, Wrapped};
+
+impl TokenSession {
+    /// The lineage fingerprint: a fixed, public 256-bit probe key wrapped under the domain
+    /// key (RFC 3394, deterministic), hashed. Equal on every token holding the same domain
+    /// key, different otherwise; it reveals nothing of the domain key.
+    pub fn lineage_fingerprint(&self) -> Result<String, HsmError> {
+        let probe: [u8; 32] = Sha256::digest(b"hsm-sync lineage probe v1").into();
+        let key = self
+            .s
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(CkKeyType::AES),
+                Attribute::Token(false),
+                Attribute::Extractable(true),
+                Attribute::Sensitive(false),
+                Attribute::Value(probe.to_vec()),
+            ])
+            .map_err(self.pk("creating the lineage probe"))?;
+        let blob = self.s.wrap_key(&Mechanism::AesKeyWrap, self.domain_key, key);
+        let _ = self.s.destroy_object(key);
+        let blob = Zeroizing::new(blob.map_err(self.pk("wrapping the lineage probe"))?);
+        let mut h = Sha256::new();
+        h.update(b"hsm-sync/lineage/v1\0");
+        h.update(&blob[..]);
+        Ok(hex::encode(&h.finalize()[..8]))
+    }
+
+    /// Source half of the lineage proof: a fresh session AES key, wrapped under the domain
+    /// key, and its encryption of `challenge`.
+    pub fn lineage_offer(&self, challenge: &[u8; 16]) -> Result<(Wrapped, Vec<u8>), HsmError> {
+        let key = self
+            .s
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(CkKeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(false),
+                    Attribute::Extractable(true),
+                    Attribute::Encrypt(true),
+                ],
+            )
+            .map_err(self.pk("generating the lineage session key"))?;
+        let result = (|| {
+            let mechanism = self.wrap_mechanism("wrapping the lineage session key")?;
+            let blob = self
+                .s
+                .wrap_key(&mechanism, self.domain_key, key)
+                .map_err(self.pk("wrapping the lineage session key"))?;
+            let check = self
+                .s
+                .encrypt(&Mechanism::AesEcb, key, challenge)
+                .map_err(self.pk("encrypting the lineage challenge"))?;
+            Ok((Wrapped(Zeroizing::new(blob)), check))
+        })();
+        let _ = self.s.destroy_object(key);
+        result
+    }
+
+    /// Target half: unwrap the session key under this token's domain key and encrypt the
+    /// same challenge. `Err(detail)` when the blob does not unwrap here.
+    pub fn lineage_accept(&self, blob: &Wrapped, challenge: &[u8; 16]) -> Result<Result<Vec<u8>, String>, HsmError> {
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(CkKeyType::AES),
+            Attribute::Token(false),
+            Attribute::Encrypt(true),
+            Attribute::Extractable(false),
+        ];
+        let mechanism = self.wrap_mechanism("unwrapping the lineage session key")?;
+        let key = match self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template) {
+            Ok(k) => k,
+            Err(CkError::Pkcs11(
+                rv @ (RvError::WrappedKeyInvalid
+                | RvError::EncryptedDataInvalid
+                | RvError::WrappedKeyLenRange
+                | RvError::UnwrappingKeyHandleInvalid
+                | RvError::UnwrappingKeySizeRange
+                | RvError::UnwrappingKeyTypeInconsistent
+                | RvError::GeneralError),
+                _,
+            )) => {
+                return Ok(Err(format!(
+                    "the source's wrapped session key does not unwrap under this token's domain key ({rv})"
+                )));
+            }
+            Err(e) => return Err(self.pk("unwrapping the lineage session key")(e)),
+        };
+        let out = self
+            .s
+            .encrypt(&Mechanism::AesEcb, key, challenge)
+            .map_err(self.pk("encrypting the lineage challenge"));
+        let _ = self.s.destroy_object(key);
+        Ok(Ok(out?))
+    }
+}

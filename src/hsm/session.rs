@@ -1,0 +1,310 @@
+//! One PKCS#11 session on a token, with its domain key found: how it is made, and the key
+//! operations that read or change keys in place (listing, reading, finding a copy,
+//! updating usage, destroying, HMAC, random). Wrapping, fingerprints, lineage and
+//! hsm-sync's own records are the other files of `hsm`, each an `impl TokenSession` of
+//! its own.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
+use super::profile::Profile;
+use super::raw::{self, RawFns};
+use super::HsmError;
+use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
+
+/// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
+/// round trip per 10 keys on a network HSM).
+pub(crate) const FIND_BATCH: NonZeroUsize = match NonZeroUsize::new(1024) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// Finds the one domain key of a token by label.
+pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result<ObjectHandle, HsmError> {
+    let found = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|error| HsmError::Pkcs11 {
+            cluster: cluster.into(),
+            op: "finding the domain key",
+            error,
+        })?;
+    match found.as_slice() {
+        [h] => Ok(*h),
+        [] => Err(HsmError::DomainKey {
+            cluster: cluster.into(),
+            label: label.into(),
+            problem: "no",
+        }),
+        _ => Err(HsmError::DomainKey {
+            cluster: cluster.into(),
+            label: label.into(),
+            problem: "more than one",
+        }),
+    }
+}
+
+/// A session on one token, with its domain key found.
+pub struct TokenSession {
+    pub(super) s: Session,
+    pub(super) cluster: String,
+    pub(super) domain_key: ObjectHandle,
+    pub(super) profile: &'static Profile,
+    pub(super) raw: Option<Arc<RawFns>>,
+}
+
+impl TokenSession {
+    pub(crate) fn new(
+        s: Session,
+        cluster: String,
+        domain_key: ObjectHandle,
+        profile: &'static Profile,
+        raw: Option<Arc<RawFns>>,
+    ) -> Self {
+        TokenSession {
+            s,
+            cluster,
+            domain_key,
+            profile,
+            raw,
+        }
+    }
+
+    /// An error mapper naming this session's cluster and what was being done.
+    pub(super) fn pk(&self, op: &'static str) -> impl FnOnce(CkError) -> HsmError + '_ {
+        move |error| HsmError::Pkcs11 {
+            cluster: self.cluster.clone(),
+            op,
+            error,
+        }
+    }
+
+    /// Every key object on the token (token objects of the three key classes), the domain
+    /// key excluded, each with its fingerprint where it can be wrapped.
+    pub fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
+        let mut out = Vec::new();
+        for h in self.key_handles()? {
+            out.extend(self.read_fingerprinted(h, true)?);
+        }
+        sort_keys(&mut out);
+        Ok(out)
+    }
+
+    /// The handles of every key on the token but the domain key, found in batches of
+    /// `FIND_BATCH` (1,024), one search per key class. hsm-sync's own data objects (notify
+    /// state, the in-flight journal) are never read here: another run may be rewriting
+    /// them, and they are not keys.
+    pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {
+        self.key_handles_or(None)
+    }
+
+    /// [`Self::key_handles`], from handles `listed` by login's search where given.
+    pub fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+        if let Some(mut l) = listed {
+            l.retain(|h| *h != self.domain_key.handle());
+            return Ok(l);
+        }
+        let mut out = Vec::new();
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            for h in self
+                .s
+                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], FIND_BATCH)
+                .map_err(self.pk("listing keys"))?
+            {
+                let h = h.map_err(self.pk("listing keys"))?;
+                if h != self.domain_key {
+                    out.push(h.handle());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one object and fingerprints it; `None` if it is not a key (or vanished).
+    /// Secret and private keys only if `wrap` (theirs costs a `C_WrapKey`); a public
+    /// key's comes from its attributes, always.
+    pub fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+        let h = raw::object(handle);
+        match self.read_key(h)? {
+            Some(mut k) => {
+                if wrap || k.class == KeyClass::PublicKey {
+                    k.fingerprint = self.fingerprint(&k)?;
+                }
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
+    pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
+        let attrs = match self.read_raw(
+            h,
+            &KEY_ATTRIBUTE_TYPES,
+            &KEY_ATTRIBUTE_LENS,
+            &[AttributeType::Id, AttributeType::Label],
+        ) {
+            Some(r) => r,
+            None => self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES),
+        };
+        let attrs = match attrs {
+            Ok(a) => a,
+            Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
+            Err(e) => return Err(self.pk("reading key attributes")(e)),
+        };
+        let mut class = None;
+        let mut key_type = KeyType::Other;
+        let mut id = Vec::new();
+        let mut label = String::new();
+        let mut f = KeyFlags::default();
+        let mut value_len = None;
+        let mut public = PublicParts::default();
+        for a in attrs {
+            match a {
+                Attribute::Class(c) => class = class_of(c),
+                Attribute::KeyType(t) => key_type = type_of(t),
+                Attribute::Id(v) => id = v,
+                Attribute::Label(v) => label = String::from_utf8_lossy(&v).into_owned(),
+                Attribute::Private(b) => f.private = b,
+                Attribute::Sensitive(b) => f.sensitive = b,
+                Attribute::Extractable(b) => f.extractable = b,
+                Attribute::Encrypt(b) => f.encrypt = b,
+                Attribute::Decrypt(b) => f.decrypt = b,
+                Attribute::Sign(b) => f.sign = b,
+                Attribute::Verify(b) => f.verify = b,
+                Attribute::Wrap(b) => f.wrap = b,
+                Attribute::Unwrap(b) => f.unwrap = b,
+                Attribute::Derive(b) => f.derive = b,
+                Attribute::SignRecover(b) => f.sign_recover = b,
+                Attribute::VerifyRecover(b) => f.verify_recover = b,
+                Attribute::Modifiable(b) => f.modifiable = b,
+                Attribute::ValueLen(n) => value_len = Some(u64::from(n)),
+                Attribute::Modulus(v) => public.modulus = v,
+                Attribute::PublicExponent(v) => public.public_exponent = v,
+                Attribute::EcParams(v) => public.ec_params = v,
+                Attribute::EcPoint(v) => public.ec_point = v,
+                _ => {}
+            }
+        }
+        Ok(class.map(|class| KeyObject {
+            handle: h.handle(),
+            class,
+            key_type,
+            id,
+            label,
+            flags: f,
+            value_len,
+            public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
+            fingerprint: None,
+        }))
+    }
+
+    /// `types` in one raw `C_GetAttributeValue` with buffers sized in advance (`sizes`),
+    /// not cryptoki's two calls (one to size, one to read). `None` when that is not
+    /// possible (no raw function list, or a value larger than its buffer, or one of
+    /// `must_have` unavailable): the caller then asks cryptoki, which sizes first.
+    pub(crate) fn read_raw(
+        &self,
+        h: ObjectHandle,
+        types: &[AttributeType],
+        sizes: &[usize],
+        must_have: &[AttributeType],
+    ) -> Option<Result<Vec<Attribute>, CkError>> {
+        self.raw
+            .as_ref()?
+            .get_attribute_value(&self.s, h, types, sizes, must_have)
+    }
+
+    /// Reads the key at a handle this session just made (for verification).
+    pub fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        self.read_key(raw::object(handle))
+    }
+
+    /// The handle of a key named by the plan's `handle:` selector, if it is a key here.
+    pub fn key_by_handle(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+        // A handle from the operator may name nothing; the token answers
+        // CKR_OBJECT_HANDLE_INVALID, which read_key turns into None.
+        let h = raw::object(handle);
+        match self.read_key(h)? {
+            Some(mut k) => {
+                k.fingerprint = self.fingerprint(&k)?;
+                Ok(Some(k))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The keys on this token with the identity of `like` (class + id, or class + label
+    /// when the id is empty), fingerprinted: how a retried or interrupted copy finds what
+    /// an earlier attempt may have left.
+    pub fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError> {
+        let mut template = vec![Attribute::Token(true), Attribute::Class(ck_class(like.class))];
+        if like.id.is_empty() {
+            template.push(Attribute::Label(like.label.as_bytes().to_vec()));
+        } else {
+            template.push(Attribute::Id(like.id.clone()));
+        }
+        let mut out = Vec::new();
+        for h in self.s.find_objects(&template).map_err(self.pk("finding keys"))? {
+            if let Some(mut k) = self.read_key(h)? {
+                if k.identity() == like.identity() {
+                    k.fingerprint = self.fingerprint(&k)?;
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets a copy's label and usage flags to the source's (`update`).
+    pub fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+        let h = raw::object(handle);
+        let mut template = vec![Attribute::Label(like.label.as_bytes().to_vec())];
+        template.extend(usage_attributes(like.class, &like.flags));
+        self.s
+            .update_attributes(h, &template)
+            .map_err(self.pk("updating attributes"))
+    }
+
+    /// Destroys an object (used to remove a copy that failed verification).
+    pub fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+        let h = raw::object(handle);
+        self.s.destroy_object(h).map_err(self.pk("destroying an object"))
+    }
+
+    /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
+    /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
+    /// SHA-1). `None` when the key fits neither.
+    pub fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        let h = raw::object(handle);
+        for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
+            match self.s.sign(&mech, h, data) {
+                Ok(mac) => return Ok(Some(mac)),
+                Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
+                Err(e) => return Err(self.pk("computing an HMAC")(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Random bytes from the token's generator.
+    pub fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
+        let mut buf = vec![0u8; n];
+        self.s
+            .generate_random_slice(&mut buf)
+            .map_err(self.pk("generating random bytes"))?;
+        Ok(buf)
+    }
+}
