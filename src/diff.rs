@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef};
 use crate::domain::kind;
 use crate::domain::reason::Reason;
@@ -106,7 +107,7 @@ pub struct DiffItem {
 impl DiffItem {
     /// The source key's fingerprint, where known.
     pub fn fingerprint(&self) -> Option<&str> {
-        self.source_key.as_ref().and_then(|k| k.fingerprint.as_deref())
+        self.source_key.as_ref().and_then(|k| k.fingerprint.known())
     }
 }
 
@@ -415,11 +416,9 @@ fn decide(
             Some("a crypto-user syncs only its private objects (CKA_PRIVATE true) and their public halves".into()),
         );
     }
-    // An inventory that deferred fingerprints (apply's first sync) leaves keys no other
-    // cluster holds without one: their copy job's wrap is the test of wrappability then.
-    // A key this target holds was tried, so there too `None` means it cannot be wrapped.
-    let tried = !src_inv.deferred || !on_target.is_empty();
-    if k.class != KeyClass::PublicKey && (!k.flags.extractable || (k.fingerprint.is_none() && tried)) {
+    // A deferred fingerprint (apply's first sync, a key no other cluster holds) is not a
+    // blocker: the copy job's own wrap is the test of wrappability then.
+    if k.class != KeyClass::PublicKey && (!k.flags.extractable || k.fingerprint == Fingerprint::NotWrappable) {
         blockers.add(Reason::NotExtractable, None);
     }
     for (r, d) in table.into_iter().filter(|(r, _)| *r != Reason::UnsupportedKeyType) {
@@ -434,7 +433,7 @@ fn decide(
     match on_target.as_slice() {
         [] => mk(Action::Create, Why::none(), None),
         [t] => {
-            if t.fingerprint.is_none() && tinv.in_flight.contains(&id.journal_key()) {
+            if t.fingerprint.known().is_none() && tinv.in_flight.contains(&id.journal_key()) {
                 // A copy an interrupted run was making and never verified: it is ours,
                 // and unreadable, so it is replaced.
                 return mk(
@@ -446,7 +445,7 @@ fn decide(
                     Some(t),
                 );
             }
-            if t.fingerprint.is_none() {
+            if t.fingerprint.known().is_none() {
                 return mk(
                     Action::Conflict,
                     because(
@@ -456,7 +455,7 @@ fn decide(
                     Some(t),
                 );
             }
-            if t.fingerprint != k.fingerprint {
+            if t.fingerprint.known() != k.fingerprint.known() {
                 return mk(Action::Conflict, because(Reason::DifferentKeyMaterial, None), Some(t));
             }
             let prot = protection_mismatch(k, t);
@@ -543,7 +542,7 @@ mod tests {
             },
             value_len: Some(32),
             public_parts: None,
-            fingerprint: Some(fp.into()),
+            fingerprint: crate::domain::fingerprint::Fingerprint::Known(fp.into()),
         }
     }
 
@@ -571,7 +570,6 @@ mod tests {
                     cluster: "a".into(),
                     keys: sorted(a).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
-                    deferred: false,
                 },
             ),
             (
@@ -580,7 +578,6 @@ mod tests {
                     cluster: "b".into(),
                     keys: sorted(b).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
-                    deferred: false,
                 },
             ),
         ])
@@ -622,7 +619,7 @@ mod tests {
         let p = plan("      - id: \"01\"\n      - id: \"02\"\n      - id: \"0f\"\n");
         let mut unext = key(1, "01", "x", "aa");
         unext.flags.extractable = false;
-        unext.fingerprint = None;
+        unext.fingerprint = crate::domain::fingerprint::Fingerprint::NotWrappable;
         let mut public = key(2, "02", "y", "bb");
         public.flags.private = false;
         let d = diff(&p, &inv(vec![unext, public], vec![]));
@@ -640,11 +637,11 @@ mod tests {
     fn a_deferred_fingerprint_is_a_create_and_a_failed_one_stays_blocked() {
         let p = plan("      - id: \"01\"\n      - id: \"02\"\n");
         let mut new = key(1, "01", "x", "aa");
-        new.fingerprint = None;
+        new.fingerprint = Fingerprint::NotWrappable;
         let mut unwrappable = key(2, "02", "y", "bb");
-        unwrappable.fingerprint = None;
-        let mut invs = inv(vec![new, unwrappable], vec![key(7, "02", "y", "bb")]);
-        // Read eagerly, a key without a fingerprint cannot be wrapped.
+        unwrappable.fingerprint = Fingerprint::NotWrappable;
+        let invs = inv(vec![new.clone(), unwrappable.clone()], vec![key(7, "02", "y", "bb")]);
+        // Tried and refused: the key cannot be wrapped.
         assert_eq!(
             actions(&diff(&p, &invs)),
             vec![
@@ -654,7 +651,8 @@ mod tests {
         );
         // Deferred (apply's first sync): the new key's job will wrap it; the key the
         // target holds was tried and failed.
-        invs.get_mut("a").unwrap().deferred = true;
+        new.fingerprint = Fingerprint::Deferred;
+        let invs = inv(vec![new, unwrappable], vec![key(7, "02", "y", "bb")]);
         assert_eq!(
             actions(&diff(&p, &invs)),
             vec![
@@ -766,7 +764,7 @@ mod tests {
         let p = plan("      - id: \"01\"\n");
         let src = key(1, "01", "k", "aaaa");
         let mut broken = key(9, "01", "k", "");
-        broken.fingerprint = None;
+        broken.fingerprint = crate::domain::fingerprint::Fingerprint::NotWrappable;
         let mut i = inv(vec![src.clone()], vec![broken.clone()]);
         let d = diff(&p, &i);
         assert_eq!(

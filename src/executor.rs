@@ -356,7 +356,7 @@ fn place<S: KeyStore>(
                     Ok(found) => {
                         let mine: Vec<&KeyObject> = found
                             .iter()
-                            .filter(|k| k.fingerprint.as_deref() == Some(fingerprint))
+                            .filter(|k| k.fingerprint.known() == Some(fingerprint))
                             .collect();
                         return match (found.len(), mine.first()) {
                             (1, Some(_)) => (Ok(Some("adopted the copy left by an interrupted attempt".into())), attempt),
@@ -447,7 +447,7 @@ mod tests {
             },
             value_len: Some(32),
             public_parts: None,
-            fingerprint: None,
+            fingerprint: crate::domain::fingerprint::Fingerprint::Deferred,
         }
     }
 

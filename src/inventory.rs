@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::connect::Tokens;
+use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::sort_keys;
 use crate::domain::key::{Identity, KeyObject};
 use crate::hsm::{HsmError, TokenSession};
@@ -21,10 +22,6 @@ pub struct Inventory {
     pub keys: Vec<Arc<KeyObject>>,
     /// Identities an interrupted run was creating here (its in-flight journal).
     pub in_flight: HashSet<String>,
-    /// Whether keys no other cluster holds were left unfingerprinted (see
-    /// [`Fingerprints::Compared`]): their `fingerprint` is `None` without meaning that
-    /// they cannot be wrapped.
-    pub deferred: bool,
 }
 
 /// Which keys an inventory fingerprints (one `C_WrapKey` each).
@@ -109,7 +106,7 @@ pub fn read_all(
             .keys
             .iter()
             .enumerate()
-            .filter(|(_, k)| k.fingerprint.is_none() && k.flags.extractable)
+            .filter(|(_, k)| k.fingerprint == Fingerprint::Deferred && k.flags.extractable)
             .filter(|(_, k)| {
                 let id = k.identity();
                 out.values().any(|o| !o.by_identity(&id).is_empty())
@@ -134,7 +131,7 @@ fn fingerprint_some(tokens: &Tokens, inv: &mut Inventory, which: &[usize], worke
     })?;
     for (i, fp) in found {
         // Nothing else holds these keys yet: the diff comes after.
-        Arc::make_mut(&mut inv.keys[i]).fingerprint = fp;
+        Arc::make_mut(&mut inv.keys[i]).fingerprint = Fingerprint::tried(fp);
     }
     Ok(())
 }
@@ -213,7 +210,6 @@ fn read_one(
             true => first.journal_read()?.into_iter().collect::<HashSet<_>>(),
             false => HashSet::new(),
         },
-        deferred: !fingerprint,
     })
 }
 
@@ -232,7 +228,7 @@ mod tests {
             flags: KeyFlags::default(),
             value_len: None,
             public_parts: None,
-            fingerprint: None,
+            fingerprint: crate::domain::fingerprint::Fingerprint::Deferred,
         }
     }
 
@@ -263,7 +259,6 @@ mod tests {
             cluster: "c".into(),
             keys: sorted.into_iter().map(std::sync::Arc::new).collect(),
             in_flight: Default::default(),
-            deferred: false,
         };
         for k in &keys {
             let id = k.identity();

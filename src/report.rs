@@ -368,7 +368,7 @@ mod tests {
                 flags: Default::default(),
                 value_len: None,
                 public_parts: None,
-                fingerprint: Some("f".into()),
+                fingerprint: crate::domain::fingerprint::Fingerprint::Known("f".into()),
             })),
             target_key: None,
         };

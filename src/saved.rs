@@ -86,7 +86,7 @@ pub fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> St
             }
             None => h.update([0]),
         }
-        field(&mut h, k.fingerprint.as_deref().unwrap_or_default().as_bytes());
+        field(&mut h, k.fingerprint.known().unwrap_or_default().as_bytes());
     }
     hex::encode(h.finalize())
 }

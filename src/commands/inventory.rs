@@ -67,7 +67,7 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
                 id: hex::encode(&k.id),
                 label: k.label,
                 flags: k.flags,
-                fingerprint: k.fingerprint,
+                fingerprint: k.fingerprint.known().map(String::from),
             })
             .collect(),
     };

@@ -4,6 +4,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::fingerprint::Fingerprint;
+
 /// PKCS#11 object class of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -166,9 +168,8 @@ pub struct KeyObject {
     /// bytes per secret key were ~10 MB at 100,000 keys; issue 6). Read with
     /// [`KeyObject::public`].
     pub public_parts: Option<Box<PublicParts>>,
-    /// Digest proving the key material without revealing it; `None` when the key cannot
-    /// be wrapped (not extractable).
-    pub fingerprint: Option<String>,
+    /// Digest proving the key material without revealing it, or why there is none.
+    pub fingerprint: Fingerprint,
 }
 
 /// How keys are matched across clusters: class + `CKA_ID`, or class + `CKA_LABEL` when

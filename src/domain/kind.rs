@@ -231,7 +231,7 @@ mod tests {
             flags: KeyFlags::default(),
             value_len: None,
             public_parts: None,
-            fingerprint: None,
+            fingerprint: crate::domain::fingerprint::Fingerprint::Deferred,
         }
     }
 

@@ -4,6 +4,7 @@
 //! versioned encoding, never `Debug` or enum declaration order (issue 13).
 
 pub mod event;
+pub mod fingerprint;
 pub mod key;
 pub mod kind;
 pub mod outcome;

@@ -61,7 +61,7 @@ impl MemoryStore {
         self.with(cluster, |c| {
             c.next += 1;
             key.handle = c.next;
-            key.fingerprint = Some(fingerprint_of(key.class, material));
+            key.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fingerprint_of(key.class, material));
             c.objects.push(Obj {
                 key: key.clone(),
                 material: material.to_vec(),
@@ -130,7 +130,7 @@ impl MemorySession {
 
     fn create(&self, like: &KeyObject, material: Vec<u8>) -> u64 {
         let mut key = like.clone();
-        key.fingerprint = None;
+        key.fingerprint = crate::domain::fingerprint::Fingerprint::Deferred;
         self.store.add(&self.cluster, key, &material).handle
     }
 }
@@ -210,7 +210,7 @@ impl KeySession for MemorySession {
         Ok(found
             .into_iter()
             .map(|(mut k, m)| {
-                k.fingerprint = Some(fingerprint_of(k.class, &m));
+                k.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fingerprint_of(k.class, &m));
                 k
             })
             .collect())

@@ -16,6 +16,7 @@ use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRI
 use super::profile::Profile;
 use super::raw::{self, RawFns};
 use super::HsmError;
+use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
@@ -140,7 +141,7 @@ impl TokenSession {
         match self.read_key(h)? {
             Some(mut k) => {
                 if wrap || k.class == KeyClass::PublicKey {
-                    k.fingerprint = self.fingerprint(&k)?;
+                    k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
                 }
                 Ok(Some(k))
             }
@@ -207,7 +208,7 @@ impl TokenSession {
             flags: f,
             value_len,
             public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
-            fingerprint: None,
+            fingerprint: Fingerprint::Deferred,
         }))
     }
 
@@ -239,7 +240,7 @@ impl TokenSession {
         let h = raw::object(handle);
         match self.read_key(h)? {
             Some(mut k) => {
-                k.fingerprint = self.fingerprint(&k)?;
+                k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
                 Ok(Some(k))
             }
             None => Ok(None),
@@ -260,7 +261,7 @@ impl TokenSession {
         for h in self.s.find_objects(&template).map_err(self.pk("finding keys"))? {
             if let Some(mut k) = self.read_key(h)? {
                 if k.identity() == like.identity() {
-                    k.fingerprint = self.fingerprint(&k)?;
+                    k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
                     out.push(k);
                 }
             }

@@ -63,7 +63,11 @@ pub(crate) fn lifecycles(diff: &Diff, outcomes: &[Outcome], at: SystemTime) -> V
             .fingerprint
             .clone()
             .or_else(|| item.fingerprint().map(String::from))
-            .or_else(|| item.target_key.as_ref().and_then(|k| k.fingerprint.clone()));
+            .or_else(|| {
+                item.target_key
+                    .as_ref()
+                    .and_then(|k| k.fingerprint.known().map(String::from))
+            });
         let key = KeyInfo {
             id: item.key.id.clone(),
             label: item.key.label.clone(),

@@ -115,7 +115,7 @@ fn info_of(k: &crate::domain::key::KeyObject) -> KeyInfo {
         label: k.label.clone(),
         class: Some(k.class),
         key_type: Some(k.key_type),
-        fingerprint: k.fingerprint.clone(),
+        fingerprint: k.fingerprint.known().map(String::from),
     }
 }
 
