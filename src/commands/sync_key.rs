@@ -56,6 +56,7 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
                 matcher: KeyMatcher::Handle(a.handle),
                 state: DesiredState::Present,
                 targets: vec![dest.name.clone()],
+                allow_empty: false,
             }],
             notify: Vec::new(),
         }],
