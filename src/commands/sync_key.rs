@@ -71,6 +71,7 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         quiet: false,
         report: None,
         junit: None,
+        summary: true,
     };
     let (_report, status) = run_jobs(p, &one, &online, &opts, started)?;
     if status == ExitStatus::Success {
