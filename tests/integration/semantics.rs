@@ -102,6 +102,38 @@ fn plan_detailed_exitcode_is_3_for_a_conflict_with_nothing_to_apply() {
 }
 
 #[test]
+fn sync_key_names_an_unknown_handle_and_prints_what_it_copied() {
+    let w = pair()
+        .key("primary", "01", "one", &[])
+        .plan(&two_cluster_plan("      - label: one\n"));
+    let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", "999999", "dr"]);
+    assert_eq!(s.code, 1, "{s:?}");
+    assert!(
+        s.stderr.contains("no key with handle 999999 on cluster `primary`"),
+        "{}",
+        s.stderr
+    );
+    assert!(
+        s.stderr.contains("hsm-sync inventory plan.yaml primary"),
+        "{}",
+        s.stderr
+    );
+    assert_eq!(w.count("dr"), 0);
+
+    let inv = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]).json();
+    let handle = inv["keys"][0]["handle"].to_string();
+    let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", &handle, "dr"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    assert!(!s.stdout.contains("Apply:"), "{}", s.stdout);
+    let lines: Vec<&str> = s.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", s.stdout);
+    for needle in ["id=01", "label=\"one\"", "class=secret-key", "`primary`", "`dr`"] {
+        assert!(lines[0].contains(needle), "no {needle} in {:?}", lines[0]);
+    }
+    assert_eq!(lines[1], "syncKey success");
+}
+
+#[test]
 fn a_blocked_half_blocks_its_pair_and_every_reason_has_its_help() {
     let w = pair()
         .key("primary", "05", "local-public", &["--no-extractable", "--public"])
