@@ -949,4 +949,54 @@ mod tests {
             "the executor removes it first"
         );
     }
+
+    #[test]
+    fn a_key_selected_both_ways_is_an_error_naming_both_selectors() {
+        let p = plan("      - label: \"app-*\"\n      - label: app-2\n        state: absent\n");
+        let i = inv(vec![key(1, "01", "app-1", "aa"), key(2, "02", "app-2", "bb")], vec![]);
+        let e = diff(&p, &i).unwrap_err().to_string();
+        assert!(e.contains("label:app-*") && e.contains("label:app-2"), "{e}");
+        // Absent for a key the present glob does not match: fine.
+        let p = plan("      - label: \"app-*\"\n      - label: old\n        state: absent\n");
+        assert!(diff(&p, &i).is_ok());
+    }
+
+    #[test]
+    fn every_present_selector_that_matches_nothing_warns_unless_allowed() {
+        let p = plan("      - label: \"x-*\"\n      - id: \"0f\"\n      - handle: 99\n      - label: \"y-*\"\n        allow_empty: true\n");
+        let d = dif(&p, &inv(vec![key(1, "01", "k", "aa")], vec![]));
+        let codes: Vec<&str> = d.notes.iter().map(|w| w.code.as_str()).collect();
+        assert_eq!(codes, vec![EMPTY_SELECTOR; 3]);
+        assert!(d.has_leftovers());
+    }
+
+    #[test]
+    fn a_blocked_half_blocks_the_other_half() {
+        let p = plan("      - id: \"07\"\n");
+        let mut private = key(1, "07", "p", "aa");
+        private.class = KeyClass::PrivateKey;
+        private.key_type = KeyType::Ec;
+        private.flags.extractable = false;
+        let mut public = key(2, "07", "p", "bb");
+        public.class = KeyClass::PublicKey;
+        public.key_type = KeyType::Ec;
+        public.public_parts = Some(Box::new(crate::domain::key::PublicParts {
+            ec_params: vec![6, 8],
+            ec_point: vec![4, 1],
+            ..Default::default()
+        }));
+        let d = dif(&p, &inv(vec![private, public], vec![]));
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Blocked, Some("not-extractable".into())),
+                (Action::Blocked, Some("pair-incomplete".into()))
+            ]
+        );
+        assert!(d.items[1]
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not-extractable"));
+    }
 }
