@@ -2,7 +2,7 @@
 //! (key, target) pair (CONTRACT.md §3); `plan` renders it, `apply` executes it. No
 //! token is touched here, so it is unit-tested with in-memory inventories.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use crate::domain::kind;
 use crate::domain::reason::Reason;
 use crate::domain::shard::Shard;
 use crate::inventory::{Inventories, Inventory};
-use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector};
+use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector, SyncEntry};
 
 /// What happens to one key on one target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
@@ -111,19 +111,76 @@ impl DiffItem {
     }
 }
 
+/// Something the operator must hear about that is not a decision on one key: a present
+/// selector that matched nothing (CONTRACT.md §1, §4: the report's `warnings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Warning {
+    /// A stable code, e.g. `empty-selector`.
+    pub code: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The key the warning is about, as a shard assigns it: a sharded run reports each
+    /// warning in exactly one shard, as it does the key's jobs (not in the report).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub shard_key: Option<KeyRef>,
+}
+
+/// The code of a present selector that matched no key on its source.
+pub const EMPTY_SELECTOR: &str = "empty-selector";
+
 /// The whole dry-run diff.
 #[derive(Debug, Clone, Default)]
 pub struct Diff {
     /// Decisions, grouped by sync entry and target.
     pub items: Vec<DiffItem>,
-    /// Observations that are not decisions (a glob that matched nothing).
-    pub notes: Vec<String>,
+    /// Warnings that are not decisions (a present selector that matched nothing); each
+    /// makes `apply` and `plan --detailed-exitcode` exit 3.
+    pub notes: Vec<Warning>,
+}
+
+/// Why no diff could be made: the plan asks two contradictory things of one key.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum DiffError {
+    /// One key is selected both present and absent for one target (CONTRACT.md §1).
+    #[error(
+        "sync `{sync}`: key {key} is selected present by `{present}` and absent by `{absent}` for `{target}`; nothing was changed"
+    )]
+    #[diagnostic(
+        code(diff::conflicting_state),
+        help(
+            "a key is either present or absent on a target: narrow the glob, or give the absent selector other targets"
+        )
+    )]
+    BothStates {
+        /// The sync entry.
+        sync: String,
+        /// The key, as `id=… label="…"`.
+        key: String,
+        /// The target both selectors name.
+        target: String,
+        /// The present selector, as `label:GLOB`.
+        present: String,
+        /// The absent selector.
+        absent: String,
+    },
 }
 
 impl Diff {
     /// How many items have this action.
     pub fn count(&self, a: Action) -> usize {
         self.items.iter().filter(|i| i.action == a).count()
+    }
+
+    /// Whether a conflict, a blocked key or a warning (an empty selector) remains: the
+    /// exit 3 of CONTRACT.md §2.
+    pub fn has_leftovers(&self) -> bool {
+        !self.notes.is_empty()
+            || self
+                .items
+                .iter()
+                .any(|i| matches!(i.action, Action::Conflict | Action::Blocked))
     }
 
     /// Whether `apply` would change anything.
@@ -135,6 +192,8 @@ impl Diff {
     /// pair) falls in the same shard, so a key is still wrapped once.
     pub fn shard(mut self, shard: Shard) -> Diff {
         self.items.retain(|i| shard.holds(&i.key));
+        self.notes
+            .retain(|w| w.shard_key.as_ref().is_none_or(|k| shard.holds(k)));
         self
     }
 }
@@ -232,13 +291,108 @@ impl Names {
     }
 }
 
-/// Computes the diff of a plan against the inventories of its clusters.
-pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
+/// A key as an error message names it.
+fn key_words(k: &KeyObject) -> String {
+    match (k.id.is_empty(), k.label.is_empty()) {
+        (false, false) => format!("id={} label={:?}", hex::encode(&k.id), k.label),
+        (false, true) => format!("id={}", hex::encode(&k.id)),
+        _ => format!("label={:?}", k.label),
+    }
+}
+
+/// Refuses an entry that selects one key both present and absent for one target, on the
+/// source or on the target (issue 16 item 3): which selector won used to depend on their
+/// order, silently. Only entries with an absent selector pay for the look.
+fn both_states(entry: &SyncEntry, src_inv: &Inventory, inv: &Inventories) -> Result<(), DiffError> {
+    if !entry.selectors.iter().any(|s| s.state == DesiredState::Absent) {
+        return Ok(());
+    }
+    let mut present: HashMap<(&str, IdentityRef<'_>), &Selector> = HashMap::new();
+    for sel in entry.selectors.iter().filter(|s| s.state == DesiredState::Present) {
+        for k in src_inv.keys.iter().filter(|k| matches(&sel.matcher, k)) {
+            for t in &sel.targets {
+                present.entry((t.as_str(), k.identity_ref())).or_insert(sel);
+            }
+        }
+    }
+    for sel in entry.selectors.iter().filter(|s| s.state == DesiredState::Absent) {
+        for t in &sel.targets {
+            let on_target = match &sel.matcher {
+                // A handle names a source object only.
+                KeyMatcher::Handle(_) => None,
+                _ => inv.get(t),
+            };
+            let hits = src_inv
+                .keys
+                .iter()
+                .chain(on_target.into_iter().flat_map(|i| i.keys.iter()))
+                .filter(|k| matches(&sel.matcher, k));
+            for k in hits {
+                if let Some(p) = present.get(&(t.as_str(), k.identity_ref())) {
+                    return Err(DiffError::BothStates {
+                        sync: entry.name.clone(),
+                        key: key_words(k),
+                        target: t.clone(),
+                        present: p.matcher.describe(),
+                        absent: sel.matcher.describe(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The two halves of a key pair travel together (CONTRACT.md §3): where one half is
+/// blocked on a target, the other half (same id, the other class) is blocked with
+/// `pair-incomplete`, its detail naming the first half's reasons.
+fn keep_pairs_together(items: &mut [DiffItem]) {
+    let half = |c: Option<KeyClass>| matches!(c, Some(KeyClass::PrivateKey | KeyClass::PublicKey));
+    let mut blocked: HashMap<(Arc<str>, Option<KeyClass>, String), Vec<Reason>> = HashMap::new();
+    for it in items.iter() {
+        if it.action == Action::Blocked && half(it.key.class) && !it.key.id.is_empty() {
+            blocked.insert((it.target.clone(), it.key.class, it.key.id.clone()), it.reasons.clone());
+        }
+    }
+    if blocked.is_empty() {
+        return;
+    }
+    for it in items.iter_mut() {
+        if !half(it.key.class) || it.key.id.is_empty() || matches!(it.action, Action::Blocked | Action::Delete) {
+            continue;
+        }
+        let other = match it.key.class {
+            Some(KeyClass::PrivateKey) => KeyClass::PublicKey,
+            _ => KeyClass::PrivateKey,
+        };
+        let Some(reasons) = blocked.get(&(it.target.clone(), Some(other), it.key.id.clone())) else {
+            continue;
+        };
+        let codes: Vec<&str> = reasons.iter().map(|r| r.code()).collect();
+        let what = if other == KeyClass::PrivateKey {
+            "private"
+        } else {
+            "public"
+        };
+        it.action = Action::Blocked;
+        it.reason = Some(Reason::PairIncomplete);
+        it.reasons = vec![Reason::PairIncomplete];
+        it.detail = Some(format!(
+            "the {what} key of this pair (same id) is blocked: {}",
+            codes.join(", ")
+        ));
+    }
+}
+
+/// Computes the diff of a plan against the inventories of its clusters; refuses a plan
+/// that selects one key both present and absent.
+pub fn diff(plan: &Plan, inv: &Inventories) -> Result<Diff, DiffError> {
     let mut out = Diff::default();
     for entry in &plan.syncs {
         let Some(src_inv) = inv.get(&entry.source) else {
             continue;
         };
+        both_states(entry, src_inv, inv)?;
         let role = plan
             .cluster(&entry.source)
             .map_or(Role::CryptoUser, |c| c.credentials.role);
@@ -257,15 +411,21 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
             items.reserve(picked.len() * sel.targets.len());
             match sel.state {
                 DesiredState::Present => {
-                    if picked.is_empty() {
-                        if matches!(sel.matcher, KeyMatcher::LabelGlob(..)) {
-                            out.notes.push(format!(
-                                "sync `{}`: selector {} matched no key on `{}`",
+                    // One rule for every present selector (CONTRACT.md §1): matching nothing
+                    // is a warning and exit 3, unless the selector allows it. An id or a
+                    // handle also keeps its `not-found-on-source` item, as reports had it.
+                    if picked.is_empty() && !sel.allow_empty {
+                        out.notes.push(Warning {
+                            code: EMPTY_SELECTOR.into(),
+                            message: format!(
+                                "sync `{}`: selector {} matched no key on `{}` (add `allow_empty: true` to it if that is expected)",
                                 entry.name,
                                 sel.matcher.describe(),
                                 entry.source
-                            ));
-                        } else {
+                            ),
+                            shard_key: Some(missing_ref(&sel.matcher)),
+                        });
+                        if !matches!(sel.matcher, KeyMatcher::LabelGlob(..)) {
                             for t in &sel.targets {
                                 items.push(item(
                                     &names,
@@ -302,6 +462,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
                 .then(a.key.handle.cmp(&b.key.handle))
         });
         drop(seen);
+        keep_pairs_together(&mut items);
         // Move, not copy: at 100,000 keys a second vector of items is tens of megabytes.
         if out.items.is_empty() {
             out.items = items;
@@ -309,7 +470,7 @@ pub fn diff(plan: &Plan, inv: &Inventories) -> Diff {
             out.items.append(&mut items);
         }
     }
-    out
+    Ok(out)
 }
 
 /// The reasons of one item and the explanation each came with.
@@ -583,6 +744,10 @@ mod tests {
         ])
     }
 
+    fn dif(p: &Plan, i: &Inventories) -> Diff {
+        diff(p, i).unwrap()
+    }
+
     fn actions(d: &Diff) -> Vec<(Action, Option<String>)> {
         d.items
             .iter()
@@ -593,7 +758,7 @@ mod tests {
     #[test]
     fn create_unchanged_conflict_by_fingerprint() {
         let p = plan("      - label: \"k*\"\n");
-        let d = diff(
+        let d = dif(
             &p,
             &inv(
                 vec![
@@ -622,7 +787,7 @@ mod tests {
         unext.fingerprint = crate::domain::fingerprint::Fingerprint::NotWrappable;
         let mut public = key(2, "02", "y", "bb");
         public.flags.private = false;
-        let d = diff(&p, &inv(vec![unext, public], vec![]));
+        let d = dif(&p, &inv(vec![unext, public], vec![]));
         assert_eq!(
             actions(&d),
             vec![
@@ -643,7 +808,7 @@ mod tests {
         let invs = inv(vec![new.clone(), unwrappable.clone()], vec![key(7, "02", "y", "bb")]);
         // Tried and refused: the key cannot be wrapped.
         assert_eq!(
-            actions(&diff(&p, &invs)),
+            actions(&dif(&p, &invs)),
             vec![
                 (Action::Blocked, Some("not-extractable".into())),
                 (Action::Blocked, Some("not-extractable".into()))
@@ -654,7 +819,7 @@ mod tests {
         new.fingerprint = Fingerprint::Deferred;
         let invs = inv(vec![new, unwrappable], vec![key(7, "02", "y", "bb")]);
         assert_eq!(
-            actions(&diff(&p, &invs)),
+            actions(&dif(&p, &invs)),
             vec![
                 (Action::Create, None),
                 (Action::Blocked, Some("not-extractable".into()))
@@ -666,7 +831,7 @@ mod tests {
     fn drift_is_an_update_and_duplicates_are_conflicts() {
         let p = plan("      - id: \"01\"\n      - id: \"02\"\n");
         let renamed = key(9, "01", "old-name", "aa");
-        let d = diff(
+        let d = dif(
             &p,
             &inv(
                 vec![key(1, "01", "new-name", "aa"), key(2, "02", "y", "bb")],
@@ -699,7 +864,7 @@ mod tests {
         derive.handle = 2;
         derive.id = vec![2];
         derive.flags.derive = true;
-        let d = diff(&p, &inv(vec![hmac, derive], vec![]));
+        let d = dif(&p, &inv(vec![hmac, derive], vec![]));
         assert_eq!(
             actions(&d),
             vec![
@@ -712,7 +877,7 @@ mod tests {
     #[test]
     fn absent_selectors_delete_from_targets() {
         let p = plan("      - label: old\n        state: absent\n");
-        let d = diff(
+        let d = dif(
             &p,
             &inv(vec![], vec![key(5, "05", "old", "aa"), key(6, "06", "keep", "bb")]),
         );
@@ -766,14 +931,14 @@ mod tests {
         let mut broken = key(9, "01", "k", "");
         broken.fingerprint = crate::domain::fingerprint::Fingerprint::NotWrappable;
         let mut i = inv(vec![src.clone()], vec![broken.clone()]);
-        let d = diff(&p, &i);
+        let d = dif(&p, &i);
         assert_eq!(
             d.items[0].action,
             Action::Conflict,
             "someone else's unreadable key is never touched"
         );
         i.get_mut("b").unwrap().in_flight.insert(src.identity().journal_key());
-        let d = diff(&p, &i);
+        let d = dif(&p, &i);
         assert_eq!(d.items[0].action, Action::Create);
         assert_eq!(d.items[0].reason, Some(Reason::Repair));
         assert_eq!(
@@ -781,5 +946,55 @@ mod tests {
             Some(9),
             "the executor removes it first"
         );
+    }
+
+    #[test]
+    fn a_key_selected_both_ways_is_an_error_naming_both_selectors() {
+        let p = plan("      - label: \"app-*\"\n      - label: app-2\n        state: absent\n");
+        let i = inv(vec![key(1, "01", "app-1", "aa"), key(2, "02", "app-2", "bb")], vec![]);
+        let e = diff(&p, &i).unwrap_err().to_string();
+        assert!(e.contains("label:app-*") && e.contains("label:app-2"), "{e}");
+        // Absent for a key the present glob does not match: fine.
+        let p = plan("      - label: \"app-*\"\n      - label: old\n        state: absent\n");
+        assert!(diff(&p, &i).is_ok());
+    }
+
+    #[test]
+    fn every_present_selector_that_matches_nothing_warns_unless_allowed() {
+        let p = plan("      - label: \"x-*\"\n      - id: \"0f\"\n      - handle: 99\n      - label: \"y-*\"\n        allow_empty: true\n");
+        let d = dif(&p, &inv(vec![key(1, "01", "k", "aa")], vec![]));
+        let codes: Vec<&str> = d.notes.iter().map(|w| w.code.as_str()).collect();
+        assert_eq!(codes, vec![EMPTY_SELECTOR; 3]);
+        assert!(d.has_leftovers());
+    }
+
+    #[test]
+    fn a_blocked_half_blocks_the_other_half() {
+        let p = plan("      - id: \"07\"\n");
+        let mut private = key(1, "07", "p", "aa");
+        private.class = KeyClass::PrivateKey;
+        private.key_type = KeyType::Ec;
+        private.flags.extractable = false;
+        let mut public = key(2, "07", "p", "bb");
+        public.class = KeyClass::PublicKey;
+        public.key_type = KeyType::Ec;
+        public.public_parts = Some(Box::new(crate::domain::key::PublicParts {
+            ec_params: vec![6, 8],
+            ec_point: vec![4, 1],
+            ..Default::default()
+        }));
+        let d = dif(&p, &inv(vec![private, public], vec![]));
+        assert_eq!(
+            actions(&d),
+            vec![
+                (Action::Blocked, Some("not-extractable".into())),
+                (Action::Blocked, Some("pair-incomplete".into()))
+            ]
+        );
+        assert!(d.items[1]
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not-extractable"));
     }
 }

@@ -75,7 +75,7 @@ pub fn online_diff(
     let inventories = read_all(&tokens, &names, &source_only, fingerprints, workers)?;
     timings.inventory_ms = ms_since(t);
     let t = std::time::Instant::now();
-    let mut diff = diff(plan, &inventories);
+    let mut diff = diff(plan, &inventories)?;
     if let Some(s) = shard {
         diff = diff.shard(s);
     }

@@ -29,6 +29,23 @@ fn key_text(it: &DiffItem) -> String {
     s.trim_end().to_string()
 }
 
+/// `code: help` for every reason of a blocked or conflicting item that has advice, so a
+/// blocked key shows every fix at once (issue 16 item 7).
+pub fn helps(it: &DiffItem) -> Vec<String> {
+    reason_helps(it.action, &it.reasons)
+}
+
+/// [`helps`] of an action and its reasons (a report's job has both).
+pub fn reason_helps(action: Action, reasons: &[crate::domain::reason::Reason]) -> Vec<String> {
+    if !matches!(action, Action::Blocked | Action::Conflict) {
+        return Vec::new();
+    }
+    reasons
+        .iter()
+        .filter_map(|r| r.help().map(|h| format!("{r}: {h}")))
+        .collect()
+}
+
 /// The kebab-case name serde gives a unit enum variant.
 pub fn serde_plain<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -83,9 +100,12 @@ pub fn text(diff: &Diff, color: bool) -> String {
             it.action.name(),
             key_text(it)
         );
+        for h in helps(it) {
+            let _ = writeln!(out, "      help: {h}");
+        }
     }
-    for n in &diff.notes {
-        let _ = writeln!(out, "\nnote: {n}");
+    for w in &diff.notes {
+        let _ = writeln!(out, "\nwarning: {}", w.message);
     }
     let _ = writeln!(out, "\nPlan: {}.", totals(diff));
     out
@@ -108,7 +128,11 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
             );
             current = Some(head);
         }
-        let reason = describe(it.reason, it.detail.as_deref()).replace('|', "\\|");
+        let mut reason = describe(it.reason, it.detail.as_deref());
+        for h in helps(it) {
+            let _ = write!(reason, "<br>help: {h}");
+        }
+        let reason = reason.replace('|', "\\|");
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -118,8 +142,8 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
             reason
         );
     }
-    for n in &diff.notes {
-        let _ = writeln!(out, "\n> note: {n}");
+    for w in &diff.notes {
+        let _ = writeln!(out, "\n> warning: {} (`{}`)", w.message, w.code);
     }
     out
 }

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{Action, Diff, DiffItem};
+use crate::diff::{Action, Diff, DiffItem, Warning};
 use crate::domain::event::Event;
 use crate::domain::key::KeyRef;
 pub use crate::domain::outcome::{Outcome, Status};
@@ -131,6 +131,10 @@ pub struct Report {
     pub jobs: Vec<JobRecord>,
     /// Every notification's outcome.
     pub notifications: Vec<NotificationRecord>,
+    /// What the operator must hear about beyond the jobs, e.g. `empty-selector`
+    /// (CONTRACT.md §4); any of them makes `apply` exit 3.
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
     /// True only for a run stopped by SIGINT/SIGTERM: jobs not started are `skipped`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
@@ -250,6 +254,7 @@ impl Report {
             summary: Summary::of(diff, outcomes),
             jobs: Vec::new(),
             notifications: Vec::new(),
+            warnings: diff.notes.clone(),
             interrupted: false,
             timings: None,
         }
@@ -277,7 +282,7 @@ impl Serialize for PlanJson<'_> {
         }
         let r = self.header;
         // Same fields, same order as the derived `Report` (a unit test compares them).
-        let mut st = ser.serialize_struct("Report", 9)?;
+        let mut st = ser.serialize_struct("Report", 10)?;
         st.serialize_field("version", &r.version)?;
         st.serialize_field("command", &r.command)?;
         st.serialize_field("plan", &r.plan)?;
@@ -286,6 +291,7 @@ impl Serialize for PlanJson<'_> {
         st.serialize_field("summary", &r.summary)?;
         st.serialize_field("jobs", &Jobs(self.diff))?;
         st.serialize_field("notifications", &r.notifications)?;
+        st.serialize_field("warnings", &r.warnings)?;
         if r.interrupted {
             st.serialize_field("interrupted", &true)?;
         }

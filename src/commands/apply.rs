@@ -39,6 +39,8 @@ pub(super) struct RunOptions<'a> {
     pub report: Option<&'a Path>,
     /// JUnit file.
     pub junit: Option<&'a Path>,
+    /// Print the `Apply:` summary line (`sync-key` prints what it copied instead).
+    pub summary: bool,
 }
 
 pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
@@ -108,6 +110,7 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
         progress_interval: a.progress_interval,
         report: a.report.as_deref(),
         junit: a.junit.as_deref(),
+        summary: true,
     };
     let (_report, status) = run_jobs(p, &plan, &online, &opts, started)?;
     Ok(status)
@@ -166,6 +169,10 @@ pub(super) fn run_jobs(
     for w in &run.warnings {
         p.warn(w);
     }
+    // Printed even with --quiet: an empty selector is a failure of the run (CONTRACT.md §1).
+    for w in &run.report.warnings {
+        p.warn(&w.message);
+    }
     let (report, notified) = (run.report, run.notified);
     // The record of what was done is written before it is printed; if it cannot be
     // written, the summary is still printed and the run exits 3 when tokens were changed.
@@ -208,6 +215,9 @@ pub(super) fn run_jobs(
                 job.key.label,
                 crate::domain::reason::describe(job.reason, job.detail.as_deref())
             ));
+            for h in crate::render::reason_helps(job.action, &job.reasons) {
+                p.error_line(&format!("  help: {h}"));
+            }
         }
     }
     let s = &report.summary;
@@ -218,24 +228,26 @@ pub(super) fn run_jobs(
     } else {
         Printer::outln
     };
-    summary(
-        p,
-        &format!(
-            "Apply: {} created, {} updated, {} deleted, {} unchanged; {} conflict, {} blocked, {} failed ({} ms){}",
-            s.create - count_failed(&report, Action::Create),
-            s.update - count_failed(&report, Action::Update),
-            s.delete - count_failed(&report, Action::Delete),
-            s.unchanged,
-            s.conflict,
-            s.blocked,
-            s.failed,
-            SystemTime::now().duration_since(started).map_or(0, |d| d.as_millis()),
-            o.report
-                .filter(|path| *path != Path::new("-") && unwritten.is_empty())
-                .map(|path| format!("; report: {}", path.display()))
-                .unwrap_or_default()
-        ),
-    );
+    if o.summary {
+        summary(
+            p,
+            &format!(
+                "Apply: {} created, {} updated, {} deleted, {} unchanged; {} conflict, {} blocked, {} failed ({} ms){}",
+                s.create - count_failed(&report, Action::Create),
+                s.update - count_failed(&report, Action::Update),
+                s.delete - count_failed(&report, Action::Delete),
+                s.unchanged,
+                s.conflict,
+                s.blocked,
+                s.failed,
+                SystemTime::now().duration_since(started).map_or(0, |d| d.as_millis()),
+                o.report
+                    .filter(|path| *path != Path::new("-") && unwritten.is_empty())
+                    .map(|path| format!("; report: {}", path.display()))
+                    .unwrap_or_default()
+            ),
+        );
+    }
     crate::render::print_notifications(p, &notified.records, &notified.warnings);
     if !unwritten.is_empty() {
         let changed = report
@@ -266,7 +278,7 @@ pub(super) fn run_jobs(
         ));
         return Ok((report, ExitStatus::Interrupted(sig)));
     }
-    let status = if failed_or_left > 0 || notified.failed() {
+    let status = if failed_or_left > 0 || notified.failed() || !report.warnings.is_empty() {
         ExitStatus::Incomplete
     } else {
         ExitStatus::Success

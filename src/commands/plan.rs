@@ -55,8 +55,19 @@ pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
         PlanFormat::Markdown => p.out(&render::markdown(diff, &a.plan.display().to_string())),
         PlanFormat::Json => p.json(&PlanJson { header: &report, diff }).into_diagnostic()?,
     }
-    Ok(if a.detailed_exitcode && diff.has_changes() {
+    for w in &diff.notes {
+        if a.format != PlanFormat::Text {
+            p.warn(&w.message);
+        }
+    }
+    // CONTRACT.md §2: changes pending win (2); else anything left that apply would not
+    // fix (conflicts, blocked keys, empty selectors) is 3, never a green "in sync".
+    Ok(if !a.detailed_exitcode {
+        ExitStatus::Success
+    } else if diff.has_changes() {
         ExitStatus::ChangesPending
+    } else if diff.has_leftovers() {
+        ExitStatus::Incomplete
     } else {
         ExitStatus::Success
     })

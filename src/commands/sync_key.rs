@@ -8,10 +8,12 @@ use std::time::SystemTime;
 use miette::miette;
 
 use crate::cli::SyncKeyArgs;
+use crate::diff::Action;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::output::Printer;
 use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
+use crate::report::Status;
 
 use super::apply::{run_jobs, threads, RunOptions};
 use super::load;
@@ -56,12 +58,33 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
                 matcher: KeyMatcher::Handle(a.handle),
                 state: DesiredState::Present,
                 targets: vec![dest.name.clone()],
+                allow_empty: false,
             }],
             notify: Vec::new(),
         }],
         ..plan.clone()
     };
     let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared)?;
+    // An unknown handle is an operator's typo, not a blocked key: exit 1, nothing written
+    // (CONTRACT.md §2; issue 16 item 6).
+    let held = online
+        .inventories
+        .get(&source.name)
+        .is_some_and(|inv| inv.keys.iter().any(|k| k.handle == a.handle));
+    if !held {
+        return Err(miette!(
+            code = "sync_key::unknown_handle",
+            help = format!(
+                "list the keys and their handles with `hsm-sync inventory {} {}`",
+                a.plan.display(),
+                source.name
+            ),
+            "no key with handle {} on cluster `{}`; nothing was changed",
+            a.handle,
+            source.name
+        )
+        .into());
+    }
     let opts = RunOptions {
         command: "sync-key",
         plan_name: a.plan.clone(),
@@ -71,8 +94,30 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         progress_interval: std::time::Duration::from_secs(10),
         report: None,
         junit: None,
+        summary: false,
     };
-    let (_report, status) = run_jobs(p, &one, &online, &opts, started)?;
+    let (report, status) = run_jobs(p, &one, &online, &opts, started)?;
+    // What was copied, as CloudHSM's syncKey would say it; failures and blocked keys
+    // were printed by the run.
+    for job in report.jobs.iter().filter(|j| j.status == Status::Ok) {
+        let what = match job.action {
+            Action::Create => "copied",
+            Action::Update => "updated",
+            Action::Unchanged => "already in sync",
+            _ => continue,
+        };
+        p.outln(&format!(
+            "{what}: id={} label={:?} class={} from `{}` to `{}`",
+            job.key.id,
+            job.key.label,
+            job.key
+                .class
+                .map(|c| crate::render::serde_plain(&c))
+                .unwrap_or_default(),
+            job.source,
+            job.target
+        ));
+    }
     if status == ExitStatus::Success {
         p.outln("syncKey success");
     }

@@ -67,11 +67,9 @@ impl Reason {
     /// What an operator can do about it, where there is something to say.
     pub fn help(self) -> Option<&'static str> {
         Some(match self {
-            Reason::NotExtractable => {
-                "the key was made with CKA_EXTRACTABLE false (or cannot be wrapped) and can never leave its token"
-            }
+            Reason::NotExtractable => "the key was made with CKA_EXTRACTABLE false and can never leave its token",
             Reason::NotOwned => {
-                "the key was made with CKA_PRIVATE false (pkcs11-tool's default), so a crypto-user does not own it; sync it as crypto-officer or remake it private"
+                "made with CKA_PRIVATE false — pkcs11-tool's default — so a crypto-user does not own it"
             }
             Reason::UnsupportedKeyType => "hsm-sync copies AES, DES3, generic secret, HMAC, RSA and EC keys",
             Reason::NotFoundOnSource => "check the selector against `hsm-sync inventory PLAN SOURCE`",

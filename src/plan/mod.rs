@@ -87,6 +87,8 @@ pub enum IssueKind {
     CloneCycle,
     /// More problems than are listed.
     TooManyProblems,
+    /// Two selectors of one entry name the same key or glob with different `state`.
+    ConflictingState,
 }
 
 impl IssueKind {
@@ -127,6 +129,7 @@ impl IssueKind {
             Empty => "plan::empty",
             CloneCycle => "plan::clone-cycle",
             TooManyProblems => "plan::too-many-problems",
+            ConflictingState => "plan::conflicting-state",
         }
     }
 }

@@ -197,6 +197,18 @@ impl KeyMatcher {
         }
     }
 
+    /// Whether two matchers name the same key or glob as the plan writes it (same kind,
+    /// same value): the test of the same-key-two-states rule (CONTRACT.md §1).
+    pub fn same_as(&self, other: &KeyMatcher) -> bool {
+        match (self, other) {
+            (KeyMatcher::Id(a), KeyMatcher::Id(b)) => a == b,
+            (KeyMatcher::Label(a), KeyMatcher::Label(b)) => a == b,
+            (KeyMatcher::LabelGlob(a, _), KeyMatcher::LabelGlob(b, _)) => a == b,
+            (KeyMatcher::Handle(a), KeyMatcher::Handle(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// `id:HEX`, `label:GLOB` or `handle:N`, as on the command line.
     pub fn describe(&self) -> String {
         match self {
@@ -216,6 +228,16 @@ pub enum DesiredState {
     Absent,
 }
 
+impl DesiredState {
+    /// `present` or `absent`, as the plan writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DesiredState::Present => "present",
+            DesiredState::Absent => "absent",
+        }
+    }
+}
+
 /// One key selector of a sync entry.
 #[derive(Debug, Clone)]
 pub struct Selector {
@@ -225,6 +247,8 @@ pub struct Selector {
     pub state: DesiredState,
     /// Its targets: the selector's own override, else the entry's.
     pub targets: Vec<String>,
+    /// `allow_empty: true`: matching no key on the source is not a failure.
+    pub allow_empty: bool,
 }
 
 /// An associated resource of a sync entry's keys.

@@ -160,6 +160,9 @@ pub struct RawSelector {
     /// Overrides the entry's targets for this selector.
     #[serde(default)]
     pub targets: Option<Vec<String>>,
+    /// A present selector that matches no key is not a failure (CONTRACT.md §1).
+    #[serde(default)]
+    pub allow_empty: Option<bool>,
 }
 
 /// Lifecycle events.

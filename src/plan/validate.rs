@@ -215,6 +215,7 @@ impl Validator {
             K::CloneCycle => "goes round in a circle",
             K::InvalidName => "invalid name",
             K::TooManyProblems => "too many problems",
+            K::ConflictingState => "the other state",
             _ => "here",
         }
         .to_string();
@@ -959,11 +960,14 @@ impl Validator {
                 Some("select keys by `id`, `label` or `handle`".into()),
             );
         }
-        let mut selectors = Vec::new();
+        let mut selectors: Vec<Selector> = Vec::new();
+        let mut paths: Vec<String> = Vec::new();
         for (j, sel) in keys.ok {
             let sp = index(&kpath, j);
             if let Some(s) = self.selector(&sp, sel, &raw.targets, src, clusters, names) {
+                self.conflicting_state(&s, &sp, &selectors, &paths);
                 selectors.push(s);
+                paths.push(sp);
             }
         }
         let mut notify = Vec::new();
@@ -1049,6 +1053,31 @@ impl Validator {
             selectors,
             notify,
         })
+    }
+
+    /// Same key or glob, other `state`, a target in common: which one wins would be
+    /// decided by selector order, silently (issue 16 item 3; CONTRACT.md §1).
+    fn conflicting_state(&mut self, sel: &Selector, sp: &str, earlier: &[Selector], paths: &[String]) {
+        let Some((first, fpath)) = earlier.iter().zip(paths).find(|(e, _)| {
+            e.state != sel.state && e.matcher.same_as(&sel.matcher) && e.targets.iter().any(|t| sel.targets.contains(t))
+        }) else {
+            return;
+        };
+        let name = |s: &Selector| format!("`{}` ({})", s.matcher.describe(), s.state.name());
+        self.issue(
+            IssueKind::ConflictingState,
+            sp,
+            format!(
+                "selectors {} and {} name the same key with different `state`",
+                name(first),
+                name(sel)
+            ),
+            Some("keep one of them: a key is either present or absent on a target".into()),
+        );
+        let also = self.src.locate_value(fpath);
+        if let (Some(last), Some(span)) = (self.issues.last_mut(), also) {
+            last.also = Some((span, format!("`state: {}` here", first.state.name())));
+        }
     }
 
     fn selector(
@@ -1138,6 +1167,7 @@ impl Validator {
             matcher,
             state,
             targets,
+            allow_empty: sel.allow_empty.unwrap_or(false),
         })
     }
 

@@ -10,5 +10,6 @@ mod interrupt;
 mod notify;
 mod plan_lang;
 mod reliability;
+mod semantics;
 mod workflow;
 mod world;

@@ -116,6 +116,7 @@ fn every_broken_plan_fails_with_its_kinds_at_its_positions() {
         "plan::unset-variable",
         "plan::pin-file",
         "plan::clone-cycle",
+        "plan::conflicting-state",
     ] {
         assert!(kinds.contains_key(code), "no broken plan covers {code}");
     }

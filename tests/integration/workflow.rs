@@ -190,15 +190,16 @@ fn sync_key_copies_one_key_by_handle_to_a_named_or_numbered_cluster() {
     assert_eq!(s.code, 0, "{s:?}");
     assert_eq!(w.count("dr"), 2);
 
-    // Refusals: not extractable (exit 3), no such handle (exit 3), no such cluster (exit 1).
+    // Refusals: not extractable (exit 3), no such handle (exit 1, CONTRACT.md §2: an
+    // unknown handle is an error, not a blocked key), no such cluster (exit 1).
     let local = handle_of(&w, "primary", "local");
     let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", &local, "dr"]);
     assert_eq!(s.code, 3, "{s:?}");
     assert!(s.stderr.contains("not-extractable"), "{}", s.stderr);
     assert!(!s.stdout.contains("syncKey success"));
     let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", "999999", "dr"]);
-    assert_eq!(s.code, 3, "{s:?}");
-    assert!(s.stderr.contains("not-found-on-source"), "{}", s.stderr);
+    assert_eq!(s.code, 1, "{s:?}");
+    assert!(s.stderr.contains("no key with handle 999999"), "{}", s.stderr);
     let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", &one, "7"]);
     assert_eq!(s.code, 1, "{s:?}");
     assert!(s.stderr.contains("no cluster at position 7"), "{}", s.stderr);

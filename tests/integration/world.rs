@@ -155,6 +155,14 @@ impl World {
         self
     }
 
+    /// `hsm-fixture keygen-pair TOKEN --id ID --label LABEL extra…` (e.g. `--ec p256`).
+    pub fn key_pair(self, token: &str, id: &str, label: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["keygen-pair", token, "--id", id, "--label", label];
+        args.extend_from_slice(extra);
+        self.fixture(&args);
+        self
+    }
+
     /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path.
     pub fn plan(self, yaml: &str) -> Self {
         self.write("plan.yaml", &yaml.replace("{module}", &softhsm().display().to_string()));
