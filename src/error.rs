@@ -9,7 +9,7 @@ use crate::exit::ExitStatus;
 
 /// How a command failed.
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     /// Refused or failed before anything was changed: a bad plan, a login, lineage, a
     /// stale saved plan, a missing module, an unknown handle (exit 1).
     NothingChanged(miette::Report),
@@ -20,7 +20,7 @@ pub enum Error {
 
 impl Error {
     /// The exit status this failure means.
-    pub fn exit_status(&self) -> ExitStatus {
+    pub(crate) fn exit_status(&self) -> ExitStatus {
         match self {
             Error::NothingChanged(_) => ExitStatus::Error,
             Error::AfterChanges(_) => ExitStatus::Incomplete,
@@ -28,7 +28,7 @@ impl Error {
     }
 
     /// The diagnostic to show.
-    pub fn diagnostic(&self) -> &dyn Diagnostic {
+    pub(crate) fn diagnostic(&self) -> &dyn Diagnostic {
         match self {
             Error::NothingChanged(r) | Error::AfterChanges(r) => r.as_ref(),
         }
@@ -45,4 +45,4 @@ where
 }
 
 /// The result of a command: how it ended, or how it failed.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

@@ -91,7 +91,7 @@ fn outcome(start: Instant, attempts: u32, r: Result<(Option<String>, Option<Stri
 /// (skipped otherwise). Returns one outcome per diff item, in order.
 /// Once `stop` is requested no new unit starts, and a copy goes to no further target;
 /// what is in flight finishes and is verified, and the rest is `skipped`.
-pub fn execute<S: KeyStore>(
+pub(crate) fn execute<S: KeyStore>(
     diff: &Diff,
     store: &S,
     threads: usize,

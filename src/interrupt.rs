@@ -13,14 +13,14 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 /// Whether a stop was requested, and by which signal.
 #[derive(Debug, Default)]
-pub struct Stop {
+pub(crate) struct Stop {
     requested: Arc<AtomicBool>,
     signal: Arc<AtomicUsize>,
 }
 
 impl Stop {
     /// The signal that asked the run to stop, if one did.
-    pub fn signal(&self) -> Option<i32> {
+    pub(crate) fn signal(&self) -> Option<i32> {
         if !self.requested.load(Ordering::SeqCst) {
             return None;
         }
@@ -35,7 +35,7 @@ impl Stop {
     }
 
     /// Whether the run should start no new job.
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
     }
 }
@@ -43,7 +43,7 @@ impl Stop {
 /// The process's stop flags, with the handlers installed on first use. Installed once
 /// per process: the handlers are global, and a process may run several commands (the
 /// benchmark, the demo).
-pub fn install() -> io::Result<&'static Stop> {
+pub(crate) fn install() -> io::Result<&'static Stop> {
     static STOP: OnceLock<Stop> = OnceLock::new();
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let stop = STOP.get_or_init(Stop::default);
@@ -65,7 +65,7 @@ pub fn install() -> io::Result<&'static Stop> {
 }
 
 /// A stop that no signal can set: for callers that run jobs without handlers (tests).
-pub fn never() -> &'static Stop {
+pub(crate) fn never() -> &'static Stop {
     static NEVER: OnceLock<Stop> = OnceLock::new();
     NEVER.get_or_init(Stop::default)
 }

@@ -26,7 +26,7 @@ pub struct Inventory {
 
 /// Which keys an inventory fingerprints (one `C_WrapKey` each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fingerprints {
+pub(crate) enum Fingerprints {
     /// Every key: what `plan` shows and a saved plan's digests cover.
     All,
     /// Only what a diff compares: every key of a cluster that some sync writes to, and
@@ -50,7 +50,7 @@ impl Inventory {
 }
 
 /// Inventories by cluster name.
-pub type Inventories = HashMap<String, Inventory>;
+pub(crate) type Inventories = HashMap<String, Inventory>;
 
 /// Reads the inventories of `clusters`, side by side, each with up to `workers` sessions.
 /// With [`Fingerprints::Compared`], the clusters in `source_only` (no sync writes to
@@ -60,7 +60,7 @@ pub type Inventories = HashMap<String, Inventory>;
 /// when they hold about as many, every key would be wrapped anyway, and wrapping them
 /// while the targets are read is faster (issue 6). Their in-flight journals are not read
 /// (only targets have one).
-pub fn read_all(
+pub(crate) fn read_all(
     tokens: &Tokens,
     clusters: &[&str],
     source_only: &[&str],

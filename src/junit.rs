@@ -10,7 +10,7 @@ use crate::report::{Report, Status};
 
 /// The JUnit XML of a report: one suite per (sync, target), one case per job. Jobs that
 /// make `apply` exit 3 (failed, conflict, blocked) are failures; jobs not run are skipped.
-pub fn render(report: &Report) -> Result<String, quick_junit::SerializeError> {
+pub(crate) fn render(report: &Report) -> Result<String, quick_junit::SerializeError> {
     let mut junit = quick_junit::Report::new("hsm-sync");
     let mut suites: Vec<TestSuite> = Vec::new();
     for job in &report.jobs {

@@ -11,31 +11,33 @@
 //! Only [`hsm`] names `cryptoki`; only [`progress`] names `indicatif`; only [`plan`]
 //! names `serde_yaml`. The binary is a thin `main` over [`run`].
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
+// Every `unsafe` block lives in `hsm/raw.rs`, the FFI edge; the compiler keeps it there.
+#![deny(unsafe_code)]
 
 pub mod cli;
-pub mod commands;
+mod commands;
 pub mod connect;
 pub mod credentials;
 pub mod diff;
 pub mod domain;
-pub mod error;
-pub mod executor;
-pub mod exit;
+mod error;
+mod executor;
+mod exit;
 pub mod hsm;
-pub mod interrupt;
-pub mod inventory;
-pub mod junit;
-pub mod limits;
-pub mod lock;
-pub mod notify;
-pub mod output;
-pub mod pipeline;
+mod interrupt;
+mod inventory;
+mod junit;
+mod limits;
+mod lock;
+mod notify;
+mod output;
+mod pipeline;
 pub mod plan;
-pub mod progress;
-pub mod render;
+mod progress;
+mod render;
 pub mod report;
-pub mod saved;
+mod saved;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -5,11 +5,11 @@
 /// The most workers a run may ask for. Each worker holds a session on every token in
 /// scope; tokens run out of sessions long before this (a plan asking for 10^8 once made
 /// `apply` allocate 6.8 GB of session slots), and 2 cores gain nothing past a few dozen.
-pub const MAX_JOBS: usize = 256;
+pub(crate) const MAX_JOBS: usize = 256;
 
 /// How wide a run goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     jobs: usize,
 }
 
@@ -17,7 +17,7 @@ impl Limits {
     /// `--jobs`, else the plan's `options.parallelism`, else the available CPUs; always
     /// between 1 and [`MAX_JOBS`] (both inputs are validated against it beforehand, so
     /// the clamp only guards the machine's own count).
-    pub fn new(jobs: Option<usize>, parallelism: Option<usize>) -> Limits {
+    pub(crate) fn new(jobs: Option<usize>, parallelism: Option<usize>) -> Limits {
         let jobs = jobs
             .or(parallelism)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -28,13 +28,13 @@ impl Limits {
 
     /// Worker threads of the executor, and sessions per token for the inventory and the
     /// lifecycle records.
-    pub fn jobs(self) -> usize {
+    pub(crate) fn jobs(self) -> usize {
         self.jobs
     }
 }
 
 /// `--jobs` as clap parses it: a number from 1 to [`MAX_JOBS`].
-pub fn parse_jobs(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_jobs(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=MAX_JOBS).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a number of jobs from 1 to {MAX_JOBS}")),

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum LockError {
+pub(crate) enum LockError {
     /// Another run holds it.
     #[error("cluster `{cluster}` is being changed by another hsm-sync run ({holder}); nothing was changed")]
     #[diagnostic(
@@ -43,12 +43,12 @@ pub enum LockError {
 
 /// Locks held for a run; released on drop (or by the kernel when the process dies).
 #[derive(Debug)]
-pub struct RunLock {
+pub(crate) struct RunLock {
     _files: Vec<File>,
 }
 
 /// One token to lock: its cluster name and what identifies the token on this machine.
-pub struct LockTarget<'a> {
+pub(crate) struct LockTarget<'a> {
     /// The plan's cluster name (for messages).
     pub cluster: &'a str,
     /// Manufacturer, model, serial and label: the same token through any module path.
@@ -62,7 +62,7 @@ fn dir() -> PathBuf {
 }
 
 /// Takes every lock, or none: the first busy token stops the run before anything is read.
-pub fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, LockError> {
+pub(crate) fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, LockError> {
     let dir = dir();
     let mut files = Vec::new();
     for t in targets {

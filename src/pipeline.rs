@@ -16,7 +16,7 @@ use crate::report::{ms_since, Report};
 use crate::saved;
 
 /// What the online stages found: the logged-in tokens, their inventories and the diff.
-pub struct Online {
+pub(crate) struct Online {
     /// Logged-in tokens of every cluster in scope.
     pub tokens: Tokens,
     /// Their inventories.
@@ -31,7 +31,7 @@ pub struct Online {
 
 impl Online {
     /// The state of every token in scope, for saved plans and their staleness check.
-    pub fn token_states(&self, plan: &Plan, shard: Option<Shard>) -> Vec<saved::TokenState> {
+    pub(crate) fn token_states(&self, plan: &Plan, shard: Option<Shard>) -> Vec<saved::TokenState> {
         saved::token_states(plan, &self.inventories, shard, |c| {
             let f = &self.tokens.get(c).facts;
             (f.label.clone(), f.serial.clone())
@@ -45,7 +45,7 @@ impl Online {
 /// and gets every target token locked before its inventory is read. `fingerprints` says
 /// whether keys no target holds are fingerprinted now ([`Fingerprints::All`]: the diff
 /// shows them) or by their copy jobs.
-pub fn online_diff(
+pub(crate) fn online_diff(
     plan: &Plan,
     shard: Option<Shard>,
     writer: Option<&str>,
@@ -110,7 +110,7 @@ fn lock_targets(plan: &Plan, tokens: &Tokens, command: &str) -> Result<crate::lo
 }
 
 /// How the jobs of a diff run.
-pub struct Execution<'a> {
+pub(crate) struct Execution<'a> {
     /// The command, for the report.
     pub command: &'a str,
     /// The plan as the operator named it, for the report.
@@ -128,7 +128,7 @@ pub struct Execution<'a> {
 }
 
 /// What a run of the jobs did.
-pub struct Executed {
+pub(crate) struct Executed {
     /// The report (not yet written anywhere).
     pub report: Report,
     /// The lifecycle records and notifications.
@@ -140,7 +140,7 @@ pub struct Executed {
 /// Runs the diff's changes: journals on the targets first, then the jobs, then the
 /// lifecycle records and notifications on the sources (CONTRACT.md §5: a failed
 /// notification never undoes the sync).
-pub fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Result<Executed> {
+pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Result<Executed> {
     let t = std::time::Instant::now();
     // A stop asked for before any job: no job will start, so no journal either.
     let journals = if e.stop.requested() {

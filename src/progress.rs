@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Receives job events from the executor's workers.
-pub trait Reporter: Sync {
+pub(crate) trait Reporter: Sync {
     /// Jobs to come, per target.
     fn begin(&self, per_target: &[(String, u64)]);
     /// One job on `target` finished.
@@ -23,7 +23,7 @@ pub trait Reporter: Sync {
 }
 
 /// Draws nothing (not a terminal, `--quiet`, JSON output).
-pub struct Silent;
+pub(crate) struct Silent;
 
 impl Reporter for Silent {
     fn begin(&self, _: &[(String, u64)]) {}
@@ -41,7 +41,7 @@ enum Event {
 /// A reporter whose events go over a channel to one thread that owns the output (uv's
 /// reporters; STYLE.md habit 9): no bar or line is drawn from a rayon worker, and a
 /// slow terminal never holds a job up.
-pub struct Drawer {
+pub(crate) struct Drawer {
     tx: Mutex<Option<Sender<Event>>>,
     drawer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -60,13 +60,13 @@ impl Drawer {
     }
 
     /// indicatif bars on stderr, one per target plus an overall line.
-    pub fn bars() -> Drawer {
+    pub(crate) fn bars() -> Drawer {
         Drawer::spawn("hsm-sync-progress", draw)
     }
 
     /// Off a terminal, a line on stderr every `every` (done/total, keys/s, eta): a CI job
     /// that prints nothing for minutes is killed for silence (issue 16).
-    pub fn ticker(every: Duration) -> Drawer {
+    pub(crate) fn ticker(every: Duration) -> Drawer {
         Drawer::spawn("hsm-sync-ticker", move |rx| tick(rx, every))
     }
 
@@ -193,7 +193,7 @@ fn tick(rx: Receiver<Event>, every: Duration) {
 
 /// Bars when stderr is a terminal, a progress line every `every` off one, and silence
 /// when quiet.
-pub fn for_output(quiet: bool, every: Duration) -> Box<dyn Reporter> {
+pub(crate) fn for_output(quiet: bool, every: Duration) -> Box<dyn Reporter> {
     if quiet {
         Box::new(Silent)
     } else if std::io::stderr().is_terminal() {

@@ -31,12 +31,12 @@ fn key_text(it: &DiffItem) -> String {
 
 /// `code: help` for every reason of a blocked or conflicting item that has advice, so a
 /// blocked key shows every fix at once (issue 16 item 7).
-pub fn helps(it: &DiffItem) -> Vec<String> {
+pub(crate) fn helps(it: &DiffItem) -> Vec<String> {
     reason_helps(it.action, &it.reasons)
 }
 
 /// [`helps`] of an action and its reasons (a report's job has both).
-pub fn reason_helps(action: Action, reasons: &[crate::domain::reason::Reason]) -> Vec<String> {
+pub(crate) fn reason_helps(action: Action, reasons: &[crate::domain::reason::Reason]) -> Vec<String> {
     if !matches!(action, Action::Blocked | Action::Conflict) {
         return Vec::new();
     }
@@ -47,7 +47,7 @@ pub fn reason_helps(action: Action, reasons: &[crate::domain::reason::Reason]) -
 }
 
 /// The kebab-case name serde gives a unit enum variant.
-pub fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn serde_plain<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|j| j.as_str().map(String::from))
@@ -55,7 +55,7 @@ pub fn serde_plain<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// The one-line totals.
-pub fn totals(diff: &Diff) -> String {
+pub(crate) fn totals(diff: &Diff) -> String {
     format!(
         "{} to create, {} to update, {} to delete; {} unchanged, {} conflict, {} blocked",
         diff.count(Action::Create),
@@ -68,7 +68,7 @@ pub fn totals(diff: &Diff) -> String {
 }
 
 /// The text diff: one section per (sync, target), one line per key.
-pub fn text(diff: &Diff, color: bool) -> String {
+pub(crate) fn text(diff: &Diff, color: bool) -> String {
     let mut out = String::new();
     let mut current = None;
     for it in &diff.items {
@@ -112,7 +112,7 @@ pub fn text(diff: &Diff, color: bool) -> String {
 }
 
 /// Markdown: a summary table, then one section per (sync, target).
-pub fn markdown(diff: &Diff, plan: &str) -> String {
+pub(crate) fn markdown(diff: &Diff, plan: &str) -> String {
     let mut out = format!("## hsm-sync plan: `{plan}`\n\n| action | count |\n|---|---:|\n");
     for a in Action::ALL {
         let _ = writeln!(out, "| {} {} | {} |", a.marker(), a.name(), diff.count(a));
@@ -150,7 +150,7 @@ pub fn markdown(diff: &Diff, plan: &str) -> String {
 
 /// Prints a notification stage's warnings and failed deliveries on stderr and a one-line
 /// count on stdout (after the run: workers never draw).
-pub fn print_notifications(p: &Printer, records: &[NotificationRecord], warnings: &[String]) {
+pub(crate) fn print_notifications(p: &Printer, records: &[NotificationRecord], warnings: &[String]) {
     for w in warnings {
         p.warn(w);
     }

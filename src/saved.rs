@@ -17,12 +17,12 @@ use crate::plan::Plan;
 use crate::report::{JobRecord, Summary};
 
 /// The `kind` that marks a file as a saved plan.
-pub const KIND: &str = "hsm-sync/saved-plan";
+pub(crate) const KIND: &str = "hsm-sync/saved-plan";
 
 /// The state of one token when the plan was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TokenState {
+pub(crate) struct TokenState {
     /// Cluster name.
     pub cluster: String,
     /// Token label.
@@ -39,7 +39,7 @@ pub struct TokenState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "hsm-sync saved plan")]
-pub struct SavedPlan {
+pub(crate) struct SavedPlan {
     /// Always `hsm-sync/saved-plan`.
     pub kind: String,
     /// Format version (1).
@@ -67,7 +67,7 @@ pub struct SavedPlan {
 /// written field by field (class and type codes, length-prefixed id and label, the flags'
 /// bit mask, the value length, the fingerprint), never from `Debug`: a new field in
 /// `KeyFlags` must change this encoding on purpose, not by accident (issue 13).
-pub fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> String {
+pub(crate) fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/inventory/v2\0");
     let field = |h: &mut Sha256, bytes: &[u8]| {
@@ -93,7 +93,7 @@ pub fn inventory_digest<'k>(keys: impl IntoIterator<Item = &'k KeyObject>) -> St
 
 /// The states of the tokens in scope. With a shard, only that shard's keys count: runners
 /// applying the other shards meanwhile do not make this one stale.
-pub fn token_states(
+pub(crate) fn token_states(
     plan: &Plan,
     inv: &Inventories,
     shard: Option<Shard>,
@@ -122,7 +122,7 @@ pub fn token_states(
 }
 
 /// What changed between the saved token states and now; empty when nothing did.
-pub fn changes(saved: &[TokenState], now: &[TokenState]) -> Vec<String> {
+pub(crate) fn changes(saved: &[TokenState], now: &[TokenState]) -> Vec<String> {
     let mut out = Vec::new();
     for s in saved {
         match now.iter().find(|n| n.cluster == s.cluster) {
@@ -147,12 +147,12 @@ pub fn changes(saved: &[TokenState], now: &[TokenState]) -> Vec<String> {
 }
 
 /// Saved plans larger than this are refused unread (one of 100,000 keys is about 60 MB).
-pub const MAX_SAVED_BYTES: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_SAVED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads `path` as a saved plan, if it is one (`Ok(None)` for a YAML plan). A file that
 /// does not start with `{` is left unread for the plan loader and its own size limit;
 /// a JSON one is read up to [`MAX_SAVED_BYTES`], so no input costs unbounded memory.
-pub fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
+pub(crate) fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
     use std::io::{BufRead, Read};
     let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
     let starts_json = f
@@ -183,13 +183,13 @@ pub fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
 }
 
 /// The absolute path of a plan file, for [`SavedPlan::plan_path`].
-pub fn absolute(path: &Path) -> PathBuf {
+pub(crate) fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Jobs compared as actions: the same keys, targets, actions and reasons (not handles,
 /// which a token may number differently in another process).
-pub fn same_jobs(a: &[JobRecord], b: &[JobRecord]) -> bool {
+pub(crate) fn same_jobs(a: &[JobRecord], b: &[JobRecord]) -> bool {
     let key = |j: &JobRecord| {
         (
             j.sync.clone(),
@@ -206,7 +206,7 @@ pub fn same_jobs(a: &[JobRecord], b: &[JobRecord]) -> bool {
 }
 
 /// The JSON Schema of a saved plan (`schemas/saved-plan.schema.json`).
-pub fn schema() -> schemars::Schema {
+pub(crate) fn schema() -> schemars::Schema {
     schemars::schema_for!(SavedPlan)
 }
 

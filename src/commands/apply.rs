@@ -31,8 +31,6 @@ pub(super) struct RunOptions<'a> {
     pub threads: usize,
     /// Deletions allowed.
     pub allow_destroy: bool,
-    /// No bars, no per-job lines.
-    pub quiet: bool,
     /// Off a terminal, how often a progress line is printed.
     pub progress_interval: std::time::Duration,
     /// JSON report file.
@@ -106,7 +104,6 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
             .map_or_else(|| a.plan.clone(), |s| PathBuf::from(&s.plan)),
         threads: threads(a.jobs, &plan),
         allow_destroy: a.allow_destroy,
-        quiet: a.quiet,
         progress_interval: a.progress_interval,
         report: a.report.as_deref(),
         junit: a.junit.as_deref(),
@@ -161,7 +158,7 @@ pub(super) fn run_jobs(
             plan_name: &o.plan_name,
             threads: o.threads,
             allow_destroy: o.allow_destroy,
-            reporter: progress::for_output(o.quiet, o.progress_interval).as_ref(),
+            reporter: progress::for_output(p.quiet(), o.progress_interval).as_ref(),
             started,
             stop,
         },

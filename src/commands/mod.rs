@@ -20,7 +20,7 @@ use crate::output::Printer;
 use crate::plan::Plan;
 
 /// Runs the parsed command line; everything it prints goes through `p`.
-pub fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
+pub(crate) fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
     match &cli.command {
         Command::Validate(a) => validate::run(p, a),
         Command::Plan(a) => plan::run(p, a),

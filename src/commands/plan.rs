@@ -41,8 +41,14 @@ pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
         write_atomic(out, &saved)
             .into_diagnostic()
             .wrap_err_with(|| format!("writing the saved plan to {}", out.display()))?;
-        p.error_line(&format!(
-            "Saved plan: {} (apply it with `hsm-sync apply {}`)",
+        // The hint is the command that will work: a saved plan that deletes needs the flag.
+        let destroy = if saved.summary.delete > 0 {
+            " --allow-destroy"
+        } else {
+            ""
+        };
+        p.status(&format!(
+            "Saved plan: {} (apply it with `hsm-sync apply {}{destroy}`)",
             out.display(),
             out.display()
         ));

@@ -8,7 +8,7 @@ use crate::exit::ExitStatus;
 use crate::output::Printer;
 
 /// The schema text of a kind, as committed under `schemas/`.
-pub fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
+pub(super) fn schema_text(kind: SchemaKind) -> Result<String, serde_json::Error> {
     let schema = match kind {
         SchemaKind::Plan => schemars::schema_for!(crate::plan::raw::RawPlan),
         SchemaKind::Report => crate::report::schema(),

@@ -90,7 +90,6 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         plan_name: a.plan.clone(),
         threads: threads(None, &plan),
         allow_destroy: false,
-        quiet: false,
         progress_interval: std::time::Duration::from_secs(10),
         report: None,
         junit: None,

@@ -28,6 +28,7 @@ mod lineage;
 pub(crate) mod memory;
 pub mod port;
 pub mod profile;
+#[allow(unsafe_code)]
 mod raw;
 pub mod records;
 mod session;

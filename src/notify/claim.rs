@@ -23,18 +23,18 @@ use super::{parse_time, time_millis, Candidate};
 use crate::hsm::{HsmError, TokenSession};
 
 /// A claim younger than this is another run at work; an older one is a crashed run's.
-pub const CLAIM_TTL: Duration = Duration::from_secs(300);
+pub(crate) const CLAIM_TTL: Duration = Duration::from_secs(300);
 
 /// How long a run waits between writing its claims and checking them. Longer than the
 /// gap between reading a key's state and writing a claim into it (two PKCS#11 calls,
 /// about a millisecond; a run measures it and backs off past half of this), so a run
 /// that read before another's claim has written its own by then.
-pub const DEFAULT_CLAIM_SETTLE: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_CLAIM_SETTLE: Duration = Duration::from_millis(500);
 
 /// A claim, written into a key's state record by a `notify` run about to send: "this
 /// run is notifying this key".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// Random, per run.
     pub nonce: String,
     /// When it was made (RFC 3339 UTC); older than [`CLAIM_TTL`] it is a crashed run's.

@@ -32,10 +32,8 @@ use std::time::{Duration, SystemTime};
 
 use miette::Diagnostic;
 
-pub use claim::{Claim, CLAIM_TTL, DEFAULT_CLAIM_SETTLE};
-pub use sink::MAX_IN_FLIGHT;
-pub use store::KeyState;
-pub use wire::{EventBody, KeyInfo};
+pub(crate) use claim::{Claim, DEFAULT_CLAIM_SETTLE};
+pub(crate) use wire::KeyInfo;
 
 use claim::Sessions;
 use lifecycle::{deliveries, lifecycles, wanted_by, Lifecycle};
@@ -51,7 +49,7 @@ use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
 
 /// Errors of `hsm-sync notify` before anything is sent.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     /// A token operation failed.
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -81,7 +79,7 @@ fn parse_time(s: &str) -> Option<SystemTime> {
 
 /// Parses a `--key` selector: `id:HEX`, `label:GLOB` or `handle:N`, by the plan's own
 /// rules for each value ([`KeyMatcher::from_value`]).
-pub fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
+pub(crate) fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
     let bad = |why: String| NotifyError::Selector(s.into(), why);
     let (kind, value) = s.split_once(':').ok_or_else(|| bad("missing `kind:`".into()))?;
     let value = match kind {
@@ -126,7 +124,7 @@ fn any_failed(records: &[NotificationRecord]) -> bool {
 
 /// What `apply` gets back from the notification stage.
 #[derive(Debug, Default)]
-pub struct AfterApply {
+pub(crate) struct AfterApply {
     /// One record per delivery.
     pub records: Vec<NotificationRecord>,
     /// State objects that could not be written (the sync itself stands).
@@ -135,7 +133,7 @@ pub struct AfterApply {
 
 impl AfterApply {
     /// Whether anything failed (exit 3).
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         !self.warnings.is_empty() || any_failed(&self.records)
     }
 }
@@ -146,7 +144,13 @@ impl AfterApply {
 /// run killed while delivering still leaves the event where `notify` finds it.
 /// `workers` sessions per source write the records side by side (one call per key; at
 /// 1 ms per call a single session was a second per 1,000 keys, issue 6).
-pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcome], workers: usize) -> AfterApply {
+pub(crate) fn after_apply(
+    plan: &Plan,
+    tokens: &Tokens,
+    diff: &Diff,
+    outcomes: &[Outcome],
+    workers: usize,
+) -> AfterApply {
     let events = lifecycles(diff, outcomes, SystemTime::now());
     let mut out = AfterApply::default();
     let mut by_source: BTreeMap<&str, Vec<&Lifecycle>> = BTreeMap::new();
@@ -161,7 +165,7 @@ pub fn after_apply(plan: &Plan, tokens: &Tokens, diff: &Diff, outcomes: &[Outcom
 }
 
 /// What `hsm-sync notify` asks for.
-pub struct Selection<'a> {
+pub(crate) struct Selection<'a> {
     /// Only this sync entry.
     pub sync: Option<&'a str>,
     /// Only keys this selector picks.
@@ -170,7 +174,7 @@ pub struct Selection<'a> {
 
 /// How a `notify` run ended.
 #[derive(Debug)]
-pub enum Renotify {
+pub(crate) enum Renotify {
     /// Refused, nothing sent (exit 4): one message per refused key.
     Refused(Vec<String>),
     /// Sent (or tried to): the records, and keys skipped with why.
@@ -195,7 +199,12 @@ struct Candidate<'a> {
 /// `hsm-sync notify`: re-sends the latest lifecycle event of the selected keys, unless
 /// one of them is within the cooldown or another run is notifying it (then nothing is
 /// sent at all). `settle` is the claim protocol's wait ([`DEFAULT_CLAIM_SETTLE`]).
-pub fn renotify(plan: &Plan, tokens: &Tokens, sel: &Selection<'_>, settle: Duration) -> Result<Renotify, NotifyError> {
+pub(crate) fn renotify(
+    plan: &Plan,
+    tokens: &Tokens,
+    sel: &Selection<'_>,
+    settle: Duration,
+) -> Result<Renotify, NotifyError> {
     let entries: Vec<&SyncEntry> = match sel.sync {
         Some(name) => {
             let e = plan.syncs.iter().find(|s| s.name == name).ok_or_else(|| {

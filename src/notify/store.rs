@@ -23,7 +23,7 @@ use crate::hsm::{DataObject, HsmError, TokenSession};
 
 /// The value of a key's state object on the source token (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyState {
+pub(crate) struct KeyState {
     /// Format version (1).
     pub version: u32,
     /// The last lifecycle event.
@@ -79,7 +79,7 @@ impl KeyInfo {
     /// The name of this key's state object (`hsm-sync/state/<class>/<id-hex>`; keys
     /// without an id are named by their label in hex, as they are matched by label
     /// across clusters).
-    pub fn state_label(&self) -> String {
+    pub(crate) fn state_label(&self) -> String {
         format!("{STATE_PREFIX}{}", self.identity())
     }
 }

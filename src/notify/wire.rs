@@ -9,7 +9,7 @@ use crate::domain::key::{KeyClass, KeyType};
 
 /// The key as a notification names it: never key material, only its fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyInfo {
+pub(crate) struct KeyInfo {
     /// `CKA_ID` in hex (empty when the key has none).
     pub id: String,
     /// `CKA_LABEL`.
@@ -34,7 +34,7 @@ impl KeyInfo {
 
     /// How the key is named in messages: its id (else its label), with its label and
     /// class, since the two halves of a key pair share an id.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let class = self.class_name().unwrap_or("unknown class");
         if self.id.is_empty() {
             format!("label:{} ({class})", self.label)
@@ -60,7 +60,7 @@ impl KeyInfo {
 /// The JSON body POSTed to a resource (CONTRACT.md §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventBody {
+pub(crate) struct EventBody {
     /// `synced` or `deleted`.
     pub event: Event,
     /// The key.

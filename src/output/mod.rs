@@ -20,7 +20,7 @@ enum Sink {
 }
 
 /// The printer of one command run.
-pub struct Printer {
+pub(crate) struct Printer {
     diagnostics: DiagnosticsFormat,
     quiet: bool,
     stdout_color: bool,
@@ -37,7 +37,7 @@ fn colour_on(terminal: bool) -> bool {
 
 impl Printer {
     /// A printer on the process's stdout and stderr.
-    pub fn new(diagnostics: DiagnosticsFormat, quiet: bool) -> Printer {
+    pub(crate) fn new(diagnostics: DiagnosticsFormat, quiet: bool) -> Printer {
         Printer {
             diagnostics,
             quiet,
@@ -49,7 +49,7 @@ impl Printer {
     }
 
     /// A printer whose stdout is `out` (stderr stays the process's).
-    pub fn with_stdout(diagnostics: DiagnosticsFormat, quiet: bool, out: Box<dyn Write + Send>) -> Printer {
+    pub(crate) fn with_stdout(diagnostics: DiagnosticsFormat, quiet: bool, out: Box<dyn Write + Send>) -> Printer {
         Printer {
             stdout_color: false,
             out: Sink::Writer(Mutex::new(out)),
@@ -59,23 +59,23 @@ impl Printer {
 
     /// Whether `--quiet` is on: progress and per-job lines are left out (errors,
     /// conflicts and failures are printed all the same).
-    pub fn quiet(&self) -> bool {
+    pub(crate) fn quiet(&self) -> bool {
         self.quiet
     }
 
     /// Whether stdout takes colour.
-    pub fn stdout_color(&self) -> bool {
+    pub(crate) fn stdout_color(&self) -> bool {
         self.stdout_color
     }
 
     /// Whether stdout was closed by its reader.
-    pub fn stdout_closed(&self) -> bool {
+    pub(crate) fn stdout_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 
     /// Writes to stdout through `fill`. A closed pipe ends output quietly; any other
     /// error is returned.
-    pub fn write_out(&self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    pub(crate) fn write_out(&self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
         if self.stdout_closed() {
             return Ok(());
         }
@@ -99,14 +99,14 @@ impl Printer {
     }
 
     /// Prints `text` on stdout as it is (the caller ends its lines).
-    pub fn out(&self, text: &str) {
+    pub(crate) fn out(&self, text: &str) {
         // Only a closed pipe is expected here; a full disk behind a redirect is not
         // worth a panic either, and the command's exit status still says what happened.
         let _ = self.write_out(|w| w.write_all(text.as_bytes()));
     }
 
     /// Prints one line on stdout.
-    pub fn outln(&self, line: &str) {
+    pub(crate) fn outln(&self, line: &str) {
         let _ = self.write_out(|w| {
             w.write_all(line.as_bytes())?;
             w.write_all(b"\n")
@@ -114,7 +114,7 @@ impl Printer {
     }
 
     /// Prints `value` as pretty JSON on stdout, streamed.
-    pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
+    pub(crate) fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
         self.write_out(|w| {
             serde_json::to_writer_pretty(&mut *w, value)?;
             w.write_all(b"\n")
@@ -122,12 +122,12 @@ impl Printer {
     }
 
     /// A line on stderr that is always printed: an error, a failed job, a refusal.
-    pub fn error_line(&self, line: &str) {
+    pub(crate) fn error_line(&self, line: &str) {
         let _ = writeln!(io::stderr().lock(), "{line}");
     }
 
     /// A status line on stderr (what was saved, where the report went), left out when quiet.
-    pub fn status(&self, line: &str) {
+    pub(crate) fn status(&self, line: &str) {
         if !self.quiet {
             let _ = writeln!(io::stderr().lock(), "{line}");
         }
@@ -135,7 +135,7 @@ impl Printer {
 
     /// A warning: `warning: …` for people, or a JSON object with `"severity": "warning"`
     /// under `--diagnostics json`, like every other diagnostic.
-    pub fn warn(&self, message: &str) {
+    pub(crate) fn warn(&self, message: &str) {
         let line = match self.diagnostics {
             DiagnosticsFormat::Json => serde_json::json!({
                 "message": message,
@@ -151,13 +151,13 @@ impl Printer {
     }
 
     /// A miette diagnostic (error or warning) on stderr, in the chosen format.
-    pub fn diagnostic(&self, d: &dyn Diagnostic) {
+    pub(crate) fn diagnostic(&self, d: &dyn Diagnostic) {
         let _ = writeln!(io::stderr().lock(), "{}", self.render(d));
     }
 
     /// Renders a diagnostic: miette's graphical report (colour only on a terminal without
     /// `NO_COLOR`), or miette's JSON for CI annotations.
-    pub fn render(&self, d: &dyn Diagnostic) -> String {
+    pub(crate) fn render(&self, d: &dyn Diagnostic) -> String {
         let mut out = String::new();
         let result = match self.diagnostics {
             DiagnosticsFormat::Json => JSONReportHandler::new().render_report(&mut out, d),

@@ -140,3 +140,23 @@ fn off_a_terminal_apply_prints_a_progress_line_every_interval_unless_quiet() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stderr.contains("too short"), "{bad:?}");
 }
+
+#[test]
+fn the_hint_after_plan_out_is_the_command_that_works() {
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    let first = w.run(&["plan", "plan.yaml", "--out", "s.json"]);
+    assert!(first.stderr.contains("hsm-sync apply s.json`"), "{first:?}");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    w.write(
+        "plan.yaml",
+        &two_cluster_plan("      - label: \"pay*\"\n        state: absent\n")
+            .replace("{module}", &crate::world::softhsm().display().to_string()),
+    );
+    let p = w.run(&["plan", "plan.yaml", "--out", "s.json"]);
+    assert!(p.stderr.contains("hsm-sync apply s.json --allow-destroy`"), "{p:?}");
+    let a = w.run(&["apply", "s.json", "--allow-destroy"]);
+    assert_eq!(a.code, 0, "the hinted command works: {a:?}");
+    assert_eq!(w.count("dr"), 0);
+}

@@ -11,7 +11,7 @@ use crate::report::{DeliveryStatus, NotificationRecord};
 use super::wire::EventBody;
 
 /// Deliveries in flight at once.
-pub const MAX_IN_FLIGHT: usize = 8;
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
 
 /// A delivery to make: one body to one resource.
 #[derive(Debug)]
