@@ -13,7 +13,7 @@ use crate::domain::key::{KeyClass, KeyObject, KeyType, PublicParts};
 /// profile today), first 8 bytes in hex. AES key wrap is
 /// deterministic, so equal keys under one lineage give equal fingerprints, and the digest
 /// reveals nothing of the key (CONTRACT.md §1; 64 bits, not a 3-byte KCV).
-pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
+pub(super) fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/key-fingerprint/v1\0");
     h.update([class.code()]);
@@ -23,7 +23,7 @@ pub fn fingerprint_of(class: KeyClass, blob: &[u8]) -> String {
 
 /// A public key's fingerprint: its public attributes hashed (they are public; the domain
 /// key is not needed to compare them across tokens).
-pub fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
+pub(crate) fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/public-key-fingerprint/v1\0");
     h.update([key_type.code()]);

@@ -12,9 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::key::{KeyClass, KeyObject};
 
+use super::fingerprint::fingerprint_of;
 use super::port::{KeySession, KeyStore};
 use super::HsmError;
-use super::{fingerprint_of, public_fingerprint, Wrapped};
+use super::{public_fingerprint, Wrapped};
 
 /// What the next call of an operation does instead of succeeding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

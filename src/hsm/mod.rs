@@ -26,11 +26,11 @@ mod fingerprint;
 mod lineage;
 #[cfg(test)]
 pub(crate) mod memory;
-pub mod port;
-pub mod profile;
+mod port;
+mod profile;
 #[allow(unsafe_code)]
 mod raw;
-pub mod records;
+mod records;
 mod session;
 pub mod softhsm;
 mod wrap;
@@ -47,11 +47,12 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
-pub use fingerprint::{fingerprint_of, public_fingerprint};
-pub use port::{KeySession, KeyStore};
-pub use records::DataObject;
-pub use session::TokenSession;
-pub use wrap::{WrapMechanism, Wrapped};
+pub(crate) use fingerprint::public_fingerprint;
+pub(crate) use port::{KeySession, KeyStore};
+pub use records::APPLICATION;
+pub(crate) use records::{DataObject, STATE_PREFIX};
+pub(crate) use session::TokenSession;
+pub(crate) use wrap::Wrapped;
 
 use crate::domain::token::TokenRef;
 use raw::RawFns;
@@ -89,11 +90,7 @@ pub struct Modules {
 }
 
 impl Modules {
-    /// Loads (or returns the already loaded) module at `path`.
-    pub fn load(&self, cluster: &str, path: &Path) -> Result<Arc<Pkcs11>, HsmError> {
-        self.load_with_raw(cluster, path).map(|(ctx, _)| ctx)
-    }
-
+    /// Loads (or returns the already loaded) module at `path`, with its raw function list.
     fn load_with_raw(&self, cluster: &str, path: &Path) -> Result<Loaded, HsmError> {
         let module_err = |detail: String| HsmError::Module {
             cluster: cluster.to_string(),

@@ -8,7 +8,7 @@ use super::{HsmError, TokenSession, Wrapped};
 
 /// Where sessions come from: one per worker and cluster (a PKCS#11 session is `Send`,
 /// not `Sync`).
-pub trait KeyStore: Sync {
+pub(crate) trait KeyStore: Sync {
     /// A session on one cluster's token.
     type Session: KeySession + Send;
 
@@ -17,7 +17,7 @@ pub trait KeyStore: Sync {
 }
 
 /// One session's key operations. Handles are the token's own, valid for this run.
-pub trait KeySession {
+pub(crate) trait KeySession {
     /// Wraps a secret or private key under the domain key.
     fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError>;
     /// Unwraps `blob` as a token object with `like`'s attributes; returns its handle.

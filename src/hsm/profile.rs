@@ -27,7 +27,7 @@ pub struct Profile {
 }
 
 /// The known token families, most specific first; the last entry is the default.
-pub const PROFILES: &[Profile] = &[
+pub(super) const PROFILES: &[Profile] = &[
     Profile {
         name: "SoftHSM",
         manufacturer: "softhsm",
@@ -75,7 +75,7 @@ pub const PROFILES: &[Profile] = &[
 ];
 
 /// The profile of a token, by its manufacturer and model.
-pub fn for_token(manufacturer: &str, model: &str) -> &'static Profile {
+pub(super) fn for_token(manufacturer: &str, model: &str) -> &'static Profile {
     let (m, md) = (manufacturer.to_ascii_lowercase(), model.to_ascii_lowercase());
     PROFILES
         .iter()

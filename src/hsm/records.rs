@@ -39,11 +39,11 @@ const RECORD_BUF: usize = 2048;
 pub const APPLICATION: &str = "hsm-sync";
 
 /// `CKA_LABEL` of the in-flight journal (see [`TokenSession::journal_write`]).
-pub const JOURNAL_LABEL: &str = "hsm-sync/in-flight";
+pub(super) const JOURNAL_LABEL: &str = "hsm-sync/in-flight";
 
 /// The start of every state record's label: `hsm-sync/state/<class>/<id>` (the names are
 /// made by [`crate::notify`]).
-pub const STATE_PREFIX: &str = "hsm-sync/state/";
+pub(crate) const STATE_PREFIX: &str = "hsm-sync/state/";
 
 /// One hsm-sync data object read back from a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,11 +185,6 @@ impl TokenSession {
     /// now, another process's changes included); `None` if it is gone.
     pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
         self.read_data(raw::object(handle))
-    }
-
-    /// Destroys a data object; one that is already gone counts as destroyed.
-    pub fn destroy_data(&self, handle: u64) -> Result<(), HsmError> {
-        self.destroy_object(handle, "destroying an hsm-sync data object")
     }
 }
 

@@ -233,20 +233,6 @@ impl TokenSession {
         self.read_key(raw::object(handle))
     }
 
-    /// The handle of a key named by the plan's `handle:` selector, if it is a key here.
-    pub fn key_by_handle(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
-        // A handle from the operator may name nothing; the token answers
-        // CKR_OBJECT_HANDLE_INVALID, which read_key turns into None.
-        let h = raw::object(handle);
-        match self.read_key(h)? {
-            Some(mut k) => {
-                k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
-                Ok(Some(k))
-            }
-            None => Ok(None),
-        }
-    }
-
     /// The keys on this token with the identity of `like` (class + id, or class + label
     /// when the id is empty), fingerprinted: how a retried or interrupted copy finds what
     /// an earlier attempt may have left.

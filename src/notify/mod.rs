@@ -445,6 +445,7 @@ fn sent_keys(ds: &[Delivery<'_>], records: &[NotificationRecord]) -> HashSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::EventBody;
 
     #[test]
     fn selectors_parse() {

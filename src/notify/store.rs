@@ -18,8 +18,7 @@ use super::wire::KeyInfo;
 use super::{parse_time, time_millis};
 use crate::connect::Tokens;
 use crate::domain::event::Event;
-use crate::hsm::records::STATE_PREFIX;
-use crate::hsm::{DataObject, HsmError, TokenSession};
+use crate::hsm::{DataObject, HsmError, TokenSession, STATE_PREFIX};
 
 /// The value of a key's state object on the source token (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,8 +20,6 @@ pub const DEFAULT_DOMAIN_KEY: &str = "hsm-sync-domain";
 /// A checked plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// The plan file as given on the command line.
-    pub path: PathBuf,
     /// The text and locator, for diagnostics found after validation.
     pub source: PlanSource,
     /// Clusters in file order (the 0-based position is a `sync-key` destination).

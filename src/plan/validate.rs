@@ -53,7 +53,7 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
         declared: Vec::new(),
         clusters_unreadable: false,
     };
-    let plan = v.run(path);
+    let plan = v.run();
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
     let wrap = |mut issues: Vec<PlanIssue>, src: &PlanSource| {
         for i in &mut issues {
@@ -344,7 +344,7 @@ impl Validator {
         }
     }
 
-    fn run(&mut self, plan_path: &Path) -> Option<Plan> {
+    fn run(&mut self) -> Option<Plan> {
         for (path, span, first) in self.src.duplicate_keys.clone() {
             let (kind, what) = if path.starts_with("clusters.") && path.matches('.').count() == 1 {
                 (IssueKind::DuplicateCluster, "cluster")
@@ -485,7 +485,6 @@ impl Validator {
         };
         let options = self.options(options);
         Some(Plan {
-            path: plan_path.to_path_buf(),
             source: PlanSource::parse("", ""),
             clusters,
             syncs,

@@ -96,7 +96,7 @@ pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
         .find_objects(&[
             Attribute::Token(true),
             Attribute::Class(ObjectClass::DATA),
-            Attribute::Application(hsm_sync::hsm::records::APPLICATION.as_bytes().to_vec()),
+            Attribute::Application(hsm_sync::hsm::APPLICATION.as_bytes().to_vec()),
         ])
         .map_err(pk("finding data objects"))?;
     Ok(found.len())
