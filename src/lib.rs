@@ -1,15 +1,39 @@
 //! hsm-sync keeps cryptographic keys in step across PKCS#11 HSM clusters, declaratively.
 //!
-//! The pipeline, one module per stage:
+//! The pipeline, run once by `pipeline.rs`:
 //!
 //! ```text
 //! plan file ─▶ plan::raw ─▶ plan::validate ─▶ plan::model
-//!           ─▶ connect (login once, prove lineage) ─▶ inventory
-//!           ─▶ diff (pure data) ─▶ executor (rayon) ─▶ report, notify
+//!           ─▶ connect (open, lock, login once, prove lineage) ─▶ inventory
+//!           ─▶ diff (pure data) ─▶ executor (rayon, over the key-store port)
+//!           ─▶ lifecycle records, notify ─▶ report, printer
 //! ```
 //!
-//! Only [`hsm`] names `cryptoki`; only [`progress`] names `indicatif`; only [`plan`]
-//! names `serde_yaml`. The binary is a thin `main` over [`run`].
+//! The rooms, one concern each (`../shared/STYLE.md`):
+//!
+//! | room | holds |
+//! |---|---|
+//! | `main.rs`, [`run`] | parse, dispatch, map the outcome to an exit code |
+//! | [`cli`] | clap types only |
+//! | `error.rs`, `exit.rs` | the edge error and the one `ExitStatus` (CONTRACT.md §2) |
+//! | [`domain`] | keys, the key-kind table, fingerprints, reasons, shards, events, outcomes |
+//! | [`plan`] | raw serde types, spans, validation rules, the validated model |
+//! | [`credentials`] | PIN sources → secret types |
+//! | [`hsm`] | the only room naming cryptoki: the key-store port, sessions, raw FFI |
+//! | [`connect`] | tokens in scope: open, log in, prove lineage |
+//! | `inventory.rs`, [`diff`] | what each token holds; the pure diff |
+//! | `executor.rs` | jobs on a rayon pool: retry, adopt, repair, verify |
+//! | `pipeline.rs` | connect → lock → inventory → diff → execute → record |
+//! | `notify/` | lifecycle derivation, store, claims, cooldown, the `Sink` port |
+//! | `output/`, `render.rs`, `progress.rs` | the `Printer`, renderings, progress drawn by one thread |
+//! | [`report`], `saved.rs`, `junit.rs` | report and saved-plan types, atomic writes |
+//! | `commands/` | arguments → pipeline → output → exit status |
+//!
+//! Never-arrows: `plan` names no token, notification or connection code; `diff` and
+//! `report` never name `hsm`; `hsm` never names commands, the printer or progress. Only
+//! `hsm` names `cryptoki` (and only `hsm/raw.rs` holds `unsafe`), only `progress.rs`
+//! names `indicatif`, only `notify/sink/http.rs` names `ureq`, only `plan` names
+//! `serde_yaml`.
 
 #![warn(missing_docs, unreachable_pub)]
 // Every `unsafe` block lives in `hsm/raw.rs`, the FFI edge; the compiler keeps it there.

@@ -9,14 +9,14 @@
 //! This file loads modules and opens tokens ([`Modules`], [`Token`]: login once, one
 //! session per worker). The rest, one concern a file:
 //!
-//! - [`port`]: the key-store port the executor is generic over; `memory.rs` its
-//!   in-memory implementation for unit tests;
-//! - `session.rs`: [`TokenSession`], reading and changing keys in place;
-//! - `wrap.rs`: [`Wrapped`], wrap, unwrap and public-key copies, [`WrapMechanism`];
-//! - `fingerprint.rs`: [`fingerprint_of`], [`public_fingerprint`];
+//! - `port.rs`: the key-store port (`KeyStore`, `KeySession`) the executor is generic
+//!   over; `memory.rs` its in-memory implementation for unit tests;
+//! - `session.rs`: `TokenSession`, reading and changing keys in place;
+//! - `wrap.rs`: `Wrapped`, wrap, unwrap and public-key copies, `WrapMechanism`;
+//! - `fingerprint.rs`: the fingerprint digests of wrapped blobs and public keys;
 //! - `lineage.rs`: the lineage fingerprint and proof;
-//! - [`records`]: hsm-sync's own data objects (the in-flight journal, state records);
-//! - [`attributes`], [`profile`]: the attribute table and the per-vendor profiles;
+//! - `records.rs`: hsm-sync's own data objects (the in-flight journal, state records);
+//! - [`attributes`], `profile.rs`: the attribute table and the per-vendor profiles;
 //! - `raw.rs`: the FFI edge, where all of the crate's raw PKCS#11 calls live;
 //! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
