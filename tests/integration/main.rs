@@ -9,5 +9,6 @@ mod hostile;
 mod notify;
 mod plan_lang;
 mod reliability;
+mod tooling;
 mod workflow;
 mod world;
