@@ -144,3 +144,209 @@ fn the_man_page_is_roff_that_man_renders_with_every_command() {
     }
     assert!(page.contains("changes are pending"), "exit code 2 is not documented");
 }
+
+/// The CI recipes under `ci/` (issue 16 item 17).
+const RECIPES: &[&str] = &[
+    "ci/github-actions/plan.yml",
+    "ci/github-actions/apply.yml",
+    "ci/gitlab-ci.yml",
+];
+
+/// Every shell script in a workflow: GitHub's `run`, GitLab's `script` lists.
+fn scripts(value: &serde_yaml::Value, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    (Some("run"), serde_yaml::Value::String(s)) => out.push(s.clone()),
+                    (Some("script" | "before_script" | "after_script"), serde_yaml::Value::Sequence(lines)) => {
+                        out.push(lines.iter().filter_map(|l| l.as_str()).collect::<Vec<_>>().join("\n"))
+                    }
+                    _ => scripts(v, out),
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter().for_each(|v| scripts(v, out)),
+        _ => {}
+    }
+}
+
+/// The variables a workflow defines (`env:`, `variables:`), with `${{ … }}` made a sample.
+fn variables(value: &serde_yaml::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    (Some("env" | "variables"), serde_yaml::Value::Mapping(vars)) => {
+                        for (name, value) in vars {
+                            if let (Some(name), Some(value)) = (name.as_str(), value.as_str()) {
+                                out.push((name.to_string(), expressions_to_samples(value)));
+                            }
+                        }
+                    }
+                    _ => variables(v, out),
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter().for_each(|v| variables(v, out)),
+        _ => {}
+    }
+}
+
+/// `${{ matrix.shard }}` and friends, replaced by `1`: a value every place they stand in
+/// takes (a shard index or count, a number, a name).
+fn expressions_to_samples(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("an unclosed ${{") + start + 2;
+        out.push('1');
+        rest = &rest[end..];
+    }
+    out + rest
+}
+
+/// Each `hsm-sync …` command line of a script, where `hsm-sync` stands in command position,
+/// up to the first unquoted shell operator (a redirect, pipe, `;`, `&`, `)`).
+fn command_lines(script: &str) -> Vec<String> {
+    let script = script.replace("\\\n", " ");
+    let mut found = Vec::new();
+    for line in script.lines() {
+        let mut from = 0;
+        while let Some(at) = line[from..].find("hsm-sync").map(|i| i + from) {
+            from = at + "hsm-sync".len();
+            let before = line[..at].trim_end();
+            let after = &line[from..];
+            let word_ends = after.is_empty() || after.starts_with(char::is_whitespace);
+            let command_position = before.is_empty()
+                || [";", "&&", "||", "|", "(", "$(", "!", "then", "do", "else"]
+                    .iter()
+                    .any(|op| before == *op || before.ends_with(&format!(" {op}")) || before.ends_with(['(', ';']))
+                || before.ends_with(" if")
+                || before == "if";
+            if !(word_ends && command_position) {
+                continue;
+            }
+            let mut end = after.len();
+            let (mut single, mut double) = (false, false);
+            for (i, c) in after.char_indices() {
+                match c {
+                    '\'' if !double => single = !single,
+                    '"' if !single => double = !double,
+                    '>' | '<' | '|' | ';' | '&' | ')' | '#' if !single && !double => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            found.push(format!("hsm-sync{}", &after[..end]).trim_end().to_string());
+        }
+    }
+    found
+}
+
+/// The words bash makes of `command`, with `vars` (and `1` for any other variable) set.
+fn shell_words(command: &str, vars: &[(String, String)]) -> Vec<String> {
+    let mut bash = Command::new("bash");
+    bash.args([
+        "--norc",
+        "--noprofile",
+        "-c",
+        "set -euf; eval \"set -- $1\"; printf '%s\\0' \"$@\"",
+        "words",
+    ])
+    .arg(command);
+    let mut rest = command;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        let name: String = rest
+            .trim_start_matches('{')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            let value = vars
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map_or("1", |(_, v)| v.as_str());
+            bash.env(&name, value);
+        }
+    }
+    let out = bash.output().expect("bash");
+    assert!(out.status.success(), "bash cannot split `{command}`: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `hsm-sync` command of a recipe, parsed by the real command line.
+fn recipe_commands(path: &str) -> Vec<(String, hsm_sync::cli::Cli)> {
+    use clap::Parser;
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let (mut runs, mut vars) = (Vec::new(), Vec::new());
+    scripts(&yaml, &mut runs);
+    variables(&yaml, &mut vars);
+    let mut parsed = Vec::new();
+    for script in runs {
+        for line in command_lines(&expressions_to_samples(&script)) {
+            let words = shell_words(&line, &vars);
+            let cli = hsm_sync::cli::Cli::try_parse_from(&words)
+                .unwrap_or_else(|e| panic!("{path}: `{line}` does not parse ({words:?}):\n{e}"));
+            parsed.push((line, cli));
+        }
+    }
+    parsed
+}
+
+#[test]
+fn every_hsm_sync_command_in_the_ci_recipes_parses_with_the_real_cli() {
+    use hsm_sync::cli::{Command as Sub, PlanFormat};
+    let mut all = Vec::new();
+    for path in RECIPES {
+        let commands = recipe_commands(path);
+        assert!(!commands.is_empty(), "{path}: no hsm-sync command found");
+        let saved_plan = |c: &Sub| matches!(c, Sub::Plan(a) if a.format == PlanFormat::Markdown && a.out.is_some() && a.detailed_exitcode && a.shard.is_some());
+        let applies_saved = |c: &Sub| matches!(c, Sub::Apply(a) if a.report.is_some() && a.plan.extension().is_some_and(|e| e == "json"));
+        let plans = commands.iter().any(|(_, c)| saved_plan(&c.command));
+        let applies = commands.iter().any(|(_, c)| applies_saved(&c.command));
+        match *path {
+            "ci/github-actions/plan.yml" => assert!(
+                plans,
+                "{path}: no sharded markdown plan with --out and --detailed-exitcode"
+            ),
+            "ci/github-actions/apply.yml" => assert!(applies, "{path}: no apply of a saved plan"),
+            _ => assert!(plans && applies, "{path}: plan and apply of the saved plan expected"),
+        }
+        all.extend(commands.into_iter().map(|(line, _)| line));
+    }
+    assert!(all.len() >= 7, "too few commands found: {all:#?}");
+}
+
+#[test]
+fn the_ci_recipes_take_pins_from_ci_secrets_never_inline() {
+    for path in RECIPES {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let mut vars = Vec::new();
+        variables(&yaml, &mut vars);
+        let raw: Vec<&str> = text.lines().collect();
+        for (name, _) in vars.iter().filter(|(n, _)| n.contains("PIN")) {
+            let line = raw
+                .iter()
+                .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+                .unwrap();
+            assert!(
+                line.contains("${{ secrets."),
+                "{path}: {name} is not read from a CI secret: {line}"
+            );
+        }
+        assert!(!text.contains("--pin"), "{path}: a PIN on a command line");
+    }
+}
