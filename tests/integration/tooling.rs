@@ -350,3 +350,45 @@ fn the_ci_recipes_take_pins_from_ci_secrets_never_inline() {
         assert!(!text.contains("--pin"), "{path}: a PIN on a command line");
     }
 }
+
+#[test]
+fn the_deb_ships_what_build_deb_makes_and_cargo_toml_describes_the_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for field in [
+        "rust-version = ",
+        "readme = ",
+        "keywords = ",
+        "categories = ",
+        "[package.metadata.deb]",
+    ] {
+        assert!(manifest.contains(field), "Cargo.toml has no `{field}`");
+    }
+    let build = std::fs::read_to_string(root.join("ci/build-deb")).unwrap();
+    let assets: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[\"target/assets/"))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert_eq!(assets.len(), 4, "the man page and three completions: {assets:?}");
+    for asset in assets {
+        assert!(
+            build.contains(&format!("$assets/{asset}")),
+            "ci/build-deb does not make {asset}"
+        );
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains("cargo install --locked --path ."),
+        "README: no install line"
+    );
+    let msrv = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        readme.contains(&format!("Rust {msrv} or newer")),
+        "README does not state the MSRV {msrv}"
+    );
+}
