@@ -11,7 +11,7 @@ use crate::exit::ExitStatus;
 use crate::output::Printer;
 
 /// The completion script for `shell`, for a binary named `hsm-sync`.
-pub fn script(shell: CompletionShell) -> String {
+fn script(shell: CompletionShell) -> String {
     let shell = match shell {
         CompletionShell::Bash => Shell::Bash,
         CompletionShell::Zsh => Shell::Zsh,

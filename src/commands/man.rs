@@ -58,7 +58,7 @@ const ENVIRONMENT: &[(&str, &str)] = &[
 ];
 
 /// The whole man page, as roff source.
-pub fn page() -> io::Result<String> {
+fn page() -> io::Result<String> {
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
     let man = Man::new(cmd.clone()).manual("hsm-sync manual");
