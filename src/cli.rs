@@ -45,6 +45,10 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of every command.
+    Man,
 }
 
 /// `validate PLAN [--online]`
@@ -215,4 +219,27 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         Ok(_) => Err(format!("`{s}` is too short: write at least 10ms")),
         Err(e) => Err(format!("`{s}` is not a duration ({e}): write e.g. 10s or 1m")),
     }
+}
+
+/// A shell that `completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// `source <(hsm-sync completions bash)` in `~/.bashrc`.
+    Bash,
+    /// Save as `_hsm-sync` in a directory on `$fpath`.
+    Zsh,
+    /// Save as `~/.config/fish/completions/hsm-sync.fish`.
+    Fish,
+    /// `hsm-sync completions powershell | Out-String | Invoke-Expression` in `$PROFILE`.
+    Powershell,
+    /// `eval (hsm-sync completions elvish | slurp)` in `rc.elv`.
+    Elvish,
+}
+
+/// `completions bash|zsh|fish|powershell|elvish`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write the script for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
 }

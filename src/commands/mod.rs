@@ -3,8 +3,10 @@
 //! [`crate::error::Error`] that the edge renders and maps to its exit code.
 
 mod apply;
+mod completions;
 mod demo;
 mod inventory;
+mod man;
 mod notify;
 mod plan;
 mod schema;
@@ -30,6 +32,8 @@ pub(crate) fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
         Command::Demo(a) => demo::run(p, a),
         Command::Notify(a) => notify::run(p, a),
         Command::Schema(a) => schema::run(p, a),
+        Command::Completions(a) => completions::run(p, a),
+        Command::Man => man::run(p),
     }
 }
 

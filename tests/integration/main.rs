@@ -11,5 +11,6 @@ mod notify;
 mod plan_lang;
 mod reliability;
 mod semantics;
+mod tooling;
 mod workflow;
 mod world;
