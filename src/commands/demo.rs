@@ -129,6 +129,10 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
 
     let plan_path = dir.join("plan.yaml");
     std::fs::write(&plan_path, demo_plan(&module)).into_diagnostic()?;
+    // The schema beside the plan, so an editor opening plan.yaml finds it (a URL would
+    // need a network and a host that serves it).
+    let schema = super::schema::schema_text(crate::cli::SchemaKind::Plan).into_diagnostic()?;
+    std::fs::write(dir.join("plan.schema.json"), schema).into_diagnostic()?;
     p.outln(&format!("wrote {}\n", plan_path.display()));
 
     // Each step is the command line it prints, parsed by the real CLI: what the demo
@@ -150,12 +154,14 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
     let second = step("plan plan.yaml --detailed-exitcode")?;
     let report = dir.join("report.json");
     p.outln(&format!(
-        "\ndemo done: the first plan had changes ({}), apply {}, the second plan {}.\nreport: {}\ntry:    SOFTHSM2_CONF={} hsm-sync inventory {} dr",
+        "\ndemo done: the first plan had changes ({}), apply {}, the second plan {}.\nreport: {}\ntry:    SOFTHSM2_CONF={} {} inventory {} dr",
         if first == ExitStatus::ChangesPending { "exit 2" } else { "none?" },
         if applied == ExitStatus::Success { "succeeded" } else { "left work undone (exit 3)" },
         if second == ExitStatus::Success { "shows no changes" } else { "still shows changes" },
         report.display(),
         conf.display(),
+        // The binary that ran, so the hint works without hsm-sync on PATH.
+        std::env::current_exe().map_or_else(|_| "hsm-sync".into(), |e| e.display().to_string()),
         plan_path.display()
     ));
     Ok(if applied == ExitStatus::Success && second == ExitStatus::Success {
@@ -167,7 +173,7 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
 
 fn demo_plan(module: &Path) -> String {
     format!(
-        r#"# yaml-language-server: $schema=https://hsm-sync.invalid/schemas/plan.schema.json
+        r#"# yaml-language-server: $schema=./plan.schema.json
 # Made by `hsm-sync demo`: two SoftHSM tokens that share a domain key, as clones do.
 version: 1
 

@@ -249,6 +249,18 @@ fn the_demo_runs_on_its_own_tokens() {
     let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_schema("report", &json, "report");
     assert!(report.jobs.iter().all(|j| j.action == Action::Create));
+    // An editor opening the demo's plan finds its schema, and the hint runs as printed.
+    let plan = std::fs::read_to_string(dir.join("plan.yaml")).unwrap();
+    assert!(
+        plan.starts_with("# yaml-language-server: $schema=./plan.schema.json\n"),
+        "{plan}"
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("plan.schema.json")).unwrap()).unwrap();
+    assert_eq!(schema["title"], "hsm-sync plan", "{schema}");
+    assert!(
+        out.stdout.contains(env!("CARGO_BIN_EXE_hsm-sync")),
+        "the hint names the binary that ran"
+    );
     // A second demo in the same directory is refused rather than mixed in.
     assert_eq!(w.run(&["demo", "--dir", dir.to_str().unwrap()]).code, 1);
 }
