@@ -175,6 +175,13 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Option<SavedPlan>> {
         return Ok(None);
     };
     if value.get("kind").and_then(|k| k.as_str()) != Some(KIND) {
+        // A report handed to apply: say so, rather than list its fields as plan errors.
+        if value.get("jobs").is_some() && value.get("summary").is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "it is an hsm-sync report, not a plan or a saved plan",
+            ));
+        }
         return Ok(None);
     }
     serde_json::from_value(value)

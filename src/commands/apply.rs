@@ -51,6 +51,15 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
             load_text(p, Path::new(&saved.plan_path), saved.plan_text.clone())?,
             Some(saved),
         ),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Err(miette!(
+                code = "apply::not_a_plan",
+                help = "apply takes a plan file, or the saved plan `hsm-sync plan PLAN --out SAVED` writes",
+                "{}: {e}; nothing was changed",
+                a.plan.display()
+            )
+            .into())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             return Err(miette!(
                 code = "apply::saved_plan_invalid",

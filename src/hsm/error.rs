@@ -66,7 +66,8 @@ pub enum HsmError {
         what: String,
     },
     /// The PIN could not be read.
-    #[error("cluster `{cluster}`: {source}")]
+    // The cause is printed once, as the cause (miette shows a `source` below the message).
+    #[error("cluster `{cluster}`: cannot read the PIN")]
     #[diagnostic(code(hsm::credentials))]
     Credentials {
         /// The cluster.

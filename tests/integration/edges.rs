@@ -160,3 +160,28 @@ fn the_hint_after_plan_out_is_the_command_that_works() {
     assert_eq!(a.code, 0, "the hinted command works: {a:?}");
     assert_eq!(w.count("dr"), 0);
 }
+
+#[test]
+fn a_report_given_to_apply_is_named_and_a_missing_pin_is_said_once() {
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    assert_eq!(w.run(&["apply", "plan.yaml", "--report", "r.json"]).code, 0);
+    let a = w.run(&["apply", "r.json"]);
+    assert_eq!(a.code, 1, "{a:?}");
+    assert!(a.stderr.contains("it is an hsm-sync report, not a plan"), "{a:?}");
+    assert!(!a.stderr.contains("unknown field"), "not a list of plan errors: {a:?}");
+
+    w.write(
+        "env.yaml",
+        &w.read("plan.yaml")
+            .replace("pin: { file: ./dr.pin }", "pin: { env: HSM_SYNC_TEST_UNSET_PIN }"),
+    );
+    let v = w.run(&["validate", "env.yaml", "--online"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert_eq!(
+        v.stderr.matches("HSM_SYNC_TEST_UNSET_PIN is not set").count(),
+        1,
+        "said once: {v:?}"
+    );
+}
