@@ -52,6 +52,11 @@ pub fn login(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
 
 /// Finds the token of each of `clusters`, without logging in (its facts are read).
 pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
+    // Offline these were warnings; online they are one error that lists them all.
+    let problems: Vec<String> = clusters.iter().flat_map(|c| c.unresolved.iter().cloned()).collect();
+    if !problems.is_empty() {
+        return Err(HsmError::NotReady { problems });
+    }
     let modules = Modules::default();
     let mut tokens = HashMap::new();
     for c in clusters {
@@ -71,11 +76,20 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
 
 /// Logs in to the opened tokens of `clusters`, each PIN read and tried once.
 pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
+    // Every PIN is read before any login: a run missing two PIN variables says so once,
+    // naming both, instead of logging in to one cluster and failing on the next.
+    let mut pins = Vec::with_capacity(clusters.len());
+    let mut problems = Vec::new();
     for c in clusters {
-        let pin = c.credentials.pin.read().map_err(|source| HsmError::Credentials {
-            cluster: c.name.clone(),
-            source,
-        })?;
+        match c.credentials.pin.read() {
+            Ok(pin) => pins.push(pin),
+            Err(e) => problems.push(format!("cluster `{}`: {e}", c.name)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(HsmError::NotReady { problems });
+    }
+    for (c, pin) in clusters.iter().zip(pins) {
         let (role, pin_source) = (c.credentials.role.to_string(), c.credentials.pin.to_string());
         let who = crate::hsm::LoginSpec {
             role: &role,

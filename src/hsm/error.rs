@@ -10,10 +10,7 @@ use miette::Diagnostic;
 pub enum HsmError {
     /// The module file cannot be loaded.
     #[error("cluster `{cluster}`: cannot load PKCS#11 module {}: {detail}", module.display())]
-    #[diagnostic(
-        code(hsm::module),
-        help("check `module:` in the plan; SoftHSM2 is `apt-get install -y softhsm2` on Debian")
-    )]
+    #[diagnostic(code(hsm::module), help("{hint}"))]
     Module {
         /// The cluster.
         cluster: String,
@@ -21,6 +18,8 @@ pub enum HsmError {
         module: PathBuf,
         /// What the loader said.
         detail: String,
+        /// What to do: the package for SoftHSM's path, the vendor's library otherwise.
+        hint: String,
     },
     /// No token matches the plan's token reference.
     #[error("cluster `{cluster}`: no token with {wanted} in {}", module.display())]
@@ -65,15 +64,16 @@ pub enum HsmError {
         /// "the user PIN is locked" or "the user PIN is on its final try".
         what: String,
     },
-    /// The PIN could not be read.
-    // The cause is printed once, as the cause (miette shows a `source` below the message).
-    #[error("cluster `{cluster}`: cannot read the PIN")]
-    #[diagnostic(code(hsm::credentials))]
-    Credentials {
-        /// The cluster.
-        cluster: String,
-        /// Why.
-        source: crate::credentials::CredentialError,
+    /// What this machine lacks to reach the clusters (unset variables, missing module or
+    /// PIN files, unset PIN variables), every one listed; nothing was tried.
+    #[error("cannot go online: {}; nothing was tried", problems.join("; "))]
+    #[diagnostic(
+        code(hsm::not_ready),
+        help("offline `validate` only warns about these; set the variables and install the files on the machine that runs online")
+    )]
+    NotReady {
+        /// Each problem, naming its cluster.
+        problems: Vec<String>,
     },
     /// The domain (wrapping) key is missing or ambiguous.
     #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
@@ -122,6 +122,16 @@ pub enum HsmError {
         /// cryptoki's error, with the function and `CKR_*` value.
         error: cryptoki::error::Error,
     },
+}
+
+/// The help of a module that does not load: SoftHSM's package only for SoftHSM's path
+/// (every vendor's path got `apt-get install softhsm2` once; issue 16).
+pub(crate) fn module_hint(module: &std::path::Path) -> String {
+    if module.to_string_lossy().contains("softhsm") {
+        "check `module:` in the plan; SoftHSM2 is `apt-get install -y softhsm2` on Debian".into()
+    } else {
+        "check `module:` in the plan: install the vendor's PKCS#11 library there (its client or SDK package), or point `module:` at it".into()
+    }
 }
 
 /// `C_UnwrapKey returned CKR_GENERAL_ERROR` rather than cryptoki's long prose: the

@@ -96,6 +96,7 @@ impl Modules {
             cluster: cluster.to_string(),
             module: path.to_path_buf(),
             detail,
+            hint: error::module_hint(path),
         };
         // Two spellings of one library must share one context: a second C_Initialize
         // of the same library would fail.

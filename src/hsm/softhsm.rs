@@ -123,6 +123,7 @@ impl Provisioner {
             cluster: "provision".into(),
             module: module.to_path_buf(),
             detail: e.to_string(),
+            hint: super::error::module_hint(module),
         })?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(provision_error("C_Initialize"))?;

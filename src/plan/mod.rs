@@ -75,6 +75,8 @@ pub enum IssueKind {
     InvalidUrl,
     /// A `${VAR}` (or `~` without `HOME`) that is not set.
     UnsetVariable,
+    /// A PKCS#11 module file that is not on this machine.
+    ModuleFile,
     /// A value out of range (`parallelism: 0`).
     InvalidValue,
     /// A lineage fingerprint that is not hex.
@@ -112,6 +114,7 @@ impl IssueKind {
             InlinePin => "plan::inline-pin",
             PinSource => "plan::pin-source",
             PinFile => "plan::pin-file",
+            ModuleFile => "plan::module-file",
             EmptySelector => "plan::empty-selector",
             AmbiguousSelector => "plan::ambiguous-selector",
             InvalidHex => "plan::invalid-hex",

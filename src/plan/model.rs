@@ -104,6 +104,9 @@ pub struct Cluster {
     pub domain_key: String,
     /// A pinned lineage fingerprint.
     pub fingerprint: Option<String>,
+    /// What this machine lacks to reach the cluster (an unset `${VAR}`, a missing module or
+    /// PIN file): warnings offline, where a lint job has no secrets, and errors online.
+    pub unresolved: Vec<String>,
 }
 
 /// A `CKA_LABEL` glob, checked at validation and compiled into a matcher on first use: a

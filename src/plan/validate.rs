@@ -52,6 +52,7 @@ pub fn validate(path: &Path, name: &str, text: String) -> Result<Loaded, PlanErr
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         declared: Vec::new(),
         clusters_unreadable: false,
+        unresolved: Vec::new(),
     };
     let plan = v.run();
     let (errors, warnings): (Vec<_>, Vec<_>) = v.issues.into_iter().partition(|i| i.severity == Severity::Error);
@@ -98,6 +99,8 @@ struct Validator {
     src: PlanSource,
     issues: Vec<PlanIssue>,
     base_dir: PathBuf,
+    /// Offline warnings of the cluster being validated, moved into it when it is built.
+    unresolved: Vec<String>,
     /// Every cluster name the plan declares, valid or not: a reference to a declared but
     /// invalid cluster is not reported again as undefined.
     declared: Vec<String>,
@@ -210,6 +213,7 @@ impl Validator {
             K::AmbiguousSelector => "more than one of id, label, handle",
             K::TokenRef => "needs exactly one of label, serial, slot",
             K::PinFile => "PIN file",
+            K::ModuleFile => "module file",
             K::PinSource => "PIN source",
             K::EmptyTargets => "no targets",
             K::CloneCycle => "goes round in a circle",
@@ -559,19 +563,41 @@ impl Validator {
         out
     }
 
+    /// A problem of this machine rather than of the plan: a warning now, an error when
+    /// the cluster is reached (CONTRACT.md §1).
+    fn offline_warning(&mut self, kind: IssueKind, path: &str, message: String, help: Option<String>) {
+        let span = self.src.locate_value(path);
+        self.unresolved.push(message.clone());
+        self.push(kind, span, message, help, Severity::Warning);
+    }
+
     fn cluster(&mut self, name: &str, path: &str, raw: RawCluster) -> Option<Cluster> {
-        let mut ok = true;
+        let ok = true;
+        let unresolved_before = self.unresolved.len();
         let module = match expand(&raw.module) {
-            Ok(m) => PathBuf::from(m),
+            Ok(m) => {
+                let m = PathBuf::from(m);
+                if !m.exists() {
+                    // Warned here; online the loader's own error (with its reason) says it.
+                    let span = self.src.locate_value(&child(path, "module"));
+                    self.push(
+                        IssueKind::ModuleFile,
+                        span,
+                        format!("cluster `{name}`: PKCS#11 module {} does not exist here", m.display()),
+                        Some("install the vendor's PKCS#11 library or fix `module:`".into()),
+                        Severity::Warning,
+                    );
+                }
+                m
+            }
             Err(var) => {
-                self.issue(
+                self.offline_warning(
                     IssueKind::UnsetVariable,
                     &child(path, "module"),
-                    format!("environment variable `{var}` is not set"),
+                    format!("cluster `{name}`: environment variable `{var}` is not set (in `module`)"),
                     Some(format!("export {var}=… before running hsm-sync")),
                 );
-                ok = false;
-                PathBuf::new()
+                PathBuf::from(&raw.module)
             }
         };
         let tpath = child(path, "token");
@@ -637,6 +663,7 @@ impl Validator {
             cloned_from: raw.cloned_from,
             domain_key,
             fingerprint,
+            unresolved: self.unresolved.split_off(unresolved_before),
         })
     }
 
@@ -703,13 +730,13 @@ impl Validator {
                 let expanded = match expand(&f) {
                     Ok(x) => PathBuf::from(x),
                     Err(var) => {
-                        self.issue(
+                        self.offline_warning(
                             IssueKind::UnsetVariable,
                             &fpath,
-                            format!("environment variable `{var}` is not set"),
-                            None,
+                            format!("environment variable `{var}` is not set (in the PIN file path)"),
+                            Some(format!("export {var}=… before running hsm-sync online")),
                         );
-                        return None;
+                        return Some(PinSource::File(PathBuf::from(f)));
                     }
                 };
                 let full = if expanded.is_absolute() {
@@ -724,13 +751,13 @@ impl Validator {
                     Ok(_) => std::fs::File::open(&full).err().map(|e| e.to_string()),
                 };
                 if let Some(why) = problem {
-                    self.issue(
+                    self.offline_warning(
                         IssueKind::PinFile,
                         &fpath,
                         format!("cannot read PIN file {}: {why}", full.display()),
                         Some("relative paths are relative to the plan file".into()),
                     );
-                    return None;
+                    return Some(PinSource::File(full));
                 }
                 if loosely_readable(&full) {
                     let span = self.src.locate(&fpath);
@@ -1387,6 +1414,7 @@ mod tests {
             cloned_from: from.map(String::from),
             domain_key: DEFAULT_DOMAIN_KEY.into(),
             fingerprint: None,
+            unresolved: Vec::new(),
         };
         let cs = vec![c("a", None), c("b", Some("a")), c("c", Some("b")), c("z", None)];
         assert!(linked(&cs, "a", "c"));

@@ -201,6 +201,9 @@ fn missing_module_and_missing_token_are_clear_errors() {
         "{}",
         out.stderr
     );
+    // A vendor's path is not told to install SoftHSM.
+    assert!(!out.stderr.contains("apt-get install -y softhsm2"), "{}", out.stderr);
+    assert!(out.stderr.contains("vendor's PKCS#11 library"), "{}", out.stderr);
 
     let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replace("{ label: dr }", "{ label: dr-missing }"));
     let out = w.run(&["plan", "plan.yaml"]);

@@ -185,3 +185,44 @@ fn a_report_given_to_apply_is_named_and_a_missing_pin_is_said_once() {
         "said once: {v:?}"
     );
 }
+
+#[test]
+fn offline_validate_needs_no_secret_and_online_lists_every_missing_one() {
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    let plan = w
+        .read("plan.yaml")
+        .replace(
+            "pin: { file: ./primary.pin }",
+            "pin: { env: HSM_SYNC_TEST_NO_PRIMARY_PIN }",
+        )
+        .replace("pin: { file: ./dr.pin }", "pin: { env: HSM_SYNC_TEST_NO_DR_PIN }");
+    w.write("ci.yaml", &plan);
+    // A CI lint job: no PIN, no token, and a module path that is not on this machine.
+    w.write(
+        "lint.yaml",
+        &plan.replace(
+            &crate::world::softhsm().display().to_string(),
+            "/opt/vendor/lib/libvendor-pkcs11.so",
+        ),
+    );
+    let lint = w.run(&["validate", "lint.yaml"]);
+    assert_eq!(lint.code, 0, "{lint:?}");
+    assert!(
+        lint.stderr
+            .contains("/opt/vendor/lib/libvendor-pkcs11.so does not exist here"),
+        "{lint:?}"
+    );
+    let online = w.run(&["validate", "ci.yaml", "--online"]);
+    assert_eq!(online.code, 1, "{online:?}");
+    for var in ["HSM_SYNC_TEST_NO_PRIMARY_PIN", "HSM_SYNC_TEST_NO_DR_PIN"] {
+        assert!(
+            online.stderr.contains(var),
+            "every missing PIN variable is named: {online:?}"
+        );
+    }
+    let apply = w.run(&["apply", "ci.yaml"]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert_eq!(w.count("dr"), 0, "nothing was tried");
+}
