@@ -82,18 +82,23 @@ impl TokenSession {
         let mechanism = self.wrap_mechanism("unwrapping the lineage session key")?;
         let key = match self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template) {
             Ok(k) => k,
-            Err(CkError::Pkcs11(
-                rv @ (RvError::WrappedKeyInvalid
-                | RvError::EncryptedDataInvalid
-                | RvError::WrappedKeyLenRange
-                | RvError::UnwrappingKeyHandleInvalid
-                | RvError::UnwrappingKeySizeRange
-                | RvError::UnwrappingKeyTypeInconsistent
-                | RvError::GeneralError),
-                _,
-            )) => {
+            Err(
+                e @ CkError::Pkcs11(
+                    RvError::WrappedKeyInvalid
+                    | RvError::EncryptedDataInvalid
+                    | RvError::WrappedKeyLenRange
+                    | RvError::UnwrappingKeyHandleInvalid
+                    | RvError::UnwrappingKeySizeRange
+                    | RvError::UnwrappingKeyTypeInconsistent
+                    | RvError::GeneralError,
+                    _,
+                ),
+            ) => {
+                // The CKR code an operator can look up, never cryptoki's stock prose
+                // ("Some horrible, unrecoverable error …") in the middle of a DR runbook.
                 return Ok(Err(format!(
-                    "the source's wrapped session key does not unwrap under this token's domain key ({rv})"
+                    "the source's wrapped session key does not unwrap under this token's domain key ({}): the two tokens hold different domain keys",
+                    super::describe(&e)
                 )));
             }
             Err(e) => return Err(self.pk("unwrapping the lineage session key")(e)),

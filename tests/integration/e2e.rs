@@ -97,6 +97,10 @@ fn a_target_with_another_domain_key_is_refused_before_any_write() {
         let out = w.run(cmd);
         assert_eq!(out.code, 1, "{cmd:?}: {out:?}");
         assert!(out.stderr.contains("not a clone of `primary`"), "{}", out.stderr);
+        // The CKR code and "nothing was written", never cryptoki's stock prose.
+        assert!(out.stderr.contains("returned CKR_"), "{}", out.stderr);
+        assert!(out.stderr.contains("nothing was written"), "{}", out.stderr);
+        assert!(!out.stderr.contains("horrible"), "{}", out.stderr);
     }
     assert_eq!(w.count("dr"), 0);
 }
