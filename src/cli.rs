@@ -45,6 +45,8 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
+    /// Make the domain key that gives a lineage its identity (on a primary, before cloning).
+    Lineage(LineageArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
     Completions(CompletionsArgs),
     /// Print the man page (roff) of every command.
@@ -202,6 +204,32 @@ pub enum SchemaKind {
     Report,
     /// A saved plan written by `plan --out`.
     SavedPlan,
+}
+
+/// `lineage create PLAN CLUSTER`
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: LineageCommand,
+}
+
+/// The `lineage` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LineageCommand {
+    /// Make the domain key on a token that has none (AES-256, token, private, sensitive,
+    /// never extractable, wrap/unwrap/encrypt/decrypt) and print its lineage fingerprint.
+    /// Do it on the primary before it is cloned: clones restored from its backup hold it.
+    Create(LineageCreateArgs),
+}
+
+/// `lineage create PLAN CLUSTER`
+#[derive(Debug, Args)]
+pub struct LineageCreateArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// The cluster whose token gets the key (its `lineage.domain_key` label).
+    pub cluster: String,
 }
 
 /// `schema plan|report|saved-plan`

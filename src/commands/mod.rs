@@ -6,6 +6,7 @@ mod apply;
 mod completions;
 mod demo;
 mod inventory;
+mod lineage;
 mod man;
 mod notify;
 mod plan;
@@ -32,6 +33,7 @@ pub(crate) fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
         Command::Demo(a) => demo::run(p, a),
         Command::Notify(a) => notify::run(p, a),
         Command::Schema(a) => schema::run(p, a),
+        Command::Lineage(a) => lineage::run(p, a),
         Command::Completions(a) => completions::run(p, a),
         Command::Man => man::run(p),
     }

@@ -77,14 +77,16 @@ pub enum HsmError {
     },
     /// The domain (wrapping) key is missing or ambiguous.
     #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
-    #[diagnostic(code(hsm::domain_key), help("every cluster of a lineage holds the same secret key under this label (set `lineage.domain_key` to change it)"))]
+    #[diagnostic(code(hsm::domain_key), help("{help}"))]
     DomainKey {
         /// The cluster.
         cluster: String,
         /// The label.
         label: String,
-        /// "no" or "more than one".
-        problem: &'static str,
+        /// "no", "more than one" (with the objects), or what the key lacks.
+        problem: String,
+        /// The fix for this problem.
+        help: String,
     },
     /// The target does not share the source's domain key.
     #[error("lineage: `{target}` is not a clone of `{source_cluster}`: {detail}")]

@@ -297,6 +297,52 @@ impl Token {
         profile::for_token(&self.facts.manufacturer, &self.facts.model)
     }
 
+    /// Makes the domain key on a logged-in token that has none (CONTRACT.md §2 `lineage
+    /// create`): AES-256, a private and sensitive token object that can never be
+    /// extracted, for wrap/unwrap/encrypt/decrypt. Returns its handle. Refused when the
+    /// token already holds a key under the label: a second one would split the lineage.
+    pub fn create_domain_key(&self) -> Result<u64, HsmError> {
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(self.pk("opening a session"))?;
+        let existing = s
+            .find_objects(&[Attribute::Label(self.domain_label.as_bytes().to_vec())])
+            .map_err(self.pk("finding the domain key"))?;
+        if !existing.is_empty() {
+            let which: Vec<String> = existing.iter().map(|h| format!("handle {}", h.handle())).collect();
+            return Err(HsmError::DomainKey {
+                cluster: self.cluster.clone(),
+                label: self.domain_label.clone(),
+                problem: format!("already a ({})", which.join(", ")),
+                help: "nothing was made: a token holds one domain key; print its lineage fingerprint with `hsm-sync inventory PLAN CLUSTER`".into(),
+            });
+        }
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::AES),
+            Attribute::ValueLen(32.into()),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Label(self.domain_label.as_bytes().to_vec()),
+        ];
+        let h = s
+            .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
+            .map_err(self.pk("generating the domain key"))?;
+        Ok(h.handle())
+    }
+
+    /// The label of this token's domain key.
+    pub fn domain_label(&self) -> &str {
+        &self.domain_label
+    }
+
     /// A new read-write session (one per worker; the login is shared by all).
     pub fn session(&self) -> Result<TokenSession, HsmError> {
         let s = self

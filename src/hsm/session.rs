@@ -38,19 +38,52 @@ pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result
             op: "finding the domain key",
             error,
         })?;
-    match found.as_slice() {
-        [h] => Ok(*h),
-        [] => Err(HsmError::DomainKey {
+    let err = |problem: String, help: String| HsmError::DomainKey {
+        cluster: cluster.into(),
+        label: label.into(),
+        problem,
+        help,
+    };
+    let h = match found.as_slice() {
+        [h] => *h,
+        [] => {
+            return Err(err(
+                "no".into(),
+                format!("on a primary, make it with `hsm-sync lineage create PLAN {cluster}` before the token is cloned; a clone restored from the primary's backup holds it already (set `lineage.domain_key` if it has another label)"),
+            ))
+        }
+        many => {
+            let which: Vec<String> = many.iter().map(|h| format!("handle {}", h.handle())).collect();
+            return Err(err(
+                format!("more than one ({})", which.join(", ")),
+                "a lineage has exactly one domain key per token: relabel or remove the extra object(s)".into(),
+            ));
+        }
+    };
+    // A domain key that cannot wrap or unwrap fails later with a bare
+    // CKR_KEY_FUNCTION_NOT_PERMITTED; say which attribute it lacks now.
+    let attrs = s
+        .get_attributes(h, &[AttributeType::Wrap, AttributeType::Unwrap])
+        .map_err(|error| HsmError::Pkcs11 {
             cluster: cluster.into(),
-            label: label.into(),
-            problem: "no",
-        }),
-        _ => Err(HsmError::DomainKey {
-            cluster: cluster.into(),
-            label: label.into(),
-            problem: "more than one",
-        }),
+            op: "reading the domain key's attributes",
+            error,
+        })?;
+    let mut lacks = Vec::new();
+    for a in attrs {
+        match a {
+            Attribute::Wrap(false) => lacks.push("CKA_WRAP"),
+            Attribute::Unwrap(false) => lacks.push("CKA_UNWRAP"),
+            _ => {}
+        }
     }
+    if !lacks.is_empty() {
+        return Err(err(
+            format!("an unusable (handle {}: {} false)", h.handle(), lacks.join(" and ")),
+            "the domain key must have CKA_WRAP and CKA_UNWRAP true; it cannot be changed once made, so make a new one (`hsm-sync lineage create`) on the primary before cloning".into(),
+        ));
+    }
+    Ok(h)
 }
 
 /// A session on one token, with its domain key found.

@@ -7,6 +7,7 @@ mod engine;
 mod faults;
 mod hostile;
 mod interrupt;
+mod lineage;
 mod notify;
 mod plan_lang;
 mod reliability;
