@@ -159,3 +159,23 @@ mod tests {
         assert_eq!(read_len(AttributeType::Value), None);
     }
 }
+
+/// The attributes of a domain key (CONTRACT.md §2 `lineage create`): an AES token key,
+/// private, sensitive, never extractable, for wrap/unwrap/encrypt/decrypt. One list, for
+/// the key `lineage create` makes and the one the demo imports.
+pub(crate) fn domain_key_template(label: &str) -> Vec<cryptoki::object::Attribute> {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}

@@ -318,20 +318,8 @@ impl Token {
                 help: "nothing was made: a token holds one domain key; print its lineage fingerprint with `hsm-sync inventory PLAN CLUSTER`".into(),
             });
         }
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(cryptoki::object::KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Wrap(true),
-            Attribute::Unwrap(true),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Label(self.domain_label.as_bytes().to_vec()),
-        ];
+        let mut template = attributes::domain_key_template(&self.domain_label);
+        template.push(Attribute::ValueLen(32.into()));
         let h = s
             .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
             .map_err(self.pk("generating the domain key"))?;

@@ -192,21 +192,10 @@ impl Provisioner {
 /// Imports a domain (wrapping) key with a known value: how the demo and tests model
 /// clusters cloned from one another. Not extractable, wrap/unwrap/encrypt only.
 pub fn import_domain_key(s: &Session, label: &str, value: &Zeroizing<Vec<u8>>) -> Result<(), HsmError> {
-    s.create_object(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(CkKeyType::AES),
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Wrap(true),
-        Attribute::Unwrap(true),
-        Attribute::Encrypt(true),
-        Attribute::Decrypt(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Value(value.to_vec()),
-    ])
-    .map_err(provision_error("importing the domain key"))?;
+    let mut template = super::attributes::domain_key_template(label);
+    template.push(Attribute::Value(value.to_vec()));
+    s.create_object(&template)
+        .map_err(provision_error("importing the domain key"))?;
     Ok(())
 }
 
