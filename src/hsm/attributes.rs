@@ -146,20 +146,6 @@ pub(crate) fn usage_attributes(class: KeyClass, f: &KeyFlags) -> Vec<Attribute> 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_columns_follow_the_table() {
-        for (i, (t, n)) in KEY_ATTRIBUTES.iter().enumerate() {
-            assert_eq!((KEY_ATTRIBUTE_TYPES[i], KEY_ATTRIBUTE_LENS[i]), (*t, *n));
-            assert_eq!(read_len(*t), Some(*n));
-        }
-        assert_eq!(read_len(AttributeType::Value), None);
-    }
-}
-
 /// The attributes of a domain key (CONTRACT.md §2 `lineage create`): an AES token key,
 /// private, sensitive, never extractable, for wrap/unwrap/encrypt/decrypt. One list, for
 /// the key `lineage create` makes and the one the demo imports.
@@ -178,4 +164,18 @@ pub(crate) fn domain_key_template(label: &str) -> Vec<cryptoki::object::Attribut
         Attribute::Decrypt(true),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_columns_follow_the_table() {
+        for (i, (t, n)) in KEY_ATTRIBUTES.iter().enumerate() {
+            assert_eq!((KEY_ATTRIBUTE_TYPES[i], KEY_ATTRIBUTE_LENS[i]), (*t, *n));
+            assert_eq!(read_len(*t), Some(*n));
+        }
+        assert_eq!(read_len(AttributeType::Value), None);
+    }
 }
