@@ -5,9 +5,20 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// What the plan's `credentials` mean, for `hsm-sync --help` (issue 16: `user` and
+/// `crypto-officer` did not do what they suggest).
+const CREDENTIALS_HELP: &str = "Credentials in the plan:
+  role: crypto-user     log in as the token's user (CKU_USER, user PIN); sync only the keys
+                        it owns (CKA_PRIVATE true, and the public halves of its pairs)
+  role: crypto-officer  log in the same way (CKU_USER); sync any key the plan selects
+  user: NAME            the identity the plan claims; must match between a source and its
+                        targets. SoftHSM logs in with the PIN alone, so it is not sent to
+                        the token there.
+  pin: {env: VAR} | {file: PATH}   never the PIN itself; tried once per run, never retried";
+
 /// Keep cryptographic keys in step across PKCS#11 HSM clusters, declaratively.
 #[derive(Debug, Parser)]
-#[command(name = "hsm-sync", version, about, long_about = None)]
+#[command(name = "hsm-sync", version, about, long_about = None, after_long_help = CREDENTIALS_HELP)]
 pub struct Cli {
     /// How diagnostics are printed: human-readable, or JSON for CI annotations.
     #[arg(long, global = true, value_enum, default_value_t = DiagnosticsFormat::Human)]

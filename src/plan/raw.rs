@@ -63,13 +63,15 @@ pub struct RawToken {
     pub slot: Option<u64>,
 }
 
-/// The role in which hsm-sync logs in.
+/// What the run may sync. Both roles log in as the token's user (`CKU_USER`, the user
+/// PIN): the role is hsm-sync's own policy, not a PKCS#11 user type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RawRole {
-    /// May sync only the keys it owns.
+    /// Syncs only the keys the user owns: its private objects (`CKA_PRIVATE` true) and the
+    /// public halves of its key pairs.
     CryptoUser,
-    /// May sync any key the plan selects.
+    /// Syncs any key the plan selects, private or not (still logged in as `CKU_USER`).
     CryptoOfficer,
 }
 
@@ -79,7 +81,10 @@ pub enum RawRole {
 pub struct RawCredentials {
     /// `crypto-user` or `crypto-officer`.
     pub role: RawRole,
-    /// The identity; must match between a source and its targets.
+    /// The identity the plan says this login is; must match between a source and its
+    /// targets. On SoftHSM and most tokens it is a label checked only against the other
+    /// side (the PIN alone logs in); a profile whose PINs are `user:password` (CloudHSM)
+    /// will make it part of the login.
     pub user: String,
     /// Where the PIN comes from: `{env: VAR}` or `{file: PATH}`, never the PIN itself.
     #[schemars(with = "RawPinSchema")]

@@ -226,3 +226,21 @@ fn offline_validate_needs_no_secret_and_online_lists_every_missing_one() {
     assert_eq!(apply.code, 1, "{apply:?}");
     assert_eq!(w.count("dr"), 0, "nothing was tried");
 }
+
+#[test]
+fn help_says_what_role_and_user_do() {
+    let w = World::new();
+    let h = w.run(&["--help"]);
+    assert_eq!(h.code, 0, "{h:?}");
+    assert!(
+        h.stdout
+            .contains("role: crypto-officer  log in the same way (CKU_USER)"),
+        "{}",
+        h.stdout
+    );
+    assert!(
+        h.stdout.contains("not sent to\n                        the token"),
+        "{}",
+        h.stdout
+    );
+}
