@@ -46,7 +46,13 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     // From the start: a signal during login or the inventory then starts no job at all
     // (the report still says so).
     stop_handlers(p);
-    let (plan, saved) = match saved::read(&a.plan) {
+    // Read off the main thread: SoftHSM numbers objects by heap address (PKCS11-NOTES.md),
+    // and parsing a large saved plan on the thread that later loads the token left it
+    // numbering some keys differently from `inventory` (issue 16: wrong handles in the
+    // report). A thread's own allocator arena keeps the main heap as a fresh run has it.
+    let read = std::thread::scope(|s| s.spawn(|| saved::read(&a.plan)).join());
+    let read = read.unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let (plan, saved) = match read {
         Ok(Some(saved)) => (
             load_text(p, Path::new(&saved.plan_path), saved.plan_text.clone())?,
             Some(saved),

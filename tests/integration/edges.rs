@@ -244,3 +244,64 @@ fn help_says_what_role_and_user_do() {
         h.stdout
     );
 }
+
+/// `inventory`'s handle of every key, by label.
+fn handles(w: &World, cluster: &str) -> std::collections::HashMap<String, u64> {
+    let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
+    assert_eq!(inv.code, 0, "{inv:?}");
+    inv.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["label"].as_str().unwrap_or_default().to_string(),
+                k["handle"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_handle_printed_is_the_one_inventory_prints() {
+    let w = pair()
+        .key("primary", "a1", "bulk", &["--count", "300"])
+        .plan(&two_cluster_plan("      - label: \"bulk-*\"\n"));
+    let inv = handles(&w, "primary");
+    let mismatches = |jobs: &[hsm_sync::report::JobRecord]| -> Vec<String> {
+        jobs.iter()
+            .filter(|j| j.key.handle != inv.get(&j.key.label).copied())
+            .map(|j| {
+                format!(
+                    "{} {:?} (inventory {:?})",
+                    j.key.label,
+                    j.key.handle,
+                    inv.get(&j.key.label)
+                )
+            })
+            .collect()
+    };
+    let plan = w.run(&["plan", "plan.yaml", "--format", "json"]);
+    assert_eq!(mismatches(&plan.report().jobs), Vec::<String>::new(), "plan");
+    assert_eq!(w.run(&["plan", "plan.yaml", "--out", "s.json"]).code, 0);
+    let saved: serde_json::Value = serde_json::from_str(&w.read("s.json")).unwrap();
+    let saved_jobs: Vec<hsm_sync::report::JobRecord> = serde_json::from_value(saved["jobs"].clone()).unwrap();
+    assert_eq!(mismatches(&saved_jobs), Vec::<String>::new(), "saved plan");
+    // Applying the saved plan once numbered 32 of 300 keys differently (issue 16).
+    assert_eq!(w.run(&["apply", "s.json", "--report", "r.json"]).code, 0);
+    assert_eq!(
+        mismatches(&w.report("r.json").jobs),
+        Vec::<String>::new(),
+        "apply SAVED"
+    );
+    assert_eq!(handles(&w, "primary"), inv, "inventory after apply");
+    // sync-key with inventory's handle copies that very key.
+    w.fixture(&["keygen", "primary", "--id", "ff", "--label", "one-more"]);
+    let h = handles(&w, "primary")["one-more"].to_string();
+    let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", &h, "dr"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    assert!(
+        s.stdout.contains("one-more"),
+        "sync-key copied the key inventory named: {s:?}"
+    );
+}
