@@ -160,7 +160,7 @@ impl Token {
         let slots = ctx.get_slots_with_token().map_err(|e| pk("listing slots", e))?;
         let mut present = Vec::new();
         for slot in slots {
-            let info = ctx.get_token_info(slot).map_err(|e| pk("reading token info", e))?;
+            let info = token_info(&ctx, slot).map_err(|e| pk("reading token info", e))?;
             let hit = match cluster.token {
                 TokenRef::Label(l) => info.label() == l,
                 TokenRef::Serial(s) => info.serial_number() == s,
@@ -217,10 +217,7 @@ impl Token {
     /// Logs in as `CKU_USER`, once. The PIN is tried at most once: a locked token or one
     /// on its final try is not even attempted, and a wrong PIN is never retried.
     pub fn login(&self, who: &LoginSpec<'_>, pin: &SecretString) -> Result<(), HsmError> {
-        let info = self
-            .ctx
-            .get_token_info(self.slot)
-            .map_err(self.pk("reading token info"))?;
+        let info = token_info(&self.ctx, self.slot).map_err(self.pk("reading token info"))?;
         let locked = |what: &str| HsmError::PinLocked {
             cluster: self.cluster.clone(),
             what: what.into(),
@@ -353,6 +350,23 @@ impl Token {
             self.profile(),
             self.raw.clone(),
         ))
+    }
+}
+
+/// `C_GetTokenInfo`, tried up to three times on `CKR_GENERAL_ERROR`: SoftHSM answers so
+/// while another process is rewriting the token's files (measured: a second `apply`
+/// opening the source while the first writes its lifecycle records). Reading the info is
+/// harmless to repeat; a login never is, and is not retried anywhere.
+fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkError> {
+    let mut attempt = 0;
+    loop {
+        match ctx.get_token_info(slot) {
+            Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < 2 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            }
+            r => return r,
+        }
     }
 }
 
