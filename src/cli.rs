@@ -183,7 +183,7 @@ pub struct DemoArgs {
     pub keys: usize,
 }
 
-/// `notify PLAN [--key SELECTOR] [--sync NAME] [--report FILE]`
+/// `notify PLAN [--key SELECTOR] [--sync NAME] [--failed] [--report FILE]`
 #[derive(Debug, Args)]
 pub struct NotifyArgs {
     /// The plan file.
@@ -194,6 +194,10 @@ pub struct NotifyArgs {
     /// Only this sync entry.
     #[arg(long, value_name = "NAME")]
     pub sync: Option<String>,
+    /// Re-send only the deliveries whose last attempt failed, to those resources only;
+    /// not held by the cooldown.
+    #[arg(long)]
+    pub failed: bool,
     /// Write the JSON report (its `notifications`) here.
     #[arg(long)]
     pub report: Option<PathBuf>,

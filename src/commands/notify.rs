@@ -1,5 +1,5 @@
-//! `hsm-sync notify PLAN [--key SELECTOR] [--sync NAME] [--report FILE]`: the manual
-//! "renotify" of CONTRACT.md §5. Logs in to the sources only (nothing is synced, so no
+//! `hsm-sync notify PLAN [--key SELECTOR] [--sync NAME] [--failed] [--report FILE]`: the
+//! manual "renotify" of CONTRACT.md §5 (`--failed`: only the deliveries that failed, §2). Logs in to the sources only (nothing is synced, so no
 //! lineage proof is needed), then lets [`crate::notify::renotify`] decide.
 
 use std::time::{Duration, SystemTime};
@@ -38,6 +38,7 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
     let sel = Selection {
         sync: a.sync.as_deref(),
         key,
+        failed_only: a.failed,
     };
     // A hidden flag, not an environment variable (why: `NotifyArgs::test_claim_settle_ms`).
     let settle = a
@@ -68,7 +69,11 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
             }
             print_notifications(p, &records, &warnings);
             if records.is_empty() {
-                p.outln("Notify: nothing to re-send");
+                p.outln(if a.failed {
+                    "Notify: no failed deliveries to re-send"
+                } else {
+                    "Notify: nothing to re-send"
+                });
             }
             let failed = !warnings.is_empty() || records.iter().any(|r| r.status == DeliveryStatus::Failed);
             Ok(if failed {

@@ -67,6 +67,7 @@ mod tests {
             targets: vec!["dr".into()],
             key: key(),
             claim: None,
+            failed: Default::default(),
         }
     }
 

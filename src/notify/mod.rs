@@ -6,7 +6,8 @@
 //! `targets` listing where it happened. A failed delivery is reported (exit 3) and never
 //! undoes the sync. `hsm-sync notify` ([`renotify`]) re-sends a key's recorded event,
 //! refused (exit 4, nothing sent) while any selected key is within the cooldown or
-//! claimed by another run.
+//! claimed by another run. Each record remembers the resources whose last delivery
+//! failed; `notify --failed` re-sends to those only, past the cooldown, under the claim.
 //!
 //! This file wires the parts, one concern each:
 //!
@@ -27,7 +28,7 @@ mod sink;
 mod store;
 mod wire;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use miette::Diagnostic;
@@ -160,8 +161,65 @@ pub(crate) fn after_apply(
     for (source, evs) in by_source {
         out.warnings.extend(store::record_events(tokens, source, &evs, workers));
     }
-    out.records = deliver_all(&HttpSink, &deliveries(plan, &events, false));
+    let ds = deliveries(plan, &events, false);
+    out.records = deliver_all(&HttpSink, &ds);
+    // The records were written without failed marks; the keys with a failed delivery get
+    // theirs now, for `notify --failed`.
+    let mut marks: BTreeMap<&str, HashMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for (d, tried) in tried_by_key(&ds, &out.records) {
+        let failed = marks_after(&BTreeSet::new(), &tried);
+        if !failed.is_empty() {
+            marks
+                .entry(d.body.source.as_str())
+                .or_default()
+                .insert(d.body.key.state_label(), failed);
+        }
+    }
+    for (source, m) in marks {
+        out.warnings.extend(store::mark_failed(tokens, source, &m));
+    }
     out
+}
+
+/// What the deliveries did, per key (by its first delivery, in delivery order): each
+/// resource tried and whether its last delivery failed.
+fn tried_by_key<'d, 'a>(
+    ds: &'d [Delivery<'a>],
+    records: &[NotificationRecord],
+) -> Vec<(&'d Delivery<'a>, BTreeMap<String, bool>)> {
+    let mut out: Vec<(&Delivery<'_>, BTreeMap<String, bool>)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for (d, r) in ds.iter().zip(records) {
+        let i = *at.entry(d.body.key.state_label()).or_insert_with(|| {
+            out.push((d, BTreeMap::new()));
+            out.len() - 1
+        });
+        out[i]
+            .1
+            .insert(d.resource.name.clone(), r.status == DeliveryStatus::Failed);
+    }
+    out
+}
+
+/// A key's failed marks after its deliveries: each resource tried is marked or cleared
+/// by how its last delivery went; the others keep what they had.
+fn marks_after(old: &BTreeSet<String>, tried: &BTreeMap<String, bool>) -> BTreeSet<String> {
+    old.iter()
+        .filter(|r| !tried.contains_key(*r))
+        .cloned()
+        .chain(tried.iter().filter(|(_, failed)| **failed).map(|(r, _)| r.clone()))
+        .collect()
+}
+
+/// The resources of `entry` that `notify --failed` re-sends `st`'s event to: those whose
+/// last delivery failed, still in the entry and still wanting the event.
+fn failed_resources(entry: &SyncEntry, st: &store::KeyState) -> BTreeSet<String> {
+    entry
+        .notify
+        .iter()
+        .filter(|r| st.failed.contains(&r.name) && wanted_by(r, st.event))
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 /// What `hsm-sync notify` asks for.
@@ -170,6 +228,9 @@ pub(crate) struct Selection<'a> {
     pub sync: Option<&'a str>,
     /// Only keys this selector picks.
     pub key: Option<KeyMatcher>,
+    /// `--failed`: only the deliveries whose last attempt failed, to those resources
+    /// only, and not held by the cooldown (the claim still is).
+    pub failed_only: bool,
 }
 
 /// How a `notify` run ended.
@@ -198,7 +259,9 @@ struct Candidate<'a> {
 
 /// `hsm-sync notify`: re-sends the latest lifecycle event of the selected keys, unless
 /// one of them is within the cooldown or another run is notifying it (then nothing is
-/// sent at all). `settle` is the claim protocol's wait ([`DEFAULT_CLAIM_SETTLE`]).
+/// sent at all). With [`Selection::failed_only`], only the keys and resources whose last
+/// delivery failed, and the cooldown does not hold. `settle` is the claim protocol's
+/// wait ([`DEFAULT_CLAIM_SETTLE`]).
 pub(crate) fn renotify(
     plan: &Plan,
     tokens: &Tokens,
@@ -241,6 +304,21 @@ pub(crate) fn renotify(
         }
     }
 
+    // `--failed`: only keys with a failed delivery to a resource they still have; the
+    // cooldown does not hold them (a failed delivery was never received).
+    let cooldown = if sel.failed_only {
+        for list in by_source.values_mut() {
+            list.retain(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|(_, st)| !failed_resources(c.entry, st).is_empty())
+            });
+        }
+        Duration::ZERO
+    } else {
+        cooldown
+    };
+
     // 2. Cooldown: refuse everything if any key is within it.
     let refused: Vec<String> = by_source
         .values()
@@ -270,7 +348,9 @@ pub(crate) fn renotify(
     let mine = Claim::new();
     let mut held: Vec<(&str, usize)> = Vec::new();
     let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
-        Ok(refused) if refused.is_empty() => Ok(send_and_record(&HttpSink, plan, &sessions, &by_source)),
+        Ok(refused) if refused.is_empty() => {
+            Ok(send_and_record(&HttpSink, plan, &sessions, &by_source, sel.failed_only))
+        }
         Ok(refused) => Ok(Renotify::Refused(refused)),
         Err(e) => Err(NotifyError::from(e)),
     };
@@ -384,38 +464,62 @@ fn unsendable(c: &Candidate<'_>) -> Option<String> {
     }
 }
 
-/// Step 4 of `notify`: sends the claimed keys' events, then records `notified_at` (the
-/// claim goes with that write) for keys with at least one delivery made; the caller
-/// releases the others' claims.
+/// Step 4 of `notify`: sends the claimed keys' events (with `failed_only`, to the
+/// resources whose last delivery failed, as the records read after the claim say), then
+/// records the outcome (the claim goes with that write): `notified_at` for keys with at
+/// least one delivery made, and each resource tried marked failed or cleared. The caller
+/// releases the claims of keys with nothing to record.
 fn send_and_record<'p>(
     sink: &impl Sink,
     plan: &'p Plan,
     sessions: &Sessions<'p>,
     by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
+    failed_only: bool,
 ) -> Renotify {
     let mut events = Vec::new();
+    let mut only: HashMap<String, BTreeSet<String>> = HashMap::new();
     for c in by_source.values().flatten() {
-        if let Some(mut l) = c.state.as_ref().and_then(|(_, st)| st.lifecycle()) {
+        let Some((_, st)) = &c.state else { continue };
+        if let Some(mut l) = st.lifecycle() {
             // The candidate's entry: the event's own, or the one selecting the key when
             // the event's entry is gone from the plan.
             l.sync = c.entry.name.clone();
             events.push(l);
+            if failed_only {
+                only.insert(c.state_label.clone(), failed_resources(c.entry, st));
+            }
         }
     }
-    let ds = deliveries(plan, &events, true);
+    let mut ds = deliveries(plan, &events, true);
+    if failed_only {
+        ds.retain(|d| {
+            only.get(&d.body.key.state_label())
+                .is_some_and(|rs| rs.contains(&d.resource.name))
+        });
+    }
     let records = deliver_all(sink, &ds);
     let sent = sent_keys(&ds, &records);
+    let tried: HashMap<String, BTreeMap<String, bool>> = tried_by_key(&ds, &records)
+        .into_iter()
+        .map(|(d, t)| (d.body.key.state_label(), t))
+        .collect();
     let sent_at = SystemTime::now();
     let mut warnings = Vec::new();
     for (source, list) in by_source {
         let s = &sessions[source];
         for c in list {
             let Some((d, st)) = &c.state else { continue };
-            if !sent.contains(&c.state_label) {
+            let Some(tried) = tried.get(&c.state_label) else {
+                continue;
+            };
+            let mut new = st.clone();
+            if sent.contains(&c.state_label) {
+                new.notified_at = Some(time_millis(sent_at));
+            }
+            new.failed = marks_after(&st.failed, tried);
+            if new.notified_at == st.notified_at && new.failed == st.failed {
                 continue;
             }
-            let mut new = st.clone();
-            new.notified_at = Some(time_millis(sent_at));
             new.claim = None;
             if let Err(e) = store::write(s, d, &new) {
                 warnings.push(format!(
@@ -533,5 +637,42 @@ mod tests {
             ..AfterApply::default()
         }
         .failed());
+    }
+
+    #[test]
+    fn a_delivery_marks_or_clears_its_resource_and_leaves_the_others_alone() {
+        let tried = BTreeMap::from([("down".to_string(), true), ("up".to_string(), false)]);
+        let old = BTreeSet::from(["up".to_string(), "elsewhere".to_string()]);
+        assert_eq!(
+            marks_after(&old, &tried),
+            BTreeSet::from(["down".to_string(), "elsewhere".to_string()])
+        );
+        assert!(marks_after(&BTreeSet::new(), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn each_key_gets_the_outcome_of_each_resource_it_was_sent_to() {
+        use sink::tests::{delivery, resource, FakeSink};
+        let (ok, down) = (resource("ok"), resource("down"));
+        let ds = vec![delivery(&down, "a1"), delivery(&ok, "a1"), delivery(&ok, "b2")];
+        let sink = FakeSink {
+            failing: vec!["down".into()],
+            ..FakeSink::default()
+        };
+        let records = deliver_all(&sink, &ds);
+        let tried: Vec<(String, BTreeMap<String, bool>)> = tried_by_key(&ds, &records)
+            .into_iter()
+            .map(|(d, t)| (d.body.key.id.clone(), t))
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                (
+                    "a1".to_string(),
+                    BTreeMap::from([("down".to_string(), true), ("ok".to_string(), false)])
+                ),
+                ("b2".to_string(), BTreeMap::from([("ok".to_string(), false)])),
+            ]
+        );
     }
 }

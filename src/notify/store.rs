@@ -7,7 +7,7 @@
 //! functions of this file ([`read_all`], [`reread`], [`write`], [`record_events`]), so a
 //! state port with file and database backends (issue 13) replaces them and nothing else.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,11 @@ pub(crate) struct KeyState {
     /// A `notify` run at work on this key, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<Claim>,
+    /// The resources whose last delivery of this event failed, by name, sorted: what
+    /// `notify --failed` re-sends. Absent in records of earlier versions and when
+    /// nothing failed (the field is left out then, so those versions read it too).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub failed: BTreeSet<String>,
 }
 
 impl KeyState {
@@ -57,6 +62,7 @@ impl KeyState {
             targets: l.targets.clone(),
             key: l.key.clone(),
             claim: None,
+            failed: BTreeSet::new(),
         }
     }
 
@@ -191,6 +197,34 @@ pub(crate) fn record_events(tokens: &Tokens, source: &str, events: &[&Lifecycle]
     })
 }
 
+/// Writes the failed marks an apply's deliveries left (`marks`: state label → the
+/// resources whose delivery failed) into the records of one source token, which
+/// [`record_events`] has just written without any; returns a warning per key (or for
+/// the token) whose marks could not be written. Only runs with a failed delivery get
+/// here, so a healthy apply pays nothing for it.
+pub(crate) fn mark_failed(tokens: &Tokens, source: &str, marks: &HashMap<String, BTreeSet<String>>) -> Vec<String> {
+    let warn = |what: String, e: HsmError| {
+        format!("could not record the failed deliveries of {what} on `{source}` (`notify --failed` will not re-send them): {e}")
+    };
+    let stored = match tokens.get(source).session().and_then(|s| Ok((read_all(&s)?, s))) {
+        Ok(found) => found,
+        Err(e) => return vec![warn(format!("{} key(s)", marks.len()), e)],
+    };
+    let (states, s) = stored;
+    let mut warnings = Vec::new();
+    for (d, st) in states {
+        let Some(failed) = marks.get(d.name()) else { continue };
+        let new = KeyState {
+            failed: failed.clone(),
+            ..st
+        };
+        if let Err(e) = write(&s, &d, &new) {
+            warnings.push(warn(format!("key {}", new.key.name()), e));
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -229,7 +263,25 @@ mod tests {
         let json = serde_json::to_value(&st).unwrap();
         assert_eq!(json["event"], "deleted");
         assert!(json.get("claim").is_none(), "no claim, no field: {json}");
+        assert!(json.get("failed").is_none(), "nothing failed, no field: {json}");
         let back: KeyState = serde_json::from_value(json).unwrap();
         assert_eq!(back, st);
+    }
+
+    #[test]
+    fn failed_marks_read_back_and_a_record_of_an_earlier_version_has_none() {
+        // As versions before `notify --failed` wrote it: no `failed` field.
+        let old = r#"{"version":1,"event":"synced","at":"2027-01-15T08:00:00.250Z","notified_at":null,
+            "sync":"main","source":"primary","targets":["dr"],
+            "key":{"id":"a1","label":"k","class":"secret-key","key_type":"aes","fingerprint":null}}"#;
+        let st: KeyState = serde_json::from_str(old).unwrap();
+        assert!(st.failed.is_empty(), "missing field: nothing failed");
+        let marked = KeyState {
+            failed: BTreeSet::from(["object-storage".to_string()]),
+            ..st
+        };
+        let json = serde_json::to_value(&marked).unwrap();
+        assert_eq!(json["failed"], serde_json::json!(["object-storage"]));
+        assert_eq!(serde_json::from_value::<KeyState>(json).unwrap(), marked);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +56,8 @@ enum Answer {
 struct Hook {
     url: String,
     got: Arc<Mutex<Vec<Got>>>,
+    /// The status it answers with (`Answer::Status`), changed by [`Hook::answer`].
+    status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -66,7 +68,11 @@ impl Hook {
         let port = server.server_addr().to_ip().expect("an IP address").port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (g, s) = (got.clone(), stop.clone());
+        let status = Arc::new(AtomicU16::new(match answer {
+            Answer::Status(code) => code,
+            Answer::Never => 0,
+        }));
+        let (g, s, code) = (got.clone(), stop.clone(), status.clone());
         let thread = std::thread::spawn(move || {
             let mut held = Vec::new();
             while !s.load(Ordering::SeqCst) {
@@ -84,8 +90,8 @@ impl Hook {
                     serde_json::from_str(&text).unwrap_or_else(|e| panic!("body is not the §5 shape ({e}): {text}"));
                 g.lock().unwrap().push(Got { body, authorization });
                 match answer {
-                    Answer::Status(code) => {
-                        let _ = req.respond(tiny_http::Response::empty(code));
+                    Answer::Status(_) => {
+                        let _ = req.respond(tiny_http::Response::empty(code.load(Ordering::SeqCst)));
                     }
                     Answer::Never => held.push(req),
                 }
@@ -94,6 +100,7 @@ impl Hook {
         Hook {
             url: format!("http://127.0.0.1:{port}/key-events"),
             got,
+            status,
             stop,
             thread: Some(thread),
         }
@@ -105,6 +112,11 @@ impl Hook {
 
     fn bodies(&self) -> Vec<Body> {
         self.got().into_iter().map(|g| g.body).collect()
+    }
+
+    /// From now on, answers with `code`.
+    fn answer(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
     }
 
     fn clear(&self) {
@@ -375,6 +387,20 @@ fn a_deletion_is_announced_as_deleted() {
     assert_eq!(w.count("dr"), 0);
 }
 
+/// Starts `hsm-sync notify plan.yaml ARGS` in the world's directory, output piped, for
+/// tests that race two runs.
+fn spawn_notify(w: &World, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
+        .args(["notify", "plan.yaml"])
+        .args(args)
+        .current_dir(w.path())
+        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("hsm-sync starts")
+}
+
 #[test]
 fn racing_notify_runs_never_both_send() {
     let show = |o: &std::process::Output| {
@@ -391,16 +417,7 @@ fn racing_notify_runs_never_both_send() {
     hook.clear();
     std::thread::sleep(Duration::from_millis(3200));
 
-    let spawn = |settle: &str| {
-        Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-            .args(["notify", "plan.yaml", "--test-claim-settle-ms", settle])
-            .current_dir(w.path())
-            .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("hsm-sync starts")
-    };
+    let spawn = |settle: &str| spawn_notify(&w, &["--test-claim-settle-ms", settle]);
     // Two runs started together: at most one sends.
     let (a, b) = (spawn("500"), spawn("500"));
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
@@ -563,4 +580,131 @@ fn keys_without_notify_resources_still_get_their_lifecycle_record() {
     assert_eq!(a.code, 0, "{a:?}");
     assert_eq!(data("primary"), "3");
     assert_eq!(hook.got().len(), 1, "{:?}", hook.got());
+}
+
+#[test]
+fn notify_failed_resends_only_the_failed_deliveries_inside_the_cooldown() {
+    let down = Hook::start(Answer::Status(500));
+    let up = Hook::start(Answer::Status(204));
+    // Two resources: `object-storage` (down, no retry) and `audit` (healthy).
+    let w = world(
+        1,
+        &down.url,
+        &format!("        retries: 0\n      - name: audit\n        url: {}\n", up.url),
+        "  notify_cooldown: 1h\n",
+    );
+    let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(a.code, 3, "{a:?}");
+    let r = report(&w, "r.json");
+    let by = |r: &Report, name: &str| {
+        r.notifications
+            .iter()
+            .filter(|n| n.resource == name)
+            .map(|n| (n.status, n.http_status))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by(&r, "object-storage"),
+        [(DeliveryStatus::Failed, Some(500))],
+        "{r:#?}"
+    );
+    assert_eq!(by(&r, "audit"), [(DeliveryStatus::Sent, Some(204))], "{r:#?}");
+    let first = up.bodies();
+    assert_eq!((down.bodies().len(), first.len()), (1, 1));
+    down.clear();
+    up.clear();
+
+    // Inside the cooldown, still down: tried again, to the failed resource only.
+    let n = w.run(&["notify", "plan.yaml", "--failed"]);
+    assert_eq!(n.code, 3, "{n:?}");
+    assert_eq!(down.bodies().len(), 1, "{n:?}");
+    assert!(up.got().is_empty(), "the healthy resource is not sent to again");
+    down.clear();
+
+    // Now it answers: delivered, exit 0, the healthy one still hears nothing new.
+    down.answer(204);
+    let n = w.run(&[
+        "notify",
+        "plan.yaml",
+        "--failed",
+        "--key",
+        "label:pay-*",
+        "--report",
+        "n.json",
+    ]);
+    assert_eq!(n.code, 0, "{n:?}");
+    let got = down.bodies();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].renotify);
+    assert_eq!(got[0].event, "synced");
+    assert_eq!(
+        (&got[0].key, &got[0].at),
+        (&first[0].key, &first[0].at),
+        "the same event"
+    );
+    assert!(up.got().is_empty(), "the healthy resource is not sent to again");
+    let r = report(&w, "n.json");
+    assert_eq!(r.command, "notify");
+    assert_eq!(by(&r, "object-storage"), [(DeliveryStatus::Sent, Some(204))], "{r:#?}");
+    assert!(by(&r, "audit").is_empty(), "{r:#?}");
+    down.clear();
+
+    // Nothing failed any more: nothing sent.
+    let n = w.run(&["notify", "plan.yaml", "--failed"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(
+        n.stdout.contains("Notify: no failed deliveries to re-send"),
+        "{}",
+        n.stdout
+    );
+    assert!(down.got().is_empty() && up.got().is_empty());
+
+    // A plain renotify is still held by the cooldown (the re-send counts as a notify).
+    let n = w.run(&["notify", "plan.yaml"]);
+    assert_eq!(n.code, 4, "{n:?}");
+    assert!(n.stderr.contains("was notified at"), "{}", n.stderr);
+    assert!(
+        down.got().is_empty() && up.got().is_empty(),
+        "nothing sent while refused"
+    );
+}
+
+#[test]
+fn notify_failed_with_nothing_failed_sends_nothing() {
+    let hook = Hook::start(Answer::Status(204));
+    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
+    hook.clear();
+    let n = w.run(&["notify", "plan.yaml", "--failed", "--sync", "payments"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert!(
+        n.stdout.contains("Notify: no failed deliveries to re-send"),
+        "{}",
+        n.stdout
+    );
+    assert!(hook.got().is_empty());
+}
+
+#[test]
+fn racing_notify_failed_runs_never_both_send() {
+    let down = Hook::start(Answer::Status(500));
+    let w = world(1, &down.url, "        retries: 0\n", "  notify_cooldown: 1h\n");
+    assert_eq!(w.run(&["apply", "plan.yaml"]).code, 3);
+    down.clear();
+    down.answer(204);
+    let spawn = || spawn_notify(&w, &["--failed", "--test-claim-settle-ms", "1500"]);
+    // Not held by the cooldown, but still by the claim: at most one sends.
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let sent = down.bodies().len();
+    assert!(sent <= 1, "both sent: {a:?}\n{b:?}");
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(0 | 4))),
+        "{codes:?}\n{a:?}\n{b:?}"
+    );
+    // Whatever the race did, no claim is left behind and the delivery is made once.
+    let n = w.run(&["notify", "plan.yaml", "--failed"]);
+    assert_eq!(n.code, 0, "{n:?}");
+    assert_eq!(down.bodies().len(), 1, "delivered exactly once: {n:?}");
 }

@@ -103,7 +103,8 @@ pub(crate) mod tests {
         }
     }
 
-    fn delivery<'a>(resource: &'a NotifyTarget, id: &str) -> Delivery<'a> {
+    /// A `synced` delivery of key `id` to `resource`.
+    pub(crate) fn delivery<'a>(resource: &'a NotifyTarget, id: &str) -> Delivery<'a> {
         Delivery {
             sync: "main".into(),
             resource,
