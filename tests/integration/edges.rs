@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::world::{two_cluster_plan, World};
+use crate::world::{handles, two_cluster_plan, World};
 use serde_json::Value;
 
 fn pair() -> World {
@@ -243,23 +243,6 @@ fn help_says_what_role_and_user_do() {
         "{}",
         h.stdout
     );
-}
-
-/// `inventory`'s handle of every key, by label.
-fn handles(w: &World, cluster: &str) -> std::collections::HashMap<String, u64> {
-    let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
-    assert_eq!(inv.code, 0, "{inv:?}");
-    inv.json()["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| {
-            (
-                k["label"].as_str().unwrap_or_default().to_string(),
-                k["handle"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
 }
 
 #[test]

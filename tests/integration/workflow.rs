@@ -1,17 +1,12 @@
 //! The operator's workflow around the diff: saved plans and their staleness check,
 //! JUnit for CI, Markdown for pull requests, colour rules, and CloudHSM's `syncKey`.
 
-use crate::world::{assert_schema, pair, two_cluster_plan, KeyClass, World};
+use crate::world::{assert_schema, handles, pair, two_cluster_plan, KeyClass, World};
 
 fn handle_of(w: &World, cluster: &str, label: &str) -> String {
-    let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
-    assert_eq!(inv.code, 0, "{inv:?}");
-    inv.json()["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["label"] == label)
-        .unwrap_or_else(|| panic!("no key {label} on {cluster}: {}", inv.stdout))["handle"]
+    let all = handles(w, cluster);
+    all.get(label)
+        .unwrap_or_else(|| panic!("no key {label} on {cluster}: {all:?}"))
         .to_string()
 }
 

@@ -247,3 +247,20 @@ clusters:
         cluster_yaml("dr", Some("primary"))
     )
 }
+
+/// `inventory`'s handle of every key, by label.
+pub fn handles(w: &World, cluster: &str) -> std::collections::HashMap<String, u64> {
+    let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
+    assert_eq!(inv.code, 0, "{inv:?}");
+    inv.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["label"].as_str().unwrap_or_default().to_string(),
+                k["handle"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
