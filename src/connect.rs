@@ -30,6 +30,14 @@ impl crate::hsm::KeyStore for Tokens {
     fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError> {
         self.get(cluster).session()
     }
+
+    fn listed_len(&self, cluster: &str) -> Option<usize> {
+        self.get(cluster).listed_len()
+    }
+
+    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<u64>> {
+        self.get(cluster).take_listed_keys()
+    }
 }
 
 /// One lineage proof, for the output of `validate --online`.

@@ -7,11 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::connect::Tokens;
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::sort_keys;
 use crate::domain::key::{Identity, KeyObject};
-use crate::hsm::{HsmError, TokenSession};
+use crate::hsm::{HsmError, KeySession, KeyStore};
 
 /// The keys of one cluster, with the lineage fingerprint of its domain key.
 #[derive(Debug, Clone)]
@@ -60,14 +59,14 @@ pub(crate) type Inventories = HashMap<String, Inventory>;
 /// when they hold about as many, every key would be wrapped anyway, and wrapping them
 /// while the targets are read is faster (issue 6). Their in-flight journals are not read
 /// (only targets have one).
-pub(crate) fn read_all(
-    tokens: &Tokens,
+pub(crate) fn read_all<S: KeyStore>(
+    tokens: &S,
     clusters: &[&str],
     source_only: &[&str],
     fingerprints: Fingerprints,
     workers: usize,
 ) -> Result<Inventories, HsmError> {
-    let listed = |name: &&str| tokens.get(name).listed_len().unwrap_or(usize::MAX);
+    let listed = |name: &&str| tokens.listed_len(name).unwrap_or(usize::MAX);
     let most_on_a_target = clusters
         .iter()
         .filter(|n| !source_only.contains(n))
@@ -120,13 +119,18 @@ pub(crate) fn read_all(
 }
 
 /// Fingerprints the keys of `inv` at `which`, with up to `workers` sessions.
-fn fingerprint_some(tokens: &Tokens, inv: &mut Inventory, which: &[usize], workers: usize) -> Result<(), HsmError> {
+fn fingerprint_some<S: KeyStore>(
+    tokens: &S,
+    inv: &mut Inventory,
+    which: &[usize],
+    workers: usize,
+) -> Result<(), HsmError> {
     if which.is_empty() {
         return Ok(());
     }
-    let token = tokens.get(&inv.cluster);
     let keys = &inv.keys;
-    let found = in_chunks(token, &token.session()?, which, workers, |s, &k| {
+    let first = tokens.open_session(&inv.cluster)?;
+    let found = in_chunks(tokens, &inv.cluster, &first, which, workers, |s, &k| {
         Ok(Some((k, s.fingerprint(&keys[k])?)))
     })?;
     for (i, fp) in found {
@@ -142,16 +146,17 @@ const CHUNK: usize = 32;
 
 /// Runs `each` on every item with up to `workers` sessions of `token` (`first` and new
 /// ones), [`CHUNK`] items at a time, and collects what it returns (in no fixed order).
-pub(crate) fn in_chunks<I: Sync, T: Send>(
-    token: &crate::hsm::Token,
-    first: &TokenSession,
+pub(crate) fn in_chunks<S: KeyStore, I: Sync, T: Send>(
+    store: &S,
+    cluster: &str,
+    first: &S::Session,
     items: &[I],
     workers: usize,
-    each: impl Fn(&TokenSession, &I) -> Result<Option<T>, HsmError> + Sync,
+    each: impl Fn(&S::Session, &I) -> Result<Option<T>, HsmError> + Sync,
 ) -> Result<Vec<T>, HsmError> {
     let next = AtomicUsize::new(0);
     let sessions = workers.min(items.len().div_ceil(CHUNK)).max(1);
-    let work = |s: &TokenSession| -> Result<Vec<T>, HsmError> {
+    let work = |s: &S::Session| -> Result<Vec<T>, HsmError> {
         // Each worker's share, give or take a chunk: sized once rather than doubled as it
         // grows (at 100,000 keys the doubling was tens of megabytes of peak RSS).
         let mut out = Vec::with_capacity(items.len() / sessions + CHUNK);
@@ -170,7 +175,9 @@ pub(crate) fn in_chunks<I: Sync, T: Send>(
         Ok(out)
     };
     std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..sessions).map(|_| scope.spawn(|| work(&token.session()?))).collect();
+        let helpers: Vec<_> = (1..sessions)
+            .map(|_| scope.spawn(|| work(&store.open_session(cluster)?)))
+            .collect();
         let mut all = work(first)?;
         let mut rest = Vec::new();
         for h in helpers {
@@ -187,17 +194,16 @@ pub(crate) fn in_chunks<I: Sync, T: Send>(
 /// One token's inventory, read by up to `workers` sessions; secret and private keys are
 /// fingerprinted if `fingerprint` (public keys always: theirs needs no call). Only a
 /// token some sync `written` to has an in-flight journal to read.
-fn read_one(
-    tokens: &Tokens,
+fn read_one<S: KeyStore>(
+    tokens: &S,
     name: &str,
     workers: usize,
     fingerprint: bool,
     written: bool,
 ) -> Result<Inventory, HsmError> {
-    let token = tokens.get(name);
-    let first = token.session()?;
-    let handles = first.key_handles_or(token.take_listed_keys())?;
-    let mut keys = in_chunks(token, &first, &handles, workers, |s, &h| {
+    let first = tokens.open_session(name)?;
+    let handles = first.key_handles_or(tokens.take_listed_keys(name))?;
+    let mut keys = in_chunks(tokens, name, &first, &handles, workers, |s, &h| {
         Ok(s.read_fingerprinted(h, fingerprint)?.map(Arc::new))
     })?;
     sort_keys(&mut keys);
@@ -268,5 +274,73 @@ mod tests {
             assert_eq!(found, scan);
         }
         assert!(inv.by_identity(&Identity::Id(KeyClass::SecretKey, vec![9])).is_empty());
+    }
+
+    /// The key store port in use: the inventory on the in-memory store (issue 13).
+    mod on_the_port {
+        use super::*;
+        use crate::hsm::memory::MemoryStore;
+
+        fn aes(id: u8, extractable: bool) -> KeyObject {
+            let mut k = key(0, KeyClass::SecretKey, &[id], &format!("k{id}"));
+            k.flags.extractable = extractable;
+            k.flags.private = true;
+            k
+        }
+
+        /// A source with three keys (one never extractable) and a target holding key 1.
+        fn store() -> MemoryStore {
+            let s = MemoryStore::default();
+            s.add("src", aes(1, true), b"one-one-one-one-one-one-one-one!");
+            s.add("src", aes(2, true), b"two-two-two-two-two-two-two-two!");
+            s.add("src", aes(3, false), b"three-three-three-three-three-33");
+            s.add("dst", aes(1, true), b"one-one-one-one-one-one-one-one!");
+            s
+        }
+
+        fn fingerprint_of(inv: &Inventories, cluster: &str, id: u8) -> Fingerprint {
+            inv[cluster]
+                .keys
+                .iter()
+                .find(|k| k.id == [id])
+                .map(|k| k.fingerprint.clone())
+                .unwrap_or_else(|| panic!("no key {id} on {cluster}"))
+        }
+
+        #[test]
+        fn a_first_sync_wraps_only_what_a_target_already_holds() {
+            let s = store();
+            let inv = read_all(&s, &["src", "dst"], &["src"], Fingerprints::Compared, 2).unwrap();
+            let held = fingerprint_of(&inv, "src", 1);
+            assert!(held.known().is_some(), "key 1 is compared with the target's copy");
+            assert_eq!(held, fingerprint_of(&inv, "dst", 1), "equal keys, equal fingerprints");
+            assert_eq!(
+                fingerprint_of(&inv, "src", 2),
+                Fingerprint::Deferred,
+                "its copy job wraps it"
+            );
+            assert_eq!(fingerprint_of(&inv, "src", 3), Fingerprint::Deferred);
+            assert_eq!(s.calls("src", "fingerprint"), 1, "one wrap on the source, not three");
+        }
+
+        #[test]
+        fn a_plan_fingerprints_every_key_and_says_which_cannot_be_wrapped() {
+            let s = store();
+            let inv = read_all(&s, &["src", "dst"], &["src"], Fingerprints::All, 2).unwrap();
+            assert!(fingerprint_of(&inv, "src", 2).known().is_some());
+            assert_eq!(fingerprint_of(&inv, "src", 3), Fingerprint::NotWrappable);
+            assert_eq!(inv["src"].keys.len(), 3);
+            assert!(
+                inv["src"].keys.windows(2).all(|w| w[0].cmp_by_identity(&w[1]).is_le()),
+                "sorted"
+            );
+        }
+
+        #[test]
+        fn a_token_error_fails_the_inventory() {
+            let s = store();
+            s.fail_next("dst", "list", crate::hsm::memory::Fault::Fatal);
+            assert!(read_all(&s, &["src", "dst"], &["src"], Fingerprints::All, 2).is_err());
+        }
     }
 }

@@ -10,6 +10,7 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use sha2::{Digest, Sha256};
 
+use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::{KeyClass, KeyObject};
 
 use super::fingerprint::fingerprint_of;
@@ -62,7 +63,7 @@ impl MemoryStore {
         self.with(cluster, |c| {
             c.next += 1;
             key.handle = c.next;
-            key.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fingerprint_of(key.class, material));
+            key.fingerprint = Fingerprint::Known(fingerprint_of(key.class, material));
             c.objects.push(Obj {
                 key: key.clone(),
                 material: material.to_vec(),
@@ -131,7 +132,7 @@ impl MemorySession {
 
     fn create(&self, like: &KeyObject, material: Vec<u8>) -> u64 {
         let mut key = like.clone();
-        key.fingerprint = crate::domain::fingerprint::Fingerprint::Deferred;
+        key.fingerprint = Fingerprint::Deferred;
         self.store.add(&self.cluster, key, &material).handle
     }
 }
@@ -144,6 +145,15 @@ impl KeyStore for MemoryStore {
             store: self.clone(),
             cluster: cluster.to_string(),
         })
+    }
+
+    fn listed_len(&self, cluster: &str) -> Option<usize> {
+        Some(self.with(cluster, |c| c.objects.len()))
+    }
+
+    fn take_listed_keys(&self, _cluster: &str) -> Option<Vec<u64>> {
+        // No login search to reuse: the inventory lists the keys itself.
+        None
     }
 }
 
@@ -188,6 +198,10 @@ impl KeySession for MemorySession {
         if key.class == KeyClass::PublicKey {
             return Ok(Some(public_fingerprint(key.key_type, key.public())));
         }
+        // As the token layer: a key that cannot be extracted is not even tried.
+        if !key.flags.extractable {
+            return Ok(None);
+        }
         self.fingerprint_at(key.handle, key.class)
     }
 
@@ -211,7 +225,7 @@ impl KeySession for MemorySession {
         Ok(found
             .into_iter()
             .map(|(mut k, m)| {
-                k.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fingerprint_of(k.class, &m));
+                k.fingerprint = Fingerprint::Known(fingerprint_of(k.class, &m));
                 k
             })
             .collect())
@@ -251,5 +265,32 @@ impl KeySession for MemorySession {
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         self.fail("random")?;
         Ok((0..n).map(|i| i as u8).collect())
+    }
+
+    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+        if let Some(l) = listed {
+            return Ok(l);
+        }
+        self.fail("list")?;
+        Ok(self
+            .store
+            .with(&self.cluster, |c| c.objects.iter().map(|o| o.key.handle).collect()))
+    }
+
+    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+        let Some(mut k) = self.read_key_at(handle)? else {
+            return Ok(None);
+        };
+        if wrap || k.class == KeyClass::PublicKey {
+            k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
+        } else {
+            k.fingerprint = Fingerprint::Deferred;
+        }
+        Ok(Some(k))
+    }
+
+    fn journal_read(&self) -> Result<Vec<String>, HsmError> {
+        self.fail("journal")?;
+        Ok(Vec::new())
     }
 }

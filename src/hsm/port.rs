@@ -14,6 +14,14 @@ pub(crate) trait KeyStore: Sync {
 
     /// Opens a session on `cluster`'s token (logged in already).
     fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError>;
+
+    /// How many keys login's search met on `cluster` (the domain key included), while
+    /// the inventory has not taken them; `None` when unknown.
+    fn listed_len(&self, cluster: &str) -> Option<usize>;
+
+    /// The key handles login's search met on `cluster`, once (the first inventory takes
+    /// them; later ones search again).
+    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<u64>>;
 }
 
 /// One session's key operations. Handles are the token's own, valid for this run.
@@ -40,6 +48,12 @@ pub(crate) trait KeySession {
     fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
     /// Random bytes.
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError>;
+    /// Every key handle on the token but the domain key (`listed` from login, if given).
+    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError>;
+    /// Reads a key, fingerprinted if `wrap` (public keys always); `None` if it is no key.
+    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError>;
+    /// The identities an interrupted run was copying here (the in-flight journal).
+    fn journal_read(&self) -> Result<Vec<String>, HsmError>;
 }
 
 impl KeySession for TokenSession {
@@ -75,5 +89,14 @@ impl KeySession for TokenSession {
     }
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         TokenSession::random(self, n)
+    }
+    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+        TokenSession::key_handles_or(self, listed)
+    }
+    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+        TokenSession::read_fingerprinted(self, handle, wrap)
+    }
+    fn journal_read(&self) -> Result<Vec<String>, HsmError> {
+        TokenSession::journal_read(self)
     }
 }

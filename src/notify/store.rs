@@ -139,7 +139,7 @@ pub(crate) fn record_events(tokens: &Tokens, source: &str, events: &[&Lifecycle]
     let token = tokens.get(source);
     let found = token.session().and_then(|s| {
         let handles = s.data_handles()?;
-        crate::inventory::in_chunks(token, &s, &handles, workers, |s, &h| {
+        crate::inventory::in_chunks(tokens, source, &s, &handles, workers, |s, &h| {
             Ok(s.reread_data(h)?.filter(|d| d.label.starts_with(STATE_PREFIX)))
         })
     });
