@@ -14,7 +14,8 @@ use crate::domain::fingerprint::Fingerprint;
 use crate::domain::key::{KeyClass, KeyObject};
 
 use super::fingerprint::fingerprint_of;
-use super::port::{KeySession, KeyStore};
+use super::port::{KeySession, KeyStore, RecordSession};
+use super::DataObject;
 use super::HsmError;
 use super::{public_fingerprint, Wrapped};
 
@@ -43,6 +44,7 @@ struct Cluster {
     objects: Vec<Obj>,
     next: u64,
     faults: HashMap<&'static str, VecDeque<Fault>>,
+    records: Vec<DataObject>,
     calls: HashMap<&'static str, usize>,
 }
 
@@ -154,6 +156,56 @@ impl KeyStore for MemoryStore {
     fn take_listed_keys(&self, _cluster: &str) -> Option<Vec<u64>> {
         // No login search to reuse: the inventory lists the keys itself.
         None
+    }
+}
+
+impl RecordSession for MemorySession {
+    fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+        self.fail("records")?;
+        Ok(self
+            .store
+            .with(&self.cluster, |c| c.records.iter().map(|d| d.handle).collect()))
+    }
+
+    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
+        self.fail("records")?;
+        Ok(self.store.with(&self.cluster, |c| {
+            c.records
+                .iter()
+                .filter(|d| d.label.starts_with(prefix))
+                .cloned()
+                .collect()
+        }))
+    }
+
+    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+        self.fail("write_record")?;
+        Ok(self.store.with(&self.cluster, |c| {
+            c.next += 1;
+            let d = DataObject {
+                handle: c.next,
+                label: name.to_string(),
+                value: record.as_bytes().to_vec(),
+            };
+            c.records.push(d.clone());
+            d
+        }))
+    }
+
+    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
+        self.fail("write_record")?;
+        self.store.with(&self.cluster, |c| {
+            if let Some(d) = c.records.iter_mut().find(|d| d.handle == old.handle) {
+                d.value = record.as_bytes().to_vec();
+            }
+        });
+        Ok(())
+    }
+
+    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+        Ok(self.store.with(&self.cluster, |c| {
+            c.records.iter().find(|d| d.handle == handle).cloned()
+        }))
     }
 }
 

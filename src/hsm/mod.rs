@@ -48,7 +48,7 @@ use secrecy::SecretString;
 
 pub use error::{describe, HsmError};
 pub(crate) use fingerprint::public_fingerprint;
-pub(crate) use port::{KeySession, KeyStore};
+pub(crate) use port::{KeySession, KeyStore, RecordSession};
 pub use records::APPLICATION;
 pub(crate) use records::{DataObject, STATE_PREFIX};
 pub(crate) use session::TokenSession;

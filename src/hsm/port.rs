@@ -4,13 +4,13 @@
 
 use crate::domain::key::{KeyClass, KeyObject};
 
-use super::{HsmError, TokenSession, Wrapped};
+use super::{DataObject, HsmError, TokenSession, Wrapped};
 
 /// Where sessions come from: one per worker and cluster (a PKCS#11 session is `Send`,
 /// not `Sync`).
 pub(crate) trait KeyStore: Sync {
     /// A session on one cluster's token.
-    type Session: KeySession + Send;
+    type Session: KeySession + RecordSession + Send;
 
     /// Opens a session on `cluster`'s token (logged in already).
     fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError>;
@@ -54,6 +54,49 @@ pub(crate) trait KeySession {
     fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError>;
     /// The identities an interrupted run was copying here (the in-flight journal).
     fn journal_read(&self) -> Result<Vec<String>, HsmError>;
+
+    /// Every key on the token but the domain key, fingerprinted, in inventory order.
+    fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
+        let mut out = Vec::new();
+        for h in self.key_handles_or(None)? {
+            out.extend(self.read_fingerprinted(h, true)?);
+        }
+        crate::domain::key::sort_keys(&mut out);
+        Ok(out)
+    }
+}
+
+/// hsm-sync's own records on a token (the lifecycle state the notify stage keeps):
+/// what the notify stage needs, so it runs on the in-memory store in unit tests too.
+pub(crate) trait RecordSession {
+    /// Handles of every hsm-sync data object on the token.
+    fn data_handles(&self) -> Result<Vec<u64>, HsmError>;
+    /// The hsm-sync data objects whose label starts with `prefix`.
+    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError>;
+    /// Creates a data object named `name` holding `record`.
+    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError>;
+    /// Replaces a data object's record.
+    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError>;
+    /// Reads one data object again (another process's changes included); `None` if gone.
+    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError>;
+}
+
+impl RecordSession for TokenSession {
+    fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+        TokenSession::data_handles(self)
+    }
+    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
+        TokenSession::find_data(self, prefix)
+    }
+    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+        TokenSession::create_record(self, name, record)
+    }
+    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
+        TokenSession::update_record(self, old, record)
+    }
+    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+        TokenSession::reread_data(self, handle)
+    }
 }
 
 impl KeySession for TokenSession {

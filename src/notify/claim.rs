@@ -20,7 +20,7 @@ use super::cooldown::refusal;
 use super::store::{self, Stored};
 use super::wire::KeyInfo;
 use super::{parse_time, time_millis, Candidate};
-use crate::hsm::{HsmError, TokenSession};
+use crate::hsm::{HsmError, RecordSession};
 
 /// A claim younger than this is another run at work; an older one is a crashed run's.
 pub(crate) const CLAIM_TTL: Duration = Duration::from_secs(300);
@@ -76,10 +76,10 @@ impl Claim {
 }
 
 /// The sessions of the sources, by name.
-pub(crate) type Sessions<'p> = HashMap<&'p str, TokenSession>;
+pub(crate) type Sessions<'p, S> = HashMap<&'p str, S>;
 
 /// The candidate's record as it is on the token now.
-fn current(s: &TokenSession, c: &Candidate<'_>) -> Result<Option<Stored>, HsmError> {
+fn current(s: &impl RecordSession, c: &Candidate<'_>) -> Result<Option<Stored>, HsmError> {
     match &c.state {
         None => Ok(None),
         Some((d, _)) => store::reread(s, d),
@@ -95,8 +95,8 @@ fn current(s: &TokenSession, c: &Candidate<'_>) -> Result<Option<Stored>, HsmErr
 /// reading the state: measured here, and a run that took longer backs off instead of
 /// trusting it. A key within the cooldown is refused here too, as read just before its
 /// claim.
-pub(crate) fn claim_all<'p>(
-    sessions: &Sessions<'p>,
+pub(crate) fn claim_all<'p, S: RecordSession>(
+    sessions: &Sessions<'p, S>,
     by_source: &mut BTreeMap<&'p str, Vec<Candidate<'p>>>,
     mine: &Claim,
     settle: Duration,
@@ -157,7 +157,7 @@ pub(crate) fn claim_all<'p>(
 }
 
 /// Clears our claim from a key's record, if it is still ours.
-pub(crate) fn release(s: &TokenSession, c: &Candidate<'_>, mine: &Claim) -> Result<(), HsmError> {
+pub(crate) fn release(s: &impl RecordSession, c: &Candidate<'_>, mine: &Claim) -> Result<(), HsmError> {
     if let Some((d, mut st)) = current(s, c)? {
         if st.claim.as_ref().is_some_and(|x| x.nonce == mine.nonce) {
             st.claim = None;

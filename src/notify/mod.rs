@@ -42,9 +42,8 @@ use sink::http::HttpSink;
 use sink::{deliver_all, Delivery, Sink};
 use store::Stored;
 
-use crate::connect::Tokens;
 use crate::diff::Diff;
-use crate::hsm::HsmError;
+use crate::hsm::{HsmError, KeySession, KeyStore, RecordSession};
 use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
 
@@ -147,7 +146,7 @@ impl AfterApply {
 /// 1 ms per call a single session was a second per 1,000 keys, issue 6).
 pub(crate) fn after_apply(
     plan: &Plan,
-    tokens: &Tokens,
+    tokens: &impl KeyStore,
     diff: &Diff,
     outcomes: &[Outcome],
     workers: usize,
@@ -262,9 +261,9 @@ struct Candidate<'a> {
 /// sent at all). With [`Selection::failed_only`], only the keys and resources whose last
 /// delivery failed, and the cooldown does not hold. `settle` is the claim protocol's
 /// wait ([`DEFAULT_CLAIM_SETTLE`]).
-pub(crate) fn renotify(
+pub(crate) fn renotify<S: KeyStore>(
     plan: &Plan,
-    tokens: &Tokens,
+    tokens: &S,
     sel: &Selection<'_>,
     settle: Duration,
 ) -> Result<Renotify, NotifyError> {
@@ -289,10 +288,10 @@ pub(crate) fn renotify(
 
     // 1. The candidates, by source: keys the entries select, and keys whose recorded
     //    event belongs to one of them (a deleted key may be gone from the source).
-    let mut sessions: Sessions<'_> = HashMap::new();
+    let mut sessions: Sessions<'_, S::Session> = HashMap::new();
     for entry in &entries {
         if !sessions.contains_key(entry.source.as_str()) {
-            sessions.insert(&entry.source, tokens.get(&entry.source).session()?);
+            sessions.insert(&entry.source, tokens.open_session(&entry.source)?);
         }
     }
     let mut skipped = Vec::new();
@@ -374,10 +373,10 @@ pub(crate) fn renotify(
 /// The candidates of `notify`, by source: the keys the entries select on each source,
 /// and the keys whose recorded event belongs to one of them. A key whose last event
 /// happened under an entry that is in the plan but not selected is skipped, with why.
-fn candidates<'p>(
+fn candidates<'p, S: KeySession + RecordSession>(
     plan: &'p Plan,
     entries: &[&'p SyncEntry],
-    sessions: &Sessions<'p>,
+    sessions: &Sessions<'p, S>,
     sel: &Selection<'_>,
     skipped: &mut Vec<String>,
 ) -> Result<BTreeMap<&'p str, Vec<Candidate<'p>>>, NotifyError> {
@@ -469,10 +468,10 @@ fn unsendable(c: &Candidate<'_>) -> Option<String> {
 /// records the outcome (the claim goes with that write): `notified_at` for keys with at
 /// least one delivery made, and each resource tried marked failed or cleared. The caller
 /// releases the claims of keys with nothing to record.
-fn send_and_record<'p>(
+fn send_and_record<'p, S: RecordSession>(
     sink: &impl Sink,
     plan: &'p Plan,
-    sessions: &Sessions<'p>,
+    sessions: &Sessions<'p, S>,
     by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
     failed_only: bool,
 ) -> Renotify {
@@ -674,5 +673,95 @@ mod tests {
                 ("b2".to_string(), BTreeMap::from([("ok".to_string(), false)])),
             ]
         );
+    }
+
+    /// The notify stage on the in-memory key store (issue 13: notify generic over the
+    /// port): an apply records the event on the source, and a renotify within the
+    /// cooldown is refused before anything is sent.
+    mod on_the_port {
+        use std::sync::Arc;
+
+        use super::*;
+        use crate::diff::{Action, DiffItem};
+        use crate::domain::key::{KeyClass, KeyFlags, KeyObject, KeyType};
+        use crate::domain::outcome::Status;
+        use crate::hsm::memory::MemoryStore;
+
+        fn plan(notify: &str) -> Plan {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "version: 1\nclusters:\n  src: {{module: /x.so, token: {{label: a}}, credentials: {{role: crypto-user, user: u, pin: {{env: P}}}}}}\n  dst: {{module: /x.so, token: {{label: b}}, cloned_from: src, credentials: {{role: crypto-user, user: u, pin: {{env: P}}}}}}\nsync:\n  - name: s\n    source: src\n    targets: [dst]\n    keys:\n      - id: \"01\"\n{notify}"
+            );
+            crate::plan::validate::validate(&dir.path().join("p.yaml"), "p.yaml", text)
+                .unwrap()
+                .plan
+        }
+
+        #[test]
+        fn an_apply_records_on_the_source_and_a_renotify_in_the_cooldown_is_refused() {
+            let store = MemoryStore::default();
+            let key = Arc::new(store.add(
+                "src",
+                KeyObject {
+                    handle: 0,
+                    class: KeyClass::SecretKey,
+                    key_type: KeyType::Aes,
+                    id: vec![1],
+                    label: "k".into(),
+                    flags: KeyFlags::default(),
+                    value_len: Some(32),
+                    public_parts: None,
+                    fingerprint: crate::domain::fingerprint::Fingerprint::Deferred,
+                },
+                b"0123456789abcdef0123456789abcdef",
+            ));
+            let diff = Diff {
+                items: vec![DiffItem {
+                    sync: "s".into(),
+                    source: "src".into(),
+                    target: "dst".into(),
+                    key: key.key_ref(),
+                    action: Action::Create,
+                    reason: None,
+                    reasons: Vec::new(),
+                    detail: None,
+                    source_key: Some(key.clone()),
+                    target_key: None,
+                }],
+                notes: Vec::new(),
+            };
+            let ok = Outcome {
+                status: Status::Ok,
+                error: None,
+                duration_ms: 1,
+                fingerprint: key.fingerprint.known().map(String::from),
+                note: None,
+                attempts: 1,
+            };
+            // No resources: the event is recorded all the same (CONTRACT.md §5).
+            let done = after_apply(&plan(""), &store, &diff, &[ok], 2);
+            assert!(
+                done.records.is_empty() && done.warnings.is_empty(),
+                "{:?}",
+                done.warnings
+            );
+            let on_src = RecordSession::find_data(&store.open_session("src").unwrap(), "").unwrap();
+            assert_eq!(on_src.len(), 1, "one record, on the source");
+            assert!(RecordSession::find_data(&store.open_session("dst").unwrap(), "")
+                .unwrap()
+                .is_empty());
+
+            // Resources added since: notify is refused within the cooldown, nothing sent.
+            let with_resource = plan("    notify:\n      - name: r\n        url: http://127.0.0.1:9/hook\n");
+            let sel = Selection {
+                sync: None,
+                key: None,
+                failed_only: false,
+            };
+            match renotify(&with_resource, &store, &sel, Duration::from_millis(1)).unwrap() {
+                Renotify::Refused(why) => assert!(why[0].contains("was synced at"), "{why:?}"),
+                other => panic!("not refused: {other:?}"),
+            }
+        }
     }
 }

@@ -16,9 +16,8 @@ use super::claim::Claim;
 use super::lifecycle::Lifecycle;
 use super::wire::KeyInfo;
 use super::{parse_time, time_millis};
-use crate::connect::Tokens;
 use crate::domain::event::Event;
-use crate::hsm::{DataObject, HsmError, TokenSession, STATE_PREFIX};
+use crate::hsm::{DataObject, HsmError, KeyStore, RecordSession, STATE_PREFIX};
 
 /// The value of a key's state object on the source token (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,7 +93,7 @@ pub(crate) type Stored = (DataObject, KeyState);
 
 /// Every state record on the session's token, by name (as `find_data` orders them). An
 /// object whose record does not parse, or names another key, is no record.
-pub(crate) fn read_all(s: &TokenSession) -> Result<Vec<Stored>, HsmError> {
+pub(crate) fn read_all(s: &impl RecordSession) -> Result<Vec<Stored>, HsmError> {
     Ok(s.find_data(STATE_PREFIX)?
         .into_iter()
         .filter_map(|d| read_state(&d).map(|st| (d, st)))
@@ -103,16 +102,16 @@ pub(crate) fn read_all(s: &TokenSession) -> Result<Vec<Stored>, HsmError> {
 
 /// A record as it is on the token now: re-read by handle, so another process's change
 /// is seen (SoftHSM re-reads an object whose file changed). `None` when it is gone.
-pub(crate) fn reread(s: &TokenSession, d: &DataObject) -> Result<Option<Stored>, HsmError> {
+pub(crate) fn reread(s: &impl RecordSession, d: &DataObject) -> Result<Option<Stored>, HsmError> {
     Ok(s.reread_data(d.handle)?.and_then(|d| read_state(&d).map(|st| (d, st))))
 }
 
 /// Replaces the record in `old` with `state`.
-pub(crate) fn write(s: &TokenSession, old: &DataObject, state: &KeyState) -> Result<(), HsmError> {
+pub(crate) fn write(s: &impl RecordSession, old: &DataObject, state: &KeyState) -> Result<(), HsmError> {
     s.update_record(old, &state_json(state))
 }
 
-fn create(s: &TokenSession, state: &KeyState) -> Result<DataObject, HsmError> {
+fn create(s: &impl RecordSession, state: &KeyState) -> Result<DataObject, HsmError> {
     s.create_record(&state.key.state_label(), &state_json(state))
 }
 
@@ -130,14 +129,18 @@ fn read_state(d: &DataObject) -> Option<KeyState> {
 /// Writes the records of `events` on one source token, one find for all, then
 /// `workers` sessions side by side; returns a warning per key (or for the token) whose
 /// event could not be recorded.
-pub(crate) fn record_events(tokens: &Tokens, source: &str, events: &[&Lifecycle], workers: usize) -> Vec<String> {
+pub(crate) fn record_events(
+    tokens: &impl KeyStore,
+    source: &str,
+    events: &[&Lifecycle],
+    workers: usize,
+) -> Vec<String> {
     let warn = |what: String, e: HsmError| {
         format!("could not record the lifecycle event of {what} on `{source}` (notify cannot enforce its cooldown for it): {e}")
     };
     // The existing state objects, read by `workers` sessions (at 1 ms per call, one
     // session reading 10,000 of them was 10 s of every apply that recorded anything).
-    let token = tokens.get(source);
-    let found = token.session().and_then(|s| {
+    let found = tokens.open_session(source).and_then(|s| {
         let handles = s.data_handles()?;
         crate::inventory::in_chunks(tokens, source, &s, &handles, workers, |s, &h| {
             Ok(s.reread_data(h)?.filter(|d| d.label.starts_with(STATE_PREFIX)))
@@ -166,7 +169,7 @@ pub(crate) fn record_events(tokens: &Tokens, source: &str, events: &[&Lifecycle]
         if share.is_empty() {
             return Vec::new();
         }
-        let s = match tokens.get(source).session() {
+        let s = match tokens.open_session(source) {
             Ok(s) => s,
             Err(e) => return vec![warn(format!("{} key(s)", share.len()), e)],
         };
@@ -202,11 +205,15 @@ pub(crate) fn record_events(tokens: &Tokens, source: &str, events: &[&Lifecycle]
 /// [`record_events`] has just written without any; returns a warning per key (or for
 /// the token) whose marks could not be written. Only runs with a failed delivery get
 /// here, so a healthy apply pays nothing for it.
-pub(crate) fn mark_failed(tokens: &Tokens, source: &str, marks: &HashMap<String, BTreeSet<String>>) -> Vec<String> {
+pub(crate) fn mark_failed(
+    tokens: &impl KeyStore,
+    source: &str,
+    marks: &HashMap<String, BTreeSet<String>>,
+) -> Vec<String> {
     let warn = |what: String, e: HsmError| {
         format!("could not record the failed deliveries of {what} on `{source}` (`notify --failed` will not re-send them): {e}")
     };
-    let stored = match tokens.get(source).session().and_then(|s| Ok((read_all(&s)?, s))) {
+    let stored = match tokens.open_session(source).and_then(|s| Ok((read_all(&s)?, s))) {
         Ok(found) => found,
         Err(e) => return vec![warn(format!("{} key(s)", marks.len()), e)],
     };
