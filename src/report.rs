@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::{Action, Diff, DiffItem, Warning};
 use crate::domain::event::Event;
-use crate::domain::key::KeyRef;
+use crate::domain::key::{KeyClass, KeyRef, KeyType};
 pub use crate::domain::outcome::{Outcome, Status};
 use crate::domain::reason::Reason;
 
@@ -40,15 +40,19 @@ pub struct JobRecord {
     /// Target cluster.
     pub target: String,
     /// The key.
+    #[schemars(with = "KeyRefSchema")]
     pub key: KeyRef,
     /// The diff's decision.
     pub action: Action,
     /// What happened.
+    #[schemars(with = "Values<Status>")]
     pub status: Status,
     /// Why it was blocked, in conflict or updated: a bare code (CONTRACT.md §3).
+    #[schemars(with = "Option<Values<Reason>>")]
     pub reason: Option<Reason>,
     /// Every reason that applies, the first being `reason`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<Values<Reason>>")]
     pub reasons: Vec<Reason>,
     /// The explanation of the reasons (or of what drifted), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +87,91 @@ pub enum DeliveryStatus {
 fn event_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let names: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
     schemars::json_schema!({ "type": "string", "enum": names })
+}
+
+/// A domain enum as the schemas describe it. The domain names no schema library
+/// (issue 13), so its schema is built here, from the enum's own list of values and its
+/// own serialization: a new key type or reason never needs a schema edit.
+pub(crate) trait SchemaEnum: Serialize + Sized + 'static {
+    /// The name of its `$defs` entry.
+    const NAME: &'static str;
+    /// Its description in the schema.
+    const DESCRIPTION: &'static str;
+    /// Every value.
+    fn all() -> &'static [Self];
+}
+
+impl SchemaEnum for KeyClass {
+    const NAME: &'static str = "KeyClass";
+    const DESCRIPTION: &'static str = "PKCS#11 object class of a key.";
+    fn all() -> &'static [Self] {
+        &KeyClass::ALL
+    }
+}
+
+impl SchemaEnum for KeyType {
+    const NAME: &'static str = "KeyType";
+    const DESCRIPTION: &'static str = "Key type, as far as hsm-sync distinguishes them.";
+    fn all() -> &'static [Self] {
+        &KeyType::ALL
+    }
+}
+
+impl SchemaEnum for Reason {
+    const NAME: &'static str = "Reason";
+    const DESCRIPTION: &'static str = "A reason code. Serialized as its kebab-case code and nothing else.";
+    fn all() -> &'static [Self] {
+        &Reason::ALL
+    }
+}
+
+impl SchemaEnum for Status {
+    const NAME: &'static str = "Status";
+    const DESCRIPTION: &'static str = "The outcome of one job.";
+    fn all() -> &'static [Self] {
+        &Status::ALL
+    }
+}
+
+/// The schema of the domain enum `T` (`#[schemars(with = "Values<T>")]`): a string, one
+/// of the values `T` serializes to.
+pub(crate) struct Values<T>(std::marker::PhantomData<T>);
+
+impl<T: SchemaEnum> JsonSchema for Values<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::NAME.into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let values: Vec<serde_json::Value> = T::all()
+            .iter()
+            .map(|v| serde_json::to_value(v).expect("a domain enum serializes to a string"))
+            .collect();
+        schemars::json_schema!({ "description": T::DESCRIPTION, "type": "string", "enum": values })
+    }
+}
+
+// The schema of `KeyRef`, field for field (a unit test compares them): the domain type
+// names no schema library. Its doc comment is the schema's description.
+/// A key as the report and diff name it.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "KeyRef")]
+#[allow(dead_code)]
+pub(crate) struct KeyRefSchema {
+    /// `CKA_ID` in hex (empty when the key has none).
+    id: String,
+    /// `CKA_LABEL`.
+    label: String,
+    /// Object class (absent when the key was not found).
+    #[schemars(with = "Option<Values<KeyClass>>")]
+    class: Option<KeyClass>,
+    /// Key type (absent when the key was not found).
+    #[schemars(with = "Option<Values<KeyType>>")]
+    key_type: Option<KeyType>,
+    /// Object handle on the source, where the key exists there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handle: Option<u64>,
 }
 
 /// One delivery to an associated resource.
@@ -346,7 +435,90 @@ fn write_with_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::key::KeyRef;
+
+    /// The values serde itself accepts for `T`: the variant list its derived
+    /// `Deserialize` hands the deserializer, caught before any input is read.
+    fn serde_variants<T: serde::de::DeserializeOwned>() -> Vec<&'static str> {
+        use serde::de::{value::Error, Error as _, Visitor};
+        struct Catch(Option<&'static [&'static str]>);
+        impl<'de> serde::Deserializer<'de> for &mut Catch {
+            type Error = Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+                Err(Error::custom("not an enum"))
+            }
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                variants: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Error> {
+                self.0 = Some(variants);
+                Err(Error::custom("caught"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                struct identifier ignored_any
+            }
+        }
+        let mut catch = Catch(None);
+        let _ = T::deserialize(&mut catch);
+        catch
+            .0
+            .expect("a derived enum deserializer names its variants")
+            .to_vec()
+    }
+
+    /// The `enum` of `T`'s schema, checked against serde's own list of `T`'s values.
+    fn check_enum<T: SchemaEnum + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>() {
+        let schema = serde_json::to_value(schemars::schema_for!(Values<T>)).unwrap();
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: {schema}", T::NAME))
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            serde_variants::<T>(),
+            "{}: `ALL` misses or adds a value",
+            T::NAME
+        );
+        for (name, v) in listed.iter().zip(T::all()) {
+            assert_eq!(&serde_json::from_value::<T>(serde_json::json!(name)).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn each_domain_enum_schema_lists_exactly_what_it_serializes_to() {
+        check_enum::<KeyClass>();
+        check_enum::<KeyType>();
+        check_enum::<Reason>();
+        check_enum::<Status>();
+    }
+
+    #[test]
+    fn the_key_ref_schema_has_the_fields_of_a_key_ref() {
+        let key = KeyRef {
+            id: "a1".into(),
+            label: "k".into(),
+            class: Some(KeyClass::SecretKey),
+            key_type: Some(KeyType::Aes),
+            handle: Some(3),
+        };
+        let json = serde_json::to_value(&key).unwrap();
+        let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        let schema = serde_json::to_value(schemars::schema_for!(KeyRefSchema)).unwrap();
+        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        fields.sort();
+        props.sort();
+        assert_eq!(fields, props);
+        // Only what a key not found lacks is optional.
+        assert_eq!(schema["required"], serde_json::json!(["id", "label"]));
+        let bare = serde_json::json!({"id": "", "label": "x", "class": null, "key_type": null});
+        assert!(serde_json::from_value::<KeyRef>(bare).is_ok());
+        assert!(serde_json::from_value::<KeyRef>(serde_json::json!({"id": "", "label": "x"})).is_ok());
+    }
 
     #[test]
     fn a_plan_streamed_is_the_report_built() {

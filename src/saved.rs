@@ -35,6 +35,25 @@ pub(crate) struct TokenState {
     pub inventory_digest: String,
 }
 
+// The schema of a `Shard` as a file holds it (its deserializer refuses what this
+// refuses): the domain type names no schema library. Its doc comment is the schema's
+// description.
+/// One of `count` parts, `index` from 1. Keys are assigned by a hash of their `CKA_ID`
+/// (the label when the id is empty), not by position: the same key lands in the same
+/// shard on every runner, whatever else the tokens hold.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Shard")]
+#[allow(dead_code)]
+struct ShardSchema {
+    /// This shard, from 1.
+    #[schemars(range(min = 1))]
+    index: u32,
+    /// How many shards (at least the index).
+    #[schemars(range(min = 1))]
+    count: u32,
+}
+
 /// A saved plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +73,7 @@ pub(crate) struct SavedPlan {
     pub created_at: String,
     /// The shard of the diff this plan holds (`plan --shard`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<ShardSchema>")]
     pub shard: Option<crate::domain::shard::Shard>,
     /// Every token in scope, as it was.
     pub tokens: Vec<TokenState>,
@@ -220,6 +240,21 @@ pub(crate) fn schema() -> schemars::Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shard_schema_is_the_shape_a_shard_serializes_to() {
+        let json = serde_json::to_value(Shard::new(2, 3).unwrap()).unwrap();
+        let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
+        let schema = serde_json::to_value(schemars::schema_for!(ShardSchema)).unwrap();
+        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        fields.sort();
+        props.sort();
+        assert_eq!(fields, props);
+        for p in props {
+            assert_eq!(schema["properties"][p]["minimum"], 1, "{p}");
+        }
+        assert_eq!(schema["required"], serde_json::json!(["index", "count"]));
+    }
 
     fn state(cluster: &str, keys: usize, digest: &str) -> TokenState {
         TokenState {

@@ -1,13 +1,12 @@
 //! Keys in domain terms: what inventory reads, the diff compares and the report prints.
 //! No PKCS#11 types here, so the diff stays pure and testable without a token.
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint::Fingerprint;
 
 /// PKCS#11 object class of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyClass {
     /// `CKO_SECRET_KEY`
@@ -19,7 +18,7 @@ pub enum KeyClass {
 }
 
 /// Key type, as far as hsm-sync distinguishes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     /// `CKK_AES`
@@ -37,6 +36,9 @@ pub enum KeyType {
 }
 
 impl KeyClass {
+    /// Every class, in declaration order: what the report's schema lists.
+    pub const ALL: [KeyClass; 3] = [KeyClass::SecretKey, KeyClass::PrivateKey, KeyClass::PublicKey];
+
     /// The stable one-byte code fingerprints and digests are built from. Written out, not
     /// `as u8`: reordering the enum must never change a fingerprint.
     pub const fn code(self) -> u8 {
@@ -58,6 +60,16 @@ impl KeyClass {
 }
 
 impl KeyType {
+    /// Every key type, in declaration order: what the report's schema lists.
+    pub const ALL: [KeyType; 6] = [
+        KeyType::Aes,
+        KeyType::GenericSecret,
+        KeyType::Des3,
+        KeyType::Rsa,
+        KeyType::Ec,
+        KeyType::Other,
+    ];
+
     /// The stable one-byte code fingerprints and digests are built from (never reordered;
     /// a new type takes a new code).
     pub const fn code(self) -> u8 {
@@ -73,7 +85,7 @@ impl KeyType {
 }
 
 /// The boolean attributes hsm-sync reads and reproduces.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub struct KeyFlags {
     pub private: bool,
@@ -265,7 +277,7 @@ impl KeyObject {
 pub struct IdentityRef<'a>(KeyClass, bool, &'a [u8]);
 
 /// A key as the report and diff name it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRef {
     /// `CKA_ID` in hex (empty when the key has none).
@@ -299,22 +311,8 @@ mod tests {
     fn persisted_encodings_are_spelt_out() {
         // These values are in fingerprints, digests and journals on tokens: changing one
         // is a format change, never a refactor.
-        assert_eq!(
-            [KeyClass::SecretKey, KeyClass::PrivateKey, KeyClass::PublicKey].map(KeyClass::code),
-            [0, 1, 2]
-        );
-        assert_eq!(
-            [
-                KeyType::Aes,
-                KeyType::GenericSecret,
-                KeyType::Des3,
-                KeyType::Rsa,
-                KeyType::Ec,
-                KeyType::Other
-            ]
-            .map(KeyType::code),
-            [0, 1, 2, 3, 4, 5]
-        );
+        assert_eq!(KeyClass::ALL.map(KeyClass::code), [0, 1, 2]);
+        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5]);
         assert_eq!(
             Identity::Id(KeyClass::SecretKey, vec![0xa1]).journal_key(),
             "SecretKey/id:a1"

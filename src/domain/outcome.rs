@@ -1,11 +1,10 @@
 //! What happened to one job: the executor's result and the report's `status`, in one
 //! place that both import (the executor never imports the report).
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Done (or nothing to do).
@@ -16,6 +15,11 @@ pub enum Status {
     Skipped,
     /// In a plan: not yet applied.
     Pending,
+}
+
+impl Status {
+    /// Every status, in declaration order: what the report's schema lists.
+    pub const ALL: [Status; 4] = [Status::Ok, Status::Failed, Status::Skipped, Status::Pending];
 }
 
 /// Per-job results of an apply, aligned with the diff's items.

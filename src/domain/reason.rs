@@ -3,11 +3,10 @@
 //! of one item travels beside it as `detail`, and the generic advice for a code is
 //! [`Reason::help`].
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A reason code. Serialized as its kebab-case code and nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reason {
     /// The key was made with `CKA_EXTRACTABLE` false, or its wrap failed.
@@ -43,6 +42,25 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order: what the report's schema lists.
+    pub const ALL: [Reason; 15] = [
+        Reason::NotExtractable,
+        Reason::NotOwned,
+        Reason::UnsupportedKeyType,
+        Reason::NotFoundOnSource,
+        Reason::NoCommonMechanism,
+        Reason::OddLengthSecret,
+        Reason::PairIncomplete,
+        Reason::Drifted,
+        Reason::DifferentKeyMaterial,
+        Reason::DuplicateOnSource,
+        Reason::DuplicateOnTarget,
+        Reason::Repair,
+        Reason::CannotCompare,
+        Reason::ProtectionDiffers,
+        Reason::NotModifiable,
+    ];
+
     /// The code as it appears in reports and diffs.
     pub fn code(self) -> &'static str {
         match self {
@@ -110,12 +128,7 @@ mod tests {
 
     #[test]
     fn a_reason_serializes_as_its_bare_code() {
-        for r in [
-            Reason::NotOwned,
-            Reason::DifferentKeyMaterial,
-            Reason::Repair,
-            Reason::PairIncomplete,
-        ] {
+        for r in Reason::ALL {
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.code()));
             assert!(!json.contains(':') && !json.contains(' '), "{json}");

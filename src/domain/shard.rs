@@ -5,7 +5,6 @@
 
 use std::fmt;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -14,7 +13,7 @@ use super::key::KeyRef;
 /// One of `count` parts, `index` from 1. Keys are assigned by a hash of their `CKA_ID`
 /// (the label when the id is empty), not by position: the same key lands in the same
 /// shard on every runner, whatever else the tokens hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawShard")]
 pub struct Shard {
     index: u32,
@@ -22,14 +21,12 @@ pub struct Shard {
 }
 
 /// A shard as written in a file, before its bounds are checked.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawShard {
     /// This shard, from 1.
-    #[schemars(range(min = 1))]
     index: u32,
     /// How many shards (at least the index).
-    #[schemars(range(min = 1))]
     count: u32,
 }
 
