@@ -460,6 +460,12 @@ impl Plan {
         self
     }
 
+    /// Drops every key selector (to `select` others).
+    pub fn without_keys(mut self) -> Self {
+        self.keys.clear();
+        self
+    }
+
     /// Adds a cluster `name` (cloned from `primary`) after the others, without making it a
     /// target.
     pub fn cluster(mut self, spec: ClusterSpec) -> Self {
