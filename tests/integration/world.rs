@@ -308,6 +308,10 @@ pub struct ClusterSpec {
     pub module: String,
     pub token: Token,
     pub cloned_from: Option<String>,
+    /// `credentials.role` (`crypto-user` unless changed).
+    pub role: String,
+    /// `credentials.user` (`app` unless changed).
+    pub user: String,
     /// `lineage: { fingerprint: … }`, pinned.
     pub lineage_fingerprint: Option<String>,
     pub pin: Pin,
@@ -321,6 +325,8 @@ impl ClusterSpec {
             module: "{module}".to_string(),
             token: Token::Label(name.to_string()),
             cloned_from: None,
+            role: "crypto-user".to_string(),
+            user: "app".to_string(),
             lineage_fingerprint: None,
             pin: Pin::File(format!("./{name}.pin")),
         }
@@ -328,6 +334,13 @@ impl ClusterSpec {
 
     pub fn cloned_from(mut self, from: &str) -> Self {
         self.cloned_from = Some(from.to_string());
+        self
+    }
+
+    /// Logs in as `role` (`crypto-user`, `crypto-officer`) with user name `user`.
+    pub fn login(mut self, role: &str, user: &str) -> Self {
+        self.role = role.to_string();
+        self.user = user.to_string();
         self
     }
 
@@ -347,7 +360,11 @@ impl ClusterSpec {
             Pin::Env(name) => map([("env", name.as_str().into())]),
             Pin::Literal(text) => text.as_str().into(),
         };
-        let credentials = map([("role", "crypto-user".into()), ("user", "app".into()), ("pin", pin)]);
+        let credentials = map([
+            ("role", self.role.as_str().into()),
+            ("user", self.user.as_str().into()),
+            ("pin", pin),
+        ]);
         let mut m = serde_yaml::Mapping::new();
         m.insert("module".into(), module.into());
         m.insert("token".into(), token);
@@ -440,14 +457,23 @@ pub struct Plan {
 impl Plan {
     /// `primary` → `dr` (`dr` cloned from `primary`), crypto-user `app`, PINs from files.
     pub fn two_clusters() -> Self {
-        Plan {
-            clusters: vec![
+        Plan::new(
+            vec![
                 ClusterSpec::new("primary"),
                 ClusterSpec::new("dr").cloned_from("primary"),
             ],
+            "primary",
+            &["dr"],
+        )
+    }
+
+    /// `clusters` in order, and one sync `main` from `source` to `targets`, no keys yet.
+    pub fn new(clusters: Vec<ClusterSpec>, source: &str, targets: &[&str]) -> Self {
+        Plan {
+            clusters,
             sync_name: "main".to_string(),
-            source: "primary".to_string(),
-            targets: vec!["dr".to_string()],
+            source: source.to_string(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
             keys: Vec::new(),
             notify: Vec::new(),
             options: serde_yaml::Mapping::new(),
