@@ -1,6 +1,6 @@
 //! The pipeline end to end on SoftHSM: validate, plan, apply, report, rerun, demo.
 
-use crate::world::{assert_schema, pair, read_report, two_cluster_plan, Action, Status, World};
+use crate::world::{assert_schema, pair, read_report, two_cluster_plan, Action, Pin, Plan, Sel, Status, Token, World};
 use serde_json::Value;
 
 #[test]
@@ -9,9 +9,11 @@ fn plan_apply_and_rerun_converge() {
         .key("primary", "a1", "pay", &["--count", "6"])
         .key("primary", "b1", "mac", &["--generic", "--count", "3"])
         .key("primary", "c1", "other", &[])
-        .plan(&two_cluster_plan(
-            "      - label: \"pay-*\"\n      - label: \"mac-*\"\n",
-        ));
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::label("pay-*"))
+                .select(Sel::label("mac-*")),
+        );
 
     let v = w.run(&["validate", "plan.yaml", "--online"]);
     assert_eq!(v.code, 0, "{v:?}");
@@ -60,7 +62,7 @@ fn plan_apply_and_rerun_converge() {
 fn copies_keep_the_source_attributes() {
     let w = pair()
         .key("primary", "01", "k", &["--count", "2"])
-        .plan(&two_cluster_plan("      - label: \"k-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("k-*")));
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     let src = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]).json();
     let dst = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
@@ -88,7 +90,7 @@ fn a_target_with_another_domain_key_is_refused_before_any_write() {
         .domain_key(&["primary"])
         .domain_key(&["dr"])
         .key("primary", "01", "k", &[])
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     for cmd in [
         &["validate", "plan.yaml", "--online"][..],
         &["plan", "plan.yaml"],
@@ -108,10 +110,9 @@ fn a_target_with_another_domain_key_is_refused_before_any_write() {
 #[test]
 fn a_pinned_lineage_fingerprint_must_match() {
     let w = pair().key("primary", "01", "k", &[]);
-    let plan = two_cluster_plan("      - id: \"01\"\n").replace(
-        "cloned_from: primary",
-        "cloned_from: primary\n    lineage: { fingerprint: \"0123456789abcdef\" }",
-    );
+    let plan = Plan::two_clusters()
+        .select(Sel::id("01"))
+        .edit("dr", |c| c.lineage_fingerprint = Some("0123456789abcdef".into()));
     let w = w.plan(&plan);
     let out = w.run(&["validate", "plan.yaml", "--online"]);
     assert_eq!(out.code, 1);
@@ -125,9 +126,13 @@ fn conflicts_and_blocked_keys_are_never_overwritten_and_exit_3() {
         .key("dr", "01", "same-id", &[]) // same identity, other key material
         .key("primary", "02", "local", &["--no-extractable"])
         .key("primary", "03", "fine", &[])
-        .plan(&two_cluster_plan(
-            "      - id: \"01\"\n      - id: \"02\"\n      - id: \"03\"\n      - id: \"0f\"\n",
-        ));
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::id("01"))
+                .select(Sel::id("02"))
+                .select(Sel::id("03"))
+                .select(Sel::id("0f")),
+        );
     let before = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(out.code, 3, "{out:?}");
@@ -152,7 +157,7 @@ fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
     // with zeros anyway, so HMAC-only keys are synced and checked by HMAC; others are blocked.
     let w = pair()
         .key("primary", "20", "hmac-20", &["--generic", "--bytes", "20"])
-        .plan(&two_cluster_plan("      - id: \"20\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("20")));
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let r = w.report("r.json");
@@ -169,7 +174,7 @@ fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
 fn login_failures_name_the_cluster_and_never_retry() {
     let w = pair()
         .key("primary", "01", "k", &[])
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     w.write("dr.pin", "wrong-pin");
     let out = w.run(&["plan", "plan.yaml"]);
     assert_eq!(out.code, 1);
@@ -184,8 +189,9 @@ fn login_failures_name_the_cluster_and_never_retry() {
         "the PIN itself is never printed"
     );
 
-    let env_plan =
-        two_cluster_plan("      - id: \"01\"\n").replace("{ file: ./dr.pin }", "{ env: HSM_SYNC_TEST_DR_PIN }");
+    let env_plan = Plan::two_clusters()
+        .select(Sel::id("01"))
+        .pin("dr", Pin::Env("HSM_SYNC_TEST_DR_PIN".into()));
     let w = w.plan(&env_plan);
     let out = w.run(&["plan", "plan.yaml"]);
     assert_eq!(out.code, 1);
@@ -196,7 +202,11 @@ fn login_failures_name_the_cluster_and_never_retry() {
 
 #[test]
 fn missing_module_and_missing_token_are_clear_errors() {
-    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replacen("{module}", "/nonexistent/libpkcs11.so", 1));
+    let w = pair().plan(
+        &Plan::two_clusters()
+            .select(Sel::id("01"))
+            .module("primary", "/nonexistent/libpkcs11.so"),
+    );
     let out = w.run(&["plan", "plan.yaml"]);
     assert_eq!(out.code, 1);
     assert!(
@@ -209,7 +219,11 @@ fn missing_module_and_missing_token_are_clear_errors() {
     assert!(!out.stderr.contains("apt-get install -y softhsm2"), "{}", out.stderr);
     assert!(out.stderr.contains("vendor's PKCS#11 library"), "{}", out.stderr);
 
-    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replace("{ label: dr }", "{ label: dr-missing }"));
+    let w = pair().plan(
+        &Plan::two_clusters()
+            .select(Sel::id("01"))
+            .token("dr", Token::Label("dr-missing".into())),
+    );
     let out = w.run(&["plan", "plan.yaml"]);
     assert_eq!(out.code, 1);
     assert!(
@@ -226,7 +240,11 @@ fn missing_module_and_missing_token_are_clear_errors() {
 
 #[test]
 fn plan_errors_point_at_the_yaml_line() {
-    let w = pair().plan(&two_cluster_plan("      - id: \"01\"\n").replace("targets: [dr]", "tragets: [dr]"));
+    let w = pair().plan(
+        // Text, not a `Plan`: the assertion below points at a line:col of this very text,
+        // and the typo `tragets` is not a field a typed plan can spell.
+        &two_cluster_plan("      - id: \"01\"\n").replace("targets: [dr]", "tragets: [dr]"),
+    );
     let out = w.run(&["validate", "plan.yaml"]);
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("unknown field `tragets`"), "{}", out.stderr);
@@ -293,18 +311,19 @@ fn the_example_plans_are_valid() {
 fn tokens_are_found_by_serial_and_by_slot() {
     let w = pair()
         .key("primary", "01", "k", &[])
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     let inv = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
     let serial = inv["serial"].as_str().unwrap().to_string();
     let src = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]).json();
-    let by_serial = two_cluster_plan("      - id: \"01\"\n")
-        .replace("{ label: dr }", &format!("{{ serial: \"{serial}\" }}"))
-        .replace("{ label: primary }", &format!("{{ slot: {} }}", src["slot"]));
+    let by_serial = Plan::two_clusters()
+        .select(Sel::id("01"))
+        .token("dr", Token::Serial(serial.clone()))
+        .token("primary", Token::Slot(src["slot"].as_u64().expect("slot")));
     let w = w.plan(&by_serial);
     let out = w.run(&["apply", "plan.yaml"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(w.count("dr"), 1);
-    let wrong = by_serial.replace(&serial, "0000000000000000");
+    let wrong = by_serial.token("dr", Token::Serial("0000000000000000".into()));
     let w = w.plan(&wrong);
     let out = w.run(&["plan", "plan.yaml"]);
     assert_eq!(out.code, 1);

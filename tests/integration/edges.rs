@@ -3,9 +3,10 @@
 //! and reasons a pipeline can select on.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::world::{handles, two_cluster_plan, World};
+use crate::world::{handles, Pin, Plan, Sel, World};
 use serde_json::Value;
 
 fn pair() -> World {
@@ -16,7 +17,7 @@ fn pair() -> World {
 fn a_saved_plan_with_an_impossible_shard_is_refused_without_a_panic() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "2"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     assert_eq!(w.run(&["plan", "plan.yaml", "--out", "saved.json"]).code, 0);
     let mut saved: Value = serde_json::from_str(&w.read("saved.json")).unwrap();
     for (index, count) in [(1, 0), (0, 2), (3, 2)] {
@@ -32,18 +33,13 @@ fn a_saved_plan_with_an_impossible_shard_is_refused_without_a_panic() {
 
 #[test]
 fn absurd_parallelism_is_a_diagnostic_not_gigabytes() {
-    let w = pair().key("primary", "a1", "pay", &[]).plan(&format!(
-        "{}options:\n  parallelism: 100000000\n",
-        two_cluster_plan("      - label: \"pay*\"\n")
-    ));
+    let w = pair()
+        .key("primary", "a1", "pay", &[])
+        .plan(&Plan::two_clusters().select(Sel::label("pay*")).parallelism(100000000));
     let v = w.run(&["validate", "plan.yaml"]);
     assert_eq!(v.code, 1, "{v:?}");
     assert!(v.stderr.contains("more than the 256 workers"), "{}", v.stderr);
-    w.write(
-        "ok.yaml",
-        &two_cluster_plan("      - label: \"pay*\"\n")
-            .replace("{module}", &crate::world::softhsm().display().to_string()),
-    );
+    w.write("ok.yaml", &Plan::two_clusters().select(Sel::label("pay*")).yaml());
     let j = w.run(&["apply", "ok.yaml", "--jobs", "100000000"]);
     assert_eq!(j.code, 1, "{j:?}");
     assert!(j.stderr.contains("from 1 to 256"), "{}", j.stderr);
@@ -54,7 +50,7 @@ fn absurd_parallelism_is_a_diagnostic_not_gigabytes() {
 fn a_report_that_cannot_be_written_after_copies_exits_3_with_the_summary() {
     let w = pair()
         .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay*")));
     let a = w.run(&["apply", "plan.yaml", "--report", "/nonexistent/dir/r.json"]);
     assert_eq!(a.code, 3, "keys were copied, so not 'nothing changed': {a:?}");
     assert!(a.stdout.contains("Apply: 1 created"), "the summary is printed: {a:?}");
@@ -71,7 +67,7 @@ fn a_report_that_cannot_be_written_after_copies_exits_3_with_the_summary() {
 fn report_dash_is_stdout_and_stdout_is_the_report_alone() {
     let w = pair()
         .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay*")));
     let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
     assert_eq!(a.code, 0, "{a:?}");
     let report: hsm_sync::report::Report = serde_json::from_str(&a.stdout).expect("stdout is the report");
@@ -87,7 +83,7 @@ fn report_dash_is_stdout_and_stdout_is_the_report_alone() {
 fn inventory_into_a_closed_pipe_ends_quietly() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "1500"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     // `hsm-sync inventory … | head -1`: read one line, then close the pipe.
     let mut child = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
         .args(["inventory", "plan.yaml", "primary"])
@@ -116,7 +112,7 @@ fn inventory_into_a_closed_pipe_ends_quietly() {
 fn off_a_terminal_apply_prints_a_progress_line_every_interval_unless_quiet() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "600"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     let a = w.run(&["apply", "plan.yaml", "--progress-interval", "50ms"]);
     assert_eq!(a.code, 0, "{a:?}");
     let lines: Vec<&str> = a.stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
@@ -129,10 +125,7 @@ fn off_a_terminal_apply_prints_a_progress_line_every_interval_unless_quiet() {
     );
 
     w.fixture(&["keygen", "primary", "--id", "b1", "--label", "more", "--count", "300"]);
-    w.write(
-        "plan.yaml",
-        &two_cluster_plan("      - label: \"*\"\n").replace("{module}", &crate::world::softhsm().display().to_string()),
-    );
+    w.write("plan.yaml", &Plan::two_clusters().select(Sel::label("*")).yaml());
     let q = w.run(&["apply", "plan.yaml", "--quiet", "--progress-interval", "10ms"]);
     assert_eq!(q.code, 0, "{q:?}");
     assert!(!q.stderr.contains("progress: "), "quiet means no progress: {q:?}");
@@ -145,14 +138,13 @@ fn off_a_terminal_apply_prints_a_progress_line_every_interval_unless_quiet() {
 fn the_hint_after_plan_out_is_the_command_that_works() {
     let w = pair()
         .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay*")));
     let first = w.run(&["plan", "plan.yaml", "--out", "s.json"]);
     assert!(first.stderr.contains("hsm-sync apply s.json`"), "{first:?}");
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     w.write(
         "plan.yaml",
-        &two_cluster_plan("      - label: \"pay*\"\n        state: absent\n")
-            .replace("{module}", &crate::world::softhsm().display().to_string()),
+        &Plan::two_clusters().select(Sel::label("pay*").absent()).yaml(),
     );
     let p = w.run(&["plan", "plan.yaml", "--out", "s.json"]);
     assert!(p.stderr.contains("hsm-sync apply s.json --allow-destroy`"), "{p:?}");
@@ -163,9 +155,8 @@ fn the_hint_after_plan_out_is_the_command_that_works() {
 
 #[test]
 fn a_report_given_to_apply_is_named_and_a_missing_pin_is_said_once() {
-    let w = pair()
-        .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
+    let plan = Plan::two_clusters().select(Sel::label("pay*"));
+    let w = pair().key("primary", "a1", "pay", &[]).plan(&plan);
     assert_eq!(w.run(&["apply", "plan.yaml", "--report", "r.json"]).code, 0);
     let a = w.run(&["apply", "r.json"]);
     assert_eq!(a.code, 1, "{a:?}");
@@ -174,8 +165,7 @@ fn a_report_given_to_apply_is_named_and_a_missing_pin_is_said_once() {
 
     w.write(
         "env.yaml",
-        &w.read("plan.yaml")
-            .replace("pin: { file: ./dr.pin }", "pin: { env: HSM_SYNC_TEST_UNSET_PIN }"),
+        &plan.pin("dr", Pin::Env("HSM_SYNC_TEST_UNSET_PIN".into())).yaml(),
     );
     let v = w.run(&["validate", "env.yaml", "--online"]);
     assert_eq!(v.code, 1, "{v:?}");
@@ -190,22 +180,16 @@ fn a_report_given_to_apply_is_named_and_a_missing_pin_is_said_once() {
 fn offline_validate_needs_no_secret_and_online_lists_every_missing_one() {
     let w = pair()
         .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: \"pay*\"\n"));
-    let plan = w
-        .read("plan.yaml")
-        .replace(
-            "pin: { file: ./primary.pin }",
-            "pin: { env: HSM_SYNC_TEST_NO_PRIMARY_PIN }",
-        )
-        .replace("pin: { file: ./dr.pin }", "pin: { env: HSM_SYNC_TEST_NO_DR_PIN }");
-    w.write("ci.yaml", &plan);
+        .plan(&Plan::two_clusters().select(Sel::label("pay*")));
+    let plan = Plan::two_clusters()
+        .select(Sel::label("pay*"))
+        .pin("primary", Pin::Env("HSM_SYNC_TEST_NO_PRIMARY_PIN".into()))
+        .pin("dr", Pin::Env("HSM_SYNC_TEST_NO_DR_PIN".into()));
+    w.write("ci.yaml", &plan.yaml());
     // A CI lint job: no PIN, no token, and a module path that is not on this machine.
     w.write(
         "lint.yaml",
-        &plan.replace(
-            &crate::world::softhsm().display().to_string(),
-            "/opt/vendor/lib/libvendor-pkcs11.so",
-        ),
+        &plan.module_all(Path::new("/opt/vendor/lib/libvendor-pkcs11.so")).yaml(),
     );
     let lint = w.run(&["validate", "lint.yaml"]);
     assert_eq!(lint.code, 0, "{lint:?}");
@@ -249,7 +233,7 @@ fn help_says_what_role_and_user_do() {
 fn every_handle_printed_is_the_one_inventory_prints() {
     let w = pair()
         .key("primary", "a1", "bulk", &["--count", "300"])
-        .plan(&two_cluster_plan("      - label: \"bulk-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("bulk-*")));
     let inv = handles(&w, "primary");
     let mismatches = |jobs: &[hsm_sync::report::JobRecord]| -> Vec<String> {
         jobs.iter()

@@ -1,7 +1,7 @@
 //! The sync engine on three SoftHSM tokens (one source, two targets): every key type,
 //! every action of CONTRACT.md §3, roles, and the exit codes.
 
-use crate::world::{Action, JobRecord, KeyClass, Report, Status, World};
+use crate::world::{Action, ClusterSpec, JobRecord, KeyClass, Plan, Report, Sel, Status, World};
 use hsm_sync::domain::reason::Reason;
 use KeyClass::{PrivateKey, PublicKey, SecretKey};
 
@@ -14,23 +14,24 @@ fn three(role: &str) -> World {
     w
 }
 
-fn plan3(w: World, role: &str, keys: &str) -> World {
-    let text = plan3_text(role, keys);
-    w.plan(&text)
+fn plan3(w: World, role: &str, keys: &[Sel]) -> World {
+    w.plan(&plan3_plan(role, keys))
 }
 
-fn plan3_text(role: &str, keys: &str) -> String {
-    let cluster = |name: &str, from: &str| {
-        format!(
-            "  {name}:\n    module: {{module}}\n    token: {{ label: {name} }}\n{from}    credentials: {{ role: {role}, user: ops, pin: {{ file: ./{name}.pin }} }}\n"
-        )
-    };
-    format!(
-        "version: 1\nclusters:\n{}{}{}sync:\n  - name: all\n    source: primary\n    targets: [dr1, dr2]\n    keys:\n{keys}",
-        cluster("primary", ""),
-        cluster("dr1", "    cloned_from: primary\n"),
-        cluster("dr2", "    cloned_from: dr1\n"),
+/// `primary` → `dr1`, `dr2` (`dr2` cloned from `dr1`), sync `all`, user `ops` as `role`.
+fn plan3_plan(role: &str, keys: &[Sel]) -> Plan {
+    let cluster = |name: &str| ClusterSpec::new(name).login(role, "ops");
+    let plan = Plan::new(
+        vec![
+            cluster("primary"),
+            cluster("dr1").cloned_from("primary"),
+            cluster("dr2").cloned_from("dr1"),
+        ],
+        "primary",
+        &["dr1", "dr2"],
     )
+    .sync_name("all");
+    keys.iter().cloned().fold(plan, Plan::select)
 }
 
 /// The job for `id` (of `class`, or of no class when the key was not found) on `target`.
@@ -60,7 +61,7 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
         args.extend_from_slice(kind);
         w.fixture(&args);
     }
-    let w = plan3(w, "crypto-user", "      - label: \"*\"\n");
+    let w = plan3(w, "crypto-user", &[Sel::label("*")]);
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json", "--jobs", "2"]);
     assert_eq!(out.code, 0, "{out:?}");
     let r = w.report("r.json");
@@ -104,16 +105,20 @@ fn every_action_in_one_run() {
         "--ec",
         "p256",
     ]);
-    let w = plan3(
-        w,
-        "crypto-user",
-        "      - id: \"02\"\n      - id: \"03\"\n      - id: \"04\"\n      - id: \"05\"\n      - id: \"06\"\n      - id: \"0e\"\n      - label: retired\n        state: absent\n",
-    );
+    let keys = [
+        Sel::id("02"),
+        Sel::id("03"),
+        Sel::id("04"),
+        Sel::id("05"),
+        Sel::id("06"),
+        Sel::id("0e"),
+        Sel::label("retired").absent(),
+    ];
+    let w = plan3(w, "crypto-user", &keys);
     // Seed the targets: 02 and 03 synced, then drifted / left alone; 04 differs; a retired key.
-    let module = crate::world::softhsm().display().to_string();
     w.write(
         "seed.yaml",
-        &plan3_text("crypto-user", "      - id: \"02\"\n      - id: \"03\"\n").replace("{module}", &module),
+        &plan3_plan("crypto-user", &[Sel::id("02"), Sel::id("03")]).yaml(),
     );
     assert_eq!(w.run(&["apply", "seed.yaml"]).code, 0);
     w.fixture(&["set-label", "dr1", "--id", "02", "--label", "old-name"]);
@@ -121,10 +126,9 @@ fn every_action_in_one_run() {
     w.fixture(&["keygen", "dr1", "--id", "04", "--label", "conflicting"]);
     w.fixture(&["keygen", "dr2", "--id", "0d", "--label", "retired"]);
     // Now add 01 (create) and the pair to the plan.
-    let plan = w
-        .read("plan.yaml")
-        .replace("keys:\n", "keys:\n      - id: \"01\"\n      - id: \"07\"\n");
-    w.write("plan.yaml", &plan);
+    let added = [Sel::id("01"), Sel::id("07")];
+    let plan = plan3_plan("crypto-user", &[&added[..], &keys[..]].concat());
+    w.write("plan.yaml", &plan.yaml());
 
     let p = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
     let action = |t: &str, class: Option<KeyClass>, id: &str| job(&p, t, class, id).action;
@@ -186,7 +190,7 @@ fn a_crypto_officer_syncs_public_objects_a_crypto_user_may_not() {
     let user = plan3(
         three("crypto-user").key("primary", "06", "shared", &["--public"]),
         "crypto-user",
-        "      - id: \"06\"\n",
+        &[Sel::id("06")],
     );
     let out = user.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(out.code, 3);
@@ -196,7 +200,7 @@ fn a_crypto_officer_syncs_public_objects_a_crypto_user_may_not() {
     let officer = plan3(
         three("crypto-officer").key("primary", "06", "shared", &["--public"]),
         "crypto-officer",
-        "      - id: \"06\"\n",
+        &[Sel::id("06")],
     );
     let out = officer.run(&["apply", "plan.yaml"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -209,7 +213,7 @@ fn drift_on_an_unmodifiable_copy_is_a_conflict() {
     let w = plan3(
         three("crypto-user").key("primary", "01", "k", &[]),
         "crypto-user",
-        "      - id: \"01\"\n",
+        &[Sel::id("01")],
     );
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     w.fixture(&["freeze", "dr1", "--id", "01", "--label", "renamed"]);

@@ -2,20 +2,13 @@
 //! `pkcs11-shim` (locked PINs, injected `CKR_*` failures, a call log) or OpenSC's
 //! `pkcs11-spy` (an independent record of every call).
 
-use crate::world::{pair, shim, softhsm, two_cluster_plan, JobRecord, Report, Status, World};
+use crate::world::{pair, shim, softhsm, JobRecord, Plan, Report, Sel, Status, World};
 
-/// The two-cluster plan with `dr` (or both clusters) reached through `module`.
-fn plan_via(module: &str, both: bool, keys: &str) -> String {
-    let text = two_cluster_plan(keys).replace("{module}", &softhsm().display().to_string());
-    let soft = format!("module: {}", softhsm().display());
-    let via = format!("module: {module}");
-    if both {
-        text.replace(&soft, &via)
-    } else {
-        // Only the second occurrence (the `dr` cluster).
-        let first = text.find(&soft).expect("module line") + soft.len();
-        format!("{}{}", &text[..first], text[first..].replacen(&soft, &via, 1))
-    }
+/// The two-cluster plan selecting `sel`, with `dr` (or both clusters) reached through
+/// `module`.
+fn plan_via(module: &str, both: bool, sel: Sel) -> String {
+    let plan = Plan::two_clusters().select(sel).module("dr", module);
+    if both { plan.module("primary", module) } else { plan }.yaml()
 }
 
 fn calls(w: &World, log: &str, f: &str) -> Vec<String> {
@@ -33,7 +26,7 @@ fn a_locked_pin_or_one_on_its_final_try_is_never_tried() {
     let w = pair().key("primary", "01", "k", &[]);
     w.write(
         "plan.yaml",
-        &plan_via(&shim.display().to_string(), false, "      - label: k\n"),
+        &plan_via(&shim.display().to_string(), false, Sel::label("k")),
     );
     for (flag, words) in [
         ("user_pin_locked", "the user PIN is locked"),
@@ -68,7 +61,7 @@ fn a_wrong_pin_is_tried_exactly_once_per_run_as_pkcs11_spy_records() {
     .find(|p| std::path::Path::new(p).exists())
     .unwrap_or_else(|| panic!("OpenSC's pkcs11-spy is missing: apt-get install -y opensc"));
     let w = pair().key("primary", "01", "k", &[]);
-    w.write("plan.yaml", &plan_via(spy, true, "      - label: k\n"));
+    w.write("plan.yaml", &plan_via(spy, true, Sel::label("k")));
     w.write("dr.pin", "not-the-pin\n");
     let soft = softhsm().display().to_string();
     for cmd in ["validate", "plan", "apply"] {
@@ -104,7 +97,7 @@ fn a_wrong_pin_is_tried_exactly_once_per_run_as_pkcs11_spy_records() {
 fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
     let shim = shim().display().to_string();
     let w = pair().key("primary", "01", "k", &["--count", "4"]);
-    w.write("plan.yaml", &plan_via(&shim, false, "      - label: \"k-*\"\n"));
+    w.write("plan.yaml", &plan_via(&shim, false, Sel::label("k-*")));
 
     // The 2nd unwrap fails once with CKR_DEVICE_ERROR: retried, every key lands once.
     let t = w.run_env(
@@ -132,7 +125,7 @@ fn transient_errors_are_retried_and_fatal_ones_fail_only_their_job() {
     // A fatal error on one key fails that job only; the others proceed; exit 3. (Unwrap
     // #1 is the lineage proof, #2 the first new key.)
     w.fixture(&["keygen", "primary", "--id", "02", "--label", "k2", "--count", "3"]);
-    w.write("plan.yaml", &plan_via(&shim, false, "      - label: \"k*\"\n"));
+    w.write("plan.yaml", &plan_via(&shim, false, Sel::label("k*")));
     let f = w.run_env(
         &["apply", "plan.yaml", "--jobs", "1", "--report", "fatal.json"],
         &[("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:3:CKR_FUNCTION_FAILED")],
@@ -175,10 +168,9 @@ fn apply_wraps_each_new_key_once_on_the_source() {
         .key("primary", "01", "k-a", &[])
         .key("primary", "02", "k-b", &[])
         .key("primary", "03", "k-c", &[]);
-    let soft = format!("module: {}", softhsm().display());
-    let text = two_cluster_plan("      - label: \"k-*\"\n").replace("{module}", &softhsm().display().to_string());
-    // The first module line is `primary`'s: only the source goes through the shim.
-    w.write("plan.yaml", &text.replacen(&soft, &format!("module: {shim}"), 1));
+    // Only the source goes through the shim.
+    let plan = Plan::two_clusters().select(Sel::label("k-*")).module("primary", &shim);
+    w.write("plan.yaml", &plan.yaml());
     let wraps = |log: &str| calls(&w, log, "C_WrapKey").len();
     let fingerprints = |r: &Report| -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = r

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::world::{pair, two_cluster_plan, Action, KeyClass, World};
+use crate::world::{pair, Action, KeyClass, Plan, Sel, World};
 
 /// Validates a plan written by `make`, returning the output; asserts a clean refusal.
 fn refused(w: &World, name: &str, bytes: &[u8], expect: &str) {
@@ -80,10 +80,8 @@ fn a_module_that_is_not_a_pkcs11_library_is_a_clear_error() {
         libc.to_string(),
         "/".to_string(),
     ] {
-        let plan = two_cluster_plan("      - label: k\n")
-            .replacen("{module}", &module, 1)
-            .replace("{module}", &crate::world::softhsm().display().to_string());
-        w.write("plan.yaml", &plan);
+        let plan = Plan::two_clusters().select(Sel::label("k")).module("primary", &module);
+        w.write("plan.yaml", &plan.yaml());
         let out = w.run(&["plan", "plan.yaml"]);
         assert_eq!(out.code, 1, "{module}: {out:?}");
         assert!(out.stderr.contains("cluster `primary`"), "{module}: {}", out.stderr);
@@ -109,7 +107,7 @@ fn odd_objects_on_a_token_do_not_crash_the_diff() {
         "ed25519",
     ]);
     w.fixture(&["keygen", "dr", "--id", "", "--label", ""]);
-    let w = w.plan(&two_cluster_plan("      - label: \"*\"\n      - id: \"0e\"\n"));
+    let w = w.plan(&Plan::two_clusters().select(Sel::label("*")).select(Sel::id("0e")));
     let inv = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]);
     assert_eq!(inv.code, 0, "{inv:?}");
     let out = w.run(&["plan", "plan.yaml", "--format", "json"]);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::world::{assert_schema, pair, two_cluster_plan, Output, Status, World};
+use crate::world::{assert_schema, pair, Output, Plan, Sel, Status, World};
 
 const KEYS: usize = 3000;
 
@@ -79,7 +79,7 @@ fn assert_clean(w: &World, when: &str) {
 fn sigint_and_sigterm_stop_apply_cleanly_and_the_rerun_converges() {
     let w = pair()
         .key("primary", "a1", "bulk", &["--count", &KEYS.to_string()])
-        .plan(&two_cluster_plan("      - label: \"bulk-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("bulk-*")));
     let mut moments = Vec::new();
     for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
         let _ = std::fs::remove_file(w.path().join("report.json"));

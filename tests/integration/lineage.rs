@@ -1,14 +1,14 @@
 //! `hsm-sync lineage create` (CONTRACT.md §2, issue 16 item 8): the domain key made on a
 //! token that has none, and the errors that point there.
 
-use crate::world::{two_cluster_plan, World};
+use crate::world::{Plan, Sel, World};
 
 #[test]
 fn lineage_create_makes_the_domain_key_once_and_missing_keys_point_to_it() {
     let w = World::new()
         .tokens(&["primary", "dr"])
         .key("primary", "01", "k", &[])
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     // Without a domain key, the error says how to make one.
     let v = w.run(&["validate", "plan.yaml", "--online"]);
     assert_eq!(v.code, 1, "{v:?}");

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::world::{assert_schema, cluster_yaml, Output, Report, World};
+use crate::world::{assert_schema, cluster_yaml, map, ClusterSpec, Output, Plan, Report, Sel, World};
 use hsm_sync::domain::event::Event;
 use hsm_sync::report::DeliveryStatus;
+use serde_yaml::Value as YamlValue;
 
 /// The body of CONTRACT.md §5, read as typed data.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -133,9 +134,36 @@ impl Drop for Hook {
     }
 }
 
-/// `primary` → `dr`, `dr2`, keys `pay-*` (AES), one resource, and `extra` lines for the
-/// resource (indented 8) and `options` (indented 2).
-fn world(keys: usize, url: &str, resource: &str, options: &str) -> World {
+/// The payments plan: `primary` → `dr`, `dr2`, keys `pay-*`, one notify resource
+/// `object-storage` at `url` with `fields` after its name and URL, and
+/// `options.notify_cooldown: COOLDOWN`.
+fn payments(url: &str, fields: &[(&str, YamlValue)], cooldown: &str) -> Plan {
+    let resource: serde_yaml::Mapping = [("name", "object-storage".into()), ("url", url.into())]
+        .into_iter()
+        .chain(fields.iter().cloned())
+        .map(|(k, v)| (YamlValue::from(k), v))
+        .collect();
+    Plan::two_clusters()
+        .cluster(ClusterSpec::new("dr2").cloned_from("primary"))
+        .sync_name("payments")
+        .targets(&["dr", "dr2"])
+        .select(Sel::label("pay-*"))
+        .notify(resource.into())
+        .option("notify_cooldown", cooldown.into())
+}
+
+/// Tokens `primary`, `dr`, `dr2` (clones), `keys` AES keys `pay-*` on `primary`, and `plan`.
+fn world(keys: usize, plan: &Plan) -> World {
+    World::new()
+        .tokens(&["primary", "dr", "dr2"])
+        .domain_key(&["primary", "dr", "dr2"])
+        .key("primary", "a1", "pay", &["--count", &keys.to_string()])
+        .plan(plan)
+}
+
+/// The text form of the payments world, `extra` lines for the resource (indented 8) and
+/// `options` (indented 2): only for the one test that checks its plan's text.
+fn world_text(keys: usize, url: &str, resource: &str, options: &str) -> World {
     let w = World::new()
         .tokens(&["primary", "dr", "dr2"])
         .domain_key(&["primary", "dr", "dr2"])
@@ -175,12 +203,7 @@ fn run_in(w: &World, cwd: &Path, args: &[&str]) -> Output {
 fn apply_announces_each_synced_key_once_with_its_targets() {
     let hook = Hook::start(Answer::Status(204));
     let secret = "tok-9f8e7d6c5b4a-never-printed";
-    let w = world(
-        2,
-        &hook.url,
-        "        bearer_env: HOOK_TOKEN\n",
-        "  notify_cooldown: 1h\n",
-    );
+    let w = world(2, &payments(&hook.url, &[("bearer_env", "HOOK_TOKEN".into())], "1h"));
     let a = w.run_env(&["apply", "plan.yaml", "--report", "r.json"], &[("HOOK_TOKEN", secret)]);
     assert_eq!(a.code, 0, "{a:?}");
     assert!(a.stdout.contains("Notifications: 2 sent, 0 failed"), "{}", a.stdout);
@@ -234,7 +257,7 @@ fn apply_announces_each_synced_key_once_with_its_targets() {
 #[test]
 fn notify_within_the_cooldown_is_refused_even_from_a_fresh_directory() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    let w = world(1, &payments(&hook.url, &[], "1h"));
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     assert_eq!(hook.bodies().len(), 1);
     hook.clear();
@@ -267,12 +290,7 @@ fn notify_resends_once_the_cooldown_has_passed() {
     let hook = Hook::start(Answer::Status(200));
     let secret = "renotify-token-5e7a91";
     let env = [("HOOK_TOKEN", secret)];
-    let w = world(
-        2,
-        &hook.url,
-        "        bearer_env: HOOK_TOKEN\n",
-        "  notify_cooldown: 3s\n",
-    );
+    let w = world(2, &payments(&hook.url, &[("bearer_env", "HOOK_TOKEN".into())], "3s"));
     assert_eq!(w.run_env(&["apply", "plan.yaml"], &env).code, 0);
     let first = hook.bodies();
     assert_eq!(first.len(), 2);
@@ -310,7 +328,7 @@ fn notify_resends_once_the_cooldown_has_passed() {
 #[test]
 fn a_failing_endpoint_is_reported_and_never_undoes_the_sync() {
     let hook = Hook::start(Answer::Status(500));
-    let w = world(1, &hook.url, "        retries: 1\n", "  notify_cooldown: 1h\n");
+    let w = world(1, &payments(&hook.url, &[("retries", 1.into())], "1h"));
     let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(a.code, 3, "{a:?}");
     assert!(a.stderr.contains("notification failed"), "{}", a.stderr);
@@ -332,9 +350,7 @@ fn an_endpoint_that_never_answers_times_out() {
     let hook = Hook::start(Answer::Never);
     let w = world(
         1,
-        &hook.url,
-        "        timeout: 300ms\n        retries: 1\n",
-        "  notify_cooldown: 1h\n",
+        &payments(&hook.url, &[("timeout", "300ms".into()), ("retries", 1.into())], "1h"),
     );
     let t = Instant::now();
     let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
@@ -354,9 +370,7 @@ fn an_unset_bearer_variable_fails_the_delivery_without_sending() {
     let hook = Hook::start(Answer::Status(204));
     let w = world(
         1,
-        &hook.url,
-        "        bearer_env: HSM_SYNC_TEST_UNSET_TOKEN\n",
-        "  notify_cooldown: 1h\n",
+        &payments(&hook.url, &[("bearer_env", "HSM_SYNC_TEST_UNSET_TOKEN".into())], "1h"),
     );
     let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(a.code, 3, "{a:?}");
@@ -370,14 +384,12 @@ fn an_unset_bearer_variable_fails_the_delivery_without_sending() {
 #[test]
 fn a_deletion_is_announced_as_deleted() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "        events: [deleted]\n", "  notify_cooldown: 1h\n");
+    let plan = payments(&hook.url, &[("events", vec!["deleted"].into())], "1h");
+    let w = world(1, &plan);
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     assert!(hook.got().is_empty(), "this resource wants deletions only");
-    let plan = w.read("plan.yaml").replace(
-        "      - label: \"pay-*\"\n",
-        "      - label: \"pay-*\"\n        state: absent\n",
-    );
-    w.write("plan.yaml", &plan);
+    let plan = plan.without_keys().select(Sel::label("pay-*").absent());
+    w.write("plan.yaml", &plan.yaml());
     let a = w.run(&["apply", "plan.yaml", "--allow-destroy"]);
     assert_eq!(a.code, 0, "{a:?}");
     let b = hook.bodies();
@@ -412,7 +424,7 @@ fn racing_notify_runs_never_both_send() {
         )
     };
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
+    let w = world(1, &payments(&hook.url, &[], "3s"));
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     hook.clear();
     std::thread::sleep(Duration::from_millis(3200));
@@ -472,9 +484,15 @@ fn racing_notify_runs_never_both_send() {
 fn notify_resources_are_checked_when_the_plan_is_validated() {
     let w = world(
         1,
-        "ftp://127.0.0.1/x",
-        "        bearer_env: \"my token\"\n        timeout: soon\n        retries: 99\n",
-        "  notify_cooldown: 1h\n",
+        &payments(
+            "ftp://127.0.0.1/x",
+            &[
+                ("bearer_env", "my token".into()),
+                ("timeout", "soon".into()),
+                ("retries", 99.into()),
+            ],
+            "1h",
+        ),
     );
     let v = w.run(&["validate", "plan.yaml"]);
     assert_eq!(v.code, 1, "{v:?}");
@@ -494,7 +512,7 @@ fn notify_resources_are_checked_when_the_plan_is_validated() {
 #[test]
 fn notify_says_so_when_a_key_has_no_recorded_event() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    let w = world(1, &payments(&hook.url, &[], "1h"));
     let n = w.run(&["notify", "plan.yaml", "--key", "label:pay-0"]);
     assert_eq!(n.code, 0, "{n:?}");
     assert!(n.stderr.contains("has no recorded lifecycle event"), "{}", n.stderr);
@@ -512,7 +530,7 @@ fn notify_says_so_when_a_key_has_no_recorded_event() {
 #[test]
 fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 3s\n");
+    let w = world(1, &payments(&hook.url, &[], "3s"));
     w.fixture(&["keygen-pair", "primary", "--id", "e1", "--label", "pay-ec"]);
     let a = w.run(&["apply", "plan.yaml"]);
     assert_eq!(a.code, 0, "{a:?}");
@@ -544,7 +562,8 @@ fn a_key_pair_is_two_keys_and_both_halves_are_renotified() {
 #[test]
 fn keys_without_notify_resources_still_get_their_lifecycle_record() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(2, &hook.url, "", "  notify_cooldown: 1h\n");
+    // Text, not a `Plan`: the test checks and cuts its own plan's `notify:` block as text.
+    let w = world_text(2, &hook.url, "", "  notify_cooldown: 1h\n");
     let with = w.read("plan.yaml");
     let block = format!("    notify:\n      - name: object-storage\n        url: {}\n", hook.url);
     assert!(with.contains(&block), "{with}");
@@ -589,9 +608,8 @@ fn notify_failed_resends_only_the_failed_deliveries_inside_the_cooldown() {
     // Two resources: `object-storage` (down, no retry) and `audit` (healthy).
     let w = world(
         1,
-        &down.url,
-        &format!("        retries: 0\n      - name: audit\n        url: {}\n", up.url),
-        "  notify_cooldown: 1h\n",
+        &payments(&down.url, &[("retries", 0.into())], "1h")
+            .notify(map([("name", "audit".into()), ("url", up.url.as_str().into())])),
     );
     let a = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
     assert_eq!(a.code, 3, "{a:?}");
@@ -672,7 +690,7 @@ fn notify_failed_resends_only_the_failed_deliveries_inside_the_cooldown() {
 #[test]
 fn notify_failed_with_nothing_failed_sends_nothing() {
     let hook = Hook::start(Answer::Status(204));
-    let w = world(1, &hook.url, "", "  notify_cooldown: 1h\n");
+    let w = world(1, &payments(&hook.url, &[], "1h"));
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 0);
     hook.clear();
     let n = w.run(&["notify", "plan.yaml", "--failed", "--sync", "payments"]);
@@ -688,7 +706,7 @@ fn notify_failed_with_nothing_failed_sends_nothing() {
 #[test]
 fn racing_notify_failed_runs_never_both_send() {
     let down = Hook::start(Answer::Status(500));
-    let w = world(1, &down.url, "        retries: 0\n", "  notify_cooldown: 1h\n");
+    let w = world(1, &payments(&down.url, &[("retries", 0.into())], "1h"));
     assert_eq!(w.run(&["apply", "plan.yaml"]).code, 3);
     down.clear();
     down.answer(204);

@@ -9,7 +9,7 @@ use hsm_sync::plan::{self, PlanError};
 use miette::{GraphicalReportHandler, GraphicalTheme, Severity};
 use serde_json::Value;
 
-use crate::world::{pair, schema_errors, two_cluster_plan, World};
+use crate::world::{pair, schema_errors, two_cluster_plan, Pin, Plan, Sel, World};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -402,6 +402,7 @@ fn set_mode(path: &Path, mode: u32) {
 #[test]
 fn pin_files_must_exist_and_loose_ones_are_warned_about() {
     let w = pair();
+    // Text, not a `Plan`: the warning's `plan.yaml:11:` below is a line of this very text.
     let plan = two_cluster_plan("      - id: \"01\"\n");
     let w = w.plan(&plan);
     // Both PIN files exist (the fixture writes them); make them private first.
@@ -438,7 +439,11 @@ fn pin_files_must_exist_and_loose_ones_are_warned_about() {
 
 #[test]
 fn an_inline_pin_is_refused_and_told_where_pins_go() {
-    let w = World::new().plan(&two_cluster_plan("      - id: \"01\"\n").replace("{ file: ./dr.pin }", "\"1234\""));
+    let w = World::new().plan(
+        &Plan::two_clusters()
+            .select(Sel::id("01"))
+            .pin("dr", Pin::Literal("1234".into())),
+    );
     let out = w.run(&["validate", "plan.yaml"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("plan::inline-pin"), "{}", out.stderr);
@@ -451,7 +456,7 @@ fn an_inline_pin_is_refused_and_told_where_pins_go() {
 fn validate_online_logs_in_and_proves_lineage_without_writing() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "3"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     let before = (w.count("primary"), w.count("dr"));
     let offline = w.run(&["validate", "plan.yaml"]);
     assert_eq!(offline.code, 0, "{offline:?}");
@@ -475,7 +480,7 @@ fn validate_online_fails_on_a_target_of_another_lineage() {
         .tokens(&["primary", "dr"])
         .domain_key(&["primary"])
         .domain_key(&["dr"])
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     let before = w.count("dr");
     assert_eq!(w.run(&["validate", "plan.yaml"]).code, 0, "offline it is valid");
     let out = w.run(&["validate", "plan.yaml", "--online"]);
@@ -554,6 +559,7 @@ sync:
 #[test]
 fn pin_file_paths_expand_variables_and_home() {
     let w = pair();
+    // Text, not a `Plan`: the warning's `plan.yaml:11:` below is a line of this very text.
     let plan = two_cluster_plan("      - id: \"01\"\n")
         .replace("{ file: ./primary.pin }", "{ file: ~/primary.pin }")
         .replace("{ file: ./dr.pin }", "{ file: \"${PIN_DIR}/dr.pin\" }");

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::world::{pair, shim, softhsm, two_cluster_plan, Output, World};
+use crate::world::{pair, shim, Output, Pin, Plan, Sel, World};
 
 /// Starts `hsm-sync args…` in the world without waiting.
 fn spawn(w: &World, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
@@ -64,15 +64,15 @@ fn killed_mid_apply_then_rerun_ends_with_exactly_the_expected_keys() {
     let w = pair()
         .key("primary", "a1", "k", &["--count", "1000"])
         .key("primary", "b1", "mac", &["--generic", "--count", "500"])
-        .plan(&two_cluster_plan("      - label: \"k-*\"\n      - label: \"mac-*\"\n"));
-    // The targets are reached through the shim, whose call log shows how far a run got:
-    // each round is killed after a random number of unwraps, so every kill lands mid-copy
-    // however slow the machine is.
-    let via_shim = w.read("plan.yaml").replace(
-        &format!("module: {}", softhsm().display()),
-        &format!("module: {}", shim().display()),
-    );
-    w.write("plan.yaml", &via_shim);
+        // The targets are reached through the shim, whose call log shows how far a run
+        // got: each round is killed after a random number of unwraps, so every kill lands
+        // mid-copy however slow the machine is.
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::label("k-*"))
+                .select(Sel::label("mac-*"))
+                .module_all(&shim()),
+        );
     let (mut moments, mut copied, mut broken) = (Vec::new(), Vec::new(), 0);
     for round in 0..4 {
         let log = format!("round-{round}.log");
@@ -138,9 +138,8 @@ fn killed_mid_apply_then_rerun_ends_with_exactly_the_expected_keys() {
 
 #[test]
 fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
-    let w = pair()
-        .key("primary", "a1", "k", &["--count", "300"])
-        .plan(&two_cluster_plan("      - label: \"k-*\"\n"));
+    let plan = Plan::two_clusters().select(Sel::label("k-*"));
+    let w = pair().key("primary", "a1", "k", &["--count", "300"]).plan(&plan);
     // Started together: whichever order the lock gives, no key lands twice.
     let a = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
     let b = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
@@ -164,11 +163,7 @@ fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
     // A run that is surely in progress (1 ms per PKCS#11 call through the shim) makes a
     // second one refuse at once, naming the holder; the first finishes undisturbed.
     w.fixture(&["keygen", "primary", "--id", "c1", "--label", "k-late", "--count", "200"]);
-    let via_shim = w.read("plan.yaml").replace(
-        &format!("module: {}", softhsm().display()),
-        &format!("module: {}", shim().display()),
-    );
-    w.write("slow.yaml", &via_shim);
+    w.write("slow.yaml", &plan.module_all(&shim()).yaml());
     let slow = spawn(
         &w,
         &["apply", "slow.yaml", "--quiet"],
@@ -231,7 +226,8 @@ fn no_pin_and_no_key_material_reaches_any_output() {
         mac,
         "--generic",
     ]);
-    let w = w.plan(&two_cluster_plan("      - id: \"01\"\n      - id: \"02\"\n"));
+    let plan = Plan::two_clusters().select(Sel::id("01")).select(Sel::id("02"));
+    let w = w.plan(&plan);
 
     let mut outputs: Vec<(String, String)> = Vec::new();
     let mut record = |what: &str, o: Output| {
@@ -280,8 +276,7 @@ fn no_pin_and_no_key_material_reaches_any_output() {
     record("wrong pin", w.run(&["apply", "plan.yaml"]));
     w.write(
         "inline.yaml",
-        &w.read("plan.yaml")
-            .replace("{ file: ./primary.pin }", "primary-user-pin-0000"),
+        &plan.pin("primary", Pin::Literal("primary-user-pin-0000".into())).yaml(),
     );
     record(
         "inline pin",

@@ -3,7 +3,7 @@
 //! codes of `plan --detailed-exitcode`, `sync-key` with an unknown handle, and key pairs
 //! that travel together.
 
-use crate::world::{assert_schema, pair, two_cluster_plan, Action, KeyClass};
+use crate::world::{assert_schema, pair, Action, KeyClass, Plan, Sel};
 use hsm_sync::domain::reason::Reason;
 
 #[test]
@@ -11,9 +11,11 @@ fn a_key_selected_present_and_absent_is_refused_naming_both_selectors() {
     let w = pair()
         .key("primary", "01", "app-aes-1", &[])
         .key("primary", "02", "app-aes-2", &[])
-        .plan(&two_cluster_plan(
-            "      - label: \"app-*\"\n      - label: app-aes-2\n        state: absent\n",
-        ));
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::label("app-*"))
+                .select(Sel::label("app-aes-2").absent()),
+        );
     // Two different selectors: valid offline; the overlap is only known from the inventory.
     let v = w.run(&["validate", "plan.yaml"]);
     assert_eq!(v.code, 0, "{v:?}");
@@ -29,9 +31,11 @@ fn a_key_selected_present_and_absent_is_refused_naming_both_selectors() {
 
 #[test]
 fn one_selector_both_present_and_absent_is_a_validate_error() {
-    let w = pair().plan(&two_cluster_plan(
-        "      - label: \"app-*\"\n      - label: \"app-*\"\n        state: absent\n",
-    ));
+    let w = pair().plan(
+        &Plan::two_clusters()
+            .select(Sel::label("app-*"))
+            .select(Sel::label("app-*").absent()),
+    );
     let v = w.run(&["validate", "plan.yaml"]);
     assert_eq!(v.code, 1, "{v:?}");
     assert!(v.stderr.contains("plan::conflicting-state"), "{}", v.stderr);
@@ -41,11 +45,13 @@ fn one_selector_both_present_and_absent_is_a_validate_error() {
 
 #[test]
 fn every_present_selector_that_matches_nothing_warns_and_exits_3() {
-    let keys =
-        "      - label: \"payments-*\"\n      - label: \"payment-*\"\n      - id: \"0f\"\n      - handle: 999999\n";
-    let w = pair()
-        .key("primary", "01", "payments-1", &[])
-        .plan(&two_cluster_plan(keys));
+    let w = pair().key("primary", "01", "payments-1", &[]).plan(
+        &Plan::two_clusters()
+            .select(Sel::label("payments-*"))
+            .select(Sel::label("payment-*"))
+            .select(Sel::id("0f"))
+            .select(Sel::handle(999999)),
+    );
     let p = w.run(&["plan", "plan.yaml", "--format", "json"]);
     assert_eq!(p.code, 0, "{p:?}");
     assert_schema("report", &p.json(), "plan --format json");
@@ -76,8 +82,12 @@ fn every_present_selector_that_matches_nothing_warns_and_exits_3() {
     assert_eq!(w.run(&["plan", "plan.yaml", "--detailed-exitcode"]).code, 3);
 
     // `allow_empty: true` opts each one out.
-    let allowed = "      - label: \"payments-*\"\n      - label: \"payment-*\"\n        allow_empty: true\n      - id: \"0f\"\n        allow_empty: true\n      - handle: 999999\n        allow_empty: true\n";
-    let w = w.plan(&two_cluster_plan(allowed));
+    let allowed = Plan::two_clusters()
+        .select(Sel::label("payments-*"))
+        .select(Sel::label("payment-*").allow_empty())
+        .select(Sel::id("0f").allow_empty())
+        .select(Sel::handle(999999).allow_empty());
+    let w = w.plan(&allowed);
     assert_eq!(w.run(&["validate", "plan.yaml"]).code, 0);
     let r = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
     assert!(r.warnings.is_empty(), "{allowed}\n{r:#?}");
@@ -91,13 +101,13 @@ fn plan_detailed_exitcode_is_3_for_a_conflict_with_nothing_to_apply() {
     let w = pair()
         .key("primary", "01", "same-id", &[])
         .key("dr", "01", "same-id", &[]) // other key material
-        .plan(&two_cluster_plan("      - id: \"01\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
     let p = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
     assert_eq!(p.code, 3, "{p:?}");
     assert_eq!(w.run(&["plan", "plan.yaml"]).code, 0, "without the flag, plan succeeds");
     let w = w
         .key("primary", "02", "new", &[])
-        .plan(&two_cluster_plan("      - id: \"01\"\n      - id: \"02\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("01")).select(Sel::id("02")));
     assert_eq!(w.run(&["plan", "plan.yaml", "--detailed-exitcode"]).code, 2);
 }
 
@@ -105,7 +115,7 @@ fn plan_detailed_exitcode_is_3_for_a_conflict_with_nothing_to_apply() {
 fn sync_key_names_an_unknown_handle_and_prints_what_it_copied() {
     let w = pair()
         .key("primary", "01", "one", &[])
-        .plan(&two_cluster_plan("      - label: one\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("one")));
     let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", "999999", "dr"]);
     assert_eq!(s.code, 1, "{s:?}");
     assert!(
@@ -138,7 +148,7 @@ fn a_blocked_half_blocks_its_pair_and_every_reason_has_its_help() {
     let w = pair()
         .key("primary", "05", "local-public", &["--no-extractable", "--public"])
         .key_pair("primary", "07", "p", &["--ec", "p256", "--no-extractable"])
-        .plan(&two_cluster_plan("      - id: \"07\"\n      - id: \"05\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::id("07")).select(Sel::id("05")));
     let r = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
     let job = |class, id: &str| {
         r.jobs

@@ -1,7 +1,7 @@
 //! The operator's workflow around the diff: saved plans and their staleness check,
 //! JUnit for CI, Markdown for pull requests, colour rules, and CloudHSM's `syncKey`.
 
-use crate::world::{assert_schema, handles, pair, two_cluster_plan, KeyClass, World};
+use crate::world::{assert_schema, handles, pair, ClusterSpec, KeyClass, Plan, Sel, World};
 
 fn handle_of(w: &World, cluster: &str, label: &str) -> String {
     let all = handles(w, cluster);
@@ -14,7 +14,7 @@ fn handle_of(w: &World, cluster: &str, label: &str) -> String {
 fn a_saved_plan_applies_exactly_what_was_reviewed() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "4"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     let p = w.run(&["plan", "plan.yaml", "--out", "saved.json", "--detailed-exitcode"]);
     assert_eq!(p.code, 2, "{p:?}");
     let saved = w.json("saved.json");
@@ -48,7 +48,7 @@ fn a_saved_plan_applies_exactly_what_was_reviewed() {
 fn a_saved_plan_made_against_an_empty_target_is_stale_once_it_gains_a_key() {
     let w = pair()
         .key("primary", "a1", "pay", &["--count", "2"])
-        .plan(&two_cluster_plan("      - label: \"pay-*\"\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay-*")));
     assert_eq!(w.run(&["plan", "plan.yaml", "--out", "saved.json"]).code, 0);
     // Someone adds an unrelated key to the empty target meanwhile.
     w.fixture(&["keygen", "dr", "--id", "ff", "--label", "stranger"]);
@@ -70,7 +70,7 @@ fn a_saved_plan_made_against_an_empty_target_is_stale_once_it_gains_a_key() {
 fn a_corrupt_saved_plan_is_refused_with_a_diagnostic() {
     let w = pair()
         .key("primary", "a1", "pay", &[])
-        .plan(&two_cluster_plan("      - label: pay\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("pay")));
     w.write("saved.json", r#"{"kind": "hsm-sync/saved-plan", "version": "one"}"#);
     let a = w.run(&["apply", "saved.json"]);
     assert_eq!(a.code, 1, "{a:?}");
@@ -83,7 +83,11 @@ fn junit_has_one_case_per_job_and_failures_for_what_exit_3_means() {
     let w = pair()
         .key("primary", "01", "good", &["--count", "2"])
         .key("primary", "02", "local", &["--no-extractable"])
-        .plan(&two_cluster_plan("      - label: \"good-*\"\n      - label: local\n"));
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::label("good-*"))
+                .select(Sel::label("local")),
+        );
     let a = w.run(&["apply", "plan.yaml", "--junit", "junit.xml", "--quiet"]);
     assert_eq!(a.code, 3, "{a:?}");
     let xml = w.read("junit.xml");
@@ -101,12 +105,10 @@ fn markdown_has_a_summary_table_and_a_section_per_target() {
         .domain_key(&["primary", "dr", "dr2"])
         .key("primary", "01", "k", &["--count", "3"])
         .plan(
-            &two_cluster_plan("      - label: \"k-*\"\n")
-                .replace("targets: [dr]", "targets: [dr, dr2]")
-                .replace(
-                    "sync:",
-                    "  dr2:\n    module: {module}\n    token: { label: dr2 }\n    cloned_from: primary\n    credentials: { role: crypto-user, user: app, pin: { file: ./dr2.pin } }\nsync:",
-                ),
+            &Plan::two_clusters()
+                .cluster(ClusterSpec::new("dr2").cloned_from("primary"))
+                .targets(&["dr", "dr2"])
+                .select(Sel::label("k-*")),
         );
     let md = w.run(&["plan", "plan.yaml", "--format", "markdown"]);
     assert_eq!(md.code, 0, "{md:?}");
@@ -130,7 +132,7 @@ fn markdown_has_a_summary_table_and_a_section_per_target() {
 fn text_output_has_no_colour_off_a_terminal_or_with_no_color() {
     let w = pair()
         .key("primary", "01", "k", &[])
-        .plan(&two_cluster_plan("      - label: k\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("k")));
     for env in [vec![], vec![("NO_COLOR", "1")]] {
         let p = w.run_env(&["plan", "plan.yaml"], &env);
         assert_eq!(p.code, 0, "{p:?}");
@@ -149,7 +151,7 @@ fn sync_key_copies_one_key_by_handle_to_a_named_or_numbered_cluster() {
         .key("primary", "01", "one", &[])
         .key("primary", "02", "two", &[])
         .key("primary", "03", "local", &["--no-extractable"])
-        .plan(&two_cluster_plan("      - label: one\n"));
+        .plan(&Plan::two_clusters().select(Sel::label("one")));
     let one = handle_of(&w, "primary", "one");
     let s = w.run(&["sync-key", "plan.yaml", "--source", "primary", &one, "dr"]);
     assert_eq!(s.code, 0, "{s:?}");
@@ -219,9 +221,13 @@ fn shards_together_equal_the_unsharded_run() {
         "--rsa",
         "2048",
     ]);
-    let w = w.plan(&two_cluster_plan(
-        "      - label: \"k-*\"\n      - label: \"mac-*\"\n      - id: c1\n      - id: dead\n",
-    ));
+    let w = w.plan(
+        &Plan::two_clusters()
+            .select(Sel::label("k-*"))
+            .select(Sel::label("mac-*"))
+            .select(Sel::id("c1"))
+            .select(Sel::id("dead")),
+    );
     // The action by name: `Action` has no order to sort by.
     let jobs = |out: &crate::world::Output| -> Vec<(Option<KeyClass>, String, String)> {
         assert_eq!(out.code, 0, "{out:?}");

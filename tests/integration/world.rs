@@ -164,7 +164,9 @@ impl World {
     }
 
     /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path.
-    pub fn plan(self, yaml: &str) -> Self {
+    /// A typed [`Plan`] is written as it serializes (its module path already filled in).
+    pub fn plan<P: PlanText + ?Sized>(self, plan: &P) -> Self {
+        let yaml = plan.plan_text();
         self.write("plan.yaml", &yaml.replace("{module}", &softhsm().display().to_string()));
         self
     }
@@ -225,6 +227,9 @@ impl World {
 
 /// One cluster of a test plan: token `name` through `{module}`, crypto-user `app`, its PIN
 /// from `./NAME.pin`, cloned from `from` if given.
+///
+/// A text shim kept for the tests that still splice plan text (see `two_cluster_plan`);
+/// new tests build a [`Plan`].
 pub fn cluster_yaml(name: &str, from: Option<&str>) -> String {
     let cloned = from.map(|f| format!("    cloned_from: {f}\n")).unwrap_or_default();
     format!(
@@ -232,7 +237,9 @@ pub fn cluster_yaml(name: &str, from: Option<&str>) -> String {
     )
 }
 
-/// A two-cluster plan: `primary` → `dr`, crypto-user `app`, PINs from files.
+/// Deprecated text shim: a two-cluster plan, `primary` → `dr`, whose `keys` is a YAML
+/// fragment with significant leading spaces. Build a [`Plan`] instead; this stays only for
+/// the tests that still edit the plan's text.
 pub fn two_cluster_plan(keys: &str) -> String {
     format!(
         "version: 1
@@ -246,6 +253,365 @@ clusters:
         cluster_yaml("primary", None),
         cluster_yaml("dr", Some("primary"))
     )
+}
+
+/// What `World::plan` accepts: plan text (with `{module}` placeholders) or a typed [`Plan`].
+pub trait PlanText {
+    fn plan_text(&self) -> String;
+}
+
+impl PlanText for str {
+    fn plan_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl PlanText for String {
+    fn plan_text(&self) -> String {
+        self.clone()
+    }
+}
+
+impl PlanText for Plan {
+    fn plan_text(&self) -> String {
+        self.yaml()
+    }
+}
+
+/// Where a cluster's PIN comes from.
+#[derive(Clone, Debug)]
+pub enum Pin {
+    /// `pin: { file: PATH }`
+    File(String),
+    /// `pin: { env: NAME }`
+    Env(String),
+    /// `pin: "TEXT"`, a literal in the plan.
+    Literal(String),
+}
+
+/// How a cluster finds its token.
+#[derive(Clone, Debug)]
+pub enum Token {
+    /// `token: { label: … }`
+    Label(String),
+    /// `token: { serial: "…" }`
+    Serial(String),
+    /// `token: { slot: N }`
+    Slot(u64),
+}
+
+/// One cluster of a typed test plan.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    pub name: String,
+    /// The module path; `{module}` (the default) is the SoftHSM module.
+    pub module: String,
+    pub token: Token,
+    pub cloned_from: Option<String>,
+    /// `credentials.role` (`crypto-user` unless changed).
+    pub role: String,
+    /// `credentials.user` (`app` unless changed).
+    pub user: String,
+    /// `lineage: { fingerprint: … }`, pinned.
+    pub lineage_fingerprint: Option<String>,
+    pub pin: Pin,
+}
+
+impl ClusterSpec {
+    /// Token `name` through `{module}`, crypto-user `app`, its PIN from `./NAME.pin`.
+    pub fn new(name: &str) -> Self {
+        ClusterSpec {
+            name: name.to_string(),
+            module: "{module}".to_string(),
+            token: Token::Label(name.to_string()),
+            cloned_from: None,
+            role: "crypto-user".to_string(),
+            user: "app".to_string(),
+            lineage_fingerprint: None,
+            pin: Pin::File(format!("./{name}.pin")),
+        }
+    }
+
+    pub fn cloned_from(mut self, from: &str) -> Self {
+        self.cloned_from = Some(from.to_string());
+        self
+    }
+
+    /// Logs in as `role` (`crypto-user`, `crypto-officer`) with user name `user`.
+    pub fn login(mut self, role: &str, user: &str) -> Self {
+        self.role = role.to_string();
+        self.user = user.to_string();
+        self
+    }
+
+    fn value(&self) -> serde_yaml::Value {
+        let module = if self.module == "{module}" {
+            softhsm().display().to_string()
+        } else {
+            self.module.clone()
+        };
+        let token = match &self.token {
+            Token::Label(label) => map([("label", label.as_str().into())]),
+            Token::Serial(serial) => map([("serial", serial.as_str().into())]),
+            Token::Slot(slot) => map([("slot", (*slot).into())]),
+        };
+        let pin: serde_yaml::Value = match &self.pin {
+            Pin::File(path) => map([("file", path.as_str().into())]),
+            Pin::Env(name) => map([("env", name.as_str().into())]),
+            Pin::Literal(text) => text.as_str().into(),
+        };
+        let credentials = map([
+            ("role", self.role.as_str().into()),
+            ("user", self.user.as_str().into()),
+            ("pin", pin),
+        ]);
+        let mut m = serde_yaml::Mapping::new();
+        m.insert("module".into(), module.into());
+        m.insert("token".into(), token);
+        if let Some(from) = &self.cloned_from {
+            m.insert("cloned_from".into(), from.as_str().into());
+        }
+        if let Some(fingerprint) = &self.lineage_fingerprint {
+            m.insert("lineage".into(), map([("fingerprint", fingerprint.as_str().into())]));
+        }
+        m.insert("credentials".into(), credentials);
+        m.into()
+    }
+}
+
+/// One key selector of a sync: `label: …`, `id: …` or `handle: …`, perhaps `state: absent`
+/// and `allow_empty: true`.
+#[derive(Clone, Debug)]
+pub struct Sel {
+    by: &'static str,
+    value: serde_yaml::Value,
+    absent: bool,
+    allow_empty: bool,
+}
+
+impl Sel {
+    /// `label: PATTERN`
+    pub fn label(pattern: &str) -> Self {
+        Sel::by("label", pattern.into())
+    }
+
+    /// `id: "HEX"` (always a string, so `01` stays `01`).
+    pub fn id(hex: &str) -> Self {
+        Sel::by("id", hex.into())
+    }
+
+    /// `handle: N`
+    pub fn handle(handle: u64) -> Self {
+        Sel::by("handle", handle.into())
+    }
+
+    fn by(by: &'static str, value: serde_yaml::Value) -> Self {
+        Sel {
+            by,
+            value,
+            absent: false,
+            allow_empty: false,
+        }
+    }
+
+    /// `state: absent`
+    pub fn absent(mut self) -> Self {
+        self.absent = true;
+        self
+    }
+
+    /// `allow_empty: true`
+    pub fn allow_empty(mut self) -> Self {
+        self.allow_empty = true;
+        self
+    }
+
+    fn value(&self) -> serde_yaml::Value {
+        let mut m = serde_yaml::Mapping::new();
+        m.insert(self.by.into(), self.value.clone());
+        if self.absent {
+            m.insert("state".into(), "absent".into());
+        }
+        if self.allow_empty {
+            m.insert("allow_empty".into(), true.into());
+        }
+        m.into()
+    }
+}
+
+/// A typed test plan, serialized to YAML with `serde_yaml`: clusters in order, one sync
+/// `main` from `primary`, its selectors in order, and optional `options`.
+///
+/// `Plan::two_clusters().select(Sel::label("pay-*"))` is the plan most tests use.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    clusters: Vec<ClusterSpec>,
+    sync_name: String,
+    source: String,
+    targets: Vec<String>,
+    keys: Vec<Sel>,
+    notify: Vec<serde_yaml::Value>,
+    options: serde_yaml::Mapping,
+}
+
+impl Plan {
+    /// `primary` → `dr` (`dr` cloned from `primary`), crypto-user `app`, PINs from files.
+    pub fn two_clusters() -> Self {
+        Plan::new(
+            vec![
+                ClusterSpec::new("primary"),
+                ClusterSpec::new("dr").cloned_from("primary"),
+            ],
+            "primary",
+            &["dr"],
+        )
+    }
+
+    /// `clusters` in order, and one sync `main` from `source` to `targets`, no keys yet.
+    pub fn new(clusters: Vec<ClusterSpec>, source: &str, targets: &[&str]) -> Self {
+        Plan {
+            clusters,
+            sync_name: "main".to_string(),
+            source: source.to_string(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            keys: Vec::new(),
+            notify: Vec::new(),
+            options: serde_yaml::Mapping::new(),
+        }
+    }
+
+    /// Adds one key selector, after the ones before it.
+    pub fn select(mut self, sel: Sel) -> Self {
+        self.keys.push(sel);
+        self
+    }
+
+    /// Drops every key selector (to `select` others).
+    pub fn without_keys(mut self) -> Self {
+        self.keys.clear();
+        self
+    }
+
+    /// Adds a cluster `name` (cloned from `primary`) after the others, without making it a
+    /// target.
+    pub fn cluster(mut self, spec: ClusterSpec) -> Self {
+        self.clusters.push(spec);
+        self
+    }
+
+    /// The sync's targets, replacing `[dr]`.
+    pub fn targets(mut self, targets: &[&str]) -> Self {
+        self.targets = targets.iter().map(|t| t.to_string()).collect();
+        self
+    }
+
+    /// The sync's name, replacing `main`.
+    pub fn sync_name(mut self, name: &str) -> Self {
+        self.sync_name = name.to_string();
+        self
+    }
+
+    /// Changes cluster `name` in place.
+    pub fn edit(mut self, name: &str, f: impl FnOnce(&mut ClusterSpec)) -> Self {
+        let c = self
+            .clusters
+            .iter_mut()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster `{name}` in the plan"));
+        f(c);
+        self
+    }
+
+    /// Cluster `name` reads its PIN from `pin`.
+    pub fn pin(self, name: &str, pin: Pin) -> Self {
+        self.edit(name, |c| c.pin = pin)
+    }
+
+    /// Cluster `name` finds its token by `token`.
+    pub fn token(self, name: &str, token: Token) -> Self {
+        self.edit(name, |c| c.token = token)
+    }
+
+    /// Cluster `name` loads `module` instead of SoftHSM.
+    pub fn module(self, name: &str, module: &str) -> Self {
+        self.edit(name, |c| c.module = module.to_string())
+    }
+
+    /// Every cluster loads `module` instead of SoftHSM.
+    pub fn module_all(mut self, module: &Path) -> Self {
+        for c in &mut self.clusters {
+            c.module = module.display().to_string();
+        }
+        self
+    }
+
+    /// `options.parallelism: N`
+    pub fn parallelism(self, n: u64) -> Self {
+        self.option("parallelism", n.into())
+    }
+
+    /// `options.KEY: VALUE`, after the options before it.
+    pub fn option(mut self, key: &str, value: serde_yaml::Value) -> Self {
+        self.options.insert(key.into(), value);
+        self
+    }
+
+    /// One notify resource of the sync (a mapping: `name`, `url`, …).
+    pub fn notify(mut self, resource: serde_yaml::Value) -> Self {
+        self.notify.push(resource);
+        self
+    }
+
+    /// The plan as a YAML value.
+    pub fn value(&self) -> serde_yaml::Value {
+        let clusters: serde_yaml::Mapping = self
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str().into(), c.value()))
+            .collect();
+        let mut sync = serde_yaml::Mapping::new();
+        sync.insert("name".into(), self.sync_name.as_str().into());
+        sync.insert("source".into(), self.source.as_str().into());
+        sync.insert(
+            "targets".into(),
+            self.targets
+                .iter()
+                .map(|t| serde_yaml::Value::from(t.as_str()))
+                .collect(),
+        );
+        sync.insert("keys".into(), self.keys.iter().map(Sel::value).collect());
+        if !self.notify.is_empty() {
+            sync.insert("notify".into(), self.notify.clone().into());
+        }
+        let mut plan = serde_yaml::Mapping::new();
+        plan.insert("version".into(), 1.into());
+        plan.insert("clusters".into(), clusters.into());
+        plan.insert("sync".into(), vec![serde_yaml::Value::from(sync)].into());
+        if !self.options.is_empty() {
+            plan.insert("options".into(), self.options.clone().into());
+        }
+        plan.into()
+    }
+
+    /// The plan as YAML text, the SoftHSM module path filled in.
+    pub fn yaml(&self) -> String {
+        serde_yaml::to_string(&self.value()).expect("a test plan serializes")
+    }
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.yaml())
+    }
+}
+
+/// A YAML mapping from `(key, value)` pairs, in order.
+pub fn map<const N: usize>(pairs: [(&str, serde_yaml::Value); N]) -> serde_yaml::Value {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (serde_yaml::Value::from(k), v))
+        .collect::<serde_yaml::Mapping>()
+        .into()
 }
 
 /// `inventory`'s handle of every key, by label.
