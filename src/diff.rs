@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::fingerprint::Fingerprint;
+use crate::domain::inventory::{Inventories, Inventory};
 use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef};
 use crate::domain::kind;
 use crate::domain::reason::Reason;
 use crate::domain::shard::Shard;
-use crate::inventory::{Inventories, Inventory};
 use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector, SyncEntry};
 
 /// What happens to one key on one target.
@@ -683,8 +683,8 @@ fn deletions<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::inventory::Inventory;
     use crate::domain::key::{KeyFlags, KeyType};
-    use crate::inventory::Inventory;
 
     fn key(handle: u64, id: &str, label: &str, fp: &str) -> KeyObject {
         KeyObject {

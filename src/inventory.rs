@@ -8,20 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::domain::fingerprint::Fingerprint;
+pub(crate) use crate::domain::inventory::{Inventories, Inventory};
 use crate::domain::key::sort_keys;
-use crate::domain::key::{Identity, KeyObject};
 use crate::hsm::{HsmError, KeySession, KeyStore};
-
-/// The keys of one cluster, with the lineage fingerprint of its domain key.
-#[derive(Debug, Clone)]
-pub struct Inventory {
-    /// Cluster name.
-    pub cluster: String,
-    /// Key objects, domain key excluded, sorted by identity (shared with the diff).
-    pub keys: Vec<Arc<KeyObject>>,
-    /// Identities an interrupted run was creating here (its in-flight journal).
-    pub in_flight: HashSet<String>,
-}
 
 /// Which keys an inventory fingerprints (one `C_WrapKey` each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,22 +23,6 @@ pub(crate) enum Fingerprints {
     /// `apply` a round trip per new key (issue 6).
     Compared,
 }
-
-impl Inventory {
-    /// Keys with this identity (more than one is a duplicate: a conflict, never chosen).
-    pub fn by_identity(&self, id: &Identity) -> Vec<&Arc<KeyObject>> {
-        // `keys` is sorted by identity: a binary search, not a scan (a scan per key made
-        // the diff quadratic: minutes at 100,000 keys; issue 6, linear cost).
-        let from = self.keys.partition_point(|k| k.cmp_identity(id).is_lt());
-        self.keys[from..]
-            .iter()
-            .take_while(|k| k.cmp_identity(id).is_eq())
-            .collect()
-    }
-}
-
-/// Inventories by cluster name.
-pub(crate) type Inventories = HashMap<String, Inventory>;
 
 /// Reads the inventories of `clusters`, side by side, each with up to `workers` sessions.
 /// With [`Fingerprints::Compared`], the clusters in `source_only` (no sync writes to
@@ -222,7 +195,7 @@ fn read_one<S: KeyStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::key::{KeyClass, KeyFlags, KeyType};
+    use crate::domain::key::{Identity, KeyClass, KeyFlags, KeyObject, KeyType};
 
     fn key(handle: u64, class: KeyClass, id: &[u8], label: &str) -> KeyObject {
         KeyObject {

@@ -10,9 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::domain::inventory::Inventories;
 use crate::domain::key::KeyObject;
 use crate::domain::shard::Shard;
-use crate::inventory::Inventories;
 use crate::plan::Plan;
 use crate::report::{JobRecord, Summary};
 
