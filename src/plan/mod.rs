@@ -283,12 +283,21 @@ pub struct InvalidPlan {
     pub source: source::PlanSource,
 }
 
+impl InvalidPlan {
+    /// Whether every issue is a warning (the plan loads; nothing is wrong with it).
+    fn warnings_only(&self) -> bool {
+        self.issues.iter().all(|i| i.severity == Severity::Warning)
+    }
+}
+
 impl fmt::Display for InvalidPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
+        // Warnings alone are not "problems" under an error mark (issue 16).
+        let what = if self.warnings_only() { "warning" } else { "problem" };
         write!(
             f,
-            "{} has {n} problem{}",
+            "{} has {n} {what}{}",
             self.source.name(),
             if n == 1 { "" } else { "s" }
         )
@@ -299,7 +308,18 @@ impl std::error::Error for InvalidPlan {}
 
 impl Diagnostic for InvalidPlan {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new("plan::invalid"))
+        Some(Box::new(if self.warnings_only() {
+            "plan::warnings"
+        } else {
+            "plan::invalid"
+        }))
+    }
+    fn severity(&self) -> Option<Severity> {
+        Some(if self.warnings_only() {
+            Severity::Warning
+        } else {
+            Severity::Error
+        })
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.src)

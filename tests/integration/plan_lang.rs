@@ -417,6 +417,9 @@ fn pin_files_must_exist_and_loose_ones_are_warned_about() {
     assert_eq!(out.code, 0, "a loose PIN file is a warning, not an error: {out:?}");
     assert!(out.stderr.contains("plan::pin-file"), "{}", out.stderr);
     assert!(out.stderr.contains("is readable by group or others"), "{}", out.stderr);
+    // A warning alone is not a "problem" under an error mark (issue 16).
+    assert!(out.stderr.contains("plan.yaml has 1 warning"), "{}", out.stderr);
+    assert!(!out.stderr.contains('×'), "{}", out.stderr);
     assert!(out.stderr.contains("chmod 600"), "{}", out.stderr);
     assert!(
         out.stderr.contains("plan.yaml:11:"),
