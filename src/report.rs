@@ -145,7 +145,8 @@ impl<T: SchemaEnum> JsonSchema for Values<T> {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         let values: Vec<serde_json::Value> = T::all()
             .iter()
-            .map(|v| serde_json::to_value(v).expect("a domain enum serializes to a string"))
+            // A unit variant always serializes; the unit test pins the list either way.
+            .filter_map(|v| serde_json::to_value(v).ok())
             .collect();
         schemars::json_schema!({ "description": T::DESCRIPTION, "type": "string", "enum": values })
     }
