@@ -29,6 +29,13 @@ pub fn shim() -> PathBuf {
     SHIM.get_or_init(|| testkit::build::shim(false)).clone()
 }
 
+/// Kryoptic (`tools/kryoptic`), the suite's second PKCS#11 implementation, built once per
+/// test process. A build failure fails the test that needs it: never a silent skip.
+pub fn kryoptic() -> PathBuf {
+    static KRYOPTIC: OnceLock<PathBuf> = OnceLock::new();
+    KRYOPTIC.get_or_init(testkit::build::kryoptic).clone()
+}
+
 /// testkit's `hsm-fixture` helper, built once per test process. It runs in a process of
 /// its own because SoftHSM reads one `SOFTHSM2_CONF` per process: the test process cannot
 /// load the tokens of every test itself.
@@ -119,7 +126,13 @@ impl World {
 
     /// Runs `hsm-fixture DIR args…`, returning stdout; panics on failure.
     pub fn fixture(&self, args: &[&str]) -> String {
-        let out = Command::new(fixture_bin())
+        let mut cmd = Command::new(fixture_bin());
+        let kry = args.iter().any(|a| a.ends_with("@kryoptic"))
+            || std::fs::read_to_string(self.path().join("makes")).is_ok_and(|m| m.contains(" kryoptic"));
+        if kry {
+            cmd.env("HSM_SYNC_KRYOPTIC_MODULE", kryoptic());
+        }
+        let out = cmd
             .arg(self.path())
             .args(args)
             .output()
@@ -167,7 +180,11 @@ impl World {
     /// A typed [`Plan`] is written as it serializes (its module path already filled in).
     pub fn plan<P: PlanText + ?Sized>(self, plan: &P) -> Self {
         let yaml = plan.plan_text();
-        self.write("plan.yaml", &yaml.replace("{module}", &softhsm().display().to_string()));
+        let mut yaml = yaml.replace("{module}", &softhsm().display().to_string());
+        if yaml.contains("{kryoptic}") {
+            yaml = yaml.replace("{kryoptic}", &kryoptic().display().to_string());
+        }
+        self.write("plan.yaml", &yaml);
         self
     }
 
@@ -205,6 +222,7 @@ impl World {
             .args(args)
             .current_dir(cwd)
             .env("SOFTHSM2_CONF", self.path().join("softhsm2.conf"))
+            .env("KRYOPTIC_CONF", self.path().join("kryoptic.toml"))
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .output()
@@ -347,6 +365,8 @@ impl ClusterSpec {
     fn value(&self) -> serde_yaml::Value {
         let module = if self.module == "{module}" {
             softhsm().display().to_string()
+        } else if self.module == "{kryoptic}" {
+            kryoptic().display().to_string()
         } else {
             self.module.clone()
         };
@@ -535,6 +555,11 @@ impl Plan {
     /// Cluster `name` loads `module` instead of SoftHSM.
     pub fn module(self, name: &str, module: &str) -> Self {
         self.edit(name, |c| c.module = module.to_string())
+    }
+
+    /// Cluster `name` is a Kryoptic token (made by `tokens(&["NAME@kryoptic"])`).
+    pub fn kryoptic(self, name: &str) -> Self {
+        self.module(name, "{kryoptic}")
     }
 
     /// Every cluster loads `module` instead of SoftHSM.

@@ -1,5 +1,6 @@
 //! Builds the workspace's test programs on demand and says where they are: the test-only
-//! PKCS#11 module `tools/pkcs11-shim`, and the `hsm-fixture` helper. A test of the
+//! PKCS#11 module `tools/pkcs11-shim`, Kryoptic (`tools/kryoptic`, the second PKCS#11
+//! implementation of the suite), and the `hsm-fixture` helper. A test of the
 //! `hsm-sync` package cannot name another package's binary (`CARGO_BIN_EXE_*` covers its
 //! own), so the tests build it here; a plain `cargo test` works on a fresh clone.
 
@@ -14,6 +15,20 @@ pub fn shim(release: bool) -> PathBuf {
         args.push("--release");
     }
     artifact(&args, "pkcs11_shim", |m| {
+        m["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(PathBuf::from))
+            .find(|f| f.extension().is_some_and(|e| e == "so"))
+    })
+}
+
+/// Runs `cargo build -p kryoptic-token` and returns the path of `libkryoptic_pkcs11.so`:
+/// Kryoptic 1.5.4 from the registry, built like any workspace crate (about 30 s the first
+/// time; PKCS11-NOTES.md "Kryoptic 1.5.4" for its -dev packages).
+pub fn kryoptic() -> PathBuf {
+    artifact(&["-p", "kryoptic-token"], "kryoptic_pkcs11", |m| {
         m["filenames"]
             .as_array()
             .into_iter()

@@ -3,6 +3,11 @@
 //! tokens (SoftHSM reads one `SOFTHSM2_CONF` per process, so tests cannot share one).
 //!
 //! Every command takes the directory first; PINs are `DIR/<token>.pin`.
+//!
+//! A token is SoftHSM's unless `init` names it `NAME@kryoptic`: then it is a Kryoptic
+//! token (a slot of `DIR/kryoptic.toml`, its database in `DIR/kryoptic/`), and every later
+//! command finds its make in `DIR/makes`. Kryoptic's module comes from
+//! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,7 +30,8 @@ struct Args {
 enum Cmd {
     /// Print every token object as `CLASS ID-HEX LABEL`, one per line (id `-` when empty).
     Objects { token: String },
-    /// Write DIR/softhsm2.conf and initialise tokens (PIN: `DIR/<token>.pin`).
+    /// Write DIR/softhsm2.conf and initialise tokens (PIN: `DIR/<token>.pin`);
+    /// `NAME@kryoptic` makes a Kryoptic token.
     Init { tokens: Vec<String> },
     /// Import one fresh random domain key into each listed token (a "cloned" set).
     DomainKey {
@@ -152,26 +158,134 @@ fn pin(dir: &Path, token: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(p.trim().to_string()))
 }
 
+/// The PKCS#11 implementations the fixture provisions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Make {
+    SoftHsm,
+    Kryoptic,
+}
+
+/// `DIR/makes`: one `NAME MAKE` line per token `init` made (SoftHSM tokens need none).
+fn read_makes(dir: &Path) -> Vec<(String, Make)> {
+    let text = std::fs::read_to_string(dir.join("makes")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, m)| {
+            let make = if m == "kryoptic" { Make::Kryoptic } else { Make::SoftHsm };
+            (n.to_string(), make)
+        })
+        .collect()
+}
+
+/// `DIR/kryoptic.toml`: one sqlite slot per Kryoptic token, numbered from 1 in `init` order.
+fn write_kryoptic_conf(dir: &Path, names: &[String]) -> Result<(), String> {
+    let db = dir.join("kryoptic");
+    std::fs::create_dir_all(&db).map_err(|e| e.to_string())?;
+    let mut conf = String::new();
+    for (i, n) in names.iter().enumerate() {
+        conf.push_str(&format!(
+            "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n\n",
+            i + 1,
+            db.join(format!("{n}.sql")).display()
+        ));
+    }
+    std::fs::write(dir.join("kryoptic.toml"), conf).map_err(|e| e.to_string())
+}
+
+/// One loaded module per make, loaded when a command first needs it.
+struct Modules {
+    softhsm: std::cell::OnceCell<Provisioner>,
+    kryoptic: std::cell::OnceCell<Provisioner>,
+    makes: Vec<(String, Make)>,
+}
+
+impl Modules {
+    fn make(&self, token: &str) -> Make {
+        self.makes
+            .iter()
+            .find(|(n, _)| n == token)
+            .map_or(Make::SoftHsm, |(_, m)| *m)
+    }
+
+    fn for_token(&self, token: &str) -> Result<&Provisioner, String> {
+        let load = |path: PathBuf| Provisioner::new(&path).map_err(|e| e.to_string());
+        match self.make(token) {
+            Make::SoftHsm => match self.softhsm.get() {
+                Some(p) => Ok(p),
+                None => {
+                    let m = provision::softhsm_module().ok_or("SoftHSM2 is not installed: apt-get install -y softhsm2")?;
+                    Ok(self.softhsm.get_or_init(|| load(m).unwrap_or_else(|e| fail(&e))))
+                }
+            },
+            Make::Kryoptic => match self.kryoptic.get() {
+                Some(p) => Ok(p),
+                None => {
+                    let m = std::env::var_os("HSM_SYNC_KRYOPTIC_MODULE")
+                        .map(PathBuf::from)
+                        .ok_or("a Kryoptic token needs $HSM_SYNC_KRYOPTIC_MODULE (testkit::build::kryoptic builds it)")?;
+                    Ok(self.kryoptic.get_or_init(|| load(m).unwrap_or_else(|e| fail(&e))))
+                }
+            },
+        }
+    }
+
+    fn user_session(&self, dir: &Path, token: &str) -> Result<cryptoki::session::Session, String> {
+        self.for_token(token)?
+            .user_session(token, &pin(dir, token)?)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A module that will not load: the fixture cannot go on.
+fn fail(msg: &str) -> ! {
+    eprintln!("hsm-fixture: {msg}");
+    std::process::exit(1)
+}
+
 fn run(a: Args) -> Result<(), String> {
-    let module = provision::softhsm_module().ok_or("SoftHSM2 is not installed: apt-get install -y softhsm2")?;
     let conf = if let Cmd::Init { .. } = a.cmd {
         provision::write_conf(&a.dir).map_err(|e| e.to_string())?
     } else {
         a.dir.join("softhsm2.conf")
     };
+    let mut makes = read_makes(&a.dir);
+    if let Cmd::Init { tokens } = &a.cmd {
+        for t in tokens {
+            if let Some(name) = t.strip_suffix("@kryoptic") {
+                makes.push((name.to_string(), Make::Kryoptic));
+            }
+        }
+        let lines: String = makes
+            .iter()
+            .map(|(n, m)| format!("{n} {}\n", if *m == Make::Kryoptic { "kryoptic" } else { "softhsm" }))
+            .collect();
+        std::fs::write(a.dir.join("makes"), lines).map_err(|e| e.to_string())?;
+        let kry: Vec<String> = makes
+            .iter()
+            .filter(|(_, m)| *m == Make::Kryoptic)
+            .map(|(n, _)| n.clone())
+            .collect();
+        write_kryoptic_conf(&a.dir, &kry)?;
+    }
     std::env::set_var("SOFTHSM2_CONF", &conf);
-    let prov = Provisioner::new(&module).map_err(|e| e.to_string())?;
+    std::env::set_var("KRYOPTIC_CONF", a.dir.join("kryoptic.toml"));
+    let mods = Modules {
+        softhsm: std::cell::OnceCell::new(),
+        kryoptic: std::cell::OnceCell::new(),
+        makes,
+    };
     let e = |e: hsm_sync::hsm::HsmError| e.to_string();
     let hexid = |s: &str| hex::decode(s).map_err(|e| format!("--id: {e}"));
     match a.cmd {
         Cmd::Init { tokens } => {
             for t in tokens {
+                let t = t.strip_suffix("@kryoptic").unwrap_or(&t).to_string();
                 let user = format!("{t}-user-pin-0000");
                 std::fs::write(a.dir.join(format!("{t}.pin")), &user).map_err(|e| e.to_string())?;
                 use std::os::unix::fs::PermissionsExt;
                 let perm = std::fs::Permissions::from_mode(0o600);
                 std::fs::set_permissions(a.dir.join(format!("{t}.pin")), perm).map_err(|e| e.to_string())?;
-                prov.init_token(
+                mods.for_token(&t)?.init_token(
                     &t,
                     &SecretString::from(format!("{t}-so-pin-0000")),
                     &SecretString::from(user),
@@ -189,7 +303,7 @@ fn run(a: Args) -> Result<(), String> {
                 }
             };
             for t in tokens {
-                let s = prov.user_session(&t, &pin(&a.dir, &t)?).map_err(e)?;
+                let s = mods.user_session(&a.dir, &t)?;
                 provision::import_domain_key(&s, &label, &v).map_err(e)?;
             }
         }
@@ -204,7 +318,7 @@ fn run(a: Args) -> Result<(), String> {
             no_extractable,
             public,
         } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let id = hexid(&id)?;
             let mut spec = SecretSpec {
                 aes: !generic,
@@ -236,7 +350,7 @@ fn run(a: Args) -> Result<(), String> {
             value,
             generic,
         } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let value = Zeroizing::new(hex::decode(value).map_err(|e| format!("--value: {e}"))?);
             let spec = SecretSpec {
                 aes: !generic,
@@ -258,7 +372,7 @@ fn run(a: Args) -> Result<(), String> {
             ec,
             no_extractable,
         } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let spec = provision::PairSpec {
                 rsa_bits: rsa,
                 curve: ec,
@@ -269,14 +383,14 @@ fn run(a: Args) -> Result<(), String> {
             provision::generate_pair(&s, &spec).map_err(e)?;
         }
         Cmd::Sign { token, id } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             println!(
                 "{}",
                 hex::encode(provision::sign(&s, &hexid(&id)?, MESSAGE).map_err(e)?)
             );
         }
         Cmd::Verify { token, id, sig } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let sig = hex::decode(sig).map_err(|e| format!("--sig: {e}"))?;
             if !provision::verify(&s, &hexid(&id)?, MESSAGE, &sig).map_err(e)? {
                 return Err("signature does not verify".into());
@@ -284,7 +398,7 @@ fn run(a: Args) -> Result<(), String> {
         }
         Cmd::SetFlags { token, id, class, set } => {
             use cryptoki::object::{Attribute, ObjectClass};
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let class = match class.as_str() {
                 "secret" => ObjectClass::SECRET_KEY,
                 "private" => ObjectClass::PRIVATE_KEY,
@@ -308,11 +422,11 @@ fn run(a: Args) -> Result<(), String> {
             provision::set_flags(&s, &hexid(&id)?, class, &attrs).map_err(e)?;
         }
         Cmd::Freeze { token, id, label } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             provision::freeze(&s, &hexid(&id)?, cryptoki::object::ObjectClass::SECRET_KEY, &label).map_err(e)?;
         }
         Cmd::Hmac { token, id } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let found = provision::find_by_id(&s, &hexid(&id)?).map_err(e)?;
             let [h] = found.as_slice() else {
                 return Err(format!("{} keys with id {id}", found.len()));
@@ -323,7 +437,7 @@ fn run(a: Args) -> Result<(), String> {
             println!("{}", hex::encode(mac));
         }
         Cmd::SetLabel { token, id, label } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let found = provision::find_by_id(&s, &hexid(&id)?).map_err(e)?;
             let [h] = found.as_slice() else {
                 return Err(format!("{} keys with id {id}", found.len()));
@@ -331,7 +445,7 @@ fn run(a: Args) -> Result<(), String> {
             provision::set_label(&s, *h, &label).map_err(e)?;
         }
         Cmd::Objects { token } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             for (class, id, label) in provision::objects(&s).map_err(e)? {
                 let id = if id.is_empty() {
                     "-".to_string()
@@ -342,7 +456,7 @@ fn run(a: Args) -> Result<(), String> {
             }
         }
         Cmd::Count { token, id, data } => {
-            let s = prov.user_session(&token, &pin(&a.dir, &token)?).map_err(e)?;
+            let s = mods.user_session(&a.dir, &token)?;
             let n = match id {
                 Some(id) => provision::find_by_id(&s, &hexid(&id)?).map_err(e)?.len(),
                 None if data => provision::count_data_objects(&s).map_err(e)?,
