@@ -127,16 +127,12 @@ impl World {
     /// Runs `hsm-fixture DIR args…`, returning stdout; panics on failure.
     pub fn fixture(&self, args: &[&str]) -> String {
         let mut cmd = Command::new(fixture_bin());
-        let kry = args.iter().any(|a| a.ends_with("@kryoptic"))
+        let kry = args.iter().any(|a| a.contains("@kryoptic"))
             || std::fs::read_to_string(self.path().join("makes")).is_ok_and(|m| m.contains(" kryoptic"));
         if kry {
             cmd.env("HSM_SYNC_KRYOPTIC_MODULE", kryoptic());
         }
-        let out = cmd
-            .arg(self.path())
-            .args(args)
-            .output()
-            .expect("hsm-fixture runs");
+        let out = cmd.arg(self.path()).args(args).output().expect("hsm-fixture runs");
         assert!(
             out.status.success(),
             "hsm-fixture {args:?} failed: {}",

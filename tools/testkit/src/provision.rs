@@ -25,6 +25,50 @@ pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>)
     Ok(h.handle())
 }
 
+/// The `CKK_SHA*_HMAC` key type named `sha1` … `sha512`.
+pub fn hmac_key_type(name: &str) -> Option<CkKeyType> {
+    Some(match name {
+        "sha1" => CkKeyType::SHA_1_HMAC,
+        "sha224" => CkKeyType::SHA224_HMAC,
+        "sha256" => CkKeyType::SHA256_HMAC,
+        "sha384" => CkKeyType::SHA384_HMAC,
+        "sha512" => CkKeyType::SHA512_HMAC,
+        _ => return None,
+    })
+}
+
+/// Imports an HMAC key of type `key_type` (sign/verify only, private, sensitive).
+pub fn import_hmac_key(
+    s: &Session,
+    key_type: CkKeyType,
+    id: &[u8],
+    label: &str,
+    extractable: bool,
+    value: &Zeroizing<Vec<u8>>,
+) -> Result<u64, HsmError> {
+    let h = s
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(key_type),
+            Attribute::Token(true),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(extractable),
+            Attribute::Sign(true),
+            Attribute::Verify(true),
+            Attribute::Encrypt(false),
+            Attribute::Decrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+            Attribute::Value(value.to_vec()),
+        ])
+        .map_err(pk("importing an HMAC key"))?;
+    Ok(h.handle())
+}
+
 /// The secret keys with a given `CKA_ID`.
 pub fn find_by_id(s: &Session, id: &[u8]) -> Result<Vec<ObjectHandle>, HsmError> {
     s.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Id(id.to_vec())])

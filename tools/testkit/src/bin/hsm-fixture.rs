@@ -5,7 +5,9 @@
 //! Every command takes the directory first; PINs are `DIR/<token>.pin`.
 //!
 //! A token is SoftHSM's unless `init` names it `NAME@kryoptic`: then it is a Kryoptic
-//! token (a slot of `DIR/kryoptic.toml`, its database in `DIR/kryoptic/`), and every later
+//! token (a slot of `DIR/kryoptic.toml`, its database in `DIR/kryoptic/`). Two "vendor
+//! personalities" deny it mechanisms: `NAME@kryoptic-kw` has RFC 3394 only (no 0x210B,
+//! no 0x210C), `NAME@kryoptic-nowrap` no AES key wrap at all. Every later
 //! command finds its make in `DIR/makes`. Kryoptic's module comes from
 //! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`).
 
@@ -56,6 +58,10 @@ enum Cmd {
         /// DES3 instead of AES
         #[arg(long)]
         des3: bool,
+        /// An HMAC key type (`sha256`, …) instead of AES: the key is imported with a
+        /// random value (tokens do not all generate these types).
+        #[arg(long)]
+        hmac: Option<String>,
         #[arg(long, default_value_t = 32)]
         bytes: usize,
         #[arg(long)]
@@ -165,29 +171,50 @@ enum Make {
     Kryoptic,
 }
 
-/// `DIR/makes`: one `NAME MAKE` line per token `init` made (SoftHSM tokens need none).
-fn read_makes(dir: &Path) -> Vec<(String, Make)> {
+/// `DIR/makes`: one `NAME MAKE` line per token `init` made (`kryoptic`,
+/// `kryoptic-kw`, `kryoptic-nowrap`; SoftHSM tokens need none).
+fn read_makes(dir: &Path) -> Vec<(String, Make, String)> {
     let text = std::fs::read_to_string(dir.join("makes")).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(n, m)| {
-            let make = if m == "kryoptic" { Make::Kryoptic } else { Make::SoftHsm };
-            (n.to_string(), make)
+            let make = if m.starts_with("kryoptic") {
+                Make::Kryoptic
+            } else {
+                Make::SoftHsm
+            };
+            (n.to_string(), make, m.to_string())
         })
         .collect()
 }
 
-/// `DIR/kryoptic.toml`: one sqlite slot per Kryoptic token, numbered from 1 in `init` order.
-fn write_kryoptic_conf(dir: &Path, names: &[String]) -> Result<(), String> {
+/// The mechanisms a Kryoptic personality denies.
+fn denied(personality: &str) -> &'static [&'static str] {
+    match personality {
+        "kryoptic-kw" => &["CKM_AES_KEY_WRAP_KWP", "CKM_AES_KEY_WRAP_PKCS7"],
+        "kryoptic-nowrap" => &["CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_KWP", "CKM_AES_KEY_WRAP_PKCS7"],
+        _ => &[],
+    }
+}
+
+/// `DIR/kryoptic.toml`: one sqlite slot per Kryoptic token, numbered from 1 in `init`
+/// order, with its personality's deny list.
+fn write_kryoptic_conf(dir: &Path, tokens: &[(String, String)]) -> Result<(), String> {
     let db = dir.join("kryoptic");
     std::fs::create_dir_all(&db).map_err(|e| e.to_string())?;
     let mut conf = String::new();
-    for (i, n) in names.iter().enumerate() {
+    for (i, (n, personality)) in tokens.iter().enumerate() {
         conf.push_str(&format!(
-            "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n\n",
+            "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
             i + 1,
             db.join(format!("{n}.sql")).display()
         ));
+        let deny = denied(personality);
+        if !deny.is_empty() {
+            let list: Vec<String> = deny.iter().map(|m| format!("\"{m}\"")).collect();
+            conf.push_str(&format!("mechanisms = [\"DENY\", {}]\n", list.join(", ")));
+        }
+        conf.push('\n');
     }
     std::fs::write(dir.join("kryoptic.toml"), conf).map_err(|e| e.to_string())
 }
@@ -196,15 +223,15 @@ fn write_kryoptic_conf(dir: &Path, names: &[String]) -> Result<(), String> {
 struct Modules {
     softhsm: std::cell::OnceCell<Provisioner>,
     kryoptic: std::cell::OnceCell<Provisioner>,
-    makes: Vec<(String, Make)>,
+    makes: Vec<(String, Make, String)>,
 }
 
 impl Modules {
     fn make(&self, token: &str) -> Make {
         self.makes
             .iter()
-            .find(|(n, _)| n == token)
-            .map_or(Make::SoftHsm, |(_, m)| *m)
+            .find(|(n, _, _)| n == token)
+            .map_or(Make::SoftHsm, |(_, m, _)| *m)
     }
 
     fn for_token(&self, token: &str) -> Result<&Provisioner, String> {
@@ -213,16 +240,17 @@ impl Modules {
             Make::SoftHsm => match self.softhsm.get() {
                 Some(p) => Ok(p),
                 None => {
-                    let m = provision::softhsm_module().ok_or("SoftHSM2 is not installed: apt-get install -y softhsm2")?;
+                    let m =
+                        provision::softhsm_module().ok_or("SoftHSM2 is not installed: apt-get install -y softhsm2")?;
                     Ok(self.softhsm.get_or_init(|| load(m).unwrap_or_else(|e| fail(&e))))
                 }
             },
             Make::Kryoptic => match self.kryoptic.get() {
                 Some(p) => Ok(p),
                 None => {
-                    let m = std::env::var_os("HSM_SYNC_KRYOPTIC_MODULE")
-                        .map(PathBuf::from)
-                        .ok_or("a Kryoptic token needs $HSM_SYNC_KRYOPTIC_MODULE (testkit::build::kryoptic builds it)")?;
+                    let m = std::env::var_os("HSM_SYNC_KRYOPTIC_MODULE").map(PathBuf::from).ok_or(
+                        "a Kryoptic token needs $HSM_SYNC_KRYOPTIC_MODULE (testkit::build::kryoptic builds it)",
+                    )?;
                     Ok(self.kryoptic.get_or_init(|| load(m).unwrap_or_else(|e| fail(&e))))
                 }
             },
@@ -251,19 +279,16 @@ fn run(a: Args) -> Result<(), String> {
     let mut makes = read_makes(&a.dir);
     if let Cmd::Init { tokens } = &a.cmd {
         for t in tokens {
-            if let Some(name) = t.strip_suffix("@kryoptic") {
-                makes.push((name.to_string(), Make::Kryoptic));
+            if let Some((name, personality)) = t.split_once('@') {
+                makes.push((name.to_string(), Make::Kryoptic, personality.to_string()));
             }
         }
-        let lines: String = makes
-            .iter()
-            .map(|(n, m)| format!("{n} {}\n", if *m == Make::Kryoptic { "kryoptic" } else { "softhsm" }))
-            .collect();
+        let lines: String = makes.iter().map(|(n, _, p)| format!("{n} {p}\n")).collect();
         std::fs::write(a.dir.join("makes"), lines).map_err(|e| e.to_string())?;
-        let kry: Vec<String> = makes
+        let kry: Vec<(String, String)> = makes
             .iter()
-            .filter(|(_, m)| *m == Make::Kryoptic)
-            .map(|(n, _)| n.clone())
+            .filter(|(_, m, _)| *m == Make::Kryoptic)
+            .map(|(n, _, p)| (n.clone(), p.clone()))
             .collect();
         write_kryoptic_conf(&a.dir, &kry)?;
     }
@@ -279,18 +304,19 @@ fn run(a: Args) -> Result<(), String> {
     match a.cmd {
         Cmd::Init { tokens } => {
             for t in tokens {
-                let t = t.strip_suffix("@kryoptic").unwrap_or(&t).to_string();
+                let t = t.split_once('@').map_or(t.as_str(), |(n, _)| n).to_string();
                 let user = format!("{t}-user-pin-0000");
                 std::fs::write(a.dir.join(format!("{t}.pin")), &user).map_err(|e| e.to_string())?;
                 use std::os::unix::fs::PermissionsExt;
                 let perm = std::fs::Permissions::from_mode(0o600);
                 std::fs::set_permissions(a.dir.join(format!("{t}.pin")), perm).map_err(|e| e.to_string())?;
-                mods.for_token(&t)?.init_token(
-                    &t,
-                    &SecretString::from(format!("{t}-so-pin-0000")),
-                    &SecretString::from(user),
-                )
-                .map_err(e)?;
+                mods.for_token(&t)?
+                    .init_token(
+                        &t,
+                        &SecretString::from(format!("{t}-so-pin-0000")),
+                        &SecretString::from(user),
+                    )
+                    .map_err(e)?;
             }
         }
         Cmd::DomainKey { label, value, tokens } => {
@@ -313,6 +339,7 @@ fn run(a: Args) -> Result<(), String> {
             label,
             generic,
             des3,
+            hmac,
             bytes,
             count,
             no_extractable,
@@ -320,6 +347,14 @@ fn run(a: Args) -> Result<(), String> {
         } => {
             let s = mods.user_session(&a.dir, &token)?;
             let id = hexid(&id)?;
+            if let Some(h) = hmac {
+                let key_type = provision::hmac_key_type(&h)
+                    .ok_or(format!("--hmac {h}: sha1, sha224, sha256, sha384 or sha512"))?;
+                let mut value = Zeroizing::new(vec![0u8; bytes]);
+                getrandom::fill(&mut value).map_err(|e| e.to_string())?;
+                provision::import_hmac_key(&s, key_type, &id, &label, !no_extractable, &value).map_err(e)?;
+                return Ok(());
+            }
             let mut spec = SecretSpec {
                 aes: !generic,
                 des3,
