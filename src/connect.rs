@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::hsm::{HsmError, Modules, Token};
+use crate::domain::wire::WireFormat;
+use crate::hsm::{HsmError, Modules, Token, WrapMechanism};
 use crate::plan::{Cluster, Plan};
 
 /// The logged-in tokens of a run, by cluster name.
@@ -49,6 +50,12 @@ pub struct LineageProof {
     pub target: String,
     /// The lineage fingerprint both share.
     pub fingerprint: String,
+    /// The pair's wire format.
+    pub format: WireFormat,
+    /// The source's mechanism for it.
+    pub source_mechanism: &'static str,
+    /// The target's mechanism for it.
+    pub target_mechanism: &'static str,
 }
 
 /// Opens and logs in to `clusters`, each PIN read and tried once.
@@ -73,6 +80,7 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
             module: &c.module,
             token: &c.token,
             domain_key: &c.domain_key,
+            module_args: c.module_args.as_deref(),
         };
         tokens.insert(c.name.clone(), Token::open(&modules, &spec)?);
     }
@@ -138,6 +146,7 @@ pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmE
     // trips, so one after the other they add up per target (issue 6). The first error
     // in plan order is the one reported, as before.
     let clusters = plan.clusters_in_scope();
+    let chosen = negotiate(plan, tokens)?;
     let mut fps: HashMap<&str, String> = HashMap::new();
     for (c, fp) in clusters
         .iter()
@@ -145,6 +154,25 @@ pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmE
     {
         fps.insert(&c.name, fp?);
     }
+    let pairs = pairs(plan);
+    let mut proofs = Vec::new();
+    for (&(source, target), proved) in pairs.iter().zip(side_by_side(&pairs, |(s, t)| prove(tokens, s, t))) {
+        proved?;
+        let (s, t) = (chosen[source], chosen[target]);
+        proofs.push(LineageProof {
+            source: source.into(),
+            target: target.into(),
+            fingerprint: fps[source].clone(),
+            format: s.format,
+            source_mechanism: s.name,
+            target_mechanism: t.name,
+        });
+    }
+    Ok(proofs)
+}
+
+/// The (source, target) pairs of the plan, each once, in plan order.
+fn pairs(plan: &Plan) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for entry in &plan.syncs {
         for t in entry.all_targets() {
@@ -153,16 +181,96 @@ pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmE
             }
         }
     }
-    let mut proofs = Vec::new();
-    for (&(source, target), proved) in pairs.iter().zip(side_by_side(&pairs, |(s, t)| prove(tokens, s, t))) {
-        proved?;
-        proofs.push(LineageProof {
-            source: source.into(),
-            target: target.into(),
-            fingerprint: fps[source].clone(),
-        });
+    pairs
+}
+
+/// Chooses the wire format of every (source, target) pair (CONTRACT §1) and tells each
+/// token its mechanism for it: RFC 5649 where both sides make and read it, whatever each
+/// calls it, else RFC 3394; `lineage.wrap` pins one. Tokens linked through pairs use one
+/// format (a source's fingerprints are in one format, so all its targets must read it):
+/// the best that every token of the group has. No such format: an error naming a pair
+/// that lacks it, before anything is read or written.
+pub fn negotiate<'p>(plan: &'p Plan, tokens: &Tokens) -> Result<HashMap<&'p str, WrapMechanism>, HsmError> {
+    let pairs = pairs(plan);
+    let clusters = plan.clusters_in_scope();
+    let mut formats: HashMap<&str, Vec<WireFormat>> = HashMap::new();
+    for c in &clusters {
+        formats.insert(&c.name, tokens.get(&c.name).capabilities()?.formats());
     }
-    Ok(proofs)
+    // Groups of clusters linked by pairs (a union-find over a handful of names).
+    let mut group: HashMap<&str, usize> = clusters.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    for &(s, t) in &pairs {
+        let (gs, gt) = (group[s], group[t]);
+        if gs != gt {
+            for g in group.values_mut() {
+                if *g == gt {
+                    *g = gs;
+                }
+            }
+        }
+    }
+    let mut chosen = HashMap::new();
+    for c in &clusters {
+        if chosen.contains_key(c.name.as_str()) {
+            continue;
+        }
+        let members: Vec<&crate::plan::Cluster> = clusters
+            .iter()
+            .copied()
+            .filter(|m| group[m.name.as_str()] == group[c.name.as_str()])
+            .collect();
+        let pinned: Vec<WireFormat> = members.iter().filter_map(|m| m.wrap).collect();
+        let candidates: Vec<WireFormat> = match pinned.first() {
+            Some(f) => vec![*f],
+            None => WireFormat::ALL.to_vec(),
+        };
+        let common = candidates
+            .iter()
+            .copied()
+            .find(|f| members.iter().all(|m| formats[m.name.as_str()].contains(f)));
+        let Some(format) = common else {
+            let describe = |n: &str| match formats[n].as_slice() {
+                [] => format!("`{n}` has none"),
+                fs => format!(
+                    "`{n}` has {}",
+                    fs.iter().map(|f| f.code()).collect::<Vec<_>>().join(" and ")
+                ),
+            };
+            let (s, t) = pairs
+                .iter()
+                .copied()
+                .find(|(s, t)| {
+                    group[*s] == group[c.name.as_str()]
+                        && !candidates
+                            .iter()
+                            .any(|f| formats[*s].contains(f) && formats[*t].contains(f))
+                })
+                .or_else(|| pairs.iter().copied().find(|(s, _)| group[*s] == group[c.name.as_str()]))
+                .unwrap_or((c.name.as_str(), c.name.as_str()));
+            let pin = match pinned.first() {
+                Some(f) => format!(" (`lineage.wrap: {f}` pins it)"),
+                None => String::new(),
+            };
+            return Err(HsmError::NoCommonFormat {
+                source_cluster: s.into(),
+                target: t.into(),
+                detail: format!("{}, {}{pin}", describe(s), describe(t)),
+            });
+        };
+        for m in members {
+            let token = tokens.get(&m.name);
+            let mechanism = token
+                .capabilities()?
+                .mechanism_for(format)
+                .ok_or_else(|| HsmError::NoWrapMechanism {
+                    cluster: m.name.clone(),
+                    found: format.code().into(),
+                })?;
+            token.use_wrap(mechanism);
+            chosen.insert(m.name.as_str(), mechanism);
+        }
+    }
+    Ok(chosen)
 }
 
 /// `f` of every item, each on its own thread, in the items' order.

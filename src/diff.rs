@@ -13,6 +13,7 @@ use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef};
 use crate::domain::kind;
 use crate::domain::reason::Reason;
 use crate::domain::shard::Shard;
+use crate::domain::wire::WireFormat;
 use crate::plan::{DesiredState, KeyMatcher, Plan, Role, Selector, SyncEntry};
 
 /// What happens to one key on one target.
@@ -102,6 +103,8 @@ pub struct DiffItem {
     pub source_key: Option<Arc<KeyObject>>,
     /// The target's object, for update and delete.
     pub target_key: Option<Arc<KeyObject>>,
+    /// The wire format a create moves the key in (the pair's, CONTRACT §4 `mechanism`).
+    pub mechanism: Option<WireFormat>,
 }
 
 impl DiffItem {
@@ -533,10 +536,26 @@ fn item(
         reasons: why.reasons,
         source_key: src.cloned(),
         target_key: dst.cloned(),
+        mechanism: None,
     }
 }
 
 fn decide(
+    names: &Names,
+    target: &str,
+    k: &Arc<KeyObject>,
+    src_inv: &Inventory,
+    role: Role,
+    inv: &Inventories,
+) -> DiffItem {
+    let mut it = decide_action(names, target, k, src_inv, role, inv);
+    if it.action == Action::Create {
+        it.mechanism = src_inv.wire;
+    }
+    it
+}
+
+fn decide_action(
     names: &Names,
     target: &str,
     k: &Arc<KeyObject>,
@@ -584,6 +603,9 @@ fn decide(
     }
     for (r, d) in table.into_iter().filter(|(r, _)| *r != Reason::UnsupportedKeyType) {
         blockers.add(r, d);
+    }
+    if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {
+        blockers.add(Reason::NoCommonMechanism, Some(d));
     }
     if !blockers.reasons.is_empty() {
         return mk(Action::Blocked, blockers, None);
@@ -731,6 +753,7 @@ mod tests {
                     cluster: "a".into(),
                     keys: sorted(a).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
+                    wire: None,
                 },
             ),
             (
@@ -739,6 +762,7 @@ mod tests {
                     cluster: "b".into(),
                     keys: sorted(b).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
+                    wire: None,
                 },
             ),
         ])

@@ -469,6 +469,7 @@ mod tests {
                     detail: None,
                     source_key: Some(k),
                     target_key: None,
+                    mechanism: None,
                 }
             })
             .collect();

@@ -189,6 +189,7 @@ fn read_one<S: KeyStore>(
             true => first.journal_read()?.into_iter().collect::<HashSet<_>>(),
             false => HashSet::new(),
         },
+        wire: first.wire_format(),
     })
 }
 
@@ -238,6 +239,7 @@ mod tests {
             cluster: "c".into(),
             keys: sorted.into_iter().map(std::sync::Arc::new).collect(),
             in_flight: Default::default(),
+            wire: None,
         };
         for k in &keys {
             let id = k.identity();

@@ -14,6 +14,7 @@ use crate::domain::event::Event;
 use crate::domain::key::{KeyClass, KeyRef, KeyType};
 pub use crate::domain::outcome::{Outcome, Status};
 use crate::domain::reason::Reason;
+use crate::domain::wire::WireFormat;
 
 /// Counts per action, plus failed jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -69,6 +70,10 @@ pub struct JobRecord {
     /// Attempts made, when transient errors were retried (absent when 1 or none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
+    /// The wire format the key moves in, for jobs that move one (`rfc5649`, `rfc3394`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Values<WireFormat>>")]
+    pub mechanism: Option<WireFormat>,
 }
 
 /// How one delivery to an associated resource ended.
@@ -122,6 +127,14 @@ impl SchemaEnum for Reason {
     const DESCRIPTION: &'static str = "A reason code. Serialized as its kebab-case code and nothing else.";
     fn all() -> &'static [Self] {
         &Reason::ALL
+    }
+}
+
+impl SchemaEnum for WireFormat {
+    const NAME: &'static str = "WireFormat";
+    const DESCRIPTION: &'static str = "The wire format of a wrapped key between a source and a target.";
+    fn all() -> &'static [Self] {
+        &WireFormat::ALL
     }
 }
 
@@ -282,6 +295,7 @@ impl JobRecord {
                 .or_else(|| it.fingerprint().map(String::from)),
             note: o.and_then(|o| o.note.clone()),
             attempts: o.map(|o| o.attempts).filter(|n| *n > 1),
+            mechanism: it.mechanism,
         }
     }
 
@@ -550,6 +564,7 @@ mod tests {
                 fingerprint: crate::domain::fingerprint::Fingerprint::Known("f".into()),
             })),
             target_key: None,
+            mechanism: None,
         };
         let diff = Diff {
             items: vec![item("x", Action::Create), item("y", Action::Conflict)],

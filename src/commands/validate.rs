@@ -26,6 +26,16 @@ pub(super) fn run(p: &Printer, a: &ValidateArgs) -> Result<ExitStatus> {
                 "lineage proven: {} → {} (lineage fingerprint {})",
                 proof.source, proof.target, proof.fingerprint
             ));
+            p.outln(&format!(
+                "wire format: {} → {}: {} ({} {}, {} {})",
+                proof.source,
+                proof.target,
+                proof.format,
+                proof.source,
+                proof.source_mechanism,
+                proof.target,
+                proof.target_mechanism
+            ));
         }
     }
     Ok(ExitStatus::Success)

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::key::{Identity, KeyObject};
+use super::wire::WireFormat;
 
 /// The keys of one cluster, with the lineage fingerprint of its domain key.
 #[derive(Debug, Clone)]
@@ -16,6 +17,9 @@ pub struct Inventory {
     pub keys: Vec<Arc<KeyObject>>,
     /// Identities an interrupted run was creating here (its in-flight journal).
     pub in_flight: HashSet<String>,
+    /// The wire format this cluster's pairs use (its fingerprints are in it); `None`
+    /// where no token was read (unit tests).
+    pub wire: Option<WireFormat>,
 }
 
 impl Inventory {

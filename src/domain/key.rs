@@ -33,6 +33,15 @@ pub enum KeyType {
     Ec,
     /// Anything else.
     Other,
+    /// `CKK_SHA_1_HMAC` (YubiHSM, Kryoptic, kmsp11, opencryptoki ≥ 3.26 name HMAC keys so;
+    /// a copy keeps its source's type, CONTRACT §3). Not yet the SHA-224/384/512 types:
+    /// cryptoki 0.12 gives all three the value of `CKK_SHA256_HMAC` (PKCS11-NOTES.md), so
+    /// they read as `Other` until the raw path carries key types.
+    #[serde(rename = "sha1-hmac")]
+    Sha1Hmac,
+    /// `CKK_SHA256_HMAC`
+    #[serde(rename = "sha256-hmac")]
+    Sha256Hmac,
 }
 
 impl KeyClass {
@@ -61,13 +70,15 @@ impl KeyClass {
 
 impl KeyType {
     /// Every key type, in declaration order: what the report's schema lists.
-    pub const ALL: [KeyType; 6] = [
+    pub const ALL: [KeyType; 8] = [
         KeyType::Aes,
         KeyType::GenericSecret,
         KeyType::Des3,
         KeyType::Rsa,
         KeyType::Ec,
         KeyType::Other,
+        KeyType::Sha1Hmac,
+        KeyType::Sha256Hmac,
     ];
 
     /// The stable one-byte code fingerprints and digests are built from (never reordered;
@@ -80,6 +91,8 @@ impl KeyType {
             KeyType::Rsa => 3,
             KeyType::Ec => 4,
             KeyType::Other => 5,
+            KeyType::Sha1Hmac => 6,
+            KeyType::Sha256Hmac => 8,
         }
     }
 }
@@ -312,7 +325,7 @@ mod tests {
         // These values are in fingerprints, digests and journals on tokens: changing one
         // is a format change, never a refactor.
         assert_eq!(KeyClass::ALL.map(KeyClass::code), [0, 1, 2]);
-        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5, 6, 8]);
         assert_eq!(
             Identity::Id(KeyClass::SecretKey, vec![0xa1]).journal_key(),
             "SecretKey/id:a1"

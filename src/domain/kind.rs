@@ -5,6 +5,7 @@
 
 use super::key::{KeyClass, KeyFlags, KeyObject, KeyType};
 use super::reason::Reason;
+use super::wire::WireFormat;
 
 /// How a key's material reaches the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,9 @@ pub const KINDS: &[KeyKind] = &[
     secret(KeyType::Aes, false),
     secret(KeyType::GenericSecret, true),
     secret(KeyType::Des3, false),
+    // The HMAC key types travel as generic secrets do (a value of any length).
+    secret(KeyType::Sha1Hmac, true),
+    secret(KeyType::Sha256Hmac, true),
     pair(KeyClass::PrivateKey, KeyType::Rsa, Needs::RsaPublic),
     pair(KeyClass::PrivateKey, KeyType::Ec, Needs::EcPublic),
     pair(KeyClass::PublicKey, KeyType::Rsa, Needs::RsaPublic),
@@ -202,6 +206,26 @@ pub fn blockers(k: &KeyObject) -> Vec<(Reason, Option<String>)> {
         }
     }
     out
+}
+
+/// Why `k` cannot travel in `format`, if it cannot (CONTRACT §1, reason
+/// `no-common-mechanism`): RFC 3394 carries only values whose length is a multiple of 8
+/// and at least 16, so no private key (PKCS#8 has any length) and no odd-length secret.
+pub fn not_carried(k: &KeyObject, format: WireFormat) -> Option<String> {
+    match (format, k.class) {
+        (WireFormat::Rfc5649, _) | (_, KeyClass::PublicKey) => None,
+        (WireFormat::Rfc3394, KeyClass::PrivateKey) => {
+            Some("the pair shares only RFC 3394, which cannot carry a private key (PKCS#8 of any length)".into())
+        }
+        (WireFormat::Rfc3394, KeyClass::SecretKey) => match k.value_len {
+            Some(n) if format.carries(n as usize) => None,
+            Some(n) => Some(format!(
+                "the pair shares only RFC 3394, which carries values of 16, 24, 32… bytes, not {n}"
+            )),
+            // DES3 (24) and keys whose length the token hides: the copy's wrap decides.
+            None => None,
+        },
+    }
 }
 
 /// The value length of a key that arrives zero-padded, if this one does.

@@ -12,3 +12,4 @@ pub mod outcome;
 pub mod reason;
 pub mod shard;
 pub mod token;
+pub mod wire;

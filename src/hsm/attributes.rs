@@ -100,6 +100,10 @@ pub(crate) fn type_of(t: CkKeyType) -> KeyType {
         CkKeyType::DES3 => KeyType::Des3,
         CkKeyType::RSA => KeyType::Rsa,
         CkKeyType::EC => KeyType::Ec,
+        CkKeyType::SHA_1_HMAC => KeyType::Sha1Hmac,
+        // cryptoki 0.12 reads CKK_SHA224/384/512_HMAC as this value too: the session
+        // confirms the raw type before it trusts it (`TokenSession::read_key`).
+        CkKeyType::SHA256_HMAC => KeyType::Sha256Hmac,
         _ => KeyType::Other,
     }
 }
@@ -112,6 +116,8 @@ pub(crate) fn ck_type(t: KeyType) -> Option<CkKeyType> {
         KeyType::Des3 => CkKeyType::DES3,
         KeyType::Rsa => CkKeyType::RSA,
         KeyType::Ec => CkKeyType::EC,
+        KeyType::Sha1Hmac => CkKeyType::SHA_1_HMAC,
+        KeyType::Sha256Hmac => CkKeyType::SHA256_HMAC,
         KeyType::Other => return None,
     })
 }

@@ -75,6 +75,34 @@ pub enum HsmError {
         /// Each problem, naming its cluster.
         problems: Vec<String>,
     },
+    /// The token offers no key-wrap mechanism hsm-sync can use (CONTRACT §1): none of
+    /// its wrap mechanisms makes RFC 5649 or RFC 3394.
+    #[error("cluster `{cluster}`: the token has no usable key-wrap mechanism ({found}); nothing was written")]
+    #[diagnostic(
+        code(hsm::no_wrap_mechanism),
+        help("hsm-sync moves keys wrapped as RFC 5649 (CKM_AES_KEY_WRAP_KWP, or _PAD where it really is RFC 5649) or RFC 3394 (CKM_AES_KEY_WRAP); `hsm-sync probe PLAN {cluster}` shows what each mechanism makes")
+    )]
+    NoWrapMechanism {
+        /// The cluster.
+        cluster: String,
+        /// What the probe found, per mechanism.
+        found: String,
+    },
+    /// A source and a target share no wire format (CONTRACT §1), or not the one the plan
+    /// pins with `lineage.wrap`.
+    #[error("clusters `{source_cluster}` and `{target}` share no wire format for wrapped keys: {detail}; nothing was written")]
+    #[diagnostic(
+        code(hsm::no_common_mechanism),
+        help("`hsm-sync probe PLAN CLUSTER` on each shows its formats; a pair needs RFC 5649 on both sides, or RFC 3394 on both (`lineage.wrap` pins one)")
+    )]
+    NoCommonFormat {
+        /// The source cluster.
+        source_cluster: String,
+        /// The target cluster.
+        target: String,
+        /// Each side's formats.
+        detail: String,
+    },
     /// The domain (wrapping) key is missing or ambiguous.
     #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
     #[diagnostic(code(hsm::domain_key), help("{help}"))]

@@ -6,7 +6,6 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::{HsmError, TokenSession, Wrapped};
 
@@ -27,11 +26,24 @@ impl TokenSession {
                 Attribute::Value(probe.to_vec()),
             ])
             .map_err(self.pk("creating the lineage probe"))?;
-        let blob = self.s.wrap_key(&Mechanism::AesKeyWrap, self.domain_key, key);
+        // RFC 3394 of a 32-byte value is one answer on every make; a token without
+        // CKM_AES_KEY_WRAP (CloudHSM SDK5 offers only its vendor RFC 5649) digests its
+        // pair format instead, under another tag.
+        let (blob, tag): (_, &[u8]) =
+            match self
+                .raw
+                .wrap_key(&self.s, cryptoki_sys::CKM_AES_KEY_WRAP, self.domain_key, key, 64)
+            {
+                Err(CkError::Pkcs11(RvError::MechanismInvalid, _)) => (
+                    self.raw.wrap_key(&self.s, self.wrap.id, self.domain_key, key, 64),
+                    b"hsm-sync/lineage/v2-kwp\0",
+                ),
+                other => (other, b"hsm-sync/lineage/v1\0"),
+            };
         let _ = self.s.destroy_object(key);
-        let blob = Zeroizing::new(blob.map_err(self.pk("wrapping the lineage probe"))?);
+        let blob = blob.map_err(self.pk("wrapping the lineage probe"))?;
         let mut h = Sha256::new();
-        h.update(b"hsm-sync/lineage/v1\0");
+        h.update(tag);
         h.update(&blob[..]);
         Ok(hex::encode(&h.finalize()[..8]))
     }
@@ -54,16 +66,15 @@ impl TokenSession {
             )
             .map_err(self.pk("generating the lineage session key"))?;
         let result = (|| {
-            let mechanism = self.wrap_mechanism("wrapping the lineage session key")?;
             let blob = self
-                .s
-                .wrap_key(&mechanism, self.domain_key, key)
+                .raw
+                .wrap_key(&self.s, self.wrap.id, self.domain_key, key, 64)
                 .map_err(self.pk("wrapping the lineage session key"))?;
             let check = self
                 .s
                 .encrypt(&Mechanism::AesEcb, key, challenge)
                 .map_err(self.pk("encrypting the lineage challenge"))?;
-            Ok((Wrapped(Zeroizing::new(blob)), check))
+            Ok((Wrapped(blob), check))
         })();
         let _ = self.s.destroy_object(key);
         result
@@ -79,8 +90,10 @@ impl TokenSession {
             Attribute::Encrypt(true),
             Attribute::Extractable(false),
         ];
-        let mechanism = self.wrap_mechanism("unwrapping the lineage session key")?;
-        let key = match self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template) {
+        let key = match self
+            .raw
+            .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
+        {
             Ok(k) => k,
             Err(
                 e @ CkError::Pkcs11(

@@ -21,6 +21,7 @@
 //! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
 pub mod attributes;
+mod capabilities;
 mod error;
 mod fingerprint;
 mod lineage;
@@ -39,13 +40,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
 
+pub use crate::domain::wire::WireFormat;
+pub use capabilities::{Capabilities, Made, WrapMechanism, WrapProbe};
 pub use error::{describe, HsmError};
 pub(crate) use fingerprint::public_fingerprint;
 pub(crate) use port::{KeySession, KeyStore, RecordSession};
@@ -68,6 +71,8 @@ pub struct TokenSpec<'a> {
     pub token: &'a TokenRef,
     /// The domain key's label.
     pub domain_key: &'a str,
+    /// `C_Initialize`'s pReserved string (`module_args`), for modules that need one.
+    pub module_args: Option<&'a str>,
 }
 
 /// Who logs in, for the messages of a failed login (never the PIN).
@@ -81,17 +86,20 @@ pub struct LoginSpec<'a> {
 }
 
 /// A loaded module: cryptoki's context and, where available, the raw function list.
-type Loaded = (Arc<Pkcs11>, Option<Arc<RawFns>>);
+type Loaded = (Arc<Pkcs11>, Arc<RawFns>);
 
 /// The loaded PKCS#11 modules of a run, each loaded and initialised once.
 #[derive(Default)]
 pub struct Modules {
     loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    /// The `module_args` strings given to `C_Initialize`, kept while the modules live
+    /// (a module may keep the pointer).
+    args: Mutex<Vec<std::ffi::CString>>,
 }
 
 impl Modules {
     /// Loads (or returns the already loaded) module at `path`, with its raw function list.
-    fn load_with_raw(&self, cluster: &str, path: &Path) -> Result<Loaded, HsmError> {
+    fn load_with_raw(&self, cluster: &str, path: &Path, module_args: Option<&str>) -> Result<Loaded, HsmError> {
         let module_err = |detail: String| HsmError::Module {
             cluster: cluster.to_string(),
             module: path.to_path_buf(),
@@ -106,11 +114,27 @@ impl Modules {
             return Ok(both.clone());
         }
         let ctx = Pkcs11::new(&key).map_err(|e| module_err(e.to_string()))?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        let args = match module_args {
+            Some(a) => {
+                Some(std::ffi::CString::new(a).map_err(|_| module_err("`module_args` holds a NUL byte".into()))?)
+            }
+            None => None,
+        };
+        match ctx.initialize(raw::init_args(args.as_deref())) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e @ CkError::Pkcs11(RvError::ArgumentsBad, _)) if args.is_none() => {
+                return Err(module_err(format!(
+                    "C_Initialize failed: {e}; this module may need `module_args` (NSS softokn: \"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=\")"
+                )))
+            }
             Err(e) => return Err(module_err(format!("C_Initialize failed: {e}"))),
         }
-        let both = (Arc::new(ctx), RawFns::load(&key).map(Arc::new));
+        if let Some(a) = args {
+            self.args.lock().unwrap_or_else(|p| p.into_inner()).push(a);
+        }
+        let raw =
+            RawFns::load(&key).ok_or_else(|| module_err("the module hands out no C_GetFunctionList table".into()))?;
+        let both = (Arc::new(ctx), Arc::new(raw));
         loaded.insert(key, both.clone());
         Ok(both)
     }
@@ -136,8 +160,12 @@ pub struct Token {
     /// The plan's cluster name.
     pub cluster: String,
     ctx: Arc<Pkcs11>,
-    raw: Option<Arc<RawFns>>,
+    raw: Arc<RawFns>,
     slot: Slot,
+    /// What the probe learned, once per run.
+    capabilities: std::sync::OnceLock<Capabilities>,
+    /// The wrap mechanism `connect` chose for this token's pairs.
+    wire: Mutex<Option<WrapMechanism>>,
     /// Facts read from `C_GetTokenInfo`.
     pub facts: TokenFacts,
     domain_label: String,
@@ -151,7 +179,7 @@ pub struct Token {
 impl Token {
     /// Finds the cluster's token in its module.
     pub fn open(modules: &Modules, cluster: &TokenSpec<'_>) -> Result<Token, HsmError> {
-        let (ctx, raw) = modules.load_with_raw(cluster.name, cluster.module)?;
+        let (ctx, raw) = modules.load_with_raw(cluster.name, cluster.module, cluster.module_args)?;
         let pk = |op, error| HsmError::Pkcs11 {
             cluster: cluster.name.to_string(),
             op,
@@ -172,6 +200,8 @@ impl Token {
                     ctx: ctx.clone(),
                     raw: raw.clone(),
                     slot,
+                    capabilities: std::sync::OnceLock::new(),
+                    wire: Mutex::new(None),
                     facts: TokenFacts {
                         label: info.label().to_string(),
                         serial: info.serial_number().to_string(),
@@ -323,6 +353,42 @@ impl Token {
         Ok(h.handle())
     }
 
+    /// What this token can do (its mechanisms, what each wrap mechanism makes), probed
+    /// once per run on a logged-in token with session objects only.
+    pub fn capabilities(&self) -> Result<&Capabilities, HsmError> {
+        if let Some(c) = self.capabilities.get() {
+            return Ok(c);
+        }
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(self.pk("opening a session"))?;
+        let c = capabilities::probe(&self.raw, &s, self.slot.id(), self.profile().vendor_wraps)
+            .map_err(self.pk("probing the wrap mechanisms"))?;
+        Ok(self.capabilities.get_or_init(|| c))
+    }
+
+    /// Uses `mechanism` for every wrap and unwrap of this run (the pair's wire format).
+    pub fn use_wrap(&self, mechanism: WrapMechanism) {
+        *self.wire.lock().unwrap_or_else(|p| p.into_inner()) = Some(mechanism);
+    }
+
+    /// The mechanism wraps and unwraps use: the one `connect` chose, else this token's
+    /// preferred format (RFC 5649, else RFC 3394).
+    pub fn wrap_mechanism(&self) -> Result<WrapMechanism, HsmError> {
+        if let Some(m) = *self.wire.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(m);
+        }
+        let caps = self.capabilities()?;
+        caps.formats()
+            .first()
+            .and_then(|f| caps.mechanism_for(*f))
+            .ok_or_else(|| HsmError::NoWrapMechanism {
+                cluster: self.cluster.clone(),
+                found: capabilities::summary(caps),
+            })
+    }
+
     /// The label of this token's domain key.
     pub fn domain_label(&self) -> &str {
         &self.domain_label
@@ -349,6 +415,7 @@ impl Token {
             domain_key,
             self.profile(),
             self.raw.clone(),
+            self.wrap_mechanism()?,
         ))
     }
 }

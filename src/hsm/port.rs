@@ -55,6 +55,12 @@ pub(crate) trait KeySession {
     /// The identities an interrupted run was copying here (the in-flight journal).
     fn journal_read(&self) -> Result<Vec<String>, HsmError>;
 
+    /// The wire format this session wraps in (what its fingerprints digest); `None` for
+    /// a store with no formats (the in-memory one).
+    fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
+        None
+    }
+
     /// Every key on the token but the domain key, fingerprinted, in inventory order.
     fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
         let mut out = Vec::new();
@@ -132,6 +138,9 @@ impl KeySession for TokenSession {
     }
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         TokenSession::random(self, n)
+    }
+    fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
+        Some(self.wrap.format)
     }
     fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
         TokenSession::key_handles_or(self, listed)

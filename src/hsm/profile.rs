@@ -3,8 +3,6 @@
 //! manufacturer and model (`C_GetTokenInfo`), so the rest of the code builds one template,
 //! names no mechanism, and lets the profile decide. Each row names its source (habit 16).
 
-use super::wrap::WrapMechanism;
-
 /// How one family of tokens wants its unwrap templates, and which wrap mechanism it uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Profile {
@@ -19,9 +17,9 @@ pub struct Profile {
     pub value_len_on_unwrap: bool,
     /// Whether every unwrapped key must be `CKA_PRIVATE` true.
     pub private_only: bool,
-    /// The mechanism that wraps and unwraps keys under the domain key (copies,
-    /// fingerprints, the lineage proof).
-    pub wrap: WrapMechanism,
+    /// Vendor key-wrap mechanisms the probe also tries (ids cryptoki cannot name and a
+    /// token of another make may use for something else: only this family's are tried).
+    pub vendor_wraps: &'static [(u64, &'static str)],
     /// Where the behaviour was observed or documented.
     pub source: &'static str,
 }
@@ -34,9 +32,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
-        // 0x210A measured on SoftHSM 2.6.1: RFC 5649 of the value zero-padded to 8; it has
-        // no 0x210B (PKCS11-NOTES.md, "Wrap mechanisms").
-        wrap: WrapMechanism::RFC5649_PAD,
+        vendor_wraps: &[],
         source: "measured on SoftHSM 2.6.1 (shared/PKCS11-NOTES.md); tested in CI",
     },
     Profile {
@@ -45,9 +41,8 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: true,
         private_only: false,
-        // Not measured on a Luna: 0x210A is what hsm-sync used for every token before
-        // profiles carried the mechanism.
-        wrap: WrapMechanism::RFC5649_PAD,
+        // Luna's own KWP and KW ids (xipki vendor.conf; VENDORS.md); 0x210B is reported to work too.
+        vendor_wraps: &[(0x8000_0171, "CKM_AES_KWP (Luna)"), (0x8000_0170, "CKM_AES_KW (Luna)")],
         source: "Luna PKCS#11 documentation: C_UnwrapKey of AES keys needs CKA_VALUE_LEN; not tested here",
     },
     Profile {
@@ -56,9 +51,9 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: true,
-        // Not measured on CloudHSM: 0x210A is what hsm-sync used for every token before
-        // profiles carried the mechanism.
-        wrap: WrapMechanism::RFC5649_PAD,
+        // SDK5 offers RFC 5649 only under its own id; its 0x8000210A is PKCS#5 padding,
+        // never RFC 5649 (cloudhsm_pkcs11_vendor_defs.h; VENDORS.md).
+        vendor_wraps: &[(0x8000_216F, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD")],
         source: "AWS CloudHSM PKCS#11 library documentation: keys are private (CKA_PRIVATE true only); not tested here",
     },
     Profile {
@@ -67,9 +62,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
-        // PKCS#11 v2.40 defines CKM_AES_KEY_WRAP_PAD (0x210A); 3.1 deprecates it, and
-        // Kryoptic offers only 0x210B (PKCS11-NOTES.md): the portability issue.
-        wrap: WrapMechanism::RFC5649_PAD,
+        vendor_wraps: &[],
         source: "PKCS#11 v2.40 §5.18: C_UnwrapKey takes CKA_VALUE_LEN from the wrapped data",
     },
 ];
@@ -93,19 +86,5 @@ mod tests {
         assert!(for_token("Safenet, Inc.", "Luna K7").value_len_on_unwrap);
         assert!(for_token("Marvell Semiconductor, Inc.", "LS2").private_only);
         assert_eq!(for_token("Acme", "Box").name, "generic PKCS#11");
-    }
-
-    #[test]
-    fn every_profile_wraps_with_one_mechanism_both_paths_name_alike() {
-        for p in PROFILES {
-            // What every token was wrapped with before profiles carried it: fingerprints,
-            // journals and lineage pins of earlier runs stay valid.
-            assert_eq!(p.wrap, WrapMechanism::RFC5649_PAD, "{}", p.name);
-            // The raw C_WrapKey and cryptoki's calls use the same mechanism.
-            let via_cryptoki = p.wrap.cryptoki().expect("cryptoki names it").mechanism_type();
-            assert_eq!(cryptoki_sys::CK_MECHANISM_TYPE::from(via_cryptoki), p.wrap.raw);
-        }
-        assert_eq!(WrapMechanism::RFC5649_PAD.raw, 0x210A);
-        assert_eq!(WrapMechanism::RFC5649_PAD.name, "rfc5649");
     }
 }

@@ -124,10 +124,12 @@ impl RawFns {
         Some(Ok(out))
     }
 
-    /// Wraps `key` under `wrapping` with `mechanism` (one that takes no parameter) in one
-    /// `C_WrapKey` on session `s`, into a buffer of `size` bytes. `None` when the
-    /// module has no such function or the blob is larger than foreseen: the caller then
-    /// lets cryptoki ask for the size.
+    /// Wraps `key` under `wrapping` with `mechanism` (one that takes no parameter) on
+    /// session `s`, first into a buffer of `size` bytes (one call, where cryptoki makes
+    /// two). Larger blobs are sized by the token's own length query, with 16 bytes to
+    /// spare: NSS softokn's 0x210B query answers the input length, one block short
+    /// (PKCS11-NOTES.md), so a size query is never trusted to the byte. Raw for every
+    /// mechanism, so ids cryptoki 0.12 cannot name (0x210B, vendors') work alike.
     pub(crate) fn wrap_key(
         &self,
         s: &Session,
@@ -135,38 +137,170 @@ impl RawFns {
         wrapping: ObjectHandle,
         key: ObjectHandle,
         size: usize,
-    ) -> Option<Result<Zeroizing<Vec<u8>>, CkError>> {
-        let wrap = self.f.C_WrapKey?;
-        let mut buf = Zeroizing::new(vec![0u8; size]);
-        let mut len = size as cryptoki_sys::CK_ULONG;
-        let mut mech = cryptoki_sys::CK_MECHANISM {
-            mechanism,
-            pParameter: std::ptr::null_mut(),
-            ulParameterLen: 0,
-        };
-        // SAFETY: the mechanism takes no parameter; `buf` is writable for `len` bytes;
-        // the session and handles are the caller's, on one token.
+    ) -> Result<Zeroizing<Vec<u8>>, CkError> {
+        let wrap = self.f.C_WrapKey.ok_or(CkError::NullFunctionPointer)?;
+        let mut mech = no_parameter(mechanism);
+        let mut size = size;
+        for _ in 0..3 {
+            let mut buf = Zeroizing::new(vec![0u8; size]);
+            let mut len = size as cryptoki_sys::CK_ULONG;
+            // SAFETY: the mechanism takes no parameter; `buf` is writable for `len` bytes;
+            // the session and handles are the caller's, on one token.
+            let rv = unsafe {
+                wrap(
+                    s.handle(),
+                    &mut mech,
+                    wrapping.handle(),
+                    key.handle(),
+                    buf.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            match Rv::from(rv) {
+                Rv::Ok if len as usize <= size => {
+                    buf.truncate(len as usize);
+                    return Ok(buf);
+                }
+                Rv::Ok | Rv::Error(RvError::BufferTooSmall) => {
+                    let mut needed: cryptoki_sys::CK_ULONG = 0;
+                    // SAFETY: a NULL output asks only for the length, written to `needed`.
+                    let rv = unsafe {
+                        wrap(
+                            s.handle(),
+                            &mut mech,
+                            wrapping.handle(),
+                            key.handle(),
+                            std::ptr::null_mut(),
+                            &mut needed,
+                        )
+                    };
+                    Rv::from(rv).into_result(Function::WrapKey)?;
+                    size = (needed as usize).max(size).saturating_add(16);
+                }
+                other => {
+                    return Err(other
+                        .into_result(Function::WrapKey)
+                        .err()
+                        .unwrap_or(CkError::NotSupported))
+                }
+            }
+        }
+        Err(CkError::Pkcs11(RvError::BufferTooSmall, Function::WrapKey))
+    }
+
+    /// Unwraps `blob` under `unwrapping` with `mechanism` (no parameter) as a new object
+    /// made from `template`, on session `s`. Raw for the same reason as [`Self::wrap_key`].
+    pub(crate) fn unwrap_key(
+        &self,
+        s: &Session,
+        mechanism: cryptoki_sys::CK_MECHANISM_TYPE,
+        unwrapping: ObjectHandle,
+        blob: &[u8],
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, CkError> {
+        let unwrap = self.f.C_UnwrapKey.ok_or(CkError::NullFunctionPointer)?;
+        let mut mech = no_parameter(mechanism);
+        // cryptoki's own conversion: each CK_ATTRIBUTE points into its `Attribute`, which
+        // `template` keeps alive for the call.
+        let mut t: Vec<cryptoki_sys::CK_ATTRIBUTE> = template.iter().map(Into::into).collect();
+        let mut blob = Zeroizing::new(blob.to_vec());
+        let mut out: cryptoki_sys::CK_OBJECT_HANDLE = 0;
+        // SAFETY: the mechanism takes no parameter; `blob` is readable for its length and
+        // `t` points at live attribute values; `out` receives the new handle.
         let rv = unsafe {
-            wrap(
+            unwrap(
                 s.handle(),
                 &mut mech,
-                wrapping.handle(),
-                key.handle(),
-                buf.as_mut_ptr(),
-                &mut len,
+                unwrapping.handle(),
+                blob.as_mut_ptr(),
+                blob.len() as cryptoki_sys::CK_ULONG,
+                t.as_mut_ptr(),
+                t.len() as cryptoki_sys::CK_ULONG,
+                &mut out,
             )
         };
-        match Rv::from(rv) {
-            Rv::Ok if len as usize <= size => {
-                buf.truncate(len as usize);
-                Some(Ok(buf))
-            }
-            // Larger than foreseen: let cryptoki ask for the size.
-            Rv::Ok | Rv::Error(RvError::BufferTooSmall) => None,
-            other => Some(Err(other
-                .into_result(Function::WrapKey)
-                .err()
-                .unwrap_or(CkError::NotSupported))),
-        }
+        Rv::from(rv).into_result(Function::UnwrapKey)?;
+        Ok(object(out))
+    }
+
+    /// One `CK_ULONG` attribute of object `h`, read raw: cryptoki 0.12 maps
+    /// `CKK_SHA224/384/512_HMAC` to the value of `CKK_SHA256_HMAC` when it reads a key
+    /// type, so the key type of an HMAC key is confirmed here.
+    pub(crate) fn ulong_attribute(
+        &self,
+        s: &Session,
+        h: ObjectHandle,
+        attribute: cryptoki_sys::CK_ATTRIBUTE_TYPE,
+    ) -> Result<cryptoki_sys::CK_ULONG, CkError> {
+        let get = self.f.C_GetAttributeValue.ok_or(CkError::NullFunctionPointer)?;
+        let mut value: cryptoki_sys::CK_ULONG = 0;
+        let mut t = cryptoki_sys::CK_ATTRIBUTE {
+            type_: attribute,
+            pValue: (&mut value as *mut cryptoki_sys::CK_ULONG).cast(),
+            ulValueLen: std::mem::size_of::<cryptoki_sys::CK_ULONG>() as cryptoki_sys::CK_ULONG,
+        };
+        // SAFETY: one template entry pointing at `value`, of its size.
+        let rv = unsafe { get(s.handle(), h.handle(), &mut t, 1) };
+        Rv::from(rv).into_result(Function::GetAttributeValue)?;
+        Ok(value)
+    }
+
+    /// Every mechanism id the token in `slot` offers, as the module lists them: cryptoki
+    /// 0.12's list drops the ids it has no name for (0x210B among them).
+    pub(crate) fn mechanism_list(
+        &self,
+        slot: cryptoki_sys::CK_SLOT_ID,
+    ) -> Result<Vec<cryptoki_sys::CK_MECHANISM_TYPE>, CkError> {
+        let list = self.f.C_GetMechanismList.ok_or(CkError::NullFunctionPointer)?;
+        let mut n: cryptoki_sys::CK_ULONG = 0;
+        // SAFETY: a NULL list asks only for the count.
+        let rv = unsafe { list(slot, std::ptr::null_mut(), &mut n) };
+        Rv::from(rv).into_result(Function::GetMechanismList)?;
+        let mut ids = vec![0; n as usize];
+        // SAFETY: `ids` has room for the `n` entries the module announced.
+        let rv = unsafe { list(slot, ids.as_mut_ptr(), &mut n) };
+        Rv::from(rv).into_result(Function::GetMechanismList)?;
+        ids.truncate(n as usize);
+        Ok(ids)
+    }
+
+    /// The `CKF_*` flags of one mechanism of the token in `slot` (whether it wraps, unwraps).
+    pub(crate) fn mechanism_flags(
+        &self,
+        slot: cryptoki_sys::CK_SLOT_ID,
+        mechanism: cryptoki_sys::CK_MECHANISM_TYPE,
+    ) -> Result<cryptoki_sys::CK_FLAGS, CkError> {
+        let info = self.f.C_GetMechanismInfo.ok_or(CkError::NullFunctionPointer)?;
+        let mut out = cryptoki_sys::CK_MECHANISM_INFO {
+            ulMinKeySize: 0,
+            ulMaxKeySize: 0,
+            flags: 0,
+        };
+        // SAFETY: `out` is a valid CK_MECHANISM_INFO for the module to fill.
+        let rv = unsafe { info(slot, mechanism, &mut out) };
+        Rv::from(rv).into_result(Function::GetMechanismInfo)?;
+        Ok(out.flags)
+    }
+}
+
+/// A `CK_MECHANISM` that takes no parameter (the AES key wraps).
+fn no_parameter(mechanism: cryptoki_sys::CK_MECHANISM_TYPE) -> cryptoki_sys::CK_MECHANISM {
+    cryptoki_sys::CK_MECHANISM {
+        mechanism,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    }
+}
+
+/// `C_Initialize`'s arguments: `OS_LOCKING_OK` (SoftHSM turns its mutexes off without it)
+/// and, where the plan gives `module_args`, that string as `pReserved` (NSS softokn
+/// refuses NULL there: CKR_ARGUMENTS_BAD). The string must outlive the module.
+pub(crate) fn init_args(module_args: Option<&std::ffi::CStr>) -> cryptoki::context::CInitializeArgs {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags};
+    match module_args.and_then(|a| std::ptr::NonNull::new(a.as_ptr().cast_mut().cast())) {
+        // SAFETY: pReserved is the NUL-terminated string NSS softokn parses; the caller
+        // keeps it alive beside the module's context.
+        Some(p) => unsafe { CInitializeArgs::new_with_reserved(CInitializeFlags::OS_LOCKING_OK, p) },
+        None => CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK),
     }
 }

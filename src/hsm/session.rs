@@ -13,6 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
 use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
+use super::capabilities::WrapMechanism;
 use super::profile::Profile;
 use super::raw::{self, RawFns};
 use super::HsmError;
@@ -92,7 +93,10 @@ pub struct TokenSession {
     pub(super) cluster: String,
     pub(super) domain_key: ObjectHandle,
     pub(super) profile: &'static Profile,
-    pub(super) raw: Option<Arc<RawFns>>,
+    pub(super) raw: Arc<RawFns>,
+    /// The mechanism of the pair's wire format on this token (copies, fingerprints, the
+    /// lineage proof): negotiated by `connect`, else this token's preferred.
+    pub(super) wrap: WrapMechanism,
 }
 
 impl TokenSession {
@@ -101,7 +105,8 @@ impl TokenSession {
         cluster: String,
         domain_key: ObjectHandle,
         profile: &'static Profile,
-        raw: Option<Arc<RawFns>>,
+        raw: Arc<RawFns>,
+        wrap: WrapMechanism,
     ) -> Self {
         TokenSession {
             s,
@@ -109,6 +114,7 @@ impl TokenSession {
             domain_key,
             profile,
             raw,
+            wrap,
         }
     }
 
@@ -232,6 +238,13 @@ impl TokenSession {
                 _ => {}
             }
         }
+        if key_type == KeyType::Sha256Hmac
+            && self.raw.ulong_attribute(&self.s, h, cryptoki_sys::CKA_KEY_TYPE).ok()
+                != Some(cryptoki_sys::CKK_SHA256_HMAC)
+        {
+            // A SHA-224/384/512 HMAC key that cryptoki read as SHA-256 (PKCS11-NOTES.md).
+            key_type = KeyType::Other;
+        }
         Ok(class.map(|class| KeyObject {
             handle: h.handle(),
             class,
@@ -256,9 +269,7 @@ impl TokenSession {
         sizes: &[usize],
         must_have: &[AttributeType],
     ) -> Option<Result<Vec<Attribute>, CkError>> {
-        self.raw
-            .as_ref()?
-            .get_attribute_value(&self.s, h, types, sizes, must_have)
+        self.raw.get_attribute_value(&self.s, h, types, sizes, must_have)
     }
 
     /// Reads the key at a handle this session just made (for verification).

@@ -3,7 +3,6 @@
 //! attributes, with the one copy template both use.
 
 use cryptoki::error::Error as CkError;
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType as CkKeyType};
 use zeroize::Zeroizing;
 
@@ -29,71 +28,24 @@ impl Wrapped {
 }
 
 /// A wrap buffer large enough for any secret key (their values are at most a few
-/// hundred bytes) and for RSA private keys up to 8192 bits in PKCS#8; larger blobs fall
-/// back to cryptoki's size query.
+/// hundred bytes) and for RSA private keys up to 8192 bits in PKCS#8; larger blobs are
+/// sized by the token's length query.
 const WRAP_BUF_SECRET: usize = 512;
 const WRAP_BUF_PRIVATE: usize = 6144;
 
-/// The mechanism that wraps keys under the domain key: its `CK_MECHANISM_TYPE` and the
-/// format it is meant to make. A value carried by the token's
-/// [`Profile`](super::profile::Profile), not a constant, because tokens disagree: one id
-/// makes different formats on different tokens, and some lack an id others have
-/// (Kryoptic offers 0x210B, not 0x210A; PKCS11-NOTES.md, "Wrap mechanisms").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WrapMechanism {
-    /// The format, for messages (`rfc5649`).
-    pub name: &'static str,
-    /// The `CK_MECHANISM_TYPE` given to `C_WrapKey` and `C_UnwrapKey`.
-    pub raw: cryptoki_sys::CK_MECHANISM_TYPE,
-}
-
-impl WrapMechanism {
-    /// AES key wrap with padding (RFC 5649) as `CKM_AES_KEY_WRAP_PAD`, 0x210A: what
-    /// hsm-sync has always used, and what SoftHSM 2.6.1 offers (its output is RFC 5649 of
-    /// the value zero-padded to 8).
-    pub const RFC5649_PAD: WrapMechanism = WrapMechanism {
-        name: "rfc5649",
-        raw: cryptoki_sys::CKM_AES_KEY_WRAP_PAD,
-    };
-
-    /// The same mechanism as cryptoki names it, for the calls made through cryptoki
-    /// (unwrap, and wrap where the one-call path does not apply). cryptoki 0.12 cannot
-    /// name 0x210B or 0x210C (PKCS11-NOTES.md): such a mechanism is not supported here
-    /// until a raw path covers those calls too.
-    pub(crate) fn cryptoki(&self) -> Result<Mechanism<'static>, CkError> {
-        match self.raw {
-            cryptoki_sys::CKM_AES_KEY_WRAP_PAD => Ok(Mechanism::AesKeyWrapPad),
-            _ => Err(CkError::NotSupported),
-        }
-    }
-}
-
 impl TokenSession {
-    /// This token's wrap mechanism as cryptoki names it; failing as `op` where it cannot.
-    pub(super) fn wrap_mechanism(&self, op: &'static str) -> Result<Mechanism<'static>, HsmError> {
-        self.profile.wrap.cryptoki().map_err(self.pk(op))
-    }
-
-    /// Wraps a key under the domain key with the profile's mechanism: one `C_WrapKey` into a buffer sized
-    /// in advance for its class, else cryptoki's two calls.
+    /// Wraps a key under the domain key with the pair's mechanism: one `C_WrapKey` into a
+    /// buffer sized in advance for its class.
     pub fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
         let h = raw::object(handle);
         let size = match class {
             KeyClass::SecretKey => WRAP_BUF_SECRET,
             _ => WRAP_BUF_PRIVATE,
         };
-        let one_call = self
-            .raw
-            .as_ref()
-            .and_then(|r| r.wrap_key(&self.s, self.profile.wrap.raw, self.domain_key, h, size));
-        if let Some(blob) = one_call {
-            return blob.map(Wrapped).map_err(self.pk("wrapping a key"));
-        }
-        let blob = self
-            .s
-            .wrap_key(&self.wrap_mechanism("wrapping a key")?, self.domain_key, h)
-            .map_err(self.pk("wrapping a key"))?;
-        Ok(Wrapped(Zeroizing::new(blob)))
+        self.raw
+            .wrap_key(&self.s, self.wrap.id, self.domain_key, h, size)
+            .map(Wrapped)
+            .map_err(self.pk("wrapping a key"))
     }
 
     fn key_type_of(&self, like: &KeyObject) -> Result<CkKeyType, HsmError> {
@@ -137,10 +89,9 @@ impl TokenSession {
     /// `CKA_MODULUS`/`CKA_EC_PARAMS` on private keys: they come from the PKCS#8 inside).
     pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
         let template = self.copy_template(like)?;
-        let mechanism = self.wrap_mechanism("unwrapping a key")?;
         let h = self
-            .s
-            .unwrap_key(&mechanism, self.domain_key, &blob.0, &template)
+            .raw
+            .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
             .map_err(self.pk("unwrapping a key"))?;
         Ok(h.handle())
     }

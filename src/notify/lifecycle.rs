@@ -142,6 +142,7 @@ mod tests {
             detail: None,
             source_key: None,
             target_key: None,
+            mechanism: None,
         }
     }
 

@@ -727,6 +727,7 @@ mod tests {
                     detail: None,
                     source_key: Some(key.clone()),
                     target_key: None,
+                    mechanism: None,
                 }],
                 notes: Vec::new(),
             };

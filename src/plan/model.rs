@@ -94,6 +94,12 @@ pub struct Cluster {
     pub name: String,
     /// The PKCS#11 module path, expanded.
     pub module: PathBuf,
+    /// `C_Initialize`'s pReserved string.
+    pub module_args: Option<String>,
+    /// A profile name the plan chose; `None` is `auto`.
+    pub profile: Option<String>,
+    /// The wire format `lineage.wrap` pins; `None` is `auto`.
+    pub wrap: Option<crate::domain::wire::WireFormat>,
     /// The token.
     pub token: TokenRef,
     /// Login.

@@ -36,6 +36,14 @@ pub struct RawPlan {
 pub struct RawCluster {
     /// Path of the PKCS#11 library; `${VAR}` and `~` are expanded.
     pub module: String,
+    /// `C_Initialize`'s pReserved string, for modules that need one (NSS softokn:
+    /// `configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=`).
+    #[serde(default)]
+    pub module_args: Option<String>,
+    /// `auto` (default: chosen by the token's manufacturer and model) or a profile name
+    /// that `hsm-sync probe` prints.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// Which token of the module.
     pub token: RawToken,
     /// How to log in.
@@ -114,6 +122,22 @@ pub struct RawLineage {
     /// The lineage fingerprint that `inventory` prints, pinned.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// The wire format of wrapped keys: `auto` (default: RFC 5649 where both sides of a
+    /// pair make and read it, else RFC 3394), `rfc5649` or `rfc3394`.
+    #[serde(default)]
+    pub wrap: Option<RawWrap>,
+}
+
+/// `lineage.wrap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RawWrap {
+    /// RFC 5649 where both sides of a pair have it, else RFC 3394.
+    Auto,
+    /// AES key wrap with padding (RFC 5649) only.
+    Rfc5649,
+    /// AES key wrap (RFC 3394) only: keys whose length is a multiple of 8.
+    Rfc3394,
 }
 
 /// One sync entry.

@@ -15,6 +15,7 @@ use super::source::{child, index, PlanSource, COMPLEX_KEY};
 use super::{InvalidPlan, IssueKind, Loaded, PlanError, PlanIssue};
 use crate::credentials::{loosely_readable, PinSource};
 use crate::domain::event::{Event, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES};
+use crate::domain::wire::WireFormat;
 
 const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
 
@@ -625,6 +626,11 @@ impl Validator {
             }
         };
         let pin = self.pin(&raw.credentials.pin, &child(&child(path, "credentials"), "pin"));
+        let wrap = match raw.lineage.as_ref().and_then(|l| l.wrap) {
+            None | Some(RawWrap::Auto) => None,
+            Some(RawWrap::Rfc5649) => Some(WireFormat::Rfc5649),
+            Some(RawWrap::Rfc3394) => Some(WireFormat::Rfc3394),
+        };
         let (domain_key, fingerprint) = match raw.lineage {
             None => (DEFAULT_DOMAIN_KEY.to_string(), None),
             Some(l) => {
@@ -654,6 +660,9 @@ impl Validator {
         Some(Cluster {
             name: name.to_string(),
             module,
+            module_args: raw.module_args,
+            profile: raw.profile.filter(|p| p != "auto"),
+            wrap,
             token,
             credentials: Credentials {
                 role,
@@ -1405,6 +1414,9 @@ mod tests {
         let c = |n: &str, from: Option<&str>| Cluster {
             name: n.into(),
             module: PathBuf::new(),
+            module_args: None,
+            profile: None,
+            wrap: None,
             token: TokenRef::Slot(0),
             credentials: Credentials {
                 role: Role::CryptoUser,

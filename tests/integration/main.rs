@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod interrupt;
 mod lineage;
+mod makes;
 mod notify;
 mod plan_lang;
 mod reliability;
