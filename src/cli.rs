@@ -58,6 +58,9 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Make the domain key that gives a lineage its identity (on a primary, before cloning).
     Lineage(LineageArgs),
+    /// What hsm-sync finds out about a token: its info, profile, each wrap mechanism and
+    /// the format it really makes; writes no token object.
+    Probe(ProbeArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
     Completions(CompletionsArgs),
     /// Print the man page (roff) of every command.
@@ -245,6 +248,18 @@ pub struct LineageCreateArgs {
     pub plan: PathBuf,
     /// The cluster whose token gets the key (its `lineage.domain_key` label).
     pub cluster: String,
+}
+
+/// `probe PLAN CLUSTER [--format text|json]`
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// The cluster whose token is probed.
+    pub cluster: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InventoryFormat::Text)]
+    pub format: InventoryFormat,
 }
 
 /// `schema plan|report|saved-plan`

@@ -81,6 +81,7 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
             token: &c.token,
             domain_key: &c.domain_key,
             module_args: c.module_args.as_deref(),
+            profile: c.profile.as_deref(),
         };
         tokens.insert(c.name.clone(), Token::open(&modules, &spec)?);
     }

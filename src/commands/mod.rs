@@ -10,6 +10,7 @@ mod lineage;
 mod man;
 mod notify;
 mod plan;
+mod probe;
 mod schema;
 mod sync_key;
 mod validate;
@@ -34,6 +35,7 @@ pub(crate) fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
         Command::Notify(a) => notify::run(p, a),
         Command::Schema(a) => schema::run(p, a),
         Command::Lineage(a) => lineage::run(p, a),
+        Command::Probe(a) => probe::run(p, a),
         Command::Completions(a) => completions::run(p, a),
         Command::Man => man::run(p),
     }

@@ -103,6 +103,17 @@ pub enum HsmError {
         /// Each side's formats.
         detail: String,
     },
+    /// The plan names a profile hsm-sync does not have.
+    #[error("cluster `{cluster}`: no profile named `{name}`")]
+    #[diagnostic(code(hsm::unknown_profile), help("profiles: auto, {known}"))]
+    UnknownProfile {
+        /// The cluster.
+        cluster: String,
+        /// The name the plan gave.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
     /// The domain (wrapping) key is missing or ambiguous.
     #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
     #[diagnostic(code(hsm::domain_key), help("{help}"))]

@@ -73,6 +73,8 @@ pub struct TokenSpec<'a> {
     pub domain_key: &'a str,
     /// `C_Initialize`'s pReserved string (`module_args`), for modules that need one.
     pub module_args: Option<&'a str>,
+    /// The profile the plan names (`None`: chosen by manufacturer and model).
+    pub profile: Option<&'a str>,
 }
 
 /// Who logs in, for the messages of a failed login (never the PIN).
@@ -164,6 +166,8 @@ pub struct Token {
     slot: Slot,
     /// What the probe learned, once per run.
     capabilities: std::sync::OnceLock<Capabilities>,
+    /// The profile the plan chose, if it chose one.
+    chosen_profile: Option<&'static profile::Profile>,
     /// The wrap mechanism `connect` chose for this token's pairs.
     wire: Mutex<Option<WrapMechanism>>,
     /// Facts read from `C_GetTokenInfo`.
@@ -179,6 +183,14 @@ pub struct Token {
 impl Token {
     /// Finds the cluster's token in its module.
     pub fn open(modules: &Modules, cluster: &TokenSpec<'_>) -> Result<Token, HsmError> {
+        let chosen_profile = match cluster.profile {
+            None => None,
+            Some(name) => Some(profile::by_name(name).ok_or_else(|| HsmError::UnknownProfile {
+                cluster: cluster.name.to_string(),
+                name: name.to_string(),
+                known: profile::names().join(", "),
+            })?),
+        };
         let (ctx, raw) = modules.load_with_raw(cluster.name, cluster.module, cluster.module_args)?;
         let pk = |op, error| HsmError::Pkcs11 {
             cluster: cluster.name.to_string(),
@@ -201,6 +213,7 @@ impl Token {
                     raw: raw.clone(),
                     slot,
                     capabilities: std::sync::OnceLock::new(),
+                    chosen_profile,
                     wire: Mutex::new(None),
                     facts: TokenFacts {
                         label: info.label().to_string(),
@@ -319,9 +332,11 @@ impl Token {
         self.listed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// The unwrap-template profile of this token's family.
+    /// The profile of this token's family: the plan's `profile:`, else chosen by the
+    /// token's manufacturer and model.
     pub fn profile(&self) -> &'static profile::Profile {
-        profile::for_token(&self.facts.manufacturer, &self.facts.model)
+        self.chosen_profile
+            .unwrap_or_else(|| profile::for_token(&self.facts.manufacturer, &self.facts.model))
     }
 
     /// Makes the domain key on a logged-in token that has none (CONTRACT.md §2 `lineage

@@ -36,6 +36,15 @@ pub(super) const PROFILES: &[Profile] = &[
         source: "measured on SoftHSM 2.6.1 (shared/PKCS11-NOTES.md); tested in CI",
     },
     Profile {
+        name: "Kryoptic",
+        manufacturer: "kryoptic",
+        model: "",
+        value_len_on_unwrap: false,
+        private_only: false,
+        vendor_wraps: &[],
+        source: "measured on Kryoptic 1.5.4 (shared/PKCS11-NOTES.md); tested in CI",
+    },
+    Profile {
         name: "Thales Luna",
         manufacturer: "safenet",
         model: "",
@@ -67,6 +76,16 @@ pub(super) const PROFILES: &[Profile] = &[
     },
 ];
 
+/// The profile a plan names with `profile:` (case-insensitive), if there is one.
+pub(super) fn by_name(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name.eq_ignore_ascii_case(name))
+}
+
+/// Every profile's name, for the message of an unknown one.
+pub(super) fn names() -> Vec<&'static str> {
+    PROFILES.iter().map(|p| p.name).collect()
+}
+
 /// The profile of a token, by its manufacturer and model.
 pub(super) fn for_token(manufacturer: &str, model: &str) -> &'static Profile {
     let (m, md) = (manufacturer.to_ascii_lowercase(), model.to_ascii_lowercase());
@@ -86,5 +105,8 @@ mod tests {
         assert!(for_token("Safenet, Inc.", "Luna K7").value_len_on_unwrap);
         assert!(for_token("Marvell Semiconductor, Inc.", "LS2").private_only);
         assert_eq!(for_token("Acme", "Box").name, "generic PKCS#11");
+        assert_eq!(for_token("Kryoptic Project", "v1").name, "Kryoptic");
+        assert_eq!(by_name("thales luna").map(|p| p.name), Some("Thales Luna"));
+        assert!(by_name("nope").is_none());
     }
 }

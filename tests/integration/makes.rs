@@ -228,3 +228,90 @@ fn a_target_with_no_key_wrap_fails_before_anything_is_written() {
     }
     assert_eq!(w.count("dr"), 0, "no key reached the target");
 }
+
+/// `probe` on each make: what each key-wrap mechanism really makes, found by wrapping a
+/// known value, and the formats the token offers; nothing written to the token.
+#[test]
+fn probe_tells_what_each_wrap_mechanism_really_makes() {
+    let w = World::new()
+        .tokens(&["primary", "dr@kryoptic", "kw@kryoptic-kw"])
+        .domain_key(&["primary", "dr", "kw"])
+        .plan(
+            &plan("softhsm", "kryoptic")
+                .cluster(ClusterSpec::new("kw").cloned_from("primary"))
+                .kryoptic("kw"),
+        );
+    let before: Vec<String> = ["primary", "dr", "kw"]
+        .iter()
+        .map(|t| w.fixture(&["objects", t]))
+        .collect();
+    let soft = w.run(&["probe", "plan.yaml", "primary"]);
+    assert_eq!(soft.code, 0, "{soft:?}");
+    for line in [
+        "profile: SoftHSM",
+        "key wrap: CKM_AES_KEY_WRAP_PAD (0x210a) makes RFC 5649 of the value zero-padded to 8",
+        "key wrap: CKM_AES_KEY_WRAP (0x2109) makes RFC 3394 of the value zero-padded to 8",
+        "wire format rfc5649: CKM_AES_KEY_WRAP_PAD",
+    ] {
+        assert!(
+            soft.stdout.contains(line),
+            "SoftHSM probe lacks `{line}`:\n{}",
+            soft.stdout
+        );
+    }
+    let kry = w.run(&["probe", "plan.yaml", "dr", "--format", "json"]);
+    assert_eq!(kry.code, 0, "{kry:?}");
+    let j = kry.json();
+    assert_eq!(j["manufacturer"], "Kryoptic Project");
+    let made: Vec<(u64, String)> = j["wrap_mechanisms"]
+        .as_array()
+        .expect("wrap_mechanisms")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["made"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(made.contains(&(0x210B, "rfc5649".into())), "{made:?}");
+    assert!(made.contains(&(0x2109, "rfc3394".into())), "strict RFC 3394: {made:?}");
+    assert!(!made.iter().any(|m| m.0 == 0x210A), "Kryoptic has no 0x210A: {made:?}");
+    let kw = w.run(&["probe", "plan.yaml", "kw"]);
+    assert!(
+        kw.stdout.contains("wire format rfc3394: CKM_AES_KEY_WRAP"),
+        "{}",
+        kw.stdout
+    );
+    assert!(!kw.stdout.contains("wire format rfc5649"), "{}", kw.stdout);
+    let after: Vec<String> = ["primary", "dr", "kw"]
+        .iter()
+        .map(|t| w.fixture(&["objects", t]))
+        .collect();
+    assert_eq!(before, after, "probe writes no token object");
+}
+
+#[test]
+fn a_plan_may_choose_the_profile_and_an_unknown_one_is_named() {
+    let w = pair().plan(
+        &Plan::two_clusters()
+            .select(Sel::label("*"))
+            .edit("dr", |c| c.profile = Some("thales luna".into())),
+    );
+    let p = w.run(&["probe", "plan.yaml", "dr"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert!(p.stdout.contains("profile: Thales Luna"), "{}", p.stdout);
+    let w = w.plan(
+        &Plan::two_clusters()
+            .select(Sel::label("*"))
+            .edit("dr", |c| c.profile = Some("lunar".into())),
+    );
+    let p = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(p.code, 1, "{p:?}");
+    assert!(p.stderr.contains("no profile named `lunar`"), "{}", p.stderr);
+    assert!(
+        p.stderr.contains("SoftHSM, Kryoptic"),
+        "the help lists the profiles: {}",
+        p.stderr
+    );
+}

@@ -328,6 +328,8 @@ pub struct ClusterSpec {
     pub user: String,
     /// `lineage: { fingerprint: … }`, pinned.
     pub lineage_fingerprint: Option<String>,
+    /// `profile: …`, when set.
+    pub profile: Option<String>,
     pub pin: Pin,
 }
 
@@ -342,6 +344,7 @@ impl ClusterSpec {
             role: "crypto-user".to_string(),
             user: "app".to_string(),
             lineage_fingerprint: None,
+            profile: None,
             pin: Pin::File(format!("./{name}.pin")),
         }
     }
@@ -386,6 +389,9 @@ impl ClusterSpec {
         m.insert("token".into(), token);
         if let Some(from) = &self.cloned_from {
             m.insert("cloned_from".into(), from.as_str().into());
+        }
+        if let Some(profile) = &self.profile {
+            m.insert("profile".into(), profile.as_str().into());
         }
         if let Some(fingerprint) = &self.lineage_fingerprint {
             m.insert("lineage".into(), map([("fingerprint", fingerprint.as_str().into())]));
