@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::domain::handle::Handle;
 use crate::hsm::{HsmError, Modules, Token};
 use crate::plan::{Cluster, Plan};
 
@@ -35,7 +36,7 @@ impl crate::hsm::KeyStore for Tokens {
         self.get(cluster).listed_len()
     }
 
-    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<u64>> {
+    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>> {
         self.get(cluster).take_listed_keys()
     }
 }

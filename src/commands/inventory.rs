@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::cli::{InventoryArgs, InventoryFormat};
 use crate::connect::{lineage_fingerprint, login};
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 use crate::error::Result;
 use crate::exit::ExitStatus;
@@ -25,7 +26,7 @@ struct Listing {
 
 #[derive(Serialize)]
 struct Entry {
-    handle: u64,
+    handle: Handle,
     class: KeyClass,
     key_type: KeyType,
     id: String,

@@ -9,6 +9,7 @@ use miette::miette;
 
 use crate::cli::SyncKeyArgs;
 use crate::diff::Action;
+use crate::domain::handle::Handle;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::output::Printer;
@@ -49,13 +50,15 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         )
         .into());
     }
+    // The operator's number is a claim the source token answers for (no key: exit 1 below).
+    let handle = Handle::claimed(a.handle);
     let one = Plan {
         syncs: vec![SyncEntry {
             name: "sync-key".into(),
             source: source.name.clone(),
             targets: vec![dest.name.clone()],
             selectors: vec![Selector {
-                matcher: KeyMatcher::Handle(a.handle),
+                matcher: KeyMatcher::Handle(handle),
                 state: DesiredState::Present,
                 targets: vec![dest.name.clone()],
                 allow_empty: false,
@@ -70,7 +73,7 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     let held = online
         .inventories
         .get(&source.name)
-        .is_some_and(|inv| inv.keys.iter().any(|k| k.handle == a.handle));
+        .is_some_and(|inv| inv.keys.iter().any(|k| k.handle == handle));
     if !held {
         return Err(miette!(
             code = "sync_key::unknown_handle",

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::attributes::{ck_class, ck_type, usage_attributes};
 use super::{raw, HsmError, TokenSession};
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
@@ -76,7 +77,7 @@ impl TokenSession {
 
     /// Wraps a key under the domain key with the profile's mechanism: one `C_WrapKey` into a buffer sized
     /// in advance for its class, else cryptoki's two calls.
-    pub fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
+    pub fn wrap(&self, handle: Handle, class: KeyClass) -> Result<Wrapped, HsmError> {
         let h = raw::object(handle);
         let size = match class {
             KeyClass::SecretKey => WRAP_BUF_SECRET,
@@ -135,18 +136,18 @@ impl TokenSession {
     /// Unwraps a blob as a token object carrying the source key's attributes. Never sends
     /// what the token refuses in an unwrap template (SoftHSM: `CKA_VALUE_LEN`, and
     /// `CKA_MODULUS`/`CKA_EC_PARAMS` on private keys: they come from the PKCS#8 inside).
-    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
         let template = self.copy_template(like)?;
         let mechanism = self.wrap_mechanism("unwrapping a key")?;
         let h = self
             .s
             .unwrap_key(&mechanism, self.domain_key, &blob.0, &template)
             .map_err(self.pk("unwrapping a key"))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 
     /// Creates the public half of a key pair from the source's public attributes.
-    pub fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+    pub fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError> {
         let mut template = self.copy_template(like)?;
         let p = like.public();
         match like.key_type {
@@ -164,6 +165,6 @@ impl TokenSession {
             .s
             .create_object(&template)
             .map_err(self.pk("creating a public key"))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 }

@@ -43,6 +43,7 @@ use sink::{deliver_all, Delivery, Sink};
 use store::Stored;
 
 use crate::diff::Diff;
+use crate::domain::handle::Handle;
 use crate::hsm::{HsmError, KeySession, KeyStore, RecordSession};
 use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
@@ -98,7 +99,7 @@ pub(crate) fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
 }
 
 /// Whether a matcher picks a key (`handle` needs the key on the source).
-fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<u64>) -> bool {
+fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<Handle>) -> bool {
     match m {
         KeyMatcher::Id(id) => hex::encode(id) == key.id,
         KeyMatcher::Label(l) => &key.label == l,
@@ -390,7 +391,7 @@ fn candidates<'p, S: KeySession + RecordSession>(
         let mut listed: HashSet<String> = HashSet::new();
         let list = by_source.entry(*source).or_default();
         for entry in entries.iter().filter(|e| e.source == *source) {
-            let mut push = |key: KeyInfo, handle: Option<u64>| {
+            let mut push = |key: KeyInfo, handle: Option<Handle>| {
                 if sel.key.as_ref().is_some_and(|m| !picks(m, &key, handle)) {
                     return;
                 }
@@ -558,7 +559,7 @@ mod tests {
             KeyMatcher::LabelGlob(..)
         ));
         assert!(matches!(parse_selector("label:pay").unwrap(), KeyMatcher::Label(_)));
-        assert!(matches!(parse_selector("handle:12").unwrap(), KeyMatcher::Handle(12)));
+        assert!(matches!(parse_selector("handle:12").unwrap(), KeyMatcher::Handle(h) if h == Handle::claimed(12)));
         for bad in ["a1b2", "id:zz", "id:", "handle:x", "label:", "name:x"] {
             assert!(parse_selector(bad).is_err(), "{bad}");
         }
@@ -703,7 +704,7 @@ mod tests {
             let key = Arc::new(store.add(
                 "src",
                 KeyObject {
-                    handle: 0,
+                    handle: Handle::fixture(0),
                     class: KeyClass::SecretKey,
                     key_type: KeyType::Aes,
                     id: vec![1],
