@@ -12,6 +12,7 @@ use crate::diff::Action;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::inventory::Fingerprints;
+use crate::limits::Limits;
 use crate::output::Printer;
 use crate::plan::Plan;
 use crate::progress;
@@ -27,8 +28,8 @@ pub(super) struct RunOptions<'a> {
     pub command: &'a str,
     /// The plan as the operator named it, for the report.
     pub plan_name: PathBuf,
-    /// Worker threads.
-    pub threads: usize,
+    /// How wide the run goes.
+    pub limits: Limits,
     /// Deletions allowed.
     pub allow_destroy: bool,
     /// Off a terminal, how often a progress line is printed.
@@ -99,7 +100,8 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
         Some(_) => Fingerprints::All,
         None => Fingerprints::Compared,
     };
-    let online = online_diff(&plan, shard, Some("apply"), fingerprints)?;
+    let limits = Limits::new(a.jobs, plan.options.parallelism);
+    let online = online_diff(&plan, shard, Some("apply"), fingerprints, limits)?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }
@@ -117,7 +119,7 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
         plan_name: saved
             .as_ref()
             .map_or_else(|| a.plan.clone(), |s| PathBuf::from(&s.plan)),
-        threads: threads(a.jobs, &plan),
+        limits,
         allow_destroy: a.allow_destroy,
         progress_interval: a.progress_interval,
         report: a.report.as_deref(),
@@ -126,11 +128,6 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     };
     let (_report, status) = run_jobs(p, &plan, &online, &opts, started)?;
     Ok(status)
-}
-
-/// Worker threads: `--jobs`, else `options.parallelism`, else the available CPUs.
-pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
-    crate::limits::Limits::new(jobs, plan.options.parallelism).jobs()
 }
 
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
@@ -171,7 +168,7 @@ pub(super) fn run_jobs(
         &crate::pipeline::Execution {
             command: o.command,
             plan_name: &o.plan_name,
-            threads: o.threads,
+            limits: o.limits,
             allow_destroy: o.allow_destroy,
             reporter: progress::for_output(p.quiet(), o.progress_interval).as_ref(),
             started,

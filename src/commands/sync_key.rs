@@ -16,9 +16,10 @@ use crate::output::Printer;
 use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
 use crate::report::Status;
 
-use super::apply::{run_jobs, threads, RunOptions};
+use super::apply::{run_jobs, RunOptions};
 use super::load;
 use crate::inventory::Fingerprints;
+use crate::limits::Limits;
 use crate::pipeline::online_diff;
 
 pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
@@ -67,7 +68,8 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         }],
         ..plan.clone()
     };
-    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared)?;
+    let limits = Limits::new(None, plan.options.parallelism);
+    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared, limits)?;
     // An unknown handle is an operator's typo, not a blocked key: exit 1, nothing written
     // (CONTRACT.md §2; issue 16 item 6).
     let held = online
@@ -91,7 +93,7 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     let opts = RunOptions {
         command: "sync-key",
         plan_name: a.plan.clone(),
-        threads: threads(None, &plan),
+        limits,
         allow_destroy: false,
         progress_interval: std::time::Duration::from_secs(10),
         report: None,

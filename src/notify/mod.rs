@@ -45,6 +45,7 @@ use store::Stored;
 use crate::diff::Diff;
 use crate::domain::handle::Handle;
 use crate::hsm::{HsmError, KeySession, KeyStore, RecordSession};
+use crate::limits::Limits;
 use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
 
@@ -143,14 +144,14 @@ impl AfterApply {
 /// §5: per key, resources or not, so the cooldown holds for resources added later), then
 /// announces it to the resources that want it. The state is written first, so that a
 /// run killed while delivering still leaves the event where `notify` finds it.
-/// `workers` sessions per source write the records side by side (one call per key; at
-/// 1 ms per call a single session was a second per 1,000 keys, issue 6).
+/// `limits.jobs()` sessions per source write the records side by side (one call per key;
+/// at 1 ms per call a single session was a second per 1,000 keys, issue 6).
 pub(crate) fn after_apply(
     plan: &Plan,
     tokens: &impl KeyStore,
     diff: &Diff,
     outcomes: &[Outcome],
-    workers: usize,
+    limits: Limits,
 ) -> AfterApply {
     let events = lifecycles(diff, outcomes, SystemTime::now());
     let mut out = AfterApply::default();
@@ -159,10 +160,11 @@ pub(crate) fn after_apply(
         by_source.entry(&l.source).or_default().push(l);
     }
     for (source, evs) in by_source {
-        out.warnings.extend(store::record_events(tokens, source, &evs, workers));
+        out.warnings
+            .extend(store::record_events(tokens, source, &evs, limits.jobs()));
     }
     let ds = deliveries(plan, &events, false);
-    out.records = deliver_all(&HttpSink, &ds);
+    out.records = deliver_all(&HttpSink, &ds, limits.notify_in_flight());
     // The records were written without failed marks; the keys with a failed delivery get
     // theirs now, for `notify --failed`.
     let mut marks: BTreeMap<&str, HashMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -261,12 +263,13 @@ struct Candidate<'a> {
 /// one of them is within the cooldown or another run is notifying it (then nothing is
 /// sent at all). With [`Selection::failed_only`], only the keys and resources whose last
 /// delivery failed, and the cooldown does not hold. `settle` is the claim protocol's
-/// wait ([`DEFAULT_CLAIM_SETTLE`]).
+/// wait ([`DEFAULT_CLAIM_SETTLE`]); `limits` bounds the deliveries in flight.
 pub(crate) fn renotify<S: KeyStore>(
     plan: &Plan,
     tokens: &S,
     sel: &Selection<'_>,
     settle: Duration,
+    limits: Limits,
 ) -> Result<Renotify, NotifyError> {
     let entries: Vec<&SyncEntry> = match sel.sync {
         Some(name) => {
@@ -348,9 +351,14 @@ pub(crate) fn renotify<S: KeyStore>(
     let mine = Claim::new();
     let mut held: Vec<(&str, usize)> = Vec::new();
     let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
-        Ok(refused) if refused.is_empty() => {
-            Ok(send_and_record(&HttpSink, plan, &sessions, &by_source, sel.failed_only))
-        }
+        Ok(refused) if refused.is_empty() => Ok(send_and_record(
+            &HttpSink,
+            plan,
+            &sessions,
+            &by_source,
+            sel.failed_only,
+            limits.notify_in_flight(),
+        )),
         Ok(refused) => Ok(Renotify::Refused(refused)),
         Err(e) => Err(NotifyError::from(e)),
     };
@@ -475,6 +483,7 @@ fn send_and_record<'p, S: RecordSession>(
     sessions: &Sessions<'p, S>,
     by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
     failed_only: bool,
+    in_flight: usize,
 ) -> Renotify {
     let mut events = Vec::new();
     let mut only: HashMap<String, BTreeSet<String>> = HashMap::new();
@@ -497,7 +506,7 @@ fn send_and_record<'p, S: RecordSession>(
                 .is_some_and(|rs| rs.contains(&d.resource.name))
         });
     }
-    let records = deliver_all(sink, &ds);
+    let records = deliver_all(sink, &ds, in_flight);
     let sent = sent_keys(&ds, &records);
     let tried: HashMap<String, BTreeMap<String, bool>> = tried_by_key(&ds, &records)
         .into_iter()
@@ -615,7 +624,7 @@ mod tests {
             failing: vec!["down".into()],
             ..FakeSink::default()
         };
-        let records = deliver_all(&sink, &ds);
+        let records = deliver_all(&sink, &ds, 8);
         let sent = sent_keys(&ds, &records);
         assert_eq!(sent, HashSet::from([key("a1").state_label()]));
         let after = AfterApply {
@@ -659,7 +668,7 @@ mod tests {
             failing: vec!["down".into()],
             ..FakeSink::default()
         };
-        let records = deliver_all(&sink, &ds);
+        let records = deliver_all(&sink, &ds, 8);
         let tried: Vec<(String, BTreeMap<String, bool>)> = tried_by_key(&ds, &records)
             .into_iter()
             .map(|(d, t)| (d.body.key.id.clone(), t))
@@ -740,7 +749,7 @@ mod tests {
                 attempts: 1,
             };
             // No resources: the event is recorded all the same (CONTRACT.md §5).
-            let done = after_apply(&plan(""), &store, &diff, &[ok], 2);
+            let done = after_apply(&plan(""), &store, &diff, &[ok], Limits::new(Some(2), Some(2)));
             assert!(
                 done.records.is_empty() && done.warnings.is_empty(),
                 "{:?}",
@@ -759,7 +768,15 @@ mod tests {
                 key: None,
                 failed_only: false,
             };
-            match renotify(&with_resource, &store, &sel, Duration::from_millis(1)).unwrap() {
+            match renotify(
+                &with_resource,
+                &store,
+                &sel,
+                Duration::from_millis(1),
+                Limits::new(None, Some(2)),
+            )
+            .unwrap()
+            {
                 Renotify::Refused(why) => assert!(why[0].contains("was synced at"), "{why:?}"),
                 other => panic!("not refused: {other:?}"),
             }
