@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use miette::miette;
-
 use crate::cli::ApplyArgs;
 use crate::diff::Action;
 use crate::error::Result;
@@ -19,6 +17,7 @@ use crate::progress;
 use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
 use crate::saved::{self, SavedPlan};
 
+use super::error::CommandError;
 use super::{load, load_text};
 use crate::pipeline::{online_diff, Online};
 
@@ -59,21 +58,17 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
             Some(saved),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            return Err(miette!(
-                code = "apply::not_a_plan",
-                help = "apply takes a plan file, or the saved plan `hsm-sync plan PLAN --out SAVED` writes",
-                "{}: {e}; nothing was changed",
-                a.plan.display()
-            )
+            return Err(CommandError::NotAPlan {
+                plan: a.plan.display().to_string(),
+                error: e.to_string(),
+            }
             .into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(miette!(
-                code = "apply::saved_plan_invalid",
-                help = "make a new one with `hsm-sync plan PLAN --out SAVED`",
-                "{} looks like a saved plan but is not a valid one: {e}",
-                a.plan.display()
-            )
+            return Err(CommandError::SavedPlanInvalid {
+                plan: a.plan.display().to_string(),
+                error: e.to_string(),
+            }
             .into())
         }
         // Not a saved plan, or unreadable: the plan loader says which, with its diagnostics.
@@ -81,14 +76,12 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     };
     let shard = match (&saved, a.shard) {
         (Some(saved), Some(s)) if saved.shard != Some(s) => {
-            return Err(miette!(
-                code = "apply::shard_mismatch",
-                help = "a saved plan carries its shard; apply it without --shard",
-                "--shard {s} given, but the saved plan holds {}",
-                saved
+            return Err(CommandError::ShardMismatch {
+                given: s,
+                saved: saved
                     .shard
-                    .map_or("the whole diff".to_string(), |s| format!("shard {s}"))
-            )
+                    .map_or("the whole diff".to_string(), |s| format!("shard {s}")),
+            }
             .into())
         }
         (Some(saved), _) => saved.shard,
@@ -107,12 +100,7 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     }
     let deletions = online.diff.count(Action::Delete);
     if deletions > 0 && !a.allow_destroy {
-        return Err(miette!(
-            code = "apply::destroy_not_allowed",
-            help = "review them with `hsm-sync plan`, then re-run apply with --allow-destroy",
-            "{deletions} deletion(s) pending and --allow-destroy not given: nothing was changed"
-        )
-        .into());
+        return Err(CommandError::DestroyNotAllowed(deletions).into());
     }
     let opts = RunOptions {
         command: "apply",
@@ -132,7 +120,7 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
 
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
 /// diff it would run is not the one that was reviewed.
-fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> miette::Result<()> {
+fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> Result<(), CommandError> {
     let mut changes = saved::changes(&saved.tokens, &online.token_states(plan, saved.shard));
     if changes.is_empty() {
         let now = Report::new("plan", Path::new(&saved.plan), started, &online.diff, None);
@@ -143,13 +131,10 @@ fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemT
     if changes.is_empty() {
         return Ok(());
     }
-    Err(miette!(
-        code = "apply::stale_saved_plan",
-        help = "run `hsm-sync plan --out` again and review the new diff; nothing was changed",
-        "saved plan is stale (made {}): {}",
-        saved.created_at,
-        changes.join("; ")
-    ))
+    Err(CommandError::StaleSavedPlan {
+        made: saved.created_at.clone(),
+        changes: changes.join("; "),
+    })
 }
 
 /// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
@@ -263,16 +248,14 @@ pub(super) fn run_jobs(
             .jobs
             .iter()
             .any(|j| j.action.is_change() && j.status == Status::Ok);
-        let e = miette::miette!(
-            code = "apply::record_not_written",
-            help = if changed {
+        let e = miette::Report::new(CommandError::RecordNotWritten {
+            unwritten: unwritten.join("; "),
+            help: if changed {
                 "the tokens were changed as the summary says; re-run `hsm-sync plan` to see their state"
             } else {
                 "nothing was changed"
             },
-            "{}",
-            unwritten.join("; ")
-        );
+        });
         return Err(if changed {
             crate::error::Error::AfterChanges(e)
         } else {
