@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 
+use crate::domain::handle::Handle;
 use crate::domain::wire::WireFormat;
 use crate::hsm::{HsmError, Modules, Token, WrapMechanism};
+use crate::limits::Limits;
 use crate::plan::{Cluster, Plan};
 
 /// The logged-in tokens of a run, by cluster name.
@@ -36,7 +38,7 @@ impl crate::hsm::KeyStore for Tokens {
         self.get(cluster).listed_len()
     }
 
-    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<u64>> {
+    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>> {
         self.get(cluster).take_listed_keys()
     }
 }
@@ -122,7 +124,7 @@ pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
 /// Nothing is written to any token (the proof uses session objects only).
 pub fn connect(plan: &Plan) -> Result<(Tokens, Vec<LineageProof>), HsmError> {
     let tokens = login(&plan.clusters_in_scope())?;
-    let proofs = prove_all(plan, &tokens)?;
+    let proofs = prove_all(plan, &tokens, Limits::new(None, plan.options.parallelism))?;
     Ok((tokens, proofs))
 }
 
@@ -142,22 +144,26 @@ pub fn lineage_fingerprint(cluster: &Cluster, tokens: &Tokens) -> Result<String,
 }
 
 /// Proves lineage for every (source, target) pair of the plan (tokens logged in).
-pub fn prove_all(plan: &Plan, tokens: &Tokens) -> Result<Vec<LineageProof>, HsmError> {
+pub(crate) fn prove_all(plan: &Plan, tokens: &Tokens, limits: Limits) -> Result<Vec<LineageProof>, HsmError> {
     // Clusters and pairs side by side: on a network HSM each proof is a dozen round
-    // trips, so one after the other they add up per target (issue 6). The first error
-    // in plan order is the one reported, as before.
+    // trips, so one after the other they add up per target (issue 6); `limits.lineage()`
+    // of them at once. The first error in plan order is the one reported, as before.
+    let width = limits.lineage();
     let clusters = plan.clusters_in_scope();
     let chosen = negotiate(plan, tokens)?;
     let mut fps: HashMap<&str, String> = HashMap::new();
     for (c, fp) in clusters
         .iter()
-        .zip(side_by_side(&clusters, |c| lineage_fingerprint(c, tokens)))
+        .zip(side_by_side(&clusters, width, |c| lineage_fingerprint(c, tokens)))
     {
         fps.insert(&c.name, fp?);
     }
     let pairs = pairs(plan);
     let mut proofs = Vec::new();
-    for (&(source, target), proved) in pairs.iter().zip(side_by_side(&pairs, |(s, t)| prove(tokens, s, t))) {
+    for (&(source, target), proved) in pairs
+        .iter()
+        .zip(side_by_side(&pairs, width, |(s, t)| prove(tokens, s, t)))
+    {
         proved?;
         let (s, t) = (chosen[source], chosen[target]);
         proofs.push(LineageProof {
@@ -274,15 +280,21 @@ pub fn negotiate<'p>(plan: &'p Plan, tokens: &Tokens) -> Result<HashMap<&'p str,
     Ok(chosen)
 }
 
-/// `f` of every item, each on its own thread, in the items' order.
-fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    std::thread::scope(|scope| {
-        let running: Vec<_> = items.iter().map(|i| scope.spawn(|| f(i))).collect();
-        running
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+/// `f` of every item, each on its own thread, at most `width` at once, in the items'
+/// order.
+fn side_by_side<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(width.max(1)) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = chunk.iter().map(|i| scope.spawn(|| f(i))).collect();
+            out.extend(
+                running
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+        });
+    }
+    out
 }
 
 /// The proof of CONTRACT.md §1: a fresh session key wrapped on the source under the

@@ -705,12 +705,13 @@ fn deletions<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::handle::Handle;
     use crate::domain::inventory::Inventory;
     use crate::domain::key::{KeyFlags, KeyType};
 
     fn key(handle: u64, id: &str, label: &str, fp: &str) -> KeyObject {
         KeyObject {
-            handle,
+            handle: Handle::fixture(handle),
             class: KeyClass::SecretKey,
             key_type: KeyType::Aes,
             id: hex::decode(id).unwrap(),
@@ -885,7 +886,7 @@ mod tests {
             ..Default::default()
         };
         let mut derive = hmac.clone();
-        derive.handle = 2;
+        derive.handle = Handle::fixture(2);
         derive.id = vec![2];
         derive.flags.derive = true;
         let d = dif(&p, &inv(vec![hmac, derive], vec![]));
@@ -906,7 +907,7 @@ mod tests {
             &inv(vec![], vec![key(5, "05", "old", "aa"), key(6, "06", "keep", "bb")]),
         );
         assert_eq!(actions(&d), vec![(Action::Delete, None)]);
-        assert_eq!(d.items[0].target_key.as_ref().unwrap().handle, 5);
+        assert_eq!(d.items[0].target_key.as_ref().unwrap().handle, Handle::fixture(5));
     }
 
     #[test]
@@ -967,7 +968,7 @@ mod tests {
         assert_eq!(d.items[0].reason, Some(Reason::Repair));
         assert_eq!(
             d.items[0].target_key.as_ref().map(|k| k.handle),
-            Some(9),
+            Some(Handle::fixture(9)),
             "the executor removes it first"
         );
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::diff::{Action, Diff, DiffItem};
+use crate::domain::handle::Handle;
 use crate::domain::key::KeyObject;
 use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
@@ -100,7 +101,7 @@ pub(crate) fn execute<S: KeyStore>(
     stop: &Stop,
 ) -> Vec<Outcome> {
     let mut units = Vec::new();
-    let mut copies: HashMap<(std::sync::Arc<str>, u64), usize> = HashMap::new();
+    let mut copies: HashMap<(std::sync::Arc<str>, Handle), usize> = HashMap::new();
     let mut per_target: Vec<(String, u64)> = Vec::new();
     for (i, it) in diff.items.iter().enumerate() {
         let runs = match it.action {
@@ -373,7 +374,7 @@ fn place<S: KeyStore>(
 
 fn verify(
     t: &impl KeySession,
-    h: u64,
+    h: Handle,
     key: &KeyObject,
     fingerprint: &str,
     hmac_check: &Result<HmacCheck, HsmError>,
@@ -431,7 +432,7 @@ mod tests {
 
     fn aes(id: u8) -> KeyObject {
         KeyObject {
-            handle: 0,
+            handle: Handle::fixture(0),
             class: KeyClass::SecretKey,
             key_type: KeyType::Aes,
             id: vec![id],

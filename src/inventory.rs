@@ -196,11 +196,12 @@ fn read_one<S: KeyStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::handle::Handle;
     use crate::domain::key::{Identity, KeyClass, KeyFlags, KeyObject, KeyType};
 
     fn key(handle: u64, class: KeyClass, id: &[u8], label: &str) -> KeyObject {
         KeyObject {
-            handle,
+            handle: Handle::fixture(handle),
             class,
             key_type: KeyType::Aes,
             id: id.to_vec(),
@@ -243,9 +244,9 @@ mod tests {
         };
         for k in &keys {
             let id = k.identity();
-            let mut scan: Vec<u64> = keys.iter().filter(|x| x.identity() == id).map(|x| x.handle).collect();
+            let mut scan: Vec<Handle> = keys.iter().filter(|x| x.identity() == id).map(|x| x.handle).collect();
             scan.sort();
-            let found: Vec<u64> = inv.by_identity(&id).iter().map(|x| x.handle).collect();
+            let found: Vec<Handle> = inv.by_identity(&id).iter().map(|x| x.handle).collect();
             assert_eq!(found, scan);
         }
         assert!(inv.by_identity(&Identity::Id(KeyClass::SecretKey, vec![9])).is_empty());

@@ -9,6 +9,7 @@ use crate::diff::{diff, Action, Diff};
 use crate::domain::shard::Shard;
 use crate::executor;
 use crate::inventory::{read_all, Fingerprints, Inventories};
+use crate::limits::Limits;
 use crate::notify::AfterApply;
 use crate::plan::Plan;
 use crate::progress::Reporter;
@@ -44,12 +45,14 @@ impl Online {
 /// With a shard, only that shard's jobs. A command that writes names itself in `writer`
 /// and gets every target token locked before its inventory is read. `fingerprints` says
 /// whether keys no target holds are fingerprinted now ([`Fingerprints::All`]: the diff
-/// shows them) or by their copy jobs.
+/// shows them) or by their copy jobs. `limits` sizes the lineage proofs and the
+/// inventory's sessions.
 pub(crate) fn online_diff(
     plan: &Plan,
     shard: Option<Shard>,
     writer: Option<&str>,
     fingerprints: Fingerprints,
+    limits: Limits,
 ) -> miette::Result<Online> {
     let mut timings = crate::report::Timings::default();
     let t = std::time::Instant::now();
@@ -63,16 +66,13 @@ pub(crate) fn online_diff(
         None => None,
     };
     log_in(&tokens, &clusters)?;
-    prove_all(plan, &tokens)?;
+    prove_all(plan, &tokens, limits)?;
     timings.connect_ms = ms_since(t);
     let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
-    // As many sessions per token as the plan's workers (--jobs is an apply option; the
-    // inventory comes before it).
-    let workers = crate::limits::Limits::new(None, plan.options.parallelism).jobs();
     let t = std::time::Instant::now();
     let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
     let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();
-    let inventories = read_all(&tokens, &names, &source_only, fingerprints, workers)?;
+    let inventories = read_all(&tokens, &names, &source_only, fingerprints, limits.inventory())?;
     timings.inventory_ms = ms_since(t);
     let t = std::time::Instant::now();
     let mut diff = diff(plan, &inventories)?;
@@ -115,8 +115,8 @@ pub(crate) struct Execution<'a> {
     pub command: &'a str,
     /// The plan as the operator named it, for the report.
     pub plan_name: &'a Path,
-    /// Worker threads.
-    pub threads: usize,
+    /// How wide the jobs, the lifecycle records and the deliveries go.
+    pub limits: Limits,
     /// Deletions allowed.
     pub allow_destroy: bool,
     /// Where progress events go.
@@ -151,7 +151,7 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
     let outcomes = executor::execute(
         &online.diff,
         &online.tokens,
-        e.threads,
+        e.limits.jobs(),
         e.allow_destroy,
         e.reporter,
         e.stop,
@@ -167,7 +167,7 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
     let execute_ms = ms_since(t);
     let mut report = Report::new(e.command, e.plan_name, e.started, &online.diff, Some(&outcomes));
     let t = std::time::Instant::now();
-    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.threads);
+    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.limits);
     report.notifications = notified.records.clone();
     report.timings = Some(crate::report::Timings {
         execute_ms: Some(execute_ms),

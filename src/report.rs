@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diff::{Action, Diff, DiffItem, Warning};
 use crate::domain::event::Event;
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyRef, KeyType};
 pub use crate::domain::outcome::{Outcome, Status};
 use crate::domain::reason::Reason;
@@ -185,7 +186,9 @@ pub(crate) struct KeyRefSchema {
     key_type: Option<KeyType>,
     /// Object handle on the source, where the key exists there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    handle: Option<u64>,
+    // On the wire a handle is its bare number.
+    #[schemars(with = "Option<u64>")]
+    handle: Option<Handle>,
 }
 
 /// One delivery to an associated resource.
@@ -519,7 +522,7 @@ mod tests {
             label: "k".into(),
             class: Some(KeyClass::SecretKey),
             key_type: Some(KeyType::Aes),
-            handle: Some(3),
+            handle: Some(Handle::fixture(3)),
         };
         let json = serde_json::to_value(&key).unwrap();
         let mut fields: Vec<&String> = json.as_object().unwrap().keys().collect();
@@ -546,14 +549,14 @@ mod tests {
                 label: label.into(),
                 class: None,
                 key_type: None,
-                handle: Some(3),
+                handle: Some(Handle::fixture(3)),
             },
             action,
             reason: Some(Reason::Drifted),
             reasons: vec![Reason::Drifted],
             detail: Some("why".into()),
             source_key: Some(std::sync::Arc::new(crate::domain::key::KeyObject {
-                handle: 3,
+                handle: Handle::fixture(3),
                 class: crate::domain::key::KeyClass::SecretKey,
                 key_type: crate::domain::key::KeyType::Aes,
                 id: vec![0xa1],

@@ -5,19 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use miette::miette;
-
 use crate::cli::ApplyArgs;
 use crate::diff::Action;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::inventory::Fingerprints;
+use crate::limits::Limits;
 use crate::output::Printer;
 use crate::plan::Plan;
 use crate::progress;
 use crate::report::{write_atomic, write_bytes_atomic, Report, Status};
 use crate::saved::{self, SavedPlan};
 
+use super::error::CommandError;
 use super::{load, load_text};
 use crate::pipeline::{online_diff, Online};
 
@@ -27,8 +27,8 @@ pub(super) struct RunOptions<'a> {
     pub command: &'a str,
     /// The plan as the operator named it, for the report.
     pub plan_name: PathBuf,
-    /// Worker threads.
-    pub threads: usize,
+    /// How wide the run goes.
+    pub limits: Limits,
     /// Deletions allowed.
     pub allow_destroy: bool,
     /// Off a terminal, how often a progress line is printed.
@@ -58,21 +58,17 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
             Some(saved),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            return Err(miette!(
-                code = "apply::not_a_plan",
-                help = "apply takes a plan file, or the saved plan `hsm-sync plan PLAN --out SAVED` writes",
-                "{}: {e}; nothing was changed",
-                a.plan.display()
-            )
+            return Err(CommandError::NotAPlan {
+                plan: a.plan.display().to_string(),
+                error: e.to_string(),
+            }
             .into())
         }
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(miette!(
-                code = "apply::saved_plan_invalid",
-                help = "make a new one with `hsm-sync plan PLAN --out SAVED`",
-                "{} looks like a saved plan but is not a valid one: {e}",
-                a.plan.display()
-            )
+            return Err(CommandError::SavedPlanInvalid {
+                plan: a.plan.display().to_string(),
+                error: e.to_string(),
+            }
             .into())
         }
         // Not a saved plan, or unreadable: the plan loader says which, with its diagnostics.
@@ -80,14 +76,12 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     };
     let shard = match (&saved, a.shard) {
         (Some(saved), Some(s)) if saved.shard != Some(s) => {
-            return Err(miette!(
-                code = "apply::shard_mismatch",
-                help = "a saved plan carries its shard; apply it without --shard",
-                "--shard {s} given, but the saved plan holds {}",
-                saved
+            return Err(CommandError::ShardMismatch {
+                given: s,
+                saved: saved
                     .shard
-                    .map_or("the whole diff".to_string(), |s| format!("shard {s}"))
-            )
+                    .map_or("the whole diff".to_string(), |s| format!("shard {s}")),
+            }
             .into())
         }
         (Some(saved), _) => saved.shard,
@@ -99,25 +93,21 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
         Some(_) => Fingerprints::All,
         None => Fingerprints::Compared,
     };
-    let online = online_diff(&plan, shard, Some("apply"), fingerprints)?;
+    let limits = Limits::new(a.jobs, plan.options.parallelism);
+    let online = online_diff(&plan, shard, Some("apply"), fingerprints, limits)?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }
     let deletions = online.diff.count(Action::Delete);
     if deletions > 0 && !a.allow_destroy {
-        return Err(miette!(
-            code = "apply::destroy_not_allowed",
-            help = "review them with `hsm-sync plan`, then re-run apply with --allow-destroy",
-            "{deletions} deletion(s) pending and --allow-destroy not given: nothing was changed"
-        )
-        .into());
+        return Err(CommandError::DestroyNotAllowed(deletions).into());
     }
     let opts = RunOptions {
         command: "apply",
         plan_name: saved
             .as_ref()
             .map_or_else(|| a.plan.clone(), |s| PathBuf::from(&s.plan)),
-        threads: threads(a.jobs, &plan),
+        limits,
         allow_destroy: a.allow_destroy,
         progress_interval: a.progress_interval,
         report: a.report.as_deref(),
@@ -128,14 +118,9 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
     Ok(status)
 }
 
-/// Worker threads: `--jobs`, else `options.parallelism`, else the available CPUs.
-pub(super) fn threads(jobs: Option<usize>, plan: &Plan) -> usize {
-    crate::limits::Limits::new(jobs, plan.options.parallelism).jobs()
-}
-
 /// Refuses a saved plan when a token in scope changed since it was made, or when the
 /// diff it would run is not the one that was reviewed.
-fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> miette::Result<()> {
+fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemTime) -> Result<(), CommandError> {
     let mut changes = saved::changes(&saved.tokens, &online.token_states(plan, saved.shard));
     if changes.is_empty() {
         let now = Report::new("plan", Path::new(&saved.plan), started, &online.diff, None);
@@ -146,13 +131,10 @@ fn check_fresh(saved: &SavedPlan, plan: &Plan, online: &Online, started: SystemT
     if changes.is_empty() {
         return Ok(());
     }
-    Err(miette!(
-        code = "apply::stale_saved_plan",
-        help = "run `hsm-sync plan --out` again and review the new diff; nothing was changed",
-        "saved plan is stale (made {}): {}",
-        saved.created_at,
-        changes.join("; ")
-    ))
+    Err(CommandError::StaleSavedPlan {
+        made: saved.created_at.clone(),
+        changes: changes.join("; "),
+    })
 }
 
 /// Runs the diff's jobs, writes the report and JUnit files, prints what happened, and
@@ -171,7 +153,7 @@ pub(super) fn run_jobs(
         &crate::pipeline::Execution {
             command: o.command,
             plan_name: &o.plan_name,
-            threads: o.threads,
+            limits: o.limits,
             allow_destroy: o.allow_destroy,
             reporter: progress::for_output(p.quiet(), o.progress_interval).as_ref(),
             started,
@@ -266,16 +248,14 @@ pub(super) fn run_jobs(
             .jobs
             .iter()
             .any(|j| j.action.is_change() && j.status == Status::Ok);
-        let e = miette::miette!(
-            code = "apply::record_not_written",
-            help = if changed {
+        let e = miette::Report::new(CommandError::RecordNotWritten {
+            unwritten: unwritten.join("; "),
+            help: if changed {
                 "the tokens were changed as the summary says; re-run `hsm-sync plan` to see their state"
             } else {
                 "nothing was changed"
             },
-            "{}",
-            unwritten.join("; ")
-        );
+        });
         return Err(if changed {
             crate::error::Error::AfterChanges(e)
         } else {

@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use miette::{miette, IntoDiagnostic, WrapErr};
+use miette::{IntoDiagnostic, WrapErr};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use clap::Parser;
 
+use super::error::CommandError;
 use crate::cli::{Cli, DemoArgs};
 use crate::error::Result;
 use crate::exit::ExitStatus;
@@ -17,9 +18,9 @@ use crate::hsm::softhsm::{self, Provisioner, SecretSpec};
 use crate::output::Printer;
 use crate::plan::DEFAULT_DOMAIN_KEY;
 
-fn random_hex(n: usize) -> miette::Result<Zeroizing<String>> {
+fn random_hex(n: usize) -> Result<Zeroizing<String>, CommandError> {
     let mut buf = Zeroizing::new(vec![0u8; n]);
-    getrandom::fill(&mut buf).map_err(|e| miette!("no randomness available: {e}"))?;
+    getrandom::fill(&mut buf).map_err(CommandError::NoRandomness)?;
     Ok(Zeroizing::new(hex::encode(&*buf)))
 }
 
@@ -43,11 +44,7 @@ fn demo_dir(dir: Option<&Path>) -> miette::Result<PathBuf> {
                 .into_diagnostic()
                 .wrap_err_with(|| format!("creating {}", d.display()))?;
             if d.join("softhsm2.conf").exists() {
-                return Err(miette!(
-                    help = "choose an empty directory",
-                    "{} already holds a demo",
-                    d.display()
-                ));
+                return Err(CommandError::DemoExists(d.display().to_string()).into());
             }
             Ok(d.to_path_buf())
         }
@@ -76,7 +73,7 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
     let prov = Provisioner::new(&module)?;
     let domain = Zeroizing::new({
         let mut v = vec![0u8; 32];
-        getrandom::fill(&mut v).map_err(|e| miette!("no randomness available: {e}"))?;
+        getrandom::fill(&mut v).map_err(CommandError::NoRandomness)?;
         v
     });
     for token in ["primary", "dr"] {
@@ -145,7 +142,8 @@ pub(super) fn run(p: &Printer, a: &DemoArgs) -> Result<ExitStatus> {
             "report.json" => dir.join(w).into_os_string(),
             _ => w.into(),
         });
-        let cli = Cli::try_parse_from(std::iter::once("hsm-sync".into()).chain(words)).map_err(|e| miette!("{e}"))?;
+        let cli =
+            Cli::try_parse_from(std::iter::once("hsm-sync".into()).chain(words)).map_err(CommandError::DemoStep)?;
         super::dispatch(&cli, p)
     };
     step("validate plan.yaml --online")?;

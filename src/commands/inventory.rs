@@ -1,11 +1,13 @@
 //! `hsm-sync inventory PLAN CLUSTER [--format text|json]`: the keys of one cluster, as
 //! CloudHSM's `findAllKeys` lists them, plus the lineage fingerprint to pin in the plan.
 
-use miette::{miette, IntoDiagnostic};
+use miette::IntoDiagnostic;
 use serde::Serialize;
 
+use super::error::CommandError;
 use crate::cli::{InventoryArgs, InventoryFormat};
 use crate::connect::{lineage_fingerprint, login};
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 use crate::error::Result;
 use crate::exit::ExitStatus;
@@ -25,7 +27,7 @@ struct Listing {
 
 #[derive(Serialize)]
 struct Entry {
-    handle: u64,
+    handle: Handle,
     class: KeyClass,
     key_type: KeyType,
     id: String,
@@ -38,14 +40,11 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
     let plan = load(p, &a.plan)?;
     let Some(cluster) = plan.cluster(&a.cluster) else {
         let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        let help = format!("defined clusters: {}", names.join(", "));
-        return Err(miette!(
-            code = "inventory::unknown_cluster",
-            help = help,
-            "cluster `{}` is not defined in {}",
-            a.cluster,
-            a.plan.display()
-        )
+        return Err(CommandError::InventoryUnknownCluster {
+            cluster: a.cluster.clone(),
+            plan: a.plan.display().to_string(),
+            defined: names.join(", "),
+        }
         .into());
     };
     let tokens = login(&[cluster])?;

@@ -2,14 +2,13 @@
 //! token that has none. On clones, make it on the primary before cloning; the clones
 //! restored from its backup then hold the same key (CONTRACT.md §2).
 
-use miette::miette;
-
 use crate::cli::{LineageArgs, LineageCommand};
 use crate::connect::{lineage_fingerprint, login};
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::output::Printer;
 
+use super::error::CommandError;
 use super::load;
 
 pub(super) fn run(p: &Printer, a: &LineageArgs) -> Result<ExitStatus> {
@@ -17,13 +16,11 @@ pub(super) fn run(p: &Printer, a: &LineageArgs) -> Result<ExitStatus> {
     let plan = load(p, &c.plan)?;
     let Some(cluster) = plan.cluster(&c.cluster) else {
         let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        return Err(miette!(
-            code = "lineage::unknown_cluster",
-            help = format!("defined clusters: {}", names.join(", ")),
-            "cluster `{}` is not defined in {}",
-            c.cluster,
-            c.plan.display()
-        )
+        return Err(CommandError::LineageUnknownCluster {
+            cluster: c.cluster.clone(),
+            plan: c.plan.display().to_string(),
+            defined: names.join(", "),
+        }
         .into());
     };
     let tokens = login(&[cluster])?;

@@ -5,6 +5,7 @@
 mod apply;
 mod completions;
 mod demo;
+mod error;
 mod inventory;
 mod lineage;
 mod man;

@@ -44,7 +44,8 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
     let settle = a
         .test_claim_settle_ms
         .map_or(DEFAULT_CLAIM_SETTLE, Duration::from_millis);
-    match renotify(&plan, &tokens, &sel, settle)? {
+    let limits = crate::limits::Limits::new(None, plan.options.parallelism);
+    match renotify(&plan, &tokens, &sel, settle, limits)? {
         Renotify::Refused(why) => {
             for w in &why {
                 p.error_line(&format!("refused: {w}"));

@@ -20,7 +20,8 @@ use crate::pipeline::online_diff;
 pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = load(p, &a.plan)?;
-    let online = online_diff(&plan, a.shard, None, Fingerprints::All)?;
+    let limits = crate::limits::Limits::new(None, plan.options.parallelism);
+    let online = online_diff(&plan, a.shard, None, Fingerprints::All, limits)?;
     let diff = &online.diff;
     let mut report = Report::header("plan", &a.plan, started, diff, None);
     report.timings = Some(online.timings.clone());

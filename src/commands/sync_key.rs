@@ -5,19 +5,20 @@
 
 use std::time::SystemTime;
 
-use miette::miette;
-
+use super::error::CommandError;
 use crate::cli::SyncKeyArgs;
 use crate::diff::Action;
+use crate::domain::handle::Handle;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::output::Printer;
 use crate::plan::{Cluster, DesiredState, KeyMatcher, Plan, Selector, SyncEntry};
 use crate::report::Status;
 
-use super::apply::{run_jobs, threads, RunOptions};
+use super::apply::{run_jobs, RunOptions};
 use super::load;
 use crate::inventory::Fingerprints;
+use crate::limits::Limits;
 use crate::pipeline::online_diff;
 
 pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
@@ -26,36 +27,28 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     let source = cluster(&plan, &a.source, "source")?;
     let dest = destination(&plan, &a.destination)?;
     if dest.name == source.name {
-        return Err(miette!(
-            code = "sync_key::same_cluster",
-            "the destination `{}` is the source itself",
-            dest.name
-        )
-        .into());
+        return Err(CommandError::SameCluster(dest.name.clone()).into());
     }
     // The plan rule for sync entries, applied to this ad-hoc pair.
     let (s, d) = (&source.credentials, &dest.credentials);
     if s.role != d.role || s.user != d.user {
-        return Err(miette!(
-            code = "sync_key::credentials_differ",
-            help = "a key moves between the same user and role on both sides",
-            "`{}` logs in as {} `{}` but `{}` as {} `{}`",
-            source.name,
-            s.role,
-            s.user,
-            dest.name,
-            d.role,
-            d.user
-        )
+        return Err(CommandError::CredentialsDiffer {
+            source_cluster: source.name.clone(),
+            source_login: format!("{} `{}`", s.role, s.user),
+            dest: dest.name.clone(),
+            dest_login: format!("{} `{}`", d.role, d.user),
+        }
         .into());
     }
+    // The operator's number is a claim the source token answers for (no key: exit 1 below).
+    let handle = Handle::claimed(a.handle);
     let one = Plan {
         syncs: vec![SyncEntry {
             name: "sync-key".into(),
             source: source.name.clone(),
             targets: vec![dest.name.clone()],
             selectors: vec![Selector {
-                matcher: KeyMatcher::Handle(a.handle),
+                matcher: KeyMatcher::Handle(handle),
                 state: DesiredState::Present,
                 targets: vec![dest.name.clone()],
                 allow_empty: false,
@@ -64,31 +57,26 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         }],
         ..plan.clone()
     };
-    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared)?;
+    let limits = Limits::new(None, plan.options.parallelism);
+    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared, limits)?;
     // An unknown handle is an operator's typo, not a blocked key: exit 1, nothing written
     // (CONTRACT.md §2; issue 16 item 6).
     let held = online
         .inventories
         .get(&source.name)
-        .is_some_and(|inv| inv.keys.iter().any(|k| k.handle == a.handle));
+        .is_some_and(|inv| inv.keys.iter().any(|k| k.handle == handle));
     if !held {
-        return Err(miette!(
-            code = "sync_key::unknown_handle",
-            help = format!(
-                "list the keys and their handles with `hsm-sync inventory {} {}`",
-                a.plan.display(),
-                source.name
-            ),
-            "no key with handle {} on cluster `{}`; nothing was changed",
-            a.handle,
-            source.name
-        )
+        return Err(CommandError::UnknownHandle {
+            handle,
+            cluster: source.name.clone(),
+            plan: a.plan.display().to_string(),
+        }
         .into());
     }
     let opts = RunOptions {
         command: "sync-key",
         plan_name: a.plan.clone(),
-        threads: threads(None, &plan),
+        limits,
         allow_destroy: false,
         progress_interval: std::time::Duration::from_secs(10),
         report: None,
@@ -123,32 +111,24 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
     Ok(status)
 }
 
-fn cluster<'p>(plan: &'p Plan, name: &str, what: &str) -> miette::Result<&'p Cluster> {
-    plan.cluster(name).ok_or_else(|| {
-        miette!(
-            code = "sync_key::unknown_cluster",
-            help = format!("the plan defines: {}", names(plan)),
-            "the {what} cluster `{name}` is not in the plan"
-        )
+fn cluster<'p>(plan: &'p Plan, name: &str, what: &'static str) -> Result<&'p Cluster, CommandError> {
+    plan.cluster(name).ok_or_else(|| CommandError::SyncKeyUnknownCluster {
+        what,
+        name: name.into(),
+        defined: names(plan),
     })
 }
 
 /// A cluster name, or a 0-based position in `clusters` as CloudHSM numbers its clusters.
-fn destination<'p>(plan: &'p Plan, dest: &str) -> miette::Result<&'p Cluster> {
+fn destination<'p>(plan: &'p Plan, dest: &str) -> Result<&'p Cluster, CommandError> {
     if let Some(c) = plan.cluster(dest) {
         return Ok(c);
     }
     match dest.parse::<usize>() {
-        Ok(i) => plan.clusters.get(i).ok_or_else(|| {
-            miette!(
-                code = "sync_key::unknown_cluster",
-                help = format!(
-                    "positions run from 0 to {}: {}",
-                    plan.clusters.len().saturating_sub(1),
-                    names(plan)
-                ),
-                "there is no cluster at position {i}"
-            )
+        Ok(i) => plan.clusters.get(i).ok_or_else(|| CommandError::NoClusterAtPosition {
+            index: i,
+            last: plan.clusters.len().saturating_sub(1),
+            defined: names(plan),
         }),
         Err(_) => cluster(plan, dest, "destination"),
     }

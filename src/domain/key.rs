@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::fingerprint::Fingerprint;
+use super::handle::Handle;
 
 /// PKCS#11 object class of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -176,7 +177,7 @@ pub struct PublicParts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyObject {
     /// The object handle on its token (valid for this run only).
-    pub handle: u64,
+    pub handle: Handle,
     /// Object class.
     pub class: KeyClass,
     /// Key type.
@@ -303,7 +304,7 @@ pub struct KeyRef {
     pub key_type: Option<KeyType>,
     /// Object handle on the source, where the key exists there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<u64>,
+    pub handle: Option<Handle>,
 }
 
 /// Sorts keys by identity, then handle: the order inventories are kept in.

@@ -247,7 +247,7 @@ mod tests {
 
     fn key(class: KeyClass, key_type: KeyType) -> KeyObject {
         KeyObject {
-            handle: 1,
+            handle: crate::domain::handle::Handle::fixture(1),
             class,
             key_type,
             id: vec![1],

@@ -5,6 +5,7 @@
 
 pub mod event;
 pub mod fingerprint;
+pub mod handle;
 pub mod inventory;
 pub mod key;
 pub mod kind;

@@ -6,6 +6,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use sha2::{Digest, Sha256};
 
 use super::{HsmError, TokenSession, Wrapped};
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType, PublicParts};
 
 /// A key fingerprint: SHA-256 over a domain-separation tag, the class and the wrap of the
@@ -56,7 +57,7 @@ impl TokenSession {
 
     /// The fingerprint of the secret or private key at `handle` (`None` when it cannot be
     /// wrapped): how a copy is verified, in one `C_WrapKey`.
-    pub fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+    pub fn fingerprint_at(&self, handle: Handle, class: KeyClass) -> Result<Option<String>, HsmError> {
         match self.wrap(handle, class) {
             Ok(w) => Ok(Some(w.fingerprint(class))),
             Err(HsmError::Pkcs11 {

@@ -11,6 +11,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use sha2::{Digest, Sha256};
 
 use crate::domain::fingerprint::Fingerprint;
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject};
 
 use super::fingerprint::fingerprint_of;
@@ -54,6 +55,16 @@ pub(crate) struct MemoryStore {
     clusters: Arc<Mutex<HashMap<String, Cluster>>>,
 }
 
+impl Cluster {
+    /// The next handle on this token: the in-memory store's mint (the real one is in
+    /// `raw.rs`; clippy.toml allows these two only).
+    #[allow(clippy::disallowed_methods)]
+    fn mint(&mut self) -> Handle {
+        self.next += 1;
+        Handle::minted(self.next)
+    }
+}
+
 impl MemoryStore {
     fn with<T>(&self, cluster: &str, f: impl FnOnce(&mut Cluster) -> T) -> T {
         let mut all = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
@@ -63,8 +74,7 @@ impl MemoryStore {
     /// Puts a key with `material` on `cluster`; returns the key as the token holds it.
     pub(crate) fn add(&self, cluster: &str, mut key: KeyObject, material: &[u8]) -> KeyObject {
         self.with(cluster, |c| {
-            c.next += 1;
-            key.handle = c.next;
+            key.handle = c.mint();
             key.fingerprint = Fingerprint::Known(fingerprint_of(key.class, material));
             c.objects.push(Obj {
                 key: key.clone(),
@@ -123,7 +133,7 @@ impl MemorySession {
         }
     }
 
-    fn material(&self, handle: u64) -> Option<(KeyObject, Vec<u8>)> {
+    fn material(&self, handle: Handle) -> Option<(KeyObject, Vec<u8>)> {
         self.store.with(&self.cluster, |c| {
             c.objects
                 .iter()
@@ -132,7 +142,7 @@ impl MemorySession {
         })
     }
 
-    fn create(&self, like: &KeyObject, material: Vec<u8>) -> u64 {
+    fn create(&self, like: &KeyObject, material: Vec<u8>) -> Handle {
         let mut key = like.clone();
         key.fingerprint = Fingerprint::Deferred;
         self.store.add(&self.cluster, key, &material).handle
@@ -153,14 +163,14 @@ impl KeyStore for MemoryStore {
         Some(self.with(cluster, |c| c.objects.len()))
     }
 
-    fn take_listed_keys(&self, _cluster: &str) -> Option<Vec<u64>> {
+    fn take_listed_keys(&self, _cluster: &str) -> Option<Vec<Handle>> {
         // No login search to reuse: the inventory lists the keys itself.
         None
     }
 }
 
 impl RecordSession for MemorySession {
-    fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+    fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         self.fail("records")?;
         Ok(self
             .store
@@ -181,9 +191,8 @@ impl RecordSession for MemorySession {
     fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
         self.fail("write_record")?;
         Ok(self.store.with(&self.cluster, |c| {
-            c.next += 1;
             let d = DataObject {
-                handle: c.next,
+                handle: c.mint(),
                 label: name.to_string(),
                 value: record.as_bytes().to_vec(),
             };
@@ -202,7 +211,7 @@ impl RecordSession for MemorySession {
         Ok(())
     }
 
-    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+    fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError> {
         Ok(self.store.with(&self.cluster, |c| {
             c.records.iter().find(|d| d.handle == handle).cloned()
         }))
@@ -210,7 +219,7 @@ impl RecordSession for MemorySession {
 }
 
 impl KeySession for MemorySession {
-    fn wrap(&self, handle: u64, _class: KeyClass) -> Result<Wrapped, HsmError> {
+    fn wrap(&self, handle: Handle, _class: KeyClass) -> Result<Wrapped, HsmError> {
         self.fail("wrap")?;
         match self.material(handle) {
             Some((k, m)) if k.flags.extractable => Ok(Wrapped::from_bytes(m)),
@@ -219,7 +228,7 @@ impl KeySession for MemorySession {
         }
     }
 
-    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
         match self.fail("unwrap")? {
             Some(Fault::TransientAfterCreate) => {
                 self.create(like, blob.bytes().to_vec());
@@ -236,12 +245,12 @@ impl KeySession for MemorySession {
         }
     }
 
-    fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+    fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError> {
         self.fail("create_public")?;
         Ok(self.create(like, Vec::new()))
     }
 
-    fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+    fn read_key_at(&self, handle: Handle) -> Result<Option<KeyObject>, HsmError> {
         self.fail("read")?;
         Ok(self.material(handle).map(|(k, _)| k))
     }
@@ -257,7 +266,7 @@ impl KeySession for MemorySession {
         self.fingerprint_at(key.handle, key.class)
     }
 
-    fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+    fn fingerprint_at(&self, handle: Handle, class: KeyClass) -> Result<Option<String>, HsmError> {
         self.fail("fingerprint")?;
         Ok(self
             .material(handle)
@@ -283,7 +292,7 @@ impl KeySession for MemorySession {
             .collect())
     }
 
-    fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+    fn set_usage(&self, handle: Handle, like: &KeyObject) -> Result<(), HsmError> {
         self.fail("set_usage")?;
         self.store.with(&self.cluster, |c| {
             if let Some(o) = c.objects.iter_mut().find(|o| o.key.handle == handle) {
@@ -294,14 +303,14 @@ impl KeySession for MemorySession {
         Ok(())
     }
 
-    fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+    fn destroy(&self, handle: Handle) -> Result<(), HsmError> {
         self.fail("destroy")?;
         self.store
             .with(&self.cluster, |c| c.objects.retain(|o| o.key.handle != handle));
         Ok(())
     }
 
-    fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         self.fail("hmac")?;
         // A keyed digest of the value as stored, trailing zero bytes dropped: zero-padded
         // copies of an odd-length secret give equal MACs, as HMAC does.
@@ -319,7 +328,7 @@ impl KeySession for MemorySession {
         Ok((0..n).map(|i| i as u8).collect())
     }
 
-    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+    fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError> {
         if let Some(l) = listed {
             return Ok(l);
         }
@@ -329,7 +338,7 @@ impl KeySession for MemorySession {
             .with(&self.cluster, |c| c.objects.iter().map(|o| o.key.handle).collect()))
     }
 
-    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+    fn read_fingerprinted(&self, handle: Handle, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
         let Some(mut k) = self.read_key_at(handle)? else {
             return Ok(None);
         };

@@ -57,6 +57,7 @@ pub(crate) use records::{DataObject, STATE_PREFIX};
 pub(crate) use session::TokenSession;
 pub(crate) use wrap::Wrapped;
 
+use crate::domain::handle::Handle;
 use crate::domain::token::TokenRef;
 use raw::RawFns;
 
@@ -177,7 +178,7 @@ pub struct Token {
     anchor: Mutex<Option<Session>>,
     domain_key: Mutex<Option<ObjectHandle>>,
     /// The key handles login's enumeration met, until the inventory takes them.
-    listed: Mutex<Option<Vec<u64>>>,
+    listed: Mutex<Option<Vec<Handle>>>,
 }
 
 impl Token {
@@ -307,7 +308,7 @@ impl Token {
                 .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], session::FIND_BATCH)
                 .map_err(self.pk("listing objects"))?
             {
-                listed.push(h.map_err(self.pk("listing objects"))?.handle());
+                listed.push(raw::handle(h.map_err(self.pk("listing objects"))?));
             }
         }
         *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(listed);
@@ -328,7 +329,7 @@ impl Token {
     /// The key handles login found (every token key, the domain key included), once:
     /// the first inventory after login takes them; later ones search. Commands that
     /// write lock the token before logging in, so no other run changes its keys between.
-    pub fn take_listed_keys(&self) -> Option<Vec<u64>> {
+    pub fn take_listed_keys(&self) -> Option<Vec<Handle>> {
         self.listed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
@@ -343,7 +344,7 @@ impl Token {
     /// create`): AES-256, a private and sensitive token object that can never be
     /// extracted, for wrap/unwrap/encrypt/decrypt. Returns its handle. Refused when the
     /// token already holds a key under the label: a second one would split the lineage.
-    pub fn create_domain_key(&self) -> Result<u64, HsmError> {
+    pub fn create_domain_key(&self) -> Result<Handle, HsmError> {
         let s = self
             .ctx
             .open_rw_session(self.slot)
@@ -365,7 +366,7 @@ impl Token {
         let h = s
             .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
             .map_err(self.pk("generating the domain key"))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 
     /// What this token can do (its mechanisms, what each wrap mechanism makes), probed

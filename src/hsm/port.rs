@@ -2,6 +2,7 @@
 //! token ([`TokenSession`], one PKCS#11 session) and the in-memory store of the unit tests
 //! both implement it, so retry, adopt, repair and verify are tested without a token.
 
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject};
 
 use super::{DataObject, HsmError, TokenSession, Wrapped};
@@ -21,37 +22,37 @@ pub(crate) trait KeyStore: Sync {
 
     /// The key handles login's search met on `cluster`, once (the first inventory takes
     /// them; later ones search again).
-    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<u64>>;
+    fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>>;
 }
 
 /// One session's key operations. Handles are the token's own, valid for this run.
 pub(crate) trait KeySession {
     /// Wraps a secret or private key under the domain key.
-    fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError>;
+    fn wrap(&self, handle: Handle, class: KeyClass) -> Result<Wrapped, HsmError>;
     /// Unwraps `blob` as a token object with `like`'s attributes; returns its handle.
-    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError>;
+    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError>;
     /// Creates the public half of a pair from `like`'s public attributes.
-    fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError>;
+    fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError>;
     /// Reads one key (not fingerprinted); `None` when the handle is no key.
-    fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError>;
+    fn read_key_at(&self, handle: Handle) -> Result<Option<KeyObject>, HsmError>;
     /// The fingerprint of a key read earlier (`None`: it cannot be wrapped).
     fn fingerprint(&self, key: &KeyObject) -> Result<Option<String>, HsmError>;
     /// The fingerprint of the secret or private key at `handle`.
-    fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError>;
+    fn fingerprint_at(&self, handle: Handle, class: KeyClass) -> Result<Option<String>, HsmError>;
     /// The keys with `like`'s identity, fingerprinted.
     fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError>;
     /// Sets label and usage flags to `like`'s.
-    fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError>;
+    fn set_usage(&self, handle: Handle, like: &KeyObject) -> Result<(), HsmError>;
     /// Destroys an object.
-    fn destroy(&self, handle: u64) -> Result<(), HsmError>;
+    fn destroy(&self, handle: Handle) -> Result<(), HsmError>;
     /// An HMAC of `data` (`None`: the key fits no HMAC mechanism of the token).
-    fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
+    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
     /// Random bytes.
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError>;
     /// Every key handle on the token but the domain key (`listed` from login, if given).
-    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError>;
+    fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError>;
     /// Reads a key, fingerprinted if `wrap` (public keys always); `None` if it is no key.
-    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError>;
+    fn read_fingerprinted(&self, handle: Handle, wrap: bool) -> Result<Option<KeyObject>, HsmError>;
     /// The identities an interrupted run was copying here (the in-flight journal).
     fn journal_read(&self) -> Result<Vec<String>, HsmError>;
 
@@ -76,7 +77,7 @@ pub(crate) trait KeySession {
 /// what the notify stage needs, so it runs on the in-memory store in unit tests too.
 pub(crate) trait RecordSession {
     /// Handles of every hsm-sync data object on the token.
-    fn data_handles(&self) -> Result<Vec<u64>, HsmError>;
+    fn data_handles(&self) -> Result<Vec<Handle>, HsmError>;
     /// The hsm-sync data objects whose label starts with `prefix`.
     fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError>;
     /// Creates a data object named `name` holding `record`.
@@ -84,11 +85,11 @@ pub(crate) trait RecordSession {
     /// Replaces a data object's record.
     fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError>;
     /// Reads one data object again (another process's changes included); `None` if gone.
-    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError>;
+    fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError>;
 }
 
 impl RecordSession for TokenSession {
-    fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+    fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         TokenSession::data_handles(self)
     }
     fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
@@ -100,40 +101,40 @@ impl RecordSession for TokenSession {
     fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
         TokenSession::update_record(self, old, record)
     }
-    fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+    fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError> {
         TokenSession::reread_data(self, handle)
     }
 }
 
 impl KeySession for TokenSession {
-    fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
+    fn wrap(&self, handle: Handle, class: KeyClass) -> Result<Wrapped, HsmError> {
         TokenSession::wrap(self, handle, class)
     }
-    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+    fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
         TokenSession::unwrap_as(self, blob, like)
     }
-    fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+    fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError> {
         TokenSession::create_public(self, like)
     }
-    fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+    fn read_key_at(&self, handle: Handle) -> Result<Option<KeyObject>, HsmError> {
         TokenSession::read_key_at(self, handle)
     }
     fn fingerprint(&self, key: &KeyObject) -> Result<Option<String>, HsmError> {
         TokenSession::fingerprint(self, key)
     }
-    fn fingerprint_at(&self, handle: u64, class: KeyClass) -> Result<Option<String>, HsmError> {
+    fn fingerprint_at(&self, handle: Handle, class: KeyClass) -> Result<Option<String>, HsmError> {
         TokenSession::fingerprint_at(self, handle, class)
     }
     fn find_like(&self, like: &KeyObject) -> Result<Vec<KeyObject>, HsmError> {
         TokenSession::find_like(self, like)
     }
-    fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+    fn set_usage(&self, handle: Handle, like: &KeyObject) -> Result<(), HsmError> {
         TokenSession::set_usage(self, handle, like)
     }
-    fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+    fn destroy(&self, handle: Handle) -> Result<(), HsmError> {
         TokenSession::destroy(self, handle)
     }
-    fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         TokenSession::hmac(self, handle, data)
     }
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
@@ -142,10 +143,10 @@ impl KeySession for TokenSession {
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
         Some(self.wrap.format)
     }
-    fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+    fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError> {
         TokenSession::key_handles_or(self, listed)
     }
-    fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+    fn read_fingerprinted(&self, handle: Handle, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
         TokenSession::read_fingerprinted(self, handle, wrap)
     }
     fn journal_read(&self) -> Result<Vec<String>, HsmError> {

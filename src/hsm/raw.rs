@@ -6,7 +6,8 @@
 //! buffer sized for the key's class (cryptoki calls it twice, and the token does the
 //! whole wrap both times). Each returns `None` where cryptoki's own call must do instead.
 //!
-//! And [`object`], the one place a plain number becomes a cryptoki [`ObjectHandle`].
+//! And [`object`] and [`handle`], the one place a domain [`Handle`] and cryptoki's
+//! [`ObjectHandle`] turn into each other.
 
 use std::path::Path;
 
@@ -16,18 +17,29 @@ use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use zeroize::Zeroizing;
 
-/// The cryptoki handle of an object this token named by `handle`.
+use crate::domain::handle::Handle;
+
+/// The cryptoki handle of the object this token named `handle`.
 ///
-/// hsm-sync's port and domain types carry handles as plain numbers (valid for one run on
-/// one token); cryptoki wants its own type back, which only `new_from_raw` forges.
-pub(crate) fn object(handle: u64) -> ObjectHandle {
+/// hsm-sync's port and domain types carry opaque [`Handle`]s (valid for one run on one
+/// token); cryptoki wants its own type back, which only `new_from_raw` forges.
+pub(crate) fn object(handle: Handle) -> ObjectHandle {
     // SAFETY: `new_from_raw` is `unsafe` only because it lets a caller name any handle
     // (cryptoki: "ability for client to arbitrarily create object handles"); no memory is
-    // at stake, since a handle is a number the token checks on every call. The numbers
+    // at stake, since a handle is a number the token checks on every call. The handles
     // that reach here come from this token's own listing, find, create or unwrap in this
-    // run, or from the operator's `handle:` selector, where a handle that names nothing
-    // is answered with CKR_OBJECT_HANDLE_INVALID and read as "no key".
-    unsafe { ObjectHandle::new_from_raw(handle) }
+    // run ([`handle`]), or from the operator's `handle:` selector ([`Handle::claimed`]),
+    // where a handle that names nothing is answered with CKR_OBJECT_HANDLE_INVALID and
+    // read as "no key".
+    unsafe { ObjectHandle::new_from_raw(handle.number()) }
+}
+
+/// The domain handle of an object the token handed out: where real tokens' handles are
+/// minted (the other mint is the in-memory test store).
+// The one sanctioned caller outside tests (clippy.toml, `domain/handle.rs`).
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn handle(object: ObjectHandle) -> Handle {
+    Handle::minted(object.handle())
 }
 
 /// A module's raw function list, beside cryptoki's context on the same library, for the
@@ -220,7 +232,8 @@ impl RawFns {
             )
         };
         Rv::from(rv).into_result(Function::UnwrapKey)?;
-        Ok(object(out))
+        // SAFETY: `out` is the handle the token just gave the new object (see `object`).
+        Ok(unsafe { ObjectHandle::new_from_raw(out) })
     }
 
     /// One `CK_ULONG` attribute of object `h`, read raw: cryptoki 0.12 maps

@@ -28,6 +28,8 @@
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
+use crate::domain::handle::Handle;
+
 use super::{raw, HsmError, TokenSession};
 
 /// The buffer a record's label or value is read into in one call (larger ones take
@@ -49,7 +51,7 @@ pub(crate) const STATE_PREFIX: &str = "hsm-sync/state/";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataObject {
     /// Its handle on the token (valid for this run).
-    pub handle: u64,
+    pub handle: Handle,
     /// `CKA_LABEL`.
     pub label: String,
     /// `CKA_VALUE`.
@@ -113,13 +115,13 @@ impl TokenSession {
 /// Records by name, read and changed in place (the state records).
 impl TokenSession {
     /// Creates a private token data object of hsm-sync with this label and value.
-    pub fn create_data(&self, label: &str, value: &[u8]) -> Result<u64, HsmError> {
+    pub fn create_data(&self, label: &str, value: &[u8]) -> Result<Handle, HsmError> {
         self.create_object(label, value, "writing an hsm-sync data object")
     }
 
     /// The handles of every hsm-sync data object (one search; read them with
     /// [`Self::reread_data`], perhaps from several sessions).
-    pub fn data_handles(&self) -> Result<Vec<u64>, HsmError> {
+    pub fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         self.handles_named(None, "finding hsm-sync data objects")
     }
 
@@ -174,7 +176,7 @@ impl TokenSession {
     /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
     /// which every token allows on a modifiable object; SoftHSM refuses to change a data
     /// object's `CKA_VALUE`).
-    pub fn set_data_label(&self, handle: u64, label: &str) -> Result<(), HsmError> {
+    pub fn set_data_label(&self, handle: Handle, label: &str) -> Result<(), HsmError> {
         let h = raw::object(handle);
         self.s
             .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
@@ -183,7 +185,7 @@ impl TokenSession {
 
     /// Reads one data object again by handle (its attributes as the token holds them
     /// now, another process's changes included); `None` if it is gone.
-    pub fn reread_data(&self, handle: u64) -> Result<Option<DataObject>, HsmError> {
+    pub fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError> {
         self.read_data(raw::object(handle))
     }
 }
@@ -191,7 +193,7 @@ impl TokenSession {
 /// The one way each of the above reaches the token.
 impl TokenSession {
     /// Creates a private, modifiable token data object of hsm-sync.
-    fn create_object(&self, label: &str, value: &[u8], op: &'static str) -> Result<u64, HsmError> {
+    fn create_object(&self, label: &str, value: &[u8], op: &'static str) -> Result<Handle, HsmError> {
         let h = self
             .s
             .create_object(&[
@@ -204,11 +206,11 @@ impl TokenSession {
                 Attribute::Value(value.to_vec()),
             ])
             .map_err(self.pk(op))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 
     /// The handles of hsm-sync's token data objects, those labelled `label` where given.
-    fn handles_named(&self, label: Option<&str>, op: &'static str) -> Result<Vec<u64>, HsmError> {
+    fn handles_named(&self, label: Option<&str>, op: &'static str) -> Result<Vec<Handle>, HsmError> {
         let mut template = vec![
             Attribute::Class(ObjectClass::DATA),
             Attribute::Token(true),
@@ -222,13 +224,13 @@ impl TokenSession {
             .find_objects(&template)
             .map_err(self.pk(op))?
             .into_iter()
-            .map(|h| h.handle())
+            .map(raw::handle)
             .collect())
     }
 
     /// Destroys a data object; one that is already gone counts as destroyed (another run
     /// removed it first).
-    fn destroy_object(&self, handle: u64, op: &'static str) -> Result<(), HsmError> {
+    fn destroy_object(&self, handle: Handle, op: &'static str) -> Result<(), HsmError> {
         let h = raw::object(handle);
         match self.s.destroy_object(h) {
             Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
@@ -262,7 +264,7 @@ impl TokenSession {
             }
         }
         Ok(Some(DataObject {
-            handle: h.handle(),
+            handle: raw::handle(h),
             label,
             value,
         }))
@@ -293,7 +295,7 @@ mod tests {
     #[test]
     fn the_record_is_in_the_label_when_the_token_keeps_it_there() {
         let mut d = DataObject {
-            handle: 1,
+            handle: Handle::fixture(1),
             label: "hsm-sync/state/secret-key/a1".into(),
             value: b"{\"v\":1}".to_vec(),
         };

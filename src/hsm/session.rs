@@ -18,6 +18,7 @@ use super::profile::Profile;
 use super::raw::{self, RawFns};
 use super::HsmError;
 use crate::domain::fingerprint::Fingerprint;
+use crate::domain::handle::Handle;
 use crate::domain::key::{sort_keys, KeyClass, KeyFlags, KeyObject, KeyType, PublicParts};
 
 /// Find objects this many handles per `C_FindObjects` call (cryptoki's default is 10: a
@@ -142,14 +143,14 @@ impl TokenSession {
     /// `FIND_BATCH` (1,024), one search per key class. hsm-sync's own data objects (notify
     /// state, the in-flight journal) are never read here: another run may be rewriting
     /// them, and they are not keys.
-    pub fn key_handles(&self) -> Result<Vec<u64>, HsmError> {
+    pub fn key_handles(&self) -> Result<Vec<Handle>, HsmError> {
         self.key_handles_or(None)
     }
 
     /// [`Self::key_handles`], from handles `listed` by login's search where given.
-    pub fn key_handles_or(&self, listed: Option<Vec<u64>>) -> Result<Vec<u64>, HsmError> {
+    pub fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError> {
         if let Some(mut l) = listed {
-            l.retain(|h| *h != self.domain_key.handle());
+            l.retain(|h| *h != raw::handle(self.domain_key));
             return Ok(l);
         }
         let mut out = Vec::new();
@@ -165,7 +166,7 @@ impl TokenSession {
             {
                 let h = h.map_err(self.pk("listing keys"))?;
                 if h != self.domain_key {
-                    out.push(h.handle());
+                    out.push(raw::handle(h));
                 }
             }
         }
@@ -175,7 +176,7 @@ impl TokenSession {
     /// Reads one object and fingerprints it; `None` if it is not a key (or vanished).
     /// Secret and private keys only if `wrap` (theirs costs a `C_WrapKey`); a public
     /// key's comes from its attributes, always.
-    pub fn read_fingerprinted(&self, handle: u64, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
+    pub fn read_fingerprinted(&self, handle: Handle, wrap: bool) -> Result<Option<KeyObject>, HsmError> {
         let h = raw::object(handle);
         match self.read_key(h)? {
             Some(mut k) => {
@@ -246,7 +247,7 @@ impl TokenSession {
             key_type = KeyType::Other;
         }
         Ok(class.map(|class| KeyObject {
-            handle: h.handle(),
+            handle: raw::handle(h),
             class,
             key_type,
             id,
@@ -273,7 +274,7 @@ impl TokenSession {
     }
 
     /// Reads the key at a handle this session just made (for verification).
-    pub fn read_key_at(&self, handle: u64) -> Result<Option<KeyObject>, HsmError> {
+    pub fn read_key_at(&self, handle: Handle) -> Result<Option<KeyObject>, HsmError> {
         self.read_key(raw::object(handle))
     }
 
@@ -300,7 +301,7 @@ impl TokenSession {
     }
 
     /// Sets a copy's label and usage flags to the source's (`update`).
-    pub fn set_usage(&self, handle: u64, like: &KeyObject) -> Result<(), HsmError> {
+    pub fn set_usage(&self, handle: Handle, like: &KeyObject) -> Result<(), HsmError> {
         let h = raw::object(handle);
         let mut template = vec![Attribute::Label(like.label.as_bytes().to_vec())];
         template.extend(usage_attributes(like.class, &like.flags));
@@ -310,7 +311,7 @@ impl TokenSession {
     }
 
     /// Destroys an object (used to remove a copy that failed verification).
-    pub fn destroy(&self, handle: u64) -> Result<(), HsmError> {
+    pub fn destroy(&self, handle: Handle) -> Result<(), HsmError> {
         let h = raw::object(handle);
         self.s.destroy_object(h).map_err(self.pk("destroying an object"))
     }
@@ -318,7 +319,7 @@ impl TokenSession {
     /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
     /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
     /// SHA-1). `None` when the key fits neither.
-    pub fn hmac(&self, handle: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    pub fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
         for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
             match self.s.sign(&mech, h, data) {

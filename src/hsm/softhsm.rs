@@ -13,6 +13,8 @@ use cryptoki::session::{Session, UserType};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
+use crate::domain::handle::Handle;
+
 use super::HsmError;
 
 /// Where Debian and others install SoftHSM2's module.
@@ -201,7 +203,7 @@ pub fn import_domain_key(s: &Session, label: &str, value: &Zeroizing<Vec<u8>>) -
 
 /// Generates a secret key on the token (AES or DES3 for encryption, generic secret for
 /// HMAC); returns its handle.
-pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<u64, HsmError> {
+pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<Handle, HsmError> {
     let mech = if spec.des3 {
         Mechanism::Des3KeyGen
     } else if spec.aes {
@@ -216,5 +218,5 @@ pub fn generate_secret(s: &Session, spec: &SecretSpec) -> Result<u64, HsmError> 
     let h = s
         .generate_key(&mech, &template)
         .map_err(provision_error("generating a key"))?;
-    Ok(h.handle())
+    Ok(super::raw::handle(h))
 }

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::attributes::{ck_class, ck_type, usage_attributes};
 use super::{raw, HsmError, TokenSession};
+use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
@@ -36,7 +37,7 @@ const WRAP_BUF_PRIVATE: usize = 6144;
 impl TokenSession {
     /// Wraps a key under the domain key with the pair's mechanism: one `C_WrapKey` into a
     /// buffer sized in advance for its class.
-    pub fn wrap(&self, handle: u64, class: KeyClass) -> Result<Wrapped, HsmError> {
+    pub fn wrap(&self, handle: Handle, class: KeyClass) -> Result<Wrapped, HsmError> {
         let h = raw::object(handle);
         let size = match class {
             KeyClass::SecretKey => WRAP_BUF_SECRET,
@@ -87,17 +88,17 @@ impl TokenSession {
     /// Unwraps a blob as a token object carrying the source key's attributes. Never sends
     /// what the token refuses in an unwrap template (SoftHSM: `CKA_VALUE_LEN`, and
     /// `CKA_MODULUS`/`CKA_EC_PARAMS` on private keys: they come from the PKCS#8 inside).
-    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
+    pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
         let template = self.copy_template(like)?;
         let h = self
             .raw
             .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
             .map_err(self.pk("unwrapping a key"))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 
     /// Creates the public half of a key pair from the source's public attributes.
-    pub fn create_public(&self, like: &KeyObject) -> Result<u64, HsmError> {
+    pub fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError> {
         let mut template = self.copy_template(like)?;
         let p = like.public();
         match like.key_type {
@@ -115,6 +116,6 @@ impl TokenSession {
             .s
             .create_object(&template)
             .map_err(self.pk("creating a public key"))?;
-        Ok(h.handle())
+        Ok(raw::handle(h))
     }
 }

@@ -43,7 +43,9 @@ use sink::{deliver_all, Delivery, Sink};
 use store::Stored;
 
 use crate::diff::Diff;
+use crate::domain::handle::Handle;
 use crate::hsm::{HsmError, KeySession, KeyStore, RecordSession};
+use crate::limits::Limits;
 use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
 
@@ -98,7 +100,7 @@ pub(crate) fn parse_selector(s: &str) -> Result<KeyMatcher, NotifyError> {
 }
 
 /// Whether a matcher picks a key (`handle` needs the key on the source).
-fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<u64>) -> bool {
+fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<Handle>) -> bool {
     match m {
         KeyMatcher::Id(id) => hex::encode(id) == key.id,
         KeyMatcher::Label(l) => &key.label == l,
@@ -142,14 +144,14 @@ impl AfterApply {
 /// §5: per key, resources or not, so the cooldown holds for resources added later), then
 /// announces it to the resources that want it. The state is written first, so that a
 /// run killed while delivering still leaves the event where `notify` finds it.
-/// `workers` sessions per source write the records side by side (one call per key; at
-/// 1 ms per call a single session was a second per 1,000 keys, issue 6).
+/// `limits.jobs()` sessions per source write the records side by side (one call per key;
+/// at 1 ms per call a single session was a second per 1,000 keys, issue 6).
 pub(crate) fn after_apply(
     plan: &Plan,
     tokens: &impl KeyStore,
     diff: &Diff,
     outcomes: &[Outcome],
-    workers: usize,
+    limits: Limits,
 ) -> AfterApply {
     let events = lifecycles(diff, outcomes, SystemTime::now());
     let mut out = AfterApply::default();
@@ -158,10 +160,11 @@ pub(crate) fn after_apply(
         by_source.entry(&l.source).or_default().push(l);
     }
     for (source, evs) in by_source {
-        out.warnings.extend(store::record_events(tokens, source, &evs, workers));
+        out.warnings
+            .extend(store::record_events(tokens, source, &evs, limits.jobs()));
     }
     let ds = deliveries(plan, &events, false);
-    out.records = deliver_all(&HttpSink, &ds);
+    out.records = deliver_all(&HttpSink, &ds, limits.notify_in_flight());
     // The records were written without failed marks; the keys with a failed delivery get
     // theirs now, for `notify --failed`.
     let mut marks: BTreeMap<&str, HashMap<String, BTreeSet<String>>> = BTreeMap::new();
@@ -260,12 +263,13 @@ struct Candidate<'a> {
 /// one of them is within the cooldown or another run is notifying it (then nothing is
 /// sent at all). With [`Selection::failed_only`], only the keys and resources whose last
 /// delivery failed, and the cooldown does not hold. `settle` is the claim protocol's
-/// wait ([`DEFAULT_CLAIM_SETTLE`]).
+/// wait ([`DEFAULT_CLAIM_SETTLE`]); `limits` bounds the deliveries in flight.
 pub(crate) fn renotify<S: KeyStore>(
     plan: &Plan,
     tokens: &S,
     sel: &Selection<'_>,
     settle: Duration,
+    limits: Limits,
 ) -> Result<Renotify, NotifyError> {
     let entries: Vec<&SyncEntry> = match sel.sync {
         Some(name) => {
@@ -347,9 +351,14 @@ pub(crate) fn renotify<S: KeyStore>(
     let mine = Claim::new();
     let mut held: Vec<(&str, usize)> = Vec::new();
     let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
-        Ok(refused) if refused.is_empty() => {
-            Ok(send_and_record(&HttpSink, plan, &sessions, &by_source, sel.failed_only))
-        }
+        Ok(refused) if refused.is_empty() => Ok(send_and_record(
+            &HttpSink,
+            plan,
+            &sessions,
+            &by_source,
+            sel.failed_only,
+            limits.notify_in_flight(),
+        )),
         Ok(refused) => Ok(Renotify::Refused(refused)),
         Err(e) => Err(NotifyError::from(e)),
     };
@@ -390,7 +399,7 @@ fn candidates<'p, S: KeySession + RecordSession>(
         let mut listed: HashSet<String> = HashSet::new();
         let list = by_source.entry(*source).or_default();
         for entry in entries.iter().filter(|e| e.source == *source) {
-            let mut push = |key: KeyInfo, handle: Option<u64>| {
+            let mut push = |key: KeyInfo, handle: Option<Handle>| {
                 if sel.key.as_ref().is_some_and(|m| !picks(m, &key, handle)) {
                     return;
                 }
@@ -474,6 +483,7 @@ fn send_and_record<'p, S: RecordSession>(
     sessions: &Sessions<'p, S>,
     by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
     failed_only: bool,
+    in_flight: usize,
 ) -> Renotify {
     let mut events = Vec::new();
     let mut only: HashMap<String, BTreeSet<String>> = HashMap::new();
@@ -496,7 +506,7 @@ fn send_and_record<'p, S: RecordSession>(
                 .is_some_and(|rs| rs.contains(&d.resource.name))
         });
     }
-    let records = deliver_all(sink, &ds);
+    let records = deliver_all(sink, &ds, in_flight);
     let sent = sent_keys(&ds, &records);
     let tried: HashMap<String, BTreeMap<String, bool>> = tried_by_key(&ds, &records)
         .into_iter()
@@ -558,7 +568,7 @@ mod tests {
             KeyMatcher::LabelGlob(..)
         ));
         assert!(matches!(parse_selector("label:pay").unwrap(), KeyMatcher::Label(_)));
-        assert!(matches!(parse_selector("handle:12").unwrap(), KeyMatcher::Handle(12)));
+        assert!(matches!(parse_selector("handle:12").unwrap(), KeyMatcher::Handle(h) if h == Handle::claimed(12)));
         for bad in ["a1b2", "id:zz", "id:", "handle:x", "label:", "name:x"] {
             assert!(parse_selector(bad).is_err(), "{bad}");
         }
@@ -614,7 +624,7 @@ mod tests {
             failing: vec!["down".into()],
             ..FakeSink::default()
         };
-        let records = deliver_all(&sink, &ds);
+        let records = deliver_all(&sink, &ds, 8);
         let sent = sent_keys(&ds, &records);
         assert_eq!(sent, HashSet::from([key("a1").state_label()]));
         let after = AfterApply {
@@ -658,7 +668,7 @@ mod tests {
             failing: vec!["down".into()],
             ..FakeSink::default()
         };
-        let records = deliver_all(&sink, &ds);
+        let records = deliver_all(&sink, &ds, 8);
         let tried: Vec<(String, BTreeMap<String, bool>)> = tried_by_key(&ds, &records)
             .into_iter()
             .map(|(d, t)| (d.body.key.id.clone(), t))
@@ -703,7 +713,7 @@ mod tests {
             let key = Arc::new(store.add(
                 "src",
                 KeyObject {
-                    handle: 0,
+                    handle: Handle::fixture(0),
                     class: KeyClass::SecretKey,
                     key_type: KeyType::Aes,
                     id: vec![1],
@@ -740,7 +750,7 @@ mod tests {
                 attempts: 1,
             };
             // No resources: the event is recorded all the same (CONTRACT.md §5).
-            let done = after_apply(&plan(""), &store, &diff, &[ok], 2);
+            let done = after_apply(&plan(""), &store, &diff, &[ok], Limits::new(Some(2), Some(2)));
             assert!(
                 done.records.is_empty() && done.warnings.is_empty(),
                 "{:?}",
@@ -759,7 +769,15 @@ mod tests {
                 key: None,
                 failed_only: false,
             };
-            match renotify(&with_resource, &store, &sel, Duration::from_millis(1)).unwrap() {
+            match renotify(
+                &with_resource,
+                &store,
+                &sel,
+                Duration::from_millis(1),
+                Limits::new(None, Some(2)),
+            )
+            .unwrap()
+            {
                 Renotify::Refused(why) => assert!(why[0].contains("was synced at"), "{why:?}"),
                 other => panic!("not refused: {other:?}"),
             }

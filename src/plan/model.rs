@@ -13,6 +13,7 @@ use crate::credentials::PinSource;
 /// The lifecycle events a resource wants are the domain's (re-exported where the plan
 /// names them).
 pub use crate::domain::event::Event;
+use crate::domain::handle::Handle;
 
 /// Default label of the shared wrapping ("domain") key.
 pub const DEFAULT_DOMAIN_KEY: &str = "hsm-sync-domain";
@@ -156,8 +157,9 @@ pub enum KeyMatcher {
     Label(String),
     /// `CKA_LABEL`, by glob.
     LabelGlob(String, LabelGlob),
-    /// Object handle on the source.
-    Handle(u64),
+    /// Object handle on the source: the operator's claim, which the source token checks
+    /// (a number that names nothing there selects nothing).
+    Handle(Handle),
 }
 
 /// One selector value, as a plan's `keys` entry or `notify --key` writes it.
@@ -167,7 +169,8 @@ pub enum SelectorValue<'a> {
     Id(&'a str),
     /// `label`: exact, or a glob when it holds `*`, `?` or `[`.
     Label(&'a str),
-    /// `handle`: an object handle on the source.
+    /// `handle`: an object handle on the source, the number as written (it becomes a
+    /// [`Handle`] claim in [`KeyMatcher::from_value`], the one place it does).
     Handle(u64),
 }
 
@@ -200,7 +203,7 @@ impl KeyMatcher {
                 .map_err(SelectorError::BadGlob),
             SelectorValue::Label("") => Err(SelectorError::EmptyLabel),
             SelectorValue::Label(label) => Ok(KeyMatcher::Label(label.into())),
-            SelectorValue::Handle(h) => Ok(KeyMatcher::Handle(h)),
+            SelectorValue::Handle(h) => Ok(KeyMatcher::Handle(Handle::claimed(h))),
         }
     }
 

@@ -10,9 +10,6 @@ use crate::report::{DeliveryStatus, NotificationRecord};
 
 use super::wire::EventBody;
 
-/// Deliveries in flight at once.
-pub(crate) const MAX_IN_FLIGHT: usize = 8;
-
 /// A delivery to make: one body to one resource.
 #[derive(Debug)]
 pub(crate) struct Delivery<'a> {
@@ -47,14 +44,14 @@ pub(crate) trait Sink: Sync {
     fn deliver(&self, delivery: &Delivery<'_>) -> NotificationRecord;
 }
 
-/// Delivers every notification through `sink`, at most [`MAX_IN_FLIGHT`] at once; the
-/// records come back in input order.
-pub(crate) fn deliver_all<S: Sink>(sink: &S, ds: &[Delivery<'_>]) -> Vec<NotificationRecord> {
+/// Delivers every notification through `sink`, at most `in_flight` at once (the run's
+/// [`crate::limits::Limits::notify_in_flight`]); the records come back in input order.
+pub(crate) fn deliver_all<S: Sink>(sink: &S, ds: &[Delivery<'_>], in_flight: usize) -> Vec<NotificationRecord> {
     use rayon::prelude::*;
     if ds.is_empty() {
         return Vec::new();
     }
-    let threads = ds.len().min(MAX_IN_FLIGHT);
+    let threads = ds.len().min(in_flight).max(1);
     match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
         Ok(pool) => pool.install(|| ds.par_iter().map(|d| sink.deliver(d)).collect()),
         Err(_) => ds.iter().map(|d| sink.deliver(d)).collect(),
@@ -129,7 +126,7 @@ pub(crate) mod tests {
             failing: vec!["b".into()],
             ..FakeSink::default()
         };
-        let records = deliver_all(&sink, &ds);
+        let records = deliver_all(&sink, &ds, 8);
         assert_eq!(records.len(), ds.len());
         for (d, r) in ds.iter().zip(&records) {
             assert_eq!(
@@ -157,7 +154,7 @@ pub(crate) mod tests {
     #[test]
     fn nothing_to_deliver_makes_no_call() {
         let sink = FakeSink::default();
-        assert!(deliver_all(&sink, &[]).is_empty());
+        assert!(deliver_all(&sink, &[], 8).is_empty());
         assert!(sink.calls.into_inner().unwrap().is_empty());
     }
 
