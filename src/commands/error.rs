@@ -35,6 +35,17 @@ pub(crate) enum CommandError {
         /// The plan's clusters, comma-separated.
         defined: String,
     },
+    /// `probe PLAN CLUSTER` names a cluster the plan does not define.
+    #[error("cluster `{cluster}` is not defined in {plan}")]
+    #[diagnostic(code(probe::unknown_cluster), help("defined clusters: {defined}"))]
+    ProbeUnknownCluster {
+        /// The name given.
+        cluster: String,
+        /// The plan file, as the operator named it.
+        plan: String,
+        /// The plan's clusters, comma-separated.
+        defined: String,
+    },
 
     /// `sync-key` names a source or destination the plan does not define.
     #[error("the {what} cluster `{name}` is not in the plan")]

@@ -14,6 +14,7 @@ use crate::exit::ExitStatus;
 use crate::hsm::{WireFormat, WrapProbe};
 use crate::output::Printer;
 
+use super::error::CommandError;
 use super::load;
 
 #[derive(Serialize)]
@@ -37,14 +38,11 @@ pub(super) fn run(p: &Printer, a: &ProbeArgs) -> Result<ExitStatus> {
     let plan = load(p, &a.plan)?;
     let Some(cluster) = plan.cluster(&a.cluster) else {
         let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        let help = format!("defined clusters: {}", names.join(", "));
-        return Err(miette::miette!(
-            code = "probe::unknown_cluster",
-            help = help,
-            "cluster `{}` is not defined in {}",
-            a.cluster,
-            a.plan.display()
-        )
+        return Err(CommandError::ProbeUnknownCluster {
+            cluster: a.cluster.clone(),
+            plan: a.plan.display().to_string(),
+            defined: names.join(", "),
+        }
         .into());
     };
     let tokens = login(&[cluster])?;
