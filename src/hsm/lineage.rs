@@ -8,7 +8,7 @@ use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{HsmError, TokenSession, Wrapped};
+use super::{trace, HsmError, TokenSession, Wrapped};
 
 impl TokenSession {
     /// The lineage fingerprint: a fixed, public 256-bit probe key wrapped under the domain
@@ -16,9 +16,8 @@ impl TokenSession {
     /// key, different otherwise; it reveals nothing of the domain key.
     pub fn lineage_fingerprint(&self) -> Result<String, HsmError> {
         let probe: [u8; 32] = Sha256::digest(b"hsm-sync lineage probe v1").into();
-        let key = self
-            .s
-            .create_object(&[
+        let key = trace::call("C_CreateObject", || {
+            self.s.create_object(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(CkKeyType::AES),
                 Attribute::Token(false),
@@ -26,9 +25,12 @@ impl TokenSession {
                 Attribute::Sensitive(false),
                 Attribute::Value(probe.to_vec()),
             ])
-            .map_err(self.pk("creating the lineage probe"))?;
-        let blob = self.s.wrap_key(&Mechanism::AesKeyWrap, self.domain_key, key);
-        let _ = self.s.destroy_object(key);
+        })
+        .map_err(self.pk("creating the lineage probe"))?;
+        let blob = trace::call("C_WrapKey", || {
+            self.s.wrap_key(&Mechanism::AesKeyWrap, self.domain_key, key)
+        });
+        let _ = trace::call("C_DestroyObject", || self.s.destroy_object(key));
         let blob = Zeroizing::new(blob.map_err(self.pk("wrapping the lineage probe"))?);
         let mut h = Sha256::new();
         h.update(b"hsm-sync/lineage/v1\0");
@@ -39,9 +41,8 @@ impl TokenSession {
     /// Source half of the lineage proof: a fresh session AES key, wrapped under the domain
     /// key, and its encryption of `challenge`.
     pub fn lineage_offer(&self, challenge: &[u8; 16]) -> Result<(Wrapped, Vec<u8>), HsmError> {
-        let key = self
-            .s
-            .generate_key(
+        let key = trace::call("C_GenerateKey", || {
+            self.s.generate_key(
                 &Mechanism::AesKeyGen,
                 &[
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -52,20 +53,17 @@ impl TokenSession {
                     Attribute::Encrypt(true),
                 ],
             )
-            .map_err(self.pk("generating the lineage session key"))?;
+        })
+        .map_err(self.pk("generating the lineage session key"))?;
         let result = (|| {
             let mechanism = self.wrap_mechanism("wrapping the lineage session key")?;
-            let blob = self
-                .s
-                .wrap_key(&mechanism, self.domain_key, key)
+            let blob = trace::call("C_WrapKey", || self.s.wrap_key(&mechanism, self.domain_key, key))
                 .map_err(self.pk("wrapping the lineage session key"))?;
-            let check = self
-                .s
-                .encrypt(&Mechanism::AesEcb, key, challenge)
+            let check = trace::call("C_Encrypt", || self.s.encrypt(&Mechanism::AesEcb, key, challenge))
                 .map_err(self.pk("encrypting the lineage challenge"))?;
             Ok((Wrapped(Zeroizing::new(blob)), check))
         })();
-        let _ = self.s.destroy_object(key);
+        let _ = trace::call("C_DestroyObject", || self.s.destroy_object(key));
         result
     }
 
@@ -80,7 +78,9 @@ impl TokenSession {
             Attribute::Extractable(false),
         ];
         let mechanism = self.wrap_mechanism("unwrapping the lineage session key")?;
-        let key = match self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template) {
+        let key = match trace::call("C_UnwrapKey", || {
+            self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template)
+        }) {
             Ok(k) => k,
             Err(
                 e @ CkError::Pkcs11(
@@ -103,11 +103,9 @@ impl TokenSession {
             }
             Err(e) => return Err(self.pk("unwrapping the lineage session key")(e)),
         };
-        let out = self
-            .s
-            .encrypt(&Mechanism::AesEcb, key, challenge)
+        let out = trace::call("C_Encrypt", || self.s.encrypt(&Mechanism::AesEcb, key, challenge))
             .map_err(self.pk("encrypting the lineage challenge"));
-        let _ = self.s.destroy_object(key);
+        let _ = trace::call("C_DestroyObject", || self.s.destroy_object(key));
         Ok(Ok(out?))
     }
 }

@@ -50,7 +50,7 @@ impl RawFns {
             let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
             let get = *lib.C_GetFunctionList.as_ref().ok()?;
             let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-            if get(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
+            if super::trace::raw("C_GetFunctionList", || get(&mut list)) != cryptoki_sys::CKR_OK || list.is_null() {
                 return None;
             }
             Some(RawFns { f: *list, _lib: lib })
@@ -85,14 +85,14 @@ impl RawFns {
         }
         // SAFETY: every template entry points at its own part of `buf`, of its stated
         // length; `buf` and `template` outlive the call. The session is the caller's.
-        let rv = unsafe {
+        let rv = super::trace::raw("C_GetAttributeValue", || unsafe {
             get(
                 s.handle(),
                 h.handle(),
                 template.as_mut_ptr(),
                 template.len() as cryptoki_sys::CK_ULONG,
             )
-        };
+        });
         match Rv::from(rv) {
             Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
             Rv::Error(RvError::BufferTooSmall) => return None,
@@ -146,7 +146,7 @@ impl RawFns {
         };
         // SAFETY: the mechanism takes no parameter; `buf` is writable for `len` bytes;
         // the session and handles are the caller's, on one token.
-        let rv = unsafe {
+        let rv = super::trace::raw("C_WrapKey", || unsafe {
             wrap(
                 s.handle(),
                 &mut mech,
@@ -155,7 +155,7 @@ impl RawFns {
                 buf.as_mut_ptr(),
                 &mut len,
             )
-        };
+        });
         match Rv::from(rv) {
             Rv::Ok if len as usize <= size => {
                 buf.truncate(len as usize);

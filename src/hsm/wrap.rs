@@ -8,7 +8,7 @@ use cryptoki::object::{Attribute, KeyType as CkKeyType};
 use zeroize::Zeroizing;
 
 use super::attributes::{ck_class, ck_type, usage_attributes};
-use super::{raw, HsmError, TokenSession};
+use super::{raw, trace, HsmError, TokenSession};
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
@@ -89,9 +89,8 @@ impl TokenSession {
         if let Some(blob) = one_call {
             return blob.map(Wrapped).map_err(self.pk("wrapping a key"));
         }
-        let blob = self
-            .s
-            .wrap_key(&self.wrap_mechanism("wrapping a key")?, self.domain_key, h)
+        let mechanism = self.wrap_mechanism("wrapping a key")?;
+        let blob = trace::call("C_WrapKey", || self.s.wrap_key(&mechanism, self.domain_key, h))
             .map_err(self.pk("wrapping a key"))?;
         Ok(Wrapped(Zeroizing::new(blob)))
     }
@@ -138,10 +137,10 @@ impl TokenSession {
     pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<u64, HsmError> {
         let template = self.copy_template(like)?;
         let mechanism = self.wrap_mechanism("unwrapping a key")?;
-        let h = self
-            .s
-            .unwrap_key(&mechanism, self.domain_key, &blob.0, &template)
-            .map_err(self.pk("unwrapping a key"))?;
+        let h = trace::call("C_UnwrapKey", || {
+            self.s.unwrap_key(&mechanism, self.domain_key, &blob.0, &template)
+        })
+        .map_err(self.pk("unwrapping a key"))?;
         Ok(h.handle())
     }
 
@@ -160,9 +159,7 @@ impl TokenSession {
             }
             _ => {}
         }
-        let h = self
-            .s
-            .create_object(&template)
+        let h = trace::call("C_CreateObject", || self.s.create_object(&template))
             .map_err(self.pk("creating a public key"))?;
         Ok(h.handle())
     }
