@@ -13,6 +13,8 @@ use serde_json::Value;
 
 use crate::cli::DiagnosticsFormat;
 
+mod log;
+
 /// Where stdout goes: the process's own, or a buffer the caller reads (the benchmark
 /// runs commands in its own process).
 enum Sink {
@@ -24,6 +26,8 @@ enum Sink {
 pub(crate) struct Printer {
     diagnostics: DiagnosticsFormat,
     quiet: bool,
+    /// `-v`/`-vv` lines go to stderr (see [`Printer::with_log`]).
+    log: bool,
     stdout_color: bool,
     stderr_color: bool,
     out: Sink,
@@ -42,6 +46,7 @@ impl Printer {
         Printer {
             diagnostics,
             quiet,
+            log: false,
             stdout_color: colour_on(io::stdout().is_terminal()),
             stderr_color: colour_on(io::stderr().is_terminal()),
             out: Sink::Stdout,
@@ -56,6 +61,20 @@ impl Printer {
             out: Sink::Writer(Mutex::new(out)),
             ..Printer::new(diagnostics, quiet)
         }
+    }
+
+    /// This printer with the `-v`/`-vv` log on stderr for `verbosity` (0: none).
+    pub(crate) fn with_log(self, verbosity: u8) -> Printer {
+        Printer {
+            log: log::install(verbosity),
+            ..self
+        }
+    }
+
+    /// Whether `-v` lines go to stderr: progress is then printed as lines, never bars
+    /// (a log line in the middle of a bar's redraw garbles both).
+    pub(crate) fn log(&self) -> bool {
+        self.log
     }
 
     /// Whether `--quiet` is on: progress and per-job lines are left out (errors,

@@ -13,5 +13,6 @@ mod plan_lang;
 mod reliability;
 mod semantics;
 mod tooling;
+mod verbose;
 mod workflow;
 mod world;
