@@ -7,9 +7,7 @@
 //!
 //! A cryptographic software token using the PKCS#11 standard API
 
-use kryoptic_lib::fns::general::{
-    fn_get_function_list, fn_get_interface, fn_get_interface_list,
-};
+use kryoptic_lib::fns::general::{fn_get_function_list, fn_get_interface, fn_get_interface_list};
 use kryoptic_lib::pkcs11::*;
 
 /// Public export symbol to access [kryoptic_lib::fn_get_function_list]
@@ -31,9 +29,6 @@ pub extern "C" fn C_GetInterface(
 
 /// Public export symbol to access [kryoptic_lib::fn_get_interface_list]
 #[unsafe(no_mangle)]
-pub extern "C" fn C_GetInterfaceList(
-    interfaces_list: CK_INTERFACE_PTR,
-    count: CK_ULONG_PTR,
-) -> CK_RV {
+pub extern "C" fn C_GetInterfaceList(interfaces_list: CK_INTERFACE_PTR, count: CK_ULONG_PTR) -> CK_RV {
     fn_get_interface_list(interfaces_list, count)
 }
