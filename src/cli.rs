@@ -23,6 +23,10 @@ pub struct Cli {
     /// How diagnostics are printed: human-readable, or JSON for CI annotations.
     #[arg(long, global = true, value_enum, default_value_t = DiagnosticsFormat::Human)]
     pub diagnostics: DiagnosticsFormat,
+    /// More on stderr: `-v` each stage and its duration, `-vv` also every PKCS#11 call
+    /// (function, CKR code, duration; never an argument, PIN or key material).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,

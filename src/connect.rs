@@ -69,6 +69,7 @@ pub fn login(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
 
 /// Finds the token of each of `clusters`, without logging in (its facts are read).
 pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
+    let _stage = crate::stage::start("connect");
     // Offline these were warnings; online they are one error that lists them all.
     let problems: Vec<String> = clusters.iter().flat_map(|c| c.unresolved.iter().cloned()).collect();
     if !problems.is_empty() {
@@ -95,6 +96,7 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
 
 /// Logs in to the opened tokens of `clusters`, each PIN read and tried once.
 pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
+    let _stage = crate::stage::start("login");
     // Every PIN is read before any login: a run missing two PIN variables says so once,
     // naming both, instead of logging in to one cluster and failing on the next.
     let mut pins = Vec::with_capacity(clusters.len());
@@ -145,6 +147,7 @@ pub fn lineage_fingerprint(cluster: &Cluster, tokens: &Tokens) -> Result<String,
 
 /// Proves lineage for every (source, target) pair of the plan (tokens logged in).
 pub(crate) fn prove_all(plan: &Plan, tokens: &Tokens, limits: Limits) -> Result<Vec<LineageProof>, HsmError> {
+    let _stage = crate::stage::start("lineage");
     // Clusters and pairs side by side: on a network HSM each proof is a dozen round
     // trips, so one after the other they add up per target (issue 6); `limits.lineage()`
     // of them at once. The first error in plan order is the one reported, as before.

@@ -25,7 +25,8 @@
 //! | `executor.rs` | jobs on a rayon pool: retry, adopt, repair, verify |
 //! | `pipeline.rs` | connect → lock → inventory → diff → execute → record |
 //! | `notify/` | lifecycle derivation, store, claims, cooldown, the `Sink` port |
-//! | `output/`, `render.rs`, `progress.rs` | the `Printer`, renderings, progress drawn by one thread |
+//! | `output/`, `render.rs`, `progress.rs` | the `Printer` (and the `-v` log), renderings, progress drawn by one thread |
+//! | `stage.rs` | the `-v` timing of each pipeline stage |
 //! | [`report`], `saved.rs`, `junit.rs` | report and saved-plan types, atomic writes |
 //! | `commands/` | arguments → pipeline → output → exit status |
 //!
@@ -62,6 +63,7 @@ mod progress;
 mod render;
 pub mod report;
 mod saved;
+mod stage;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -97,7 +99,8 @@ pub fn run_with<I: IntoIterator<Item = OsString>>(args: I, stdout: Option<Box<dy
     let printer = match stdout {
         Some(w) => Printer::with_stdout(cli.diagnostics, quiet, w),
         None => Printer::new(cli.diagnostics, quiet),
-    };
+    }
+    .with_log(cli.verbose);
     match commands::dispatch(&cli, &printer) {
         Ok(status) => status.into(),
         Err(e) => {

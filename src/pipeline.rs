@@ -15,6 +15,7 @@ use crate::plan::Plan;
 use crate::progress::Reporter;
 use crate::report::{ms_since, Report};
 use crate::saved;
+use crate::stage;
 
 /// What the online stages found: the logged-in tokens, their inventories and the diff.
 pub(crate) struct Online {
@@ -62,7 +63,7 @@ pub(crate) fn online_diff(
     let clusters = plan.clusters_in_scope();
     let tokens = open(&clusters)?;
     let lock = match writer {
-        Some(command) => Some(lock_targets(plan, &tokens, command)?),
+        Some(command) => Some(stage::timed("lock", || lock_targets(plan, &tokens, command))?),
         None => None,
     };
     log_in(&tokens, &clusters)?;
@@ -72,10 +73,12 @@ pub(crate) fn online_diff(
     let t = std::time::Instant::now();
     let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
     let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();
-    let inventories = read_all(&tokens, &names, &source_only, fingerprints, limits.inventory())?;
+    let inventories = stage::timed("inventory", || {
+        read_all(&tokens, &names, &source_only, fingerprints, limits.inventory())
+    })?;
     timings.inventory_ms = ms_since(t);
     let t = std::time::Instant::now();
-    let mut diff = diff(plan, &inventories)?;
+    let mut diff = stage::timed("diff", || diff(plan, &inventories))?;
     if let Some(s) = shard {
         diff = diff.shard(s);
     }
@@ -165,9 +168,12 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
         }
     }
     let execute_ms = ms_since(t);
+    stage::done("execute", t);
     let mut report = Report::new(e.command, e.plan_name, e.started, &online.diff, Some(&outcomes));
     let t = std::time::Instant::now();
-    let notified = crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.limits);
+    let notified = stage::timed("record/notify", || {
+        crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.limits)
+    });
     report.notifications = notified.records.clone();
     report.timings = Some(crate::report::Timings {
         execute_ms: Some(execute_ms),

@@ -191,12 +191,13 @@ fn tick(rx: Receiver<Event>, every: Duration) {
     }
 }
 
-/// Bars when stderr is a terminal, a progress line every `every` off one, and silence
-/// when quiet.
-pub(crate) fn for_output(quiet: bool, every: Duration) -> Box<dyn Reporter> {
+/// Bars when stderr is a terminal, a progress line every `every` off one or when `-v`
+/// lines share stderr (`log`: a line in the middle of a bar's redraw garbles both), and
+/// silence when quiet.
+pub(crate) fn for_output(quiet: bool, log: bool, every: Duration) -> Box<dyn Reporter> {
     if quiet {
         Box::new(Silent)
-    } else if std::io::stderr().is_terminal() {
+    } else if std::io::stderr().is_terminal() && !log {
         Box::new(Drawer::bars())
     } else {
         Box::new(Drawer::ticker(every))

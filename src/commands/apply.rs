@@ -155,7 +155,7 @@ pub(super) fn run_jobs(
             plan_name: &o.plan_name,
             limits: o.limits,
             allow_destroy: o.allow_destroy,
-            reporter: progress::for_output(p.quiet(), o.progress_interval).as_ref(),
+            reporter: progress::for_output(p.quiet(), p.log(), o.progress_interval).as_ref(),
             started,
             stop,
         },
@@ -171,6 +171,7 @@ pub(super) fn run_jobs(
     // The record of what was done is written before it is printed; if it cannot be
     // written, the summary is still printed and the run exits 3 when tokens were changed.
     let mut unwritten = Vec::new();
+    let report_stage = (o.report.is_some() || o.junit.is_some()).then(|| crate::stage::start("report"));
     if let Some(path) = o.report {
         let written = if path == Path::new("-") {
             p.json(&report)
@@ -189,6 +190,7 @@ pub(super) fn run_jobs(
             unwritten.push(format!("writing the JUnit file to {}: {e}", path.display()));
         }
     }
+    drop(report_stage);
     for job in &report.jobs {
         if job.status == Status::Failed {
             p.error_line(&format!(

@@ -48,9 +48,9 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
         .into());
     };
     let tokens = login(&[cluster])?;
-    let lineage = lineage_fingerprint(cluster, &tokens)?;
+    let lineage = crate::stage::timed("lineage", || lineage_fingerprint(cluster, &tokens))?;
     let token = tokens.get(&cluster.name);
-    let keys = token.session()?.list_keys()?;
+    let keys = crate::stage::timed("inventory", || token.session()?.list_keys())?;
     let listing = Listing {
         cluster: cluster.name.clone(),
         token: token.facts.label.clone(),

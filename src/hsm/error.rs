@@ -179,17 +179,20 @@ pub(crate) fn module_hint(module: &std::path::Path) -> String {
 /// constant is what operators search vendor documentation for.
 pub fn describe(e: &cryptoki::error::Error) -> String {
     match e {
-        cryptoki::error::Error::Pkcs11(rv, func) => {
-            let camel = format!("{rv:?}");
-            let mut ckr = String::from("CKR_");
-            for (i, ch) in camel.chars().enumerate() {
-                if ch.is_ascii_uppercase() && i > 0 {
-                    ckr.push('_');
-                }
-                ckr.push(ch.to_ascii_uppercase());
-            }
-            format!("C_{func:?} returned {ckr}")
-        }
+        cryptoki::error::Error::Pkcs11(rv, func) => format!("C_{func:?} returned {}", ckr_name(rv)),
         other => other.to_string(),
     }
+}
+
+/// The `CKR_` constant of a return value (`CKR_GENERAL_ERROR`), from cryptoki's name.
+pub(crate) fn ckr_name(rv: &cryptoki::error::RvError) -> String {
+    let camel = format!("{rv:?}");
+    let mut ckr = String::from("CKR_");
+    for (i, ch) in camel.chars().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            ckr.push('_');
+        }
+        ckr.push(ch.to_ascii_uppercase());
+    }
+    ckr
 }

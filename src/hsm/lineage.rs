@@ -7,7 +7,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use sha2::{Digest, Sha256};
 
-use super::{HsmError, TokenSession, Wrapped};
+use super::{trace, HsmError, TokenSession, Wrapped};
 
 impl TokenSession {
     /// The lineage fingerprint: a fixed, public 256-bit probe key wrapped under the domain
@@ -15,9 +15,8 @@ impl TokenSession {
     /// key, different otherwise; it reveals nothing of the domain key.
     pub fn lineage_fingerprint(&self) -> Result<String, HsmError> {
         let probe: [u8; 32] = Sha256::digest(b"hsm-sync lineage probe v1").into();
-        let key = self
-            .s
-            .create_object(&[
+        let key = trace::call("C_CreateObject", || {
+            self.s.create_object(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(CkKeyType::AES),
                 Attribute::Token(false),
@@ -25,7 +24,8 @@ impl TokenSession {
                 Attribute::Sensitive(false),
                 Attribute::Value(probe.to_vec()),
             ])
-            .map_err(self.pk("creating the lineage probe"))?;
+        })
+        .map_err(self.pk("creating the lineage probe"))?;
         // RFC 3394 of a 32-byte value is one answer on every make; a token without
         // CKM_AES_KEY_WRAP (CloudHSM SDK5 offers only its vendor RFC 5649) digests its
         // pair format instead, under another tag.
@@ -51,9 +51,8 @@ impl TokenSession {
     /// Source half of the lineage proof: a fresh session AES key, wrapped under the domain
     /// key, and its encryption of `challenge`.
     pub fn lineage_offer(&self, challenge: &[u8; 16]) -> Result<(Wrapped, Vec<u8>), HsmError> {
-        let key = self
-            .s
-            .generate_key(
+        let key = trace::call("C_GenerateKey", || {
+            self.s.generate_key(
                 &Mechanism::AesKeyGen,
                 &[
                     Attribute::Class(ObjectClass::SECRET_KEY),
@@ -64,19 +63,18 @@ impl TokenSession {
                     Attribute::Encrypt(true),
                 ],
             )
-            .map_err(self.pk("generating the lineage session key"))?;
+        })
+        .map_err(self.pk("generating the lineage session key"))?;
         let result = (|| {
             let blob = self
                 .raw
                 .wrap_key(&self.s, self.wrap.id, self.domain_key, key, 64)
                 .map_err(self.pk("wrapping the lineage session key"))?;
-            let check = self
-                .s
-                .encrypt(&Mechanism::AesEcb, key, challenge)
+            let check = trace::call("C_Encrypt", || self.s.encrypt(&Mechanism::AesEcb, key, challenge))
                 .map_err(self.pk("encrypting the lineage challenge"))?;
             Ok((Wrapped(blob), check))
         })();
-        let _ = self.s.destroy_object(key);
+        let _ = trace::call("C_DestroyObject", || self.s.destroy_object(key));
         result
     }
 
@@ -116,11 +114,9 @@ impl TokenSession {
             }
             Err(e) => return Err(self.pk("unwrapping the lineage session key")(e)),
         };
-        let out = self
-            .s
-            .encrypt(&Mechanism::AesEcb, key, challenge)
+        let out = trace::call("C_Encrypt", || self.s.encrypt(&Mechanism::AesEcb, key, challenge))
             .map_err(self.pk("encrypting the lineage challenge"));
-        let _ = self.s.destroy_object(key);
+        let _ = trace::call("C_DestroyObject", || self.s.destroy_object(key));
         Ok(Ok(out?))
     }
 }

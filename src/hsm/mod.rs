@@ -18,6 +18,7 @@
 //! - `records.rs`: hsm-sync's own data objects (the in-flight journal, state records);
 //! - [`attributes`], `profile.rs`: the attribute table and the per-vendor profiles;
 //! - `raw.rs`: the FFI edge, where all of the crate's raw PKCS#11 calls live;
+//! - `trace.rs`: the choke point every PKCS#11 call goes through, for `-vv`;
 //! - [`softhsm`]: demo provisioning; `error.rs`: [`HsmError`].
 
 pub mod attributes;
@@ -34,6 +35,7 @@ mod raw;
 mod records;
 mod session;
 pub mod softhsm;
+mod trace;
 mod wrap;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ pub(crate) use port::{KeySession, KeyStore, RecordSession};
 pub use records::APPLICATION;
 pub(crate) use records::{DataObject, STATE_PREFIX};
 pub(crate) use session::TokenSession;
+pub(crate) use trace::TARGET as TRACE_TARGET;
 pub(crate) use wrap::Wrapped;
 
 use crate::domain::handle::Handle;
@@ -116,14 +119,14 @@ impl Modules {
         if let Some(both) = loaded.get(&key) {
             return Ok(both.clone());
         }
-        let ctx = Pkcs11::new(&key).map_err(|e| module_err(e.to_string()))?;
+        let ctx = trace::call("C_GetFunctionList", || Pkcs11::new(&key)).map_err(|e| module_err(e.to_string()))?;
         let args = match module_args {
             Some(a) => {
                 Some(std::ffi::CString::new(a).map_err(|_| module_err("`module_args` holds a NUL byte".into()))?)
             }
             None => None,
         };
-        match ctx.initialize(raw::init_args(args.as_deref())) {
+        match trace::call("C_Initialize", || ctx.initialize(raw::init_args(args.as_deref()))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e @ CkError::Pkcs11(RvError::ArgumentsBad, _)) if args.is_none() => {
                 return Err(module_err(format!(
@@ -198,7 +201,7 @@ impl Token {
             op,
             error,
         };
-        let slots = ctx.get_slots_with_token().map_err(|e| pk("listing slots", e))?;
+        let slots = trace::call("C_GetSlotList", || ctx.get_slots_with_token()).map_err(|e| pk("listing slots", e))?;
         let mut present = Vec::new();
         for slot in slots {
             let info = token_info(&ctx, slot).map_err(|e| pk("reading token info", e))?;
@@ -272,11 +275,9 @@ impl Token {
         if info.user_pin_final_try() {
             return Err(locked("the user PIN is on its final try (one more failure locks it)"));
         }
-        let session = self
-            .ctx
-            .open_rw_session(self.slot)
+        let session = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
-        match session.login(UserType::User, Some(pin)) {
+        match trace::call("C_Login", || session.login(UserType::User, Some(pin))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
                 return Err(HsmError::WrongPin {
@@ -304,11 +305,17 @@ impl Token {
             ObjectClass::PRIVATE_KEY,
             ObjectClass::PUBLIC_KEY,
         ] {
-            for h in session
-                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], session::FIND_BATCH)
-                .map_err(self.pk("listing objects"))?
-            {
-                listed.push(raw::handle(h.map_err(self.pk("listing objects"))?));
+            let found = trace::call("C_FindObjects", || {
+                session
+                    .iter_objects_with_cache_size(
+                        &[Attribute::Token(true), Attribute::Class(class)],
+                        session::FIND_BATCH,
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.pk("listing objects"))?;
+            for h in found {
+                listed.push(raw::handle(h));
             }
         }
         *self.listed.lock().unwrap_or_else(|p| p.into_inner()) = Some(listed);
@@ -345,13 +352,12 @@ impl Token {
     /// extracted, for wrap/unwrap/encrypt/decrypt. Returns its handle. Refused when the
     /// token already holds a key under the label: a second one would split the lineage.
     pub fn create_domain_key(&self) -> Result<Handle, HsmError> {
-        let s = self
-            .ctx
-            .open_rw_session(self.slot)
+        let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
-        let existing = s
-            .find_objects(&[Attribute::Label(self.domain_label.as_bytes().to_vec())])
-            .map_err(self.pk("finding the domain key"))?;
+        let existing = trace::call("C_FindObjects", || {
+            s.find_objects(&[Attribute::Label(self.domain_label.as_bytes().to_vec())])
+        })
+        .map_err(self.pk("finding the domain key"))?;
         if !existing.is_empty() {
             let which: Vec<String> = existing.iter().map(|h| format!("handle {}", h.handle())).collect();
             return Err(HsmError::DomainKey {
@@ -363,9 +369,10 @@ impl Token {
         }
         let mut template = attributes::domain_key_template(&self.domain_label);
         template.push(Attribute::ValueLen(32.into()));
-        let h = s
-            .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
-            .map_err(self.pk("generating the domain key"))?;
+        let h = trace::call("C_GenerateKey", || {
+            s.generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
+        })
+        .map_err(self.pk("generating the domain key"))?;
         Ok(raw::handle(h))
     }
 
@@ -375,9 +382,7 @@ impl Token {
         if let Some(c) = self.capabilities.get() {
             return Ok(c);
         }
-        let s = self
-            .ctx
-            .open_rw_session(self.slot)
+        let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
         let c = capabilities::probe(&self.raw, &s, self.slot.id(), self.profile().vendor_wraps)
             .map_err(self.pk("probing the wrap mechanisms"))?;
@@ -412,9 +417,7 @@ impl Token {
 
     /// A new read-write session (one per worker; the login is shared by all).
     pub fn session(&self) -> Result<TokenSession, HsmError> {
-        let s = self
-            .ctx
-            .open_rw_session(self.slot)
+        let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
         let mut dk = self.domain_key.lock().unwrap_or_else(|p| p.into_inner());
         let domain_key = match *dk {
@@ -443,7 +446,7 @@ impl Token {
 fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkError> {
     let mut attempt = 0;
     loop {
-        match ctx.get_token_info(slot) {
+        match trace::call("C_GetTokenInfo", || ctx.get_token_info(slot)) {
             Err(CkError::Pkcs11(RvError::GeneralError, _)) if attempt < 2 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50 * attempt));

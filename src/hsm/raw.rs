@@ -62,7 +62,7 @@ impl RawFns {
             let lib = cryptoki_sys::Pkcs11::new(path).ok()?;
             let get = *lib.C_GetFunctionList.as_ref().ok()?;
             let mut list: *mut cryptoki_sys::CK_FUNCTION_LIST = std::ptr::null_mut();
-            if get(&mut list) != cryptoki_sys::CKR_OK || list.is_null() {
+            if super::trace::raw("C_GetFunctionList", || get(&mut list)) != cryptoki_sys::CKR_OK || list.is_null() {
                 return None;
             }
             Some(RawFns { f: *list, _lib: lib })
@@ -97,14 +97,14 @@ impl RawFns {
         }
         // SAFETY: every template entry points at its own part of `buf`, of its stated
         // length; `buf` and `template` outlive the call. The session is the caller's.
-        let rv = unsafe {
+        let rv = super::trace::raw("C_GetAttributeValue", || unsafe {
             get(
                 s.handle(),
                 h.handle(),
                 template.as_mut_ptr(),
                 template.len() as cryptoki_sys::CK_ULONG,
             )
-        };
+        });
         match Rv::from(rv) {
             Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
             Rv::Error(RvError::BufferTooSmall) => return None,
@@ -158,7 +158,7 @@ impl RawFns {
             let mut len = size as cryptoki_sys::CK_ULONG;
             // SAFETY: the mechanism takes no parameter; `buf` is writable for `len` bytes;
             // the session and handles are the caller's, on one token.
-            let rv = unsafe {
+            let rv = super::trace::raw("C_WrapKey", || unsafe {
                 wrap(
                     s.handle(),
                     &mut mech,
@@ -167,7 +167,7 @@ impl RawFns {
                     buf.as_mut_ptr(),
                     &mut len,
                 )
-            };
+            });
             match Rv::from(rv) {
                 Rv::Ok if len as usize <= size => {
                     buf.truncate(len as usize);
@@ -176,7 +176,7 @@ impl RawFns {
                 Rv::Ok | Rv::Error(RvError::BufferTooSmall) => {
                     let mut needed: cryptoki_sys::CK_ULONG = 0;
                     // SAFETY: a NULL output asks only for the length, written to `needed`.
-                    let rv = unsafe {
+                    let rv = super::trace::raw("C_WrapKey", || unsafe {
                         wrap(
                             s.handle(),
                             &mut mech,
@@ -185,7 +185,7 @@ impl RawFns {
                             std::ptr::null_mut(),
                             &mut needed,
                         )
-                    };
+                    });
                     Rv::from(rv).into_result(Function::WrapKey)?;
                     size = (needed as usize).max(size).saturating_add(16);
                 }
@@ -219,7 +219,7 @@ impl RawFns {
         let mut out: cryptoki_sys::CK_OBJECT_HANDLE = 0;
         // SAFETY: the mechanism takes no parameter; `blob` is readable for its length and
         // `t` points at live attribute values; `out` receives the new handle.
-        let rv = unsafe {
+        let rv = super::trace::raw("C_UnwrapKey", || unsafe {
             unwrap(
                 s.handle(),
                 &mut mech,
@@ -230,7 +230,7 @@ impl RawFns {
                 t.len() as cryptoki_sys::CK_ULONG,
                 &mut out,
             )
-        };
+        });
         Rv::from(rv).into_result(Function::UnwrapKey)?;
         // SAFETY: `out` is the handle the token just gave the new object (see `object`).
         Ok(unsafe { ObjectHandle::new_from_raw(out) })
@@ -253,7 +253,9 @@ impl RawFns {
             ulValueLen: std::mem::size_of::<cryptoki_sys::CK_ULONG>() as cryptoki_sys::CK_ULONG,
         };
         // SAFETY: one template entry pointing at `value`, of its size.
-        let rv = unsafe { get(s.handle(), h.handle(), &mut t, 1) };
+        let rv = super::trace::raw("C_GetAttributeValue", || unsafe {
+            get(s.handle(), h.handle(), &mut t, 1)
+        });
         Rv::from(rv).into_result(Function::GetAttributeValue)?;
         Ok(value)
     }
@@ -267,11 +269,13 @@ impl RawFns {
         let list = self.f.C_GetMechanismList.ok_or(CkError::NullFunctionPointer)?;
         let mut n: cryptoki_sys::CK_ULONG = 0;
         // SAFETY: a NULL list asks only for the count.
-        let rv = unsafe { list(slot, std::ptr::null_mut(), &mut n) };
+        let rv = super::trace::raw("C_GetMechanismList", || unsafe {
+            list(slot, std::ptr::null_mut(), &mut n)
+        });
         Rv::from(rv).into_result(Function::GetMechanismList)?;
         let mut ids = vec![0; n as usize];
         // SAFETY: `ids` has room for the `n` entries the module announced.
-        let rv = unsafe { list(slot, ids.as_mut_ptr(), &mut n) };
+        let rv = super::trace::raw("C_GetMechanismList", || unsafe { list(slot, ids.as_mut_ptr(), &mut n) });
         Rv::from(rv).into_result(Function::GetMechanismList)?;
         ids.truncate(n as usize);
         Ok(ids)
@@ -290,7 +294,7 @@ impl RawFns {
             flags: 0,
         };
         // SAFETY: `out` is a valid CK_MECHANISM_INFO for the module to fill.
-        let rv = unsafe { info(slot, mechanism, &mut out) };
+        let rv = super::trace::raw("C_GetMechanismInfo", || unsafe { info(slot, mechanism, &mut out) });
         Rv::from(rv).into_result(Function::GetMechanismInfo)?;
         Ok(out.flags)
     }

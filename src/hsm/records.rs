@@ -30,7 +30,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use crate::domain::handle::Handle;
 
-use super::{raw, HsmError, TokenSession};
+use super::{raw, trace, HsmError, TokenSession};
 
 /// The buffer a record's label or value is read into in one call (larger ones take
 /// cryptoki's two).
@@ -160,10 +160,10 @@ impl TokenSession {
             // This token keeps records in labels already.
             return in_label();
         }
-        match self
-            .s
-            .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
-        {
+        match trace::call("C_SetAttributeValue", || {
+            self.s
+                .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
+        }) {
             Ok(()) => Ok(()),
             Err(CkError::Pkcs11(
                 RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::AttributeTypeInvalid,
@@ -178,9 +178,11 @@ impl TokenSession {
     /// object's `CKA_VALUE`).
     pub fn set_data_label(&self, handle: Handle, label: &str) -> Result<(), HsmError> {
         let h = raw::object(handle);
-        self.s
-            .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
-            .map_err(self.pk("updating an hsm-sync data object"))
+        trace::call("C_SetAttributeValue", || {
+            self.s
+                .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
+        })
+        .map_err(self.pk("updating an hsm-sync data object"))
     }
 
     /// Reads one data object again by handle (its attributes as the token holds them
@@ -194,9 +196,8 @@ impl TokenSession {
 impl TokenSession {
     /// Creates a private, modifiable token data object of hsm-sync.
     fn create_object(&self, label: &str, value: &[u8], op: &'static str) -> Result<Handle, HsmError> {
-        let h = self
-            .s
-            .create_object(&[
+        let h = trace::call("C_CreateObject", || {
+            self.s.create_object(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(true),
                 Attribute::Private(true),
@@ -205,7 +206,8 @@ impl TokenSession {
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Value(value.to_vec()),
             ])
-            .map_err(self.pk(op))?;
+        })
+        .map_err(self.pk(op))?;
         Ok(raw::handle(h))
     }
 
@@ -219,9 +221,7 @@ impl TokenSession {
         if let Some(l) = label {
             template.push(Attribute::Label(l.as_bytes().to_vec()));
         }
-        Ok(self
-            .s
-            .find_objects(&template)
+        Ok(trace::call("C_FindObjects", || self.s.find_objects(&template))
             .map_err(self.pk(op))?
             .into_iter()
             .map(raw::handle)
@@ -232,7 +232,7 @@ impl TokenSession {
     /// removed it first).
     fn destroy_object(&self, handle: Handle, op: &'static str) -> Result<(), HsmError> {
         let h = raw::object(handle);
-        match self.s.destroy_object(h) {
+        match trace::call("C_DestroyObject", || self.s.destroy_object(h)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => Ok(()),
             Err(e) => Err(self.pk(op)(e)),
         }
@@ -278,7 +278,9 @@ impl TokenSession {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.s.get_attributes(h, &[AttributeType::Label, AttributeType::Value]) {
+            match trace::call("C_GetAttributeValue", || {
+                self.s.get_attributes(h, &[AttributeType::Label, AttributeType::Value])
+            }) {
                 Ok(a) => return Ok(Some(a)),
                 Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
                 Err(CkError::Pkcs11(RvError::BufferTooSmall, _)) if tries < 10 => continue,

@@ -16,6 +16,7 @@ use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRI
 use super::capabilities::WrapMechanism;
 use super::profile::Profile;
 use super::raw::{self, RawFns};
+use super::trace;
 use super::HsmError;
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::handle::Handle;
@@ -30,16 +31,17 @@ pub(crate) const FIND_BATCH: NonZeroUsize = match NonZeroUsize::new(1024) {
 
 /// Finds the one domain key of a token by label.
 pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result<ObjectHandle, HsmError> {
-    let found = s
-        .find_objects(&[
+    let found = trace::call("C_FindObjects", || {
+        s.find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.as_bytes().to_vec()),
         ])
-        .map_err(|error| HsmError::Pkcs11 {
-            cluster: cluster.into(),
-            op: "finding the domain key",
-            error,
-        })?;
+    })
+    .map_err(|error| HsmError::Pkcs11 {
+        cluster: cluster.into(),
+        op: "finding the domain key",
+        error,
+    })?;
     let err = |problem: String, help: String| HsmError::DomainKey {
         cluster: cluster.into(),
         label: label.into(),
@@ -64,13 +66,14 @@ pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result
     };
     // A domain key that cannot wrap or unwrap fails later with a bare
     // CKR_KEY_FUNCTION_NOT_PERMITTED; say which attribute it lacks now.
-    let attrs = s
-        .get_attributes(h, &[AttributeType::Wrap, AttributeType::Unwrap])
-        .map_err(|error| HsmError::Pkcs11 {
-            cluster: cluster.into(),
-            op: "reading the domain key's attributes",
-            error,
-        })?;
+    let attrs = trace::call("C_GetAttributeValue", || {
+        s.get_attributes(h, &[AttributeType::Wrap, AttributeType::Unwrap])
+    })
+    .map_err(|error| HsmError::Pkcs11 {
+        cluster: cluster.into(),
+        op: "reading the domain key's attributes",
+        error,
+    })?;
     let mut lacks = Vec::new();
     for a in attrs {
         match a {
@@ -159,12 +162,13 @@ impl TokenSession {
             ObjectClass::PRIVATE_KEY,
             ObjectClass::PUBLIC_KEY,
         ] {
-            for h in self
-                .s
-                .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], FIND_BATCH)
-                .map_err(self.pk("listing keys"))?
-            {
-                let h = h.map_err(self.pk("listing keys"))?;
+            let found = trace::call("C_FindObjects", || {
+                self.s
+                    .iter_objects_with_cache_size(&[Attribute::Token(true), Attribute::Class(class)], FIND_BATCH)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.pk("listing keys"))?;
+            for h in found {
                 if h != self.domain_key {
                     out.push(raw::handle(h));
                 }
@@ -198,7 +202,7 @@ impl TokenSession {
             &[AttributeType::Id, AttributeType::Label],
         ) {
             Some(r) => r,
-            None => self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES),
+            None => trace::call("C_GetAttributeValue", || self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES)),
         };
         let attrs = match attrs {
             Ok(a) => a,
@@ -289,7 +293,7 @@ impl TokenSession {
             template.push(Attribute::Id(like.id.clone()));
         }
         let mut out = Vec::new();
-        for h in self.s.find_objects(&template).map_err(self.pk("finding keys"))? {
+        for h in trace::call("C_FindObjects", || self.s.find_objects(&template)).map_err(self.pk("finding keys"))? {
             if let Some(mut k) = self.read_key(h)? {
                 if k.identity() == like.identity() {
                     k.fingerprint = Fingerprint::tried(self.fingerprint(&k)?);
@@ -305,15 +309,14 @@ impl TokenSession {
         let h = raw::object(handle);
         let mut template = vec![Attribute::Label(like.label.as_bytes().to_vec())];
         template.extend(usage_attributes(like.class, &like.flags));
-        self.s
-            .update_attributes(h, &template)
+        trace::call("C_SetAttributeValue", || self.s.update_attributes(h, &template))
             .map_err(self.pk("updating attributes"))
     }
 
     /// Destroys an object (used to remove a copy that failed verification).
     pub fn destroy(&self, handle: Handle) -> Result<(), HsmError> {
         let h = raw::object(handle);
-        self.s.destroy_object(h).map_err(self.pk("destroying an object"))
+        trace::call("C_DestroyObject", || self.s.destroy_object(h)).map_err(self.pk("destroying an object"))
     }
 
     /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
@@ -322,7 +325,7 @@ impl TokenSession {
     pub fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
         for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
-            match self.s.sign(&mech, h, data) {
+            match trace::call("C_Sign", || self.s.sign(&mech, h, data)) {
                 Ok(mac) => return Ok(Some(mac)),
                 Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
                 Err(e) => return Err(self.pk("computing an HMAC")(e)),
@@ -334,8 +337,7 @@ impl TokenSession {
     /// Random bytes from the token's generator.
     pub fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         let mut buf = vec![0u8; n];
-        self.s
-            .generate_random_slice(&mut buf)
+        trace::call("C_GenerateRandom", || self.s.generate_random_slice(&mut buf))
             .map_err(self.pk("generating random bytes"))?;
         Ok(buf)
     }

@@ -7,7 +7,7 @@ use cryptoki::object::{Attribute, KeyType as CkKeyType};
 use zeroize::Zeroizing;
 
 use super::attributes::{ck_class, ck_type, usage_attributes};
-use super::{raw, HsmError, TokenSession};
+use super::{raw, trace, HsmError, TokenSession};
 use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
@@ -112,9 +112,7 @@ impl TokenSession {
             }
             _ => {}
         }
-        let h = self
-            .s
-            .create_object(&template)
+        let h = trace::call("C_CreateObject", || self.s.create_object(&template))
             .map_err(self.pk("creating a public key"))?;
         Ok(raw::handle(h))
     }

@@ -7,10 +7,13 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, JSONReportHandler};
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, JSONReportHandler, SourceCode, SourceSpan};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::cli::DiagnosticsFormat;
+
+mod log;
 
 /// Where stdout goes: the process's own, or a buffer the caller reads (the benchmark
 /// runs commands in its own process).
@@ -23,6 +26,8 @@ enum Sink {
 pub(crate) struct Printer {
     diagnostics: DiagnosticsFormat,
     quiet: bool,
+    /// `-v`/`-vv` lines go to stderr (see [`Printer::with_log`]).
+    log: bool,
     stdout_color: bool,
     stderr_color: bool,
     out: Sink,
@@ -41,6 +46,7 @@ impl Printer {
         Printer {
             diagnostics,
             quiet,
+            log: false,
             stdout_color: colour_on(io::stdout().is_terminal()),
             stderr_color: colour_on(io::stderr().is_terminal()),
             out: Sink::Stdout,
@@ -55,6 +61,20 @@ impl Printer {
             out: Sink::Writer(Mutex::new(out)),
             ..Printer::new(diagnostics, quiet)
         }
+    }
+
+    /// This printer with the `-v`/`-vv` log on stderr for `verbosity` (0: none).
+    pub(crate) fn with_log(self, verbosity: u8) -> Printer {
+        Printer {
+            log: log::install(verbosity),
+            ..self
+        }
+    }
+
+    /// Whether `-v` lines go to stderr: progress is then printed as lines, never bars
+    /// (a log line in the middle of a bar's redraw garbles both).
+    pub(crate) fn log(&self) -> bool {
+        self.log
     }
 
     /// Whether `--quiet` is on: progress and per-job lines are left out (errors,
@@ -156,11 +176,14 @@ impl Printer {
     }
 
     /// Renders a diagnostic: miette's graphical report (colour only on a terminal without
-    /// `NO_COLOR`), or miette's JSON for CI annotations.
+    /// `NO_COLOR`), or miette's JSON for CI annotations, each label's span with its line
+    /// and column added (see [`with_line_column`]).
     pub(crate) fn render(&self, d: &dyn Diagnostic) -> String {
         let mut out = String::new();
         let result = match self.diagnostics {
-            DiagnosticsFormat::Json => JSONReportHandler::new().render_report(&mut out, d),
+            DiagnosticsFormat::Json => JSONReportHandler::new()
+                .render_report(&mut out, d)
+                .map(|()| out = with_line_column(&out, d)),
             DiagnosticsFormat::Human => {
                 let theme = if self.stderr_color {
                     GraphicalTheme::unicode()
@@ -175,6 +198,66 @@ impl Printer {
         }
         out
     }
+}
+
+/// miette's JSON with a 1-based `line` and `column` (in characters, as editors count
+/// them) beside `offset` and `length` in every label's `span` (issue 16: CI annotations
+/// want lines, not byte offsets). Additive: every field miette writes stays. The labels
+/// and related diagnostics are walked in the order miette wrote them, each span read
+/// from the source miette used (its own, else its parent's). JSON that does not parse
+/// is returned as it was.
+fn with_line_column(json: &str, d: &dyn Diagnostic) -> String {
+    let Ok(mut value) = serde_json::from_str::<Value>(json) else {
+        return json.to_string();
+    };
+    add_line_column(&mut value, d, None);
+    serde_json::to_string(&value).unwrap_or_else(|_| json.to_string())
+}
+
+fn add_line_column(value: &mut Value, d: &dyn Diagnostic, parent: Option<&dyn SourceCode>) {
+    let src = d.source_code().or(parent);
+    if let (Some(src), Some(labels), Some(out)) =
+        (src, d.labels(), value.get_mut("labels").and_then(Value::as_array_mut))
+    {
+        for (label, out) in labels.zip(out.iter_mut()) {
+            let Some(span) = out.get_mut("span").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if let Some((line, column)) = line_column(src, label.offset()) {
+                span.insert("line".into(), line.into());
+                span.insert("column".into(), column.into());
+            }
+        }
+    }
+    if let (Some(related), Some(out)) = (d.related(), value.get_mut("related").and_then(Value::as_array_mut)) {
+        for (r, out) in related.zip(out.iter_mut()) {
+            add_line_column(out, r, src);
+        }
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `src`, as
+/// `plan::source::PlanSource::line_col` counts them. Read through `SourceCode` (the
+/// printer sees only the diagnostic): one line of context before the offset gives the
+/// text from a line start, or, where a source shows a window of a very long line, the
+/// window's own line and column.
+fn line_column(src: &dyn SourceCode, offset: usize) -> Option<(usize, usize)> {
+    let contents = src.read_span(&SourceSpan::from((offset, 0)), 1, 0).ok()?;
+    let start = contents.span().offset();
+    let mut before = contents.data().get(..offset.checked_sub(start)?)?;
+    // An offset inside a character counts from the character's start, as `line_col` does.
+    if let Err(e) = std::str::from_utf8(before) {
+        if e.error_len().is_none() {
+            before = &before[..e.valid_up_to()];
+        }
+    }
+    let before = String::from_utf8_lossy(before);
+    let line = contents.line() + before.matches('\n').count() + 1;
+    let column = match before.rfind('\n') {
+        Some(i) => before[i + 1..].chars().count(),
+        None => contents.column() + before.chars().count(),
+    } + 1;
+    Some((line, column))
 }
 
 #[cfg(test)]
@@ -199,5 +282,26 @@ mod tests {
         p.outln("first");
         assert!(p.stdout_closed());
         assert!(p.json(&[1, 2, 3]).is_ok());
+    }
+
+    #[test]
+    fn line_and_column_are_the_plan_locators() {
+        let long = format!("  - label: \"{}\"  # ünïcode\n", "x".repeat(5000));
+        let text = format!("version: 1\r\nclusters:\n  prïmary: {{ módule: /x.so }}\n\n{long}sync: []");
+        let located = crate::plan::source::PlanSource::parse("plan.yaml", text.clone());
+        let shown = crate::plan::PlanText::new("plan.yaml", text.clone());
+        for offset in (0..=text.len()).filter(|o| text.is_char_boundary(*o)) {
+            assert_eq!(
+                line_column(&shown, offset),
+                Some(located.line_col(offset)),
+                "offset {offset}"
+            );
+        }
+        // Inside a character: where the character starts.
+        let inside = text.find('ï').map(|i| i + 1);
+        assert_eq!(
+            inside.and_then(|i| line_column(&shown, i)),
+            inside.map(|i| located.line_col(i))
+        );
     }
 }

@@ -14,5 +14,6 @@ mod plan_lang;
 mod reliability;
 mod semantics;
 mod tooling;
+mod verbose;
 mod workflow;
 mod world;

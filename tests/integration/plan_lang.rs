@@ -180,15 +180,20 @@ fn rendered_diagnostics_match_their_snapshots() {
     );
 }
 
-#[test]
-fn diagnostics_json_gives_codes_and_label_offsets() {
+/// `--diagnostics json validate` of a broken plan `text`: exit 1 and one JSON document.
+fn validate_json(text: &str) -> Value {
     let w = World::new();
-    let text = "version: 1\nclusters:\n  primary:\n    module: /x.so\n    token: { label: p }\n    credentials: { role: crypto-user, user: app, pin: \"1234\" }\nsync:\n  - source: primary\n    tragets: [dr]\n    keys: [{ id: \"01\" }]\n";
     w.write("plan.yaml", text);
     let out = w.run(&["--diagnostics", "json", "validate", "plan.yaml"]);
     assert_eq!(out.code, 1, "{out:?}");
-    let json: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| panic!("stderr is not one JSON document ({e}):\n{}", out.stderr));
+    serde_json::from_str(out.stderr.trim())
+        .unwrap_or_else(|e| panic!("stderr is not one JSON document ({e}):\n{}", out.stderr))
+}
+
+#[test]
+fn diagnostics_json_gives_codes_and_label_offsets() {
+    let text = "version: 1\nclusters:\n  primary:\n    module: /x.so\n    token: { label: p }\n    credentials: { role: crypto-user, user: app, pin: \"1234\" }\nsync:\n  - source: primary\n    tragets: [dr]\n    keys: [{ id: \"01\" }]\n";
+    let json = validate_json(text);
     assert_eq!(json["code"], "plan::invalid");
     let related = json["related"].as_array().expect("related diagnostics");
     assert!(related.iter().all(|d| d["filename"] == "plan.yaml"), "{related:#?}");
@@ -209,6 +214,32 @@ fn diagnostics_json_gives_codes_and_label_offsets() {
     assert!(text[offset..].starts_with("tragets"), "label on the key");
     assert_eq!(unknown["help"], "did you mean `targets`?");
     assert_eq!(unknown["severity"], "error");
+}
+
+#[test]
+fn diagnostics_json_gives_each_label_its_line_and_column() {
+    // Line 5 has two-byte characters before the label: columns count characters.
+    let text = "version: 1\nclusters:\n  primary:\n    module: /x.so\n    token: { label: \"prïmäry\", sreial: \"1\" }\n    credentials: { role: crypto-user, user: app, pin: \"1234\" }\nsync:\n  - source: primary\n    tragets: [dr]\n    keys: [{ id: \"01\" }]\n";
+    let json = validate_json(text);
+    let related = json["related"].as_array().expect("related diagnostics");
+    let span_of = |message: &str| {
+        let d = related
+            .iter()
+            .find(|d| d["message"].as_str().is_some_and(|m| m.contains(message)))
+            .unwrap_or_else(|| panic!("no `{message}` in {related:#?}"));
+        d["labels"][0]["span"].clone()
+    };
+    let at = |span: &Value| (span["line"].as_u64(), span["column"].as_u64());
+    let serial = span_of("unknown field `sreial`");
+    assert_eq!(at(&serial), (Some(5), Some(32)), "{serial}");
+    let pin = span_of("a PIN is written in the plan");
+    assert_eq!(at(&pin), (Some(6), Some(55)), "{pin}");
+    let targets = span_of("unknown field `tragets`");
+    assert_eq!(at(&targets), (Some(9), Some(5)), "{targets}");
+    // Additive: the byte offsets are still there, and still point at the same text.
+    let offset = serial["offset"].as_u64().unwrap() as usize;
+    assert!(text[offset..].starts_with("sreial"), "{serial}");
+    assert_eq!(serial["length"], 6);
 }
 
 #[test]
