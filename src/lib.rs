@@ -16,11 +16,11 @@
 //! | `main.rs`, [`run`] | parse, dispatch, map the outcome to an exit code |
 //! | [`cli`] | clap types only |
 //! | `error.rs`, `exit.rs` | the edge error and the one `ExitStatus` (CONTRACT.md §2) |
-//! | [`domain`] | keys, the key-kind table, fingerprints, reasons, shards, events, outcomes |
+//! | [`domain`] | keys, opaque handles, wire formats, the key-kind table, fingerprints, reasons, shards, events, outcomes |
 //! | [`plan`] | raw serde types, spans, validation rules, the validated model |
 //! | [`credentials`] | PIN sources → secret types |
-//! | [`hsm`] | the only room naming cryptoki: the key-store port, sessions, raw FFI |
-//! | [`connect`] | tokens in scope: open, log in, prove lineage |
+//! | [`hsm`] | the only room naming cryptoki: the key-store port, sessions, capabilities (the wrap-format probe), profiles, raw FFI, the `-vv` call trace |
+//! | [`connect`] | tokens in scope: open, log in, negotiate each pair's wire format, prove lineage |
 //! | `inventory.rs`, [`diff`] | what each token holds; the pure diff |
 //! | `executor.rs` | jobs on a rayon pool: retry, adopt, repair, verify |
 //! | `pipeline.rs` | connect → lock → inventory → diff → execute → record |
