@@ -314,4 +314,32 @@ fn a_plan_may_choose_the_profile_and_an_unknown_one_is_named() {
         "the help lists the profiles: {}",
         p.stderr
     );
+
+    // The README's token guide (issue 16 item 18) has a row for every family a profile
+    // knows, tested here or read in vendor documentation.
+    let listed = p.stderr.split("profiles: auto, ").nth(1).expect("the profile list");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let guide = readme
+        .split("## Tokens")
+        .nth(1)
+        .expect("a Tokens section")
+        .split("\n## ")
+        .next()
+        .unwrap_or("");
+    assert!(
+        guide.contains("### Tested here") && guide.contains("### Real HSMs"),
+        "both tables"
+    );
+    let names: Vec<&str> = listed.lines().next().unwrap_or("").split(", ").map(str::trim).collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        if name == "generic PKCS#11" {
+            continue;
+        }
+        let family = name.trim_start_matches("Thales ").trim_start_matches("AWS ");
+        assert!(
+            guide.lines().any(|l| l.starts_with('|') && l.contains(family)),
+            "the README's token tables have no row for profile `{name}`"
+        );
+    }
 }
