@@ -277,7 +277,21 @@ impl Token {
         }
         let session = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
-        match trace::call("C_Login", || session.login(UserType::User, Some(pin))) {
+        // CKR_USER_PIN_NOT_INITIALIZED means the token checked no PIN at all: SoftHSM
+        // answers so while another process rewrites the token's file (measured: two
+        // racing `notify` runs). Asking again then spends no PIN attempt; any answer
+        // that did check the PIN is final (a wrong PIN is never retried).
+        let mut attempt = 0;
+        let login = loop {
+            match trace::call("C_Login", || session.login(UserType::User, Some(pin))) {
+                Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if attempt < 2 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+                }
+                r => break r,
+            }
+        };
+        match login {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
                 return Err(HsmError::WrongPin {
