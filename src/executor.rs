@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::diff::{Action, Diff, DiffItem};
 use crate::domain::handle::Handle;
-use crate::domain::key::KeyObject;
+use crate::domain::key::{KeyClass, KeyObject};
 use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
 use crate::hsm::{is_transient, public_fingerprint, HsmError, KeySession, KeyStore, Wrapped};
@@ -271,7 +271,23 @@ fn copy<S: KeyStore>(
     } else {
         match sessions.retry(source, |s| s.wrap(key.handle, key.class)) {
             (Ok(b), n) => {
-                let fp = b.fingerprint(key.class);
+                // A private key's fingerprint is its public parts' (the same on every
+                // make), the inventory's where it read one.
+                let fp = match (key.class, key.fingerprint.known()) {
+                    (KeyClass::PrivateKey, Some(known)) => known.to_string(),
+                    (KeyClass::PrivateKey, None) => match sessions.retry(source, |s| s.fingerprint(&key)).0 {
+                        Ok(Some(fp)) => fp,
+                        Ok(None) => b.fingerprint(key.class),
+                        Err(e) => {
+                            let msg = format!("fingerprint on `{source}`: {e}");
+                            return items
+                                .iter()
+                                .map(|i| (*i, outcome(start, n, Err(msg.clone()))))
+                                .collect();
+                        }
+                    },
+                    _ => b.fingerprint(key.class),
+                };
                 (Material::Wrapped(b), fp, n)
             }
             (Err(e), n) => {
@@ -310,7 +326,7 @@ fn copy<S: KeyStore>(
                 continue;
             }
         }
-        let (r, n) = place(sessions, target, &key, &material, &fingerprint, &hmac_check);
+        let (r, n) = place(sessions, source, target, &key, &material, &fingerprint, &hmac_check);
         out.push((
             i,
             outcome(start, n.max(attempts), r.map(|note| (Some(fingerprint.clone()), note))),
@@ -322,6 +338,7 @@ fn copy<S: KeyStore>(
 /// Puts one copy on `target` and verifies it; returns the note for the report.
 fn place<S: KeyStore>(
     sessions: &mut Sessions<'_, S>,
+    source: &str,
     target: &str,
     key: &KeyObject,
     material: &Material,
@@ -340,10 +357,16 @@ fn place<S: KeyStore>(
                     Ok(t) => t,
                     Err(e) => return (Err(e.to_string()), attempt),
                 };
-                let verified = verify(t, h, key, fingerprint, hmac_check);
+                let verified = if key.class == KeyClass::PrivateKey {
+                    prove_private(sessions, source, target, h, key, fingerprint)
+                } else {
+                    verify(t, h, key, fingerprint, hmac_check)
+                };
                 if verified.is_err() {
                     // Never leave an unverified copy behind.
-                    let _ = t.destroy(h);
+                    if let Ok(t) = sessions.get(target) {
+                        let _ = t.destroy(h);
+                    }
                 }
                 return (verified, attempt);
             }
@@ -369,6 +392,57 @@ fn place<S: KeyStore>(
             }
             Err(e) => return (Err(e.to_string()), attempt),
         }
+    }
+}
+
+/// Proves a private key's copy (CONTRACT §1): the copy signs a random challenge on the
+/// target and the source's public half must verify it, because the same private key wraps
+/// to different PKCS#8 blobs on different makes. A key that may not sign, or whose source
+/// holds no public half, is proven by its fingerprint (public parts, else the wrap).
+fn prove_private<S: KeyStore>(
+    sessions: &mut Sessions<'_, S>,
+    source: &str,
+    target: &str,
+    h: Handle,
+    key: &KeyObject,
+    fingerprint: &str,
+) -> Result<Option<String>, String> {
+    if key.flags.sign {
+        let t = sessions.get(target).map_err(|e| e.to_string())?;
+        let challenge = t.random(32).map_err(|e| format!("verify: {e}"))?;
+        let signed = t
+            .sign(h, key.key_type, &challenge)
+            .map_err(|e| format!("verify (signing on `{target}`): {e}"))?;
+        if let Some(signature) = signed {
+            let s = sessions.get(source).map_err(|e| e.to_string())?;
+            match s
+                .verify_public(key, &challenge, &signature)
+                .map_err(|e| format!("verify (on `{source}`): {e}"))?
+            {
+                Some(true) => {
+                    return Ok(Some(
+                        "proven by a signature of the copy that the source's public key verifies".into(),
+                    ))
+                }
+                Some(false) => {
+                    return Err("verify: the copy's signature does not verify under the source's public key".into())
+                }
+                None => {}
+            }
+        }
+    }
+    let t = sessions.get(target).map_err(|e| e.to_string())?;
+    let copy = t
+        .read_key_at(h)
+        .map_err(|e| format!("verify: {e}"))?
+        .ok_or("verify: the copy vanished")?;
+    let copy_fp = t.fingerprint(&copy).map_err(|e| format!("verify: {e}"))?;
+    if copy_fp.as_deref() == Some(fingerprint) {
+        return Ok(None);
+    }
+    match t.fingerprint_at(h, key.class).map_err(|e| format!("verify: {e}"))? {
+        Some(fp) if fp == fingerprint => Ok(None),
+        _ => Err("verify: the copy's fingerprint differs from the source's".into()),
     }
 }
 
@@ -525,6 +599,62 @@ mod tests {
         assert_eq!(out[0].status, Status::Failed);
         assert!(
             out[0].error.as_deref().unwrap_or("").contains("fingerprint differs"),
+            "{:?}",
+            out[0].error
+        );
+        assert!(copies(&store).is_empty(), "no unverified copy is left behind");
+    }
+
+    /// A diff creating one signing private key `src` holds (`material`) on `dst`.
+    fn private_world(material: &[u8]) -> (MemoryStore, Diff) {
+        let (store, mut diff) = world(&[]);
+        let mut key = aes(9);
+        key.class = KeyClass::PrivateKey;
+        key.key_type = KeyType::Ec;
+        key.flags.sign = true;
+        let k = Arc::new(store.add("src", key, material));
+        diff.items.push(DiffItem {
+            sync: "s".into(),
+            source: "src".into(),
+            target: "dst".into(),
+            key: k.key_ref(),
+            action: Action::Create,
+            reason: None,
+            reasons: Vec::new(),
+            detail: None,
+            source_key: Some(k),
+            target_key: None,
+            mechanism: None,
+        });
+        (store, diff)
+    }
+
+    #[test]
+    fn a_private_copy_is_proven_by_a_signature_the_source_verifies() {
+        let (store, diff) = private_world(SECRET);
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Ok, "{:?}", out[0].error);
+        assert!(
+            out[0].note.as_deref().unwrap_or("").contains("signature"),
+            "{:?}",
+            out[0].note
+        );
+        assert_eq!(store.calls("dst", "sign"), 1);
+        assert_eq!(store.calls("src", "verify"), 1);
+    }
+
+    #[test]
+    fn a_private_copy_whose_signature_fails_is_destroyed() {
+        let (store, diff) = private_world(SECRET);
+        store.fail_next("dst", "unwrap", Fault::Corrupt);
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Failed);
+        assert!(
+            out[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("signature does not verify"),
             "{:?}",
             out[0].error
         );

@@ -49,10 +49,47 @@ impl TokenSession {
         if k.class == KeyClass::PublicKey {
             return Ok(Some(public_fingerprint(k.key_type, k.public())));
         }
+        if k.class == KeyClass::PrivateKey {
+            if let Some(fp) = self.private_fingerprint(k)? {
+                return Ok(Some(fp));
+            }
+        }
         if !k.flags.extractable {
             return Ok(None);
         }
         self.fingerprint_at(k.handle, k.class)
+    }
+
+    /// A private key's fingerprint from its public parts (CONTRACT §1: PKCS#8 encodings of
+    /// one private key differ between makes, its public key does not): an RSA key's own
+    /// modulus and exponent, an EC key's point from the public key of its identity on this
+    /// token (SoftHSM keeps no `CKA_EC_POINT` on EC private keys). Equal to the public
+    /// half's fingerprint. `None` where the public parts are not to be had: the wrap digest
+    /// then stands in, which compares keys on tokens of one make only.
+    fn private_fingerprint(&self, k: &KeyObject) -> Result<Option<String>, HsmError> {
+        let p = k.public();
+        match k.key_type {
+            KeyType::Rsa if !p.modulus.is_empty() && !p.public_exponent.is_empty() => {
+                let parts = PublicParts {
+                    modulus: p.modulus.clone(),
+                    public_exponent: p.public_exponent.clone(),
+                    ..PublicParts::default()
+                };
+                Ok(Some(public_fingerprint(KeyType::Rsa, &parts)))
+            }
+            KeyType::Ec => {
+                let mut like = k.clone();
+                like.class = KeyClass::PublicKey;
+                like.public_parts = None;
+                match self.find_like(&like)?.as_slice() {
+                    [public] if !public.public().ec_point.is_empty() => {
+                        Ok(Some(public_fingerprint(KeyType::Ec, public.public())))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The fingerprint of the secret or private key at `handle` (`None` when it cannot be

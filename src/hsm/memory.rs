@@ -323,6 +323,34 @@ impl KeySession for MemorySession {
         }))
     }
 
+    fn sign(&self, handle: Handle, _: crate::domain::key::KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        self.fail("sign")?;
+        // A keyed digest of the private key's material stands in for a signature.
+        Ok(self.material(handle).map(|(_, m)| {
+            let mut h = Sha256::new();
+            h.update(&m);
+            h.update(data);
+            h.finalize().to_vec()
+        }))
+    }
+
+    fn verify_public(&self, private: &KeyObject, data: &[u8], signature: &[u8]) -> Result<Option<bool>, HsmError> {
+        self.fail("verify")?;
+        // The in-memory "public half" is the source's private material of this identity.
+        let m = self.store.with(&self.cluster, |c| {
+            c.objects
+                .iter()
+                .find(|o| o.key.identity() == private.identity())
+                .map(|o| o.material.clone())
+        });
+        Ok(m.map(|m| {
+            let mut h = Sha256::new();
+            h.update(&m);
+            h.update(data);
+            h.finalize().as_slice() == signature
+        }))
+    }
+
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         self.fail("random")?;
         Ok((0..n).map(|i| i as u8).collect())

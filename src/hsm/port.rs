@@ -49,6 +49,16 @@ pub(crate) trait KeySession {
     fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
     /// Random bytes.
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError>;
+    /// A signature of `data` by the private key at `handle` (`None`: its type does not sign).
+    fn sign(
+        &self,
+        handle: Handle,
+        key_type: crate::domain::key::KeyType,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, HsmError>;
+    /// Whether `signature` of `data` verifies under `private`'s public half here (`None`:
+    /// no such public key on this token).
+    fn verify_public(&self, private: &KeyObject, data: &[u8], signature: &[u8]) -> Result<Option<bool>, HsmError>;
     /// Every key handle on the token but the domain key (`listed` from login, if given).
     fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError>;
     /// Reads a key, fingerprinted if `wrap` (public keys always); `None` if it is no key.
@@ -142,6 +152,17 @@ impl KeySession for TokenSession {
     }
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
         Some(self.wrap.format)
+    }
+    fn sign(
+        &self,
+        handle: Handle,
+        key_type: crate::domain::key::KeyType,
+        data: &[u8],
+    ) -> Result<Option<Vec<u8>>, HsmError> {
+        TokenSession::sign(self, handle, key_type, data)
+    }
+    fn verify_public(&self, private: &KeyObject, data: &[u8], signature: &[u8]) -> Result<Option<bool>, HsmError> {
+        TokenSession::verify_public(self, private, data, signature)
     }
     fn key_handles_or(&self, listed: Option<Vec<Handle>>) -> Result<Vec<Handle>, HsmError> {
         TokenSession::key_handles_or(self, listed)

@@ -11,6 +11,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use sha2::Digest;
 
 use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
 use super::capabilities::WrapMechanism;
@@ -332,6 +333,46 @@ impl TokenSession {
             }
         }
         Ok(None)
+    }
+
+    /// A signature of `data` by the private key at `handle` (RSA PKCS#1 v1.5 with SHA-256,
+    /// or ECDSA over the SHA-256 of `data`): how a private key's copy is proven across
+    /// tokens of different makes, whose PKCS#8 encodings of one key differ. `None` for a
+    /// key type that does not sign.
+    pub fn sign(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        let h = raw::object(handle);
+        let digest = sha2::Sha256::digest(data);
+        let signed = match key_type {
+            KeyType::Rsa => trace::call("C_Sign", || self.s.sign(&Mechanism::Sha256RsaPkcs, h, data)),
+            KeyType::Ec => trace::call("C_Sign", || self.s.sign(&Mechanism::Ecdsa, h, &digest)),
+            _ => return Ok(None),
+        };
+        signed.map(Some).map_err(self.pk("signing the copy's proof"))
+    }
+
+    /// Whether `signature` of `data` verifies under the public half of `private` on this
+    /// token (the source's); `None` when this token holds no such public key.
+    pub fn verify_public(&self, private: &KeyObject, data: &[u8], signature: &[u8]) -> Result<Option<bool>, HsmError> {
+        let mut like = private.clone();
+        like.class = KeyClass::PublicKey;
+        let found = self.find_like(&like)?;
+        let [public] = found.as_slice() else {
+            return Ok(None);
+        };
+        let h = raw::object(public.handle);
+        let digest = sha2::Sha256::digest(data);
+        let checked = match private.key_type {
+            KeyType::Rsa => trace::call("C_Verify", || {
+                self.s.verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
+            }),
+            KeyType::Ec => trace::call("C_Verify", || self.s.verify(&Mechanism::Ecdsa, h, &digest, signature)),
+            _ => return Ok(None),
+        };
+        match checked {
+            Ok(()) => Ok(Some(true)),
+            Err(CkError::Pkcs11(RvError::SignatureInvalid | RvError::SignatureLenRange, _)) => Ok(Some(false)),
+            Err(e) => Err(self.pk("verifying the copy's proof")(e)),
+        }
     }
 
     /// Random bytes from the token's generator.

@@ -132,6 +132,50 @@ fn secrets_travel_kryoptic_to_kryoptic() {
     secrets_travel("kryoptic", "kryoptic");
 }
 
+/// Syncs an RSA-2048 and a P-256 pair from a `src` token to a `dst` token: every job ok,
+/// each private copy proven by a signature the source's public key verifies (their PKCS#8
+/// blobs differ between makes), fingerprints equal across makes (public parts), the copy
+/// signs what the source's public key accepts, and a second plan finds nothing to do.
+fn pairs_travel(src: &str, dst: &str) {
+    let w = mixed(src, dst)
+        .key_pair("primary", "e1", "ec", &["--ec", "p256"])
+        .key_pair("primary", "f1", "rsa", &["--rsa", "2048"])
+        .plan(&plan(src, dst));
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let r = a.report();
+    assert_eq!(r.summary.create, 4, "{:?}", r.jobs);
+    for j in &r.jobs {
+        assert_eq!(j.status, Status::Ok, "{j:?}");
+        if j.key.class == Some(KeyClass::PrivateKey) {
+            assert!(
+                j.note.as_deref().is_some_and(|n| n.contains("signature")),
+                "a private copy is proven by a signature: {j:?}"
+            );
+        }
+    }
+    let (s, d) = (inventory(&w, "primary"), inventory(&w, "dr"));
+    assert_eq!(s.len(), 4);
+    assert_eq!(s, d, "equal fingerprints for both halves across makes");
+    for id in ["e1", "f1"] {
+        let sig = w.fixture(&["sign", "dr", "--id", id]);
+        w.fixture(&["verify", "primary", "--id", id, "--sig", &sig]);
+    }
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "in sync: {again:?}");
+    assert!(again.stdout.contains("4 unchanged"), "{}", again.stdout);
+}
+
+#[test]
+fn pairs_travel_softhsm_to_kryoptic() {
+    pairs_travel("softhsm", "kryoptic");
+}
+
+#[test]
+fn pairs_travel_kryoptic_to_softhsm() {
+    pairs_travel("kryoptic", "softhsm");
+}
+
 #[test]
 fn the_hmac_key_type_is_kept_softhsm_to_softhsm() {
     let w = pair()
