@@ -526,27 +526,29 @@ mod tests {
         }
     }
 
+    /// The diff item creating `k` (on `src`) on `dst`.
+    fn create(k: Arc<KeyObject>) -> DiffItem {
+        DiffItem {
+            sync: "s".into(),
+            source: "src".into(),
+            target: "dst".into(),
+            key: k.key_ref(),
+            action: Action::Create,
+            reason: None,
+            reasons: Vec::new(),
+            detail: None,
+            source_key: Some(k),
+            target_key: None,
+            mechanism: None,
+        }
+    }
+
     /// A store with `keys` on `src` and a diff creating each on `dst`.
     fn world(keys: &[(u8, &[u8])]) -> (MemoryStore, Diff) {
         let store = MemoryStore::default();
         let items = keys
             .iter()
-            .map(|(id, material)| {
-                let k = Arc::new(store.add("src", aes(*id), material));
-                DiffItem {
-                    sync: "s".into(),
-                    source: "src".into(),
-                    target: "dst".into(),
-                    key: k.key_ref(),
-                    action: Action::Create,
-                    reason: None,
-                    reasons: Vec::new(),
-                    detail: None,
-                    source_key: Some(k),
-                    target_key: None,
-                    mechanism: None,
-                }
-            })
+            .map(|(id, material)| create(Arc::new(store.add("src", aes(*id), material))))
             .collect();
         (
             store,
@@ -612,20 +614,7 @@ mod tests {
         key.class = KeyClass::PrivateKey;
         key.key_type = KeyType::Ec;
         key.flags.sign = true;
-        let k = Arc::new(store.add("src", key, material));
-        diff.items.push(DiffItem {
-            sync: "s".into(),
-            source: "src".into(),
-            target: "dst".into(),
-            key: k.key_ref(),
-            action: Action::Create,
-            reason: None,
-            reasons: Vec::new(),
-            detail: None,
-            source_key: Some(k),
-            target_key: None,
-            mechanism: None,
-        });
+        diff.items.push(create(Arc::new(store.add("src", key, material))));
         (store, diff)
     }
 
