@@ -607,6 +607,22 @@ fn decide_action(
     if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {
         blockers.add(Reason::NoCommonMechanism, Some(d));
     }
+    // An odd-length secret wrapped by a mechanism that does not pad it cannot be compared
+    // with its copy on a token whose mechanism zero-pads (its re-wrap is of the padded
+    // value): its fingerprints would differ on every plan. The other way it arrives
+    // zero-padded, which the odd-length rule covers.
+    if let (Some(t), Some(len)) = (tinv, k.value_len) {
+        if k.class == KeyClass::SecretKey && len % 8 != 0 && t.zero_pads && !src_inv.zero_pads {
+            blockers.add(
+                Reason::OddLengthSecret,
+                Some(format!(
+                    "`{}` zero-pads a {len}-byte value before wrapping and `{}` does not: the copy's fingerprint could never be compared with the source's",
+                    names.target(target),
+                    names.source
+                )),
+            );
+        }
+    }
     if !blockers.reasons.is_empty() {
         return mk(Action::Blocked, blockers, None);
     }
@@ -755,6 +771,7 @@ mod tests {
                     keys: sorted(a).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
                     wire: None,
+                    zero_pads: false,
                 },
             ),
             (
@@ -764,6 +781,7 @@ mod tests {
                     keys: sorted(b).into_iter().map(Arc::new).collect(),
                     in_flight: Default::default(),
                     wire: None,
+                    zero_pads: false,
                 },
             ),
         ])

@@ -190,6 +190,7 @@ fn read_one<S: KeyStore>(
             false => HashSet::new(),
         },
         wire: first.wire_format(),
+        zero_pads: first.zero_pads(),
     })
 }
 
@@ -241,6 +242,7 @@ mod tests {
             keys: sorted.into_iter().map(std::sync::Arc::new).collect(),
             in_flight: Default::default(),
             wire: None,
+            zero_pads: false,
         };
         for k in &keys {
             let id = k.identity();

@@ -20,6 +20,8 @@ pub struct Inventory {
     /// The wire format this cluster's pairs use (its fingerprints are in it); `None`
     /// where no token was read (unit tests).
     pub wire: Option<WireFormat>,
+    /// Whether this cluster's mechanism zero-pads odd lengths before wrapping.
+    pub zero_pads: bool,
 }
 
 impl Inventory {

@@ -101,7 +101,9 @@ impl TokenSession {
                     | RvError::UnwrappingKeyHandleInvalid
                     | RvError::UnwrappingKeySizeRange
                     | RvError::UnwrappingKeyTypeInconsistent
-                    | RvError::GeneralError,
+                    | RvError::GeneralError
+                    // Kryoptic's answer to a blob wrapped under another key.
+                    | RvError::DeviceError,
                     _,
                 ),
             ) => {

@@ -72,6 +72,12 @@ pub(crate) trait KeySession {
         None
     }
 
+    /// Whether this session's wrap mechanism zero-pads a value to a multiple of 8 before
+    /// wrapping (SoftHSM's do), so an odd-length secret's fingerprint is of the padded value.
+    fn zero_pads(&self) -> bool {
+        false
+    }
+
     /// Every key on the token but the domain key, fingerprinted, in inventory order.
     fn list_keys(&self) -> Result<Vec<KeyObject>, HsmError> {
         let mut out = Vec::new();
@@ -152,6 +158,9 @@ impl KeySession for TokenSession {
     }
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
         Some(self.wrap.format)
+    }
+    fn zero_pads(&self) -> bool {
+        self.wrap.zero_pads
     }
     fn sign(
         &self,

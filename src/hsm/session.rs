@@ -325,10 +325,14 @@ impl TokenSession {
     /// SHA-1). `None` when the key fits neither.
     pub fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
-        for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
+        // SHA-1 first: every token then picks the same mechanism for one key (SoftHSM
+        // refuses SHA-256 HMAC under 32 bytes, Kryoptic does not), so a copy on another
+        // make computes comparable MACs.
+        for mech in [Mechanism::Sha1Hmac, Mechanism::Sha256Hmac] {
             match trace::call("C_Sign", || self.s.sign(&mech, h, data)) {
                 Ok(mac) => return Ok(Some(mac)),
-                Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
+                // Too short for this mechanism, or an HMAC key type made for the other one.
+                Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => continue,
                 Err(e) => return Err(self.pk("computing an HMAC")(e)),
             }
         }

@@ -150,10 +150,12 @@ pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
 /// the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for SHA-1), as
 /// hsm-sync verifies copies. `None` when the key fits neither.
 pub fn hmac(s: &Session, h: ObjectHandle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
-    for mech in [Mechanism::Sha256Hmac, Mechanism::Sha1Hmac] {
+    // The order hsm-sync's own HMAC proof uses: the same mechanism on every make.
+    for mech in [Mechanism::Sha1Hmac, Mechanism::Sha256Hmac] {
         match s.sign(&mech, h, data) {
             Ok(mac) => return Ok(Some(mac)),
-            Err(CkError::Pkcs11(RvError::KeySizeRange, _)) => continue,
+            // Too short for this mechanism, or an HMAC key type made for the other one.
+            Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => continue,
             Err(e) => return Err(pk("computing an HMAC")(e)),
         }
     }
