@@ -1,6 +1,8 @@
 //! The pipeline end to end on SoftHSM: validate, plan, apply, report, rerun, demo.
 
-use crate::world::{assert_schema, pair, read_report, two_cluster_plan, Action, Pin, Plan, Sel, Status, Token, World};
+use crate::world::{
+    assert_schema, pair, read_report, remade, two_cluster_plan, Action, Pin, Plan, Sel, Status, Token, World,
+};
 use serde_json::Value;
 
 #[test]
@@ -159,6 +161,16 @@ fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
         .key("primary", "20", "hmac-20", &["--generic", "--bytes", "20"])
         .plan(&Plan::two_clusters().select(Sel::id("20")));
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    if remade("primary") {
+        // Kryoptic's RFC 5649 keeps 20 bytes and SoftHSM's re-wrap zero-pads them: the
+        // fingerprints of source and copy could never be compared, so it is blocked.
+        assert_eq!(out.code, 3, "{out:?}");
+        let r = w.report("r.json");
+        assert_eq!(r.jobs[0].action, Action::Blocked, "{r:?}");
+        assert_eq!(r.jobs[0].reason.map(|r| r.code()), Some("odd-length-secret"));
+        assert!(r.jobs[0].detail.as_deref().unwrap_or("").contains("zero-pads"), "{r:?}");
+        return;
+    }
     assert_eq!(out.code, 0, "{out:?}");
     let r = w.report("r.json");
     let note = r.jobs[0].note.as_deref().unwrap_or_default();
@@ -231,8 +243,10 @@ fn missing_module_and_missing_token_are_clear_errors() {
         "{}",
         out.stderr
     );
+    // The tokens of `dr`'s module; `primary` is among them where both are one make.
+    let same_make = remade("primary") == remade("dr");
     assert!(
-        out.stderr.contains("`primary`") && out.stderr.contains("`dr`"),
+        out.stderr.contains("`dr`") && (!same_make || out.stderr.contains("`primary`")),
         "lists the tokens present: {}",
         out.stderr
     );

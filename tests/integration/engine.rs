@@ -1,7 +1,7 @@
 //! The sync engine on three SoftHSM tokens (one source, two targets): every key type,
 //! every action of CONTRACT.md §3, roles, and the exit codes.
 
-use crate::world::{Action, ClusterSpec, JobRecord, KeyClass, Plan, Report, Sel, Status, World};
+use crate::world::{remade, Action, ClusterSpec, JobRecord, KeyClass, Plan, Report, Sel, Status, World};
 use hsm_sync::domain::reason::Reason;
 use KeyClass::{PrivateKey, PublicKey, SecretKey};
 
@@ -49,8 +49,15 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
         .key("primary", "a192", "aes-192", &["--bytes", "24"])
         .key("primary", "a256", "aes-256", &["--bytes", "32"])
         .key("primary", "6820", "hmac-20", &["--generic", "--bytes", "20"])
-        .key("primary", "6848", "hmac-48", &["--generic", "--bytes", "48"])
-        .key("primary", "de53", "des3", &["--des3"]);
+        .key("primary", "6848", "hmac-48", &["--generic", "--bytes", "48"]);
+    // Kryoptic has no DES3; and a 20-byte secret wrapped by its (non-padding) RFC 5649
+    // cannot be compared with SoftHSM's zero-padded re-wrap, so it is blocked there.
+    let kryoptic_source = remade("primary");
+    let w = if kryoptic_source {
+        w
+    } else {
+        w.key("primary", "de53", "des3", &["--des3"])
+    };
     for (id, label, kind) in [
         ("2048", "rsa-2048", &["--rsa", "2048"][..]),
         ("3072", "rsa-3072", &["--rsa", "3072"]),
@@ -63,11 +70,18 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
     }
     let w = plan3(w, "crypto-user", &[Sel::label("*")]);
     let out = w.run(&["apply", "plan.yaml", "--report", "r.json", "--jobs", "2"]);
-    assert_eq!(out.code, 0, "{out:?}");
     let r = w.report("r.json");
-    // 6 secret keys + 4 pairs × 2 halves, on 2 targets.
-    assert_eq!(r.summary.create, 28, "{r:#?}");
-    assert!(r.jobs.iter().all(|j| j.status == Status::Ok), "{r:#?}");
+    // 6 secret keys + 4 pairs × 2 halves, on 2 targets (on a Kryoptic source: no DES3,
+    // and the 20-byte secret blocked on both targets).
+    let created = if kryoptic_source { 24 } else { 28 };
+    assert_eq!(out.code, if kryoptic_source { 3 } else { 0 }, "{out:?}");
+    assert_eq!(r.summary.create, created, "{r:#?}");
+    assert!(
+        r.jobs
+            .iter()
+            .all(|j| j.status == Status::Ok || (kryoptic_source && j.key.id == "6820")),
+        "{r:#?}"
+    );
     for t in ["dr1", "dr2"] {
         for id in ["2048", "3072", "e256", "e384"] {
             // The copy's private key signs what the source's public key verifies, and back.
@@ -79,11 +93,13 @@ fn every_key_type_reaches_both_targets_and_pairs_stay_pairs() {
             assert_eq!(job(&r, t, Some(PublicKey), id).action, Action::Create);
         }
         assert_eq!(w.hmac("primary", "6848"), w.hmac(t, "6848"));
-        assert_eq!(w.hmac("primary", "6820"), w.hmac(t, "6820"));
+        if !kryoptic_source {
+            assert_eq!(w.hmac("primary", "6820"), w.hmac(t, "6820"));
+        }
     }
     let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode", "--format", "json"]);
-    assert_eq!(again.code, 0, "{again:?}");
-    assert_eq!(again.report().summary.unchanged, 28);
+    assert_eq!(again.code, if kryoptic_source { 3 } else { 0 }, "{again:?}");
+    assert_eq!(again.report().summary.unchanged, created);
 }
 
 #[test]

@@ -17,3 +17,9 @@ mod tooling;
 mod verbose;
 mod workflow;
 mod world;
+
+// The same suite files again, on other makes: loading them twice is the point.
+#[allow(clippy::duplicate_mod)]
+mod on_kryoptic_dr;
+#[allow(clippy::duplicate_mod)]
+mod on_kryoptic_primary;

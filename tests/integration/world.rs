@@ -36,6 +36,17 @@ pub fn kryoptic() -> PathBuf {
     KRYOPTIC.get_or_init(testkit::build::kryoptic).clone()
 }
 
+/// The make a test runs a token on when its module re-runs a suite on another make: the
+/// suites under `on_kryoptic_dr` (see `main.rs`) put the `dr` token on Kryoptic, those
+/// under `on_kryoptic_primary` the `primary` token. libtest names each test's thread by
+/// its path, so a re-included suite needs no edit of its own.
+pub fn remade(token: &str) -> bool {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("");
+    (token == "dr" && name.starts_with("on_kryoptic_dr::"))
+        || (token == "primary" && name.starts_with("on_kryoptic_primary::"))
+}
+
 /// testkit's `hsm-fixture` helper, built once per test process. It runs in a process of
 /// its own because SoftHSM reads one `SOFTHSM2_CONF` per process: the test process cannot
 /// load the tokens of every test itself.
@@ -142,8 +153,18 @@ impl World {
     }
 
     pub fn tokens(self, names: &[&str]) -> Self {
+        let names: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if remade(n) {
+                    format!("{n}@kryoptic")
+                } else {
+                    n.to_string()
+                }
+            })
+            .collect();
         let mut args = vec!["init"];
-        args.extend_from_slice(names);
+        args.extend(names.iter().map(String::as_str));
         self.fixture(&args);
         self
     }
@@ -246,8 +267,9 @@ impl World {
 /// new tests build a [`Plan`].
 pub fn cluster_yaml(name: &str, from: Option<&str>) -> String {
     let cloned = from.map(|f| format!("    cloned_from: {f}\n")).unwrap_or_default();
+    let module = if remade(name) { "{kryoptic}" } else { "{module}" };
     format!(
-        "  {name}:\n    module: {{module}}\n    token: {{ label: {name} }}\n{cloned}    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./{name}.pin }} }}\n"
+        "  {name}:\n    module: {module}\n    token: {{ label: {name} }}\n{cloned}    credentials: {{ role: crypto-user, user: app, pin: {{ file: ./{name}.pin }} }}\n"
     )
 }
 
@@ -338,7 +360,7 @@ impl ClusterSpec {
     pub fn new(name: &str) -> Self {
         ClusterSpec {
             name: name.to_string(),
-            module: "{module}".to_string(),
+            module: if remade(name) { "{kryoptic}" } else { "{module}" }.to_string(),
             token: Token::Label(name.to_string()),
             cloned_from: None,
             role: "crypto-user".to_string(),
