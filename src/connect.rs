@@ -41,6 +41,14 @@ impl crate::hsm::KeyStore for Tokens {
     fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>> {
         self.get(cluster).take_listed_keys()
     }
+
+    fn missing_key_types(&self, cluster: &str) -> Vec<crate::domain::key::KeyType> {
+        // The probe already ran for the pair's format; a failure here only means "unknown".
+        self.get(cluster)
+            .capabilities()
+            .map(|c| c.missing_key_types())
+            .unwrap_or_default()
+    }
 }
 
 /// One lineage proof, for the output of `validate --online`.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::inventory::{Inventories, Inventory};
-use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef};
+use crate::domain::key::{Identity, IdentityRef, KeyClass, KeyObject, KeyRef, KeyType};
 use crate::domain::kind;
 use crate::domain::reason::Reason;
 use crate::domain::shard::Shard;
@@ -607,6 +607,21 @@ fn decide_action(
     if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {
         blockers.add(Reason::NoCommonMechanism, Some(d));
     }
+    if let Some(t) = tinv.filter(|t| t.missing_types.contains(&k.key_type)) {
+        blockers.add(
+            Reason::NoCommonMechanism,
+            Some(format!(
+                "`{}` offers no {} mechanism: it cannot hold a copy of this key",
+                t.cluster,
+                match k.key_type {
+                    KeyType::Des3 => "DES3",
+                    KeyType::Rsa => "RSA",
+                    KeyType::Ec => "EC",
+                    _ => "such",
+                }
+            )),
+        );
+    }
     // An odd-length secret wrapped by a mechanism that does not pad it cannot be compared
     // with its copy on a token whose mechanism zero-pads (its re-wrap is of the padded
     // value): its fingerprints would differ on every plan. The other way it arrives
@@ -772,6 +787,7 @@ mod tests {
                     in_flight: Default::default(),
                     wire: None,
                     zero_pads: false,
+                    missing_types: Vec::new(),
                 },
             ),
             (
@@ -782,6 +798,7 @@ mod tests {
                     in_flight: Default::default(),
                     wire: None,
                     zero_pads: false,
+                    missing_types: Vec::new(),
                 },
             ),
         ])

@@ -191,6 +191,7 @@ fn read_one<S: KeyStore>(
         },
         wire: first.wire_format(),
         zero_pads: first.zero_pads(),
+        missing_types: tokens.missing_key_types(name),
     })
 }
 
@@ -243,6 +244,7 @@ mod tests {
             in_flight: Default::default(),
             wire: None,
             zero_pads: false,
+            missing_types: Vec::new(),
         };
         for k in &keys {
             let id = k.identity();

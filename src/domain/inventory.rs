@@ -22,6 +22,8 @@ pub struct Inventory {
     pub wire: Option<WireFormat>,
     /// Whether this cluster's mechanism zero-pads odd lengths before wrapping.
     pub zero_pads: bool,
+    /// Key types this cluster's token offers no mechanism for (it cannot hold them).
+    pub missing_types: Vec<super::key::KeyType>,
 }
 
 impl Inventory {

@@ -109,6 +109,29 @@ impl Capabilities {
             .collect()
     }
 
+    /// The key types this token lists no mechanism for: no key generation and no use of
+    /// the type, so a copy of such a key could not be made or used here.
+    pub fn missing_key_types(&self) -> Vec<crate::domain::key::KeyType> {
+        use crate::domain::key::KeyType;
+        let any = |ids: &[u64]| ids.iter().any(|id| self.offers(*id));
+        let mut out = Vec::new();
+        if !any(&[
+            cryptoki_sys::CKM_DES3_KEY_GEN,
+            cryptoki_sys::CKM_DES3_ECB,
+            cryptoki_sys::CKM_DES3_CBC,
+            cryptoki_sys::CKM_DES3_CBC_PAD,
+        ]) {
+            out.push(KeyType::Des3);
+        }
+        if !any(&[cryptoki_sys::CKM_RSA_PKCS_KEY_PAIR_GEN, cryptoki_sys::CKM_RSA_PKCS]) {
+            out.push(KeyType::Rsa);
+        }
+        if !any(&[cryptoki_sys::CKM_EC_KEY_PAIR_GEN, cryptoki_sys::CKM_ECDSA]) {
+            out.push(KeyType::Ec);
+        }
+        out
+    }
+
     /// Whether the token lists mechanism `id`.
     pub fn offers(&self, id: u64) -> bool {
         self.mechanisms.contains(&id)

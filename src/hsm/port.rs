@@ -23,6 +23,12 @@ pub(crate) trait KeyStore: Sync {
     /// The key handles login's search met on `cluster`, once (the first inventory takes
     /// them; later ones search again).
     fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>>;
+
+    /// The key types `cluster`'s token offers no mechanism for (it cannot hold a copy of
+    /// them: Kryoptic has no DES3); empty where unknown.
+    fn missing_key_types(&self, _cluster: &str) -> Vec<crate::domain::key::KeyType> {
+        Vec::new()
+    }
 }
 
 /// One session's key operations. Handles are the token's own, valid for this run.

@@ -387,3 +387,29 @@ fn a_plan_may_choose_the_profile_and_an_unknown_one_is_named() {
         );
     }
 }
+
+#[test]
+fn a_key_type_the_target_has_no_mechanism_for_is_blocked_not_failed() {
+    let w = mixed("softhsm", "kryoptic")
+        .key("primary", "d1", "des3", &["--des3"])
+        .key("primary", "a1", "aes", &[])
+        .plan(&plan("softhsm", "kryoptic"));
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 3, "{a:?}");
+    let r = a.report();
+    let des3 = r.jobs.iter().find(|j| j.key.label == "des3").expect("a des3 job");
+    assert_eq!(des3.action, Action::Blocked, "{des3:?}");
+    assert_eq!(
+        des3.reason.map(|r| r.to_string()).as_deref(),
+        Some("no-common-mechanism")
+    );
+    assert!(
+        des3.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("offers no DES3 mechanism"),
+        "{des3:?}"
+    );
+    assert_eq!(r.summary.failed, 0, "blocked before any copy was tried");
+    assert_eq!(inventory(&w, "dr").len(), 1, "only the AES key was copied");
+}
