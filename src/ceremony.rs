@@ -303,15 +303,14 @@ mod tests {
 
     #[test]
     fn bad_components_say_where_never_what() {
-        let short = parse("ab".as_bytes(), "component file c1").err().expect("refused");
+        let short = parse("ab".as_bytes(), "component file c1").expect_err("refused");
         assert_eq!(
             short.to_string(),
             "component file c1: it holds 2 characters, not 64 hex digits; nothing was written"
         );
         let text = format!("{}zz", "a".repeat(62));
         let e = parse(text.as_bytes(), "component file c1")
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string();
         assert_eq!(
             e,
