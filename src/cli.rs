@@ -60,7 +60,8 @@ pub enum Command {
     Notify(NotifyArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
-    /// Make the domain key that gives a lineage its identity (on a primary, before cloning).
+    /// Make the domain key that gives a lineage its identity (on a primary, before cloning),
+    /// or import it from key components (tokens of different makes).
     Lineage(LineageArgs),
     /// What hsm-sync finds out about a token: its info, profile, each wrap mechanism and
     /// the format it really makes; writes no token object.
@@ -228,7 +229,7 @@ pub enum SchemaKind {
     SavedPlan,
 }
 
-/// `lineage create PLAN CLUSTER`
+/// `lineage create|import PLAN CLUSTER …`
 #[derive(Debug, Args)]
 pub struct LineageArgs {
     /// What to do.
@@ -243,6 +244,29 @@ pub enum LineageCommand {
     /// never extractable, wrap/unwrap/encrypt/decrypt) and print its lineage fingerprint.
     /// Do it on the primary before it is cloned: clones restored from its backup hold it.
     Create(LineageCreateArgs),
+    /// Import the domain key from a key ceremony, for tokens of different makes (which
+    /// cannot be clones): N components of 64 hex digits, from the --component-files in
+    /// order and the rest typed at the terminal without echo, are XORed into the key and
+    /// imported as `lineage create` makes it. Prints each component's check value and the
+    /// lineage fingerprint, never a component. Run it with the same components on every
+    /// token of the lineage.
+    Import(LineageImportArgs),
+}
+
+/// `lineage import PLAN CLUSTER --components N [--component-file FILE]...`
+#[derive(Debug, Args)]
+pub struct LineageImportArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// The cluster whose token gets the key (its `lineage.domain_key` label).
+    pub cluster: String,
+    /// How many components make the key (at least 2).
+    #[arg(long, value_name = "N")]
+    pub components: usize,
+    /// A file holding one component (64 hex digits; surrounding whitespace ignored). Repeat
+    /// it, in component order; components without a file are typed at the terminal.
+    #[arg(long = "component-file", value_name = "FILE")]
+    pub component_files: Vec<PathBuf>,
 }
 
 /// `lineage create PLAN CLUSTER`

@@ -19,6 +19,7 @@
 //! | [`domain`] | keys, opaque handles, wire formats, the key-kind table, fingerprints, reasons, shards, events, outcomes |
 //! | [`plan`] | raw serde types, spans, validation rules, the validated model |
 //! | [`credentials`] | PIN sources → secret types |
+//! | `ceremony.rs` | `lineage import`'s key components: read, checked, XORed, check values (never shown) |
 //! | [`hsm`] | the only room naming cryptoki: the key-store port, sessions, capabilities (the wrap-format probe), profiles, raw FFI, the `-vv` call trace |
 //! | [`connect`] | tokens in scope: open, log in, negotiate each pair's wire format, prove lineage |
 //! | `inventory.rs`, [`diff`] | what each token holds; the pure diff |
@@ -40,6 +41,7 @@
 // Every `unsafe` block lives in `hsm/raw.rs`, the FFI edge; the compiler keeps it there.
 #![deny(unsafe_code)]
 
+mod ceremony;
 pub mod cli;
 mod commands;
 pub mod connect;

@@ -1,37 +1,86 @@
-//! `hsm-sync lineage create PLAN CLUSTER`: the domain key a lineage shares, made on a
-//! token that has none. On clones, make it on the primary before cloning; the clones
-//! restored from its backup then hold the same key (CONTRACT.md §2).
+//! `hsm-sync lineage create|import PLAN CLUSTER`: the domain key a lineage shares
+//! (CONTRACT.md §2). `create` makes it on a token that has none: on clones, make it on the
+//! primary before cloning, and the clones restored from its backup hold the same key.
+//! `import` is the key ceremony for tokens of different makes, which cannot be clones: the
+//! same components, XORed into the same key, imported on each (`crate::ceremony`).
 
-use crate::cli::{LineageArgs, LineageCommand};
-use crate::connect::{lineage_fingerprint, login};
+use crate::ceremony::{self, Terminal};
+use crate::cli::{LineageArgs, LineageCommand, LineageCreateArgs, LineageImportArgs};
+use crate::connect::{lineage_fingerprint, login, Tokens};
+use crate::domain::handle::Handle;
 use crate::error::Result;
 use crate::exit::ExitStatus;
 use crate::output::Printer;
+use crate::plan::{Cluster, Plan};
 
 use super::error::CommandError;
 use super::load;
 
 pub(super) fn run(p: &Printer, a: &LineageArgs) -> Result<ExitStatus> {
-    let LineageCommand::Create(c) = &a.action;
+    match &a.action {
+        LineageCommand::Create(c) => create(p, c),
+        LineageCommand::Import(c) => import(p, c),
+    }
+}
+
+fn create(p: &Printer, c: &LineageCreateArgs) -> Result<ExitStatus> {
     let plan = load(p, &c.plan)?;
-    let Some(cluster) = plan.cluster(&c.cluster) else {
-        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        return Err(CommandError::LineageUnknownCluster {
-            cluster: c.cluster.clone(),
-            plan: c.plan.display().to_string(),
-            defined: names.join(", "),
-        }
-        .into());
-    };
+    let cluster = cluster(&plan, &c.cluster, &c.plan)?;
     let tokens = login(&[cluster])?;
     let token = tokens.get(&cluster.name);
     let handle = token.create_domain_key()?;
-    let fingerprint = lineage_fingerprint(cluster, &tokens)?;
+    done(p, "made", cluster, &tokens, handle)
+}
+
+fn import(p: &Printer, c: &LineageImportArgs) -> Result<ExitStatus> {
+    let mut terminal = Terminal;
+    // Everything that can be refused without a token is, before any login: the count,
+    // then the files.
+    ceremony::check_count(c.components, c.component_files.len(), &terminal)?;
+    let plan = load(p, &c.plan)?;
+    let cluster = cluster(&plan, &c.cluster, &c.plan)?;
+    let mut components = ceremony::read_files(&c.component_files)?;
+    let tokens = login(&[cluster])?;
+    let token = tokens.get(&cluster.name);
+    // Asked before anyone types: a token that has its key needs no ceremony.
+    token.check_no_domain_key()?;
+    components.extend(ceremony::read_typed(components.len(), c.components, &mut terminal)?);
+    let key = ceremony::combine(&components)?;
+    for (i, comp) in components.iter().enumerate() {
+        p.outln(&format!(
+            "component {} ({}): check value {}",
+            i + 1,
+            comp.from,
+            comp.check_value()
+        ));
+    }
+    let handle = token.import_domain_key(&key)?;
+    drop(key);
+    done(p, "imported", cluster, &tokens, handle)
+}
+
+/// Prints the key's handle and the lineage fingerprint it gives the token (`verb`: how
+/// the key got there).
+fn done(p: &Printer, verb: &str, cluster: &Cluster, tokens: &Tokens, handle: Handle) -> Result<ExitStatus> {
+    let fingerprint = lineage_fingerprint(cluster, tokens)?;
     p.outln(&format!(
-        "made domain key `{}` on `{}` (handle {handle}: AES-256, private, sensitive, never extractable)",
-        token.domain_label(),
+        "{verb} domain key `{}` on `{}` (handle {handle}: AES-256, private, sensitive, never extractable)",
+        tokens.get(&cluster.name).domain_label(),
         cluster.name
     ));
     p.outln(&format!("lineage fingerprint {fingerprint}"));
     Ok(ExitStatus::Success)
+}
+
+/// The cluster `name` of `plan`, or the refusal naming the ones there are.
+fn cluster<'p>(plan: &'p Plan, name: &str, path: &std::path::Path) -> Result<&'p Cluster> {
+    plan.cluster(name).ok_or_else(|| {
+        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
+        CommandError::LineageUnknownCluster {
+            cluster: name.to_string(),
+            plan: path.display().to_string(),
+            defined: names.join(", "),
+        }
+        .into()
+    })
 }

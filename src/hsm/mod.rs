@@ -368,19 +368,7 @@ impl Token {
     pub fn create_domain_key(&self) -> Result<Handle, HsmError> {
         let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
-        let existing = trace::call("C_FindObjects", || {
-            s.find_objects(&[Attribute::Label(self.domain_label.as_bytes().to_vec())])
-        })
-        .map_err(self.pk("finding the domain key"))?;
-        if !existing.is_empty() {
-            let which: Vec<String> = existing.iter().map(|h| format!("handle {}", h.handle())).collect();
-            return Err(HsmError::DomainKey {
-                cluster: self.cluster.clone(),
-                label: self.domain_label.clone(),
-                problem: format!("already a ({})", which.join(", ")),
-                help: "nothing was made: a token holds one domain key; print its lineage fingerprint with `hsm-sync inventory PLAN CLUSTER`".into(),
-            });
-        }
+        self.refuse_second_domain_key(&s, "made")?;
         let mut template = attributes::domain_key_template(&self.domain_label);
         template.push(Attribute::ValueLen(32.into()));
         let h = trace::call("C_GenerateKey", || {
@@ -388,6 +376,55 @@ impl Token {
         })
         .map_err(self.pk("generating the domain key"))?;
         Ok(raw::handle(h))
+    }
+
+    /// Imports the domain key with a known 32-byte value, the XOR of a key ceremony's
+    /// components (CONTRACT.md §2 `lineage import`): the same attributes as
+    /// [`Token::create_domain_key`], by `C_CreateObject`. Returns its handle. Refused,
+    /// with nothing written, when the token already holds a key under the label.
+    pub fn import_domain_key(&self, value: &zeroize::Zeroizing<Vec<u8>>) -> Result<Handle, HsmError> {
+        let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
+            .map_err(self.pk("opening a session"))?;
+        self.refuse_second_domain_key(&s, "imported")?;
+        let mut template = attributes::domain_key_template(&self.domain_label);
+        template.push(Attribute::Value(value.to_vec()));
+        let made = trace::call("C_CreateObject", || s.create_object(&template));
+        // cryptoki's template holds a plain copy of the value: wipe it before it is freed.
+        for a in &mut template {
+            if let Attribute::Value(v) = a {
+                zeroize::Zeroize::zeroize(v);
+            }
+        }
+        let h = made.map_err(self.pk("importing the domain key"))?;
+        Ok(raw::handle(h))
+    }
+
+    /// Refuses when the token already holds an object under the domain key's label (a
+    /// second key would split the lineage), naming its handles: `lineage import` asks it
+    /// before any custodian types a component.
+    pub fn check_no_domain_key(&self) -> Result<(), HsmError> {
+        // Read-write like every session here: some tokens (CloudHSM) open no other kind.
+        let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
+            .map_err(self.pk("opening a session"))?;
+        self.refuse_second_domain_key(&s, "imported")
+    }
+
+    /// The refusal of a second domain key; `what` says what was not done (`made`, `imported`).
+    fn refuse_second_domain_key(&self, s: &Session, what: &str) -> Result<(), HsmError> {
+        let existing = trace::call("C_FindObjects", || {
+            s.find_objects(&[Attribute::Label(self.domain_label.as_bytes().to_vec())])
+        })
+        .map_err(self.pk("finding the domain key"))?;
+        if existing.is_empty() {
+            return Ok(());
+        }
+        let which: Vec<String> = existing.iter().map(|h| format!("handle {}", h.handle())).collect();
+        Err(HsmError::DomainKey {
+            cluster: self.cluster.clone(),
+            label: self.domain_label.clone(),
+            problem: format!("already a ({})", which.join(", ")),
+            help: format!("nothing was {what}: a token holds one domain key; print its lineage fingerprint with `hsm-sync inventory PLAN CLUSTER`"),
+        })
     }
 
     /// What this token can do (its mechanisms, what each wrap mechanism makes), probed
