@@ -51,7 +51,7 @@ use secrecy::SecretString;
 
 pub use crate::domain::wire::WireFormat;
 pub use capabilities::{Capabilities, Made, WrapMechanism, WrapProbe};
-pub use error::{describe, HsmError};
+pub use error::{describe, DataRecord, HsmError};
 pub(crate) use fingerprint::public_fingerprint;
 pub(crate) use port::{KeySession, KeyStore, RecordSession};
 pub use records::APPLICATION;
@@ -465,6 +465,7 @@ impl Token {
         Ok(TokenSession::new(
             s,
             self.cluster.clone(),
+            self.facts.label.clone(),
             domain_key,
             self.profile(),
             self.raw.clone(),
