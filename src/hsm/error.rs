@@ -152,6 +152,25 @@ pub enum HsmError {
         /// What the plan says.
         pinned: String,
     },
+    /// The token refused one of hsm-sync's own records, a private token data object
+    /// (`CKO_DATA`): NSS softokn, for one, holds no token or private data objects
+    /// (`CKR_ATTRIBUTE_VALUE_INVALID`; PKCS11-NOTES.md).
+    #[error(
+        "cluster `{cluster}` (token `{token}`): {}: {call}: the token holds no private token data objects (NSS softokn refuses them), and hsm-sync keeps {} in one",
+        record.op(),
+        record.what()
+    )]
+    #[diagnostic(code(hsm::no_data_objects), help("{}", record.help()))]
+    NoDataObjects {
+        /// The cluster.
+        cluster: String,
+        /// The token's label.
+        token: String,
+        /// Which record.
+        record: DataRecord,
+        /// The call and its `CKR_*` value (`C_CreateObject returned CKR_…`).
+        call: String,
+    },
     /// Any other PKCS#11 failure.
     #[error("cluster `{cluster}`: {op}: {}", describe(error))]
     #[diagnostic(code(hsm::pkcs11))]
@@ -163,6 +182,41 @@ pub enum HsmError {
         /// cryptoki's error, with the function and `CKR_*` value.
         error: cryptoki::error::Error,
     },
+}
+
+/// Which of hsm-sync's own records (data objects) a token refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataRecord {
+    /// The in-flight journal, written on each target before any copy.
+    Journal,
+    /// A state record (lifecycle events, claims), on a source.
+    State,
+}
+
+impl DataRecord {
+    /// What hsm-sync was doing.
+    pub fn op(self) -> &'static str {
+        match self {
+            DataRecord::Journal => "writing the in-flight journal",
+            DataRecord::State => "writing an hsm-sync data object",
+        }
+    }
+
+    /// What the record is for.
+    pub fn what(self) -> &'static str {
+        match self {
+            DataRecord::Journal => "the in-flight journal of each target",
+            DataRecord::State => "each key's lifecycle record on the source token (its only state store today)",
+        }
+    }
+
+    /// What a token that refuses it means for the run.
+    pub fn help(self) -> &'static str {
+        match self {
+            DataRecord::Journal => "the journal is written on every target before any key is copied (the next run repairs only copies it names), so this token cannot be a target yet; nothing was copied to it",
+            DataRecord::State => "the keys were copied, but `notify` cannot enforce its cooldown for them; this token needs a state backend off the token",
+        }
+    }
 }
 
 /// The help of a module that does not load: SoftHSM's package only for SoftHSM's path

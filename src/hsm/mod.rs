@@ -51,7 +51,7 @@ use secrecy::SecretString;
 
 pub use crate::domain::wire::WireFormat;
 pub use capabilities::{Capabilities, Made, WrapMechanism, WrapProbe};
-pub use error::{describe, HsmError};
+pub use error::{describe, DataRecord, HsmError};
 pub(crate) use fingerprint::public_fingerprint;
 pub(crate) use port::{KeySession, KeyStore, RecordSession};
 pub use records::APPLICATION;
@@ -94,10 +94,14 @@ pub struct LoginSpec<'a> {
 /// A loaded module: cryptoki's context and, where available, the raw function list.
 type Loaded = (Arc<Pkcs11>, Arc<RawFns>);
 
+/// A loaded module, the cluster that loaded it first and the `module_args` it was
+/// initialised with.
+type LoadedBy = (Loaded, String, Option<String>);
+
 /// The loaded PKCS#11 modules of a run, each loaded and initialised once.
 #[derive(Default)]
 pub struct Modules {
-    loaded: Mutex<HashMap<PathBuf, Loaded>>,
+    loaded: Mutex<HashMap<PathBuf, LoadedBy>>,
     /// The `module_args` strings given to `C_Initialize`, kept while the modules live
     /// (a module may keep the pointer).
     args: Mutex<Vec<std::ffi::CString>>,
@@ -116,7 +120,19 @@ impl Modules {
         // of the same library would fail.
         let key = std::fs::canonicalize(path).map_err(|e| module_err(e.to_string()))?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(both) = loaded.get(&key) {
+        if let Some((both, first, first_args)) = loaded.get(&key) {
+            // A process initialises a module once: a cluster asking for other
+            // `module_args` would silently get the first one's (NSS softokn: the first
+            // cluster's database, whose token has the same label as every NSS token).
+            if first_args.as_deref() != module_args {
+                return Err(module_err(format!(
+                    "cluster `{first}` already initialised this module with {}, and a process initialises a PKCS#11 module once: every cluster on one module must give the same `module_args` (NSS softokn opens one database per run)",
+                    match first_args {
+                        Some(a) => format!("module_args \"{a}\""),
+                        None => "no module_args".into(),
+                    }
+                )));
+            }
             return Ok(both.clone());
         }
         let ctx = trace::call("C_GetFunctionList", || Pkcs11::new(&key)).map_err(|e| module_err(e.to_string()))?;
@@ -130,10 +146,11 @@ impl Modules {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e @ CkError::Pkcs11(RvError::ArgumentsBad, _)) if args.is_none() => {
                 return Err(module_err(format!(
-                    "C_Initialize failed: {e}; this module may need `module_args` (NSS softokn: \"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=\")"
+                    "{}; this module may need `module_args` (NSS softokn: \"configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=\")",
+                    describe(&e)
                 )))
             }
-            Err(e) => return Err(module_err(format!("C_Initialize failed: {e}"))),
+            Err(e) => return Err(module_err(describe(&e))),
         }
         if let Some(a) = args {
             self.args.lock().unwrap_or_else(|p| p.into_inner()).push(a);
@@ -141,7 +158,10 @@ impl Modules {
         let raw =
             RawFns::load(&key).ok_or_else(|| module_err("the module hands out no C_GetFunctionList table".into()))?;
         let both = (Arc::new(ctx), Arc::new(raw));
-        loaded.insert(key, both.clone());
+        loaded.insert(
+            key,
+            (both.clone(), cluster.to_string(), module_args.map(str::to_string)),
+        );
         Ok(both)
     }
 }
@@ -482,6 +502,7 @@ impl Token {
         Ok(TokenSession::new(
             s,
             self.cluster.clone(),
+            self.facts.label.clone(),
             domain_key,
             self.profile(),
             self.raw.clone(),

@@ -45,6 +45,17 @@ pub(super) const PROFILES: &[Profile] = &[
         source: "measured on Kryoptic 1.5.4 (shared/PKCS11-NOTES.md); tested in CI",
     },
     Profile {
+        name: "NSS softokn",
+        manufacturer: "mozilla",
+        model: "",
+        value_len_on_unwrap: false,
+        private_only: false,
+        // Its 0x210A is PKCS#7 + RFC 3394 and its vendor aliases (0xCE534351/2) the same
+        // mechanisms: the probe finds 0x210B, RFC 5649, without any vendor id.
+        vendor_wraps: &[],
+        source: "measured on NSS softokn 3.87 (shared/PKCS11-NOTES.md); tested in CI",
+    },
+    Profile {
         name: "Thales Luna",
         manufacturer: "safenet",
         model: "",
@@ -106,6 +117,7 @@ mod tests {
         assert!(for_token("Marvell Semiconductor, Inc.", "LS2").private_only);
         assert_eq!(for_token("Acme", "Box").name, "generic PKCS#11");
         assert_eq!(for_token("Kryoptic Project", "v1").name, "Kryoptic");
+        assert_eq!(for_token("Mozilla Foundation", "NSS 3").name, "NSS softokn");
         assert_eq!(by_name("thales luna").map(|p| p.name), Some("Thales Luna"));
         assert!(by_name("nope").is_none());
     }

@@ -30,7 +30,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use crate::domain::handle::Handle;
 
-use super::{raw, trace, HsmError, TokenSession};
+use super::{raw, trace, DataRecord, HsmError, TokenSession};
 
 /// The buffer a record's label or value is read into in one call (larger ones take
 /// cryptoki's two).
@@ -84,11 +84,7 @@ impl TokenSession {
     /// ends.
     pub fn journal_write(&self, entries: &[String]) -> Result<(), HsmError> {
         self.journal_clear()?;
-        self.create_object(
-            JOURNAL_LABEL,
-            entries.join("\n").as_bytes(),
-            "writing the in-flight journal",
-        )?;
+        self.create_object(JOURNAL_LABEL, entries.join("\n").as_bytes(), DataRecord::Journal)?;
         Ok(())
     }
 
@@ -116,7 +112,7 @@ impl TokenSession {
 impl TokenSession {
     /// Creates a private token data object of hsm-sync with this label and value.
     pub fn create_data(&self, label: &str, value: &[u8]) -> Result<Handle, HsmError> {
-        self.create_object(label, value, "writing an hsm-sync data object")
+        self.create_object(label, value, DataRecord::State)
     }
 
     /// The handles of every hsm-sync data object (one search; read them with
@@ -194,8 +190,12 @@ impl TokenSession {
 
 /// The one way each of the above reaches the token.
 impl TokenSession {
-    /// Creates a private, modifiable token data object of hsm-sync.
-    fn create_object(&self, label: &str, value: &[u8], op: &'static str) -> Result<Handle, HsmError> {
+    /// Creates a private, modifiable token data object of hsm-sync. A token that refuses
+    /// the object itself (not its room or its session) gets [`HsmError::NoDataObjects`]:
+    /// this template is the same everywhere, so `CKR_ATTRIBUTE_VALUE_INVALID` or
+    /// `CKR_TEMPLATE_INCONSISTENT` on it means the token holds no such objects (NSS
+    /// softokn rejects every token or private `CKO_DATA`; lib/softoken/pkcs11.c).
+    fn create_object(&self, label: &str, value: &[u8], kind: DataRecord) -> Result<Handle, HsmError> {
         let h = trace::call("C_CreateObject", || {
             self.s.create_object(&[
                 Attribute::Class(ObjectClass::DATA),
@@ -207,7 +207,17 @@ impl TokenSession {
                 Attribute::Value(value.to_vec()),
             ])
         })
-        .map_err(self.pk(op))?;
+        .map_err(|error| match error {
+            CkError::Pkcs11(RvError::AttributeValueInvalid | RvError::TemplateInconsistent, _) => {
+                HsmError::NoDataObjects {
+                    cluster: self.cluster.clone(),
+                    token: self.token.clone(),
+                    record: kind,
+                    call: super::describe(&error),
+                }
+            }
+            error => self.pk(kind.op())(error),
+        })?;
         Ok(raw::handle(h))
     }
 

@@ -96,6 +96,8 @@ pub(crate) fn find_domain_key(s: &Session, cluster: &str, label: &str) -> Result
 pub struct TokenSession {
     pub(super) s: Session,
     pub(super) cluster: String,
+    /// The token's label, for messages that must name the token itself.
+    pub(super) token: String,
     pub(super) domain_key: ObjectHandle,
     pub(super) profile: &'static Profile,
     pub(super) raw: Arc<RawFns>,
@@ -108,6 +110,7 @@ impl TokenSession {
     pub(crate) fn new(
         s: Session,
         cluster: String,
+        token: String,
         domain_key: ObjectHandle,
         profile: &'static Profile,
         raw: Arc<RawFns>,
@@ -116,6 +119,7 @@ impl TokenSession {
         TokenSession {
             s,
             cluster,
+            token,
             domain_key,
             profile,
             raw,

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType as CkKeyType, ObjectClass};
 use cryptoki::session::{Session, UserType};
@@ -59,9 +59,12 @@ pub fn provision_error(op: &'static str) -> impl FnOnce(cryptoki::error::Error) 
     }
 }
 
-/// A loaded SoftHSM module for provisioning.
+/// A loaded module for provisioning (SoftHSM, or for the tests another make).
 pub struct Provisioner {
+    // Declared first, so dropped (finalised) before the string it may point into.
     ctx: Pkcs11,
+    /// The `module_args` string given to `C_Initialize`, kept while the module lives.
+    _args: Option<std::ffi::CString>,
 }
 
 /// A secret key to create.
@@ -121,15 +124,28 @@ impl SecretSpec {
 impl Provisioner {
     /// Loads and initialises the module.
     pub fn new(module: &Path) -> Result<Self, HsmError> {
-        let ctx = Pkcs11::new(module).map_err(|e| HsmError::Module {
+        Self::with_module_args(module, None)
+    }
+
+    /// Loads the module and initialises it with `module_args` as `C_Initialize`'s
+    /// pReserved string, as a plan's `module_args` is (NSS softokn needs one: its
+    /// `configdir='sql:DIR' …`). The one unsafe call stays in hsm-sync's FFI edge; the
+    /// string lives as long as the module.
+    pub fn with_module_args(module: &Path, module_args: Option<&str>) -> Result<Self, HsmError> {
+        let module_err = |detail: String| HsmError::Module {
             cluster: "provision".into(),
             module: module.to_path_buf(),
-            detail: e.to_string(),
+            detail,
             hint: super::error::module_hint(module),
-        })?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        };
+        let ctx = Pkcs11::new(module).map_err(|e| module_err(e.to_string()))?;
+        let args = module_args
+            .map(std::ffi::CString::new)
+            .transpose()
+            .map_err(|_| module_err("`module_args` holds a NUL byte".into()))?;
+        ctx.initialize(super::raw::init_args(args.as_deref()))
             .map_err(provision_error("C_Initialize"))?;
-        Ok(Provisioner { ctx })
+        Ok(Provisioner { ctx, _args: args })
     }
 
     /// Initialises a token with `label` in SoftHSM's free slot and sets its user PIN.

@@ -10,6 +10,7 @@ mod interrupt;
 mod lineage;
 mod makes;
 mod notify;
+mod nss;
 mod plan_lang;
 mod reliability;
 mod semantics;

@@ -4,8 +4,6 @@
 //! Kryoptic "vendor personalities": a target with RFC 3394 only, and one with no AES key
 //! wrap at all.
 
-use serde_json::Value;
-
 use crate::world::*;
 
 /// A token name as `hsm-fixture init` takes it: `NAME` (SoftHSM) or `NAME@MAKE`.
@@ -35,27 +33,6 @@ fn plan(src: &str, dst: &str) -> Plan {
         p = p.kryoptic("dr");
     }
     p
-}
-
-/// The keys of `inventory CLUSTER --format json`, by label: (class, key type, fingerprint).
-fn inventory(w: &World, cluster: &str) -> Vec<(String, String, String, Value)> {
-    let out = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
-    assert_eq!(out.code, 0, "{out:?}");
-    let mut keys: Vec<_> = out.json()["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .map(|k| {
-            (
-                k["label"].as_str().unwrap_or_default().to_string(),
-                k["class"].as_str().unwrap_or_default().to_string(),
-                k["key_type"].as_str().unwrap_or_default().to_string(),
-                k["fingerprint"].clone(),
-            )
-        })
-        .collect();
-    keys.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    keys
 }
 
 /// Syncs AES-128, AES-256, a 32-byte generic secret and a CKK_SHA256_HMAC key from a
@@ -307,17 +284,7 @@ fn probe_tells_what_each_wrap_mechanism_really_makes() {
     assert_eq!(kry.code, 0, "{kry:?}");
     let j = kry.json();
     assert_eq!(j["manufacturer"], "Kryoptic Project");
-    let made: Vec<(u64, String)> = j["wrap_mechanisms"]
-        .as_array()
-        .expect("wrap_mechanisms")
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().unwrap_or(0),
-                m["made"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let made = wrap_made(&j);
     assert!(made.contains(&(0x210B, "rfc5649".into())), "{made:?}");
     assert!(made.contains(&(0x2109, "rfc3394".into())), "strict RFC 3394: {made:?}");
     assert!(!made.iter().any(|m| m.0 == 0x210A), "Kryoptic has no 0x210A: {made:?}");

@@ -47,6 +47,14 @@ pub fn remade(token: &str) -> bool {
         || (token == "primary" && name.starts_with("on_kryoptic_primary::"))
 }
 
+/// NSS softokn (`libsoftokn3.so`, Debian's libnss3), the suite's third PKCS#11
+/// implementation, or a loud failure: a test that needs it never skips.
+pub fn nss() -> PathBuf {
+    testkit::provision::nss_module().unwrap_or_else(|| {
+        panic!("NSS softokn (libsoftokn3.so) is required for the NSS tests and is not installed: run `apt-get install -y libnss3 libnss3-tools` (or set HSM_SYNC_NSS_MODULE)")
+    })
+}
+
 /// testkit's `hsm-fixture` helper, built once per test process. It runs in a process of
 /// its own because SoftHSM reads one `SOFTHSM2_CONF` per process: the test process cannot
 /// load the tokens of every test itself.
@@ -143,6 +151,9 @@ impl World {
         if kry {
             cmd.env("HSM_SYNC_KRYOPTIC_MODULE", kryoptic());
         }
+        if args.iter().any(|a| a.ends_with("@nss")) {
+            nss();
+        }
         let out = cmd.arg(self.path()).args(args).output().expect("hsm-fixture runs");
         assert!(
             out.status.success(),
@@ -193,11 +204,14 @@ impl World {
         self
     }
 
-    /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path.
+    /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path and `{dir}`
+    /// by the world's directory (NSS clusters' `module_args` name their database there).
     /// A typed [`Plan`] is written as it serializes (its module path already filled in).
     pub fn plan<P: PlanText + ?Sized>(self, plan: &P) -> Self {
         let yaml = plan.plan_text();
-        let mut yaml = yaml.replace("{module}", &softhsm().display().to_string());
+        let mut yaml = yaml
+            .replace("{module}", &softhsm().display().to_string())
+            .replace("{dir}", &self.path().display().to_string());
         if yaml.contains("{kryoptic}") {
             yaml = yaml.replace("{kryoptic}", &kryoptic().display().to_string());
         }
@@ -352,6 +366,9 @@ pub struct ClusterSpec {
     pub lineage_fingerprint: Option<String>,
     /// `profile: …`, when set.
     pub profile: Option<String>,
+    /// `module_args: …` (C_Initialize's pReserved string), when set; `{dir}` is the
+    /// world's directory.
+    pub module_args: Option<String>,
     pub pin: Pin,
 }
 
@@ -367,6 +384,7 @@ impl ClusterSpec {
             user: "app".to_string(),
             lineage_fingerprint: None,
             profile: None,
+            module_args: None,
             pin: Pin::File(format!("./{name}.pin")),
         }
     }
@@ -388,6 +406,8 @@ impl ClusterSpec {
             softhsm().display().to_string()
         } else if self.module == "{kryoptic}" {
             kryoptic().display().to_string()
+        } else if self.module == "{nss}" {
+            nss().display().to_string()
         } else {
             self.module.clone()
         };
@@ -408,6 +428,9 @@ impl ClusterSpec {
         ]);
         let mut m = serde_yaml::Mapping::new();
         m.insert("module".into(), module.into());
+        if let Some(args) = &self.module_args {
+            m.insert("module_args".into(), args.as_str().into());
+        }
         m.insert("token".into(), token);
         if let Some(from) = &self.cloned_from {
             m.insert("cloned_from".into(), from.as_str().into());
@@ -586,6 +609,20 @@ impl Plan {
         self.module(name, "{kryoptic}")
     }
 
+    /// Cluster `name` is the world's NSS softokn token (made by `tokens(&["NAME@nss"])`):
+    /// softokn's module, `module_args` opening the database `DIR/nss/NAME`, and the token
+    /// chosen by NSS's own label ("NSS Certificate DB"; the PIN is the database's
+    /// password). softokn opens one database per process: one NSS cluster per plan.
+    pub fn nss(self, name: &str) -> Self {
+        self.edit(name, |c| {
+            c.module = "{nss}".to_string();
+            c.module_args = Some(testkit::provision::nss_module_args(
+                &Path::new("{dir}").join("nss").join(&c.name),
+            ));
+            c.token = Token::Label(testkit::provision::NSS_TOKEN_LABEL.to_string());
+        })
+    }
+
     /// Every cluster loads `module` instead of SoftHSM.
     pub fn module_all(mut self, module: &Path) -> Self {
         for c in &mut self.clusters {
@@ -675,6 +712,43 @@ pub fn handles(w: &World, cluster: &str) -> std::collections::HashMap<String, u6
             (
                 k["label"].as_str().unwrap_or_default().to_string(),
                 k["handle"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// The keys of `inventory CLUSTER --format json`, sorted by label and class: (label,
+/// class, key type, fingerprint).
+pub fn inventory(w: &World, cluster: &str) -> Vec<(String, String, String, Value)> {
+    let out = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut keys: Vec<_> = out.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["label"].as_str().unwrap_or_default().to_string(),
+                k["class"].as_str().unwrap_or_default().to_string(),
+                k["key_type"].as_str().unwrap_or_default().to_string(),
+                k["fingerprint"].clone(),
+            )
+        })
+        .collect();
+    keys.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    keys
+}
+
+/// What `probe --format json` found each key-wrap mechanism makes: (id, format code).
+pub fn wrap_made(probe: &Value) -> Vec<(u64, String)> {
+    probe["wrap_mechanisms"]
+        .as_array()
+        .expect("wrap_mechanisms")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap_or(0),
+                m["made"].as_str().unwrap_or("").to_string(),
             )
         })
         .collect()

@@ -3,6 +3,8 @@
 //! pairs, signatures, HMACs, drift (labels, flags, unmodifiable copies) and counts. Never
 //! used against real HSMs.
 
+use std::path::{Path, PathBuf};
+
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
@@ -15,6 +17,36 @@ use zeroize::Zeroizing;
 pub use hsm_sync::hsm::softhsm::{
     generate_secret, import_domain_key, softhsm_module, write_conf, Provisioner, SecretSpec, SOFTHSM_PATHS,
 };
+
+/// Where Debian and others install NSS softokn, the suite's third PKCS#11 implementation.
+pub const NSS_PATHS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libsoftokn3.so",
+    "/usr/lib/aarch64-linux-gnu/libsoftokn3.so",
+    "/usr/lib64/libsoftokn3.so",
+    "/usr/lib/libsoftokn3.so",
+];
+
+/// NSS softokn's module: `$HSM_SYNC_NSS_MODULE`, else the first standard path present.
+pub fn nss_module() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HSM_SYNC_NSS_MODULE") {
+        return Some(PathBuf::from(p));
+    }
+    NSS_PATHS.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// The label of the token an NSS database is (softokn's key-and-certificate slot, id 2;
+/// slot 1, "NSS Generic Crypto Services", holds no keys and has no login).
+pub const NSS_TOKEN_LABEL: &str = "NSS Certificate DB";
+
+/// `C_Initialize`'s pReserved string (a plan's `module_args`) that opens the NSS
+/// database in `db` (made by `certutil -N -d sql:DB`). NSS softokn refuses a NULL one
+/// with `CKR_ARGUMENTS_BAD`; it takes one database per process (PKCS11-NOTES.md).
+pub fn nss_module_args(db: &Path) -> String {
+    format!(
+        "configdir='sql:{}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=",
+        db.display()
+    )
+}
 
 /// Imports a secret key of a known value (tests that look for leaked key material need
 /// to know it). Its flags are the spec's, like keys worth syncing.

@@ -10,6 +10,12 @@
 //! no 0x210C), `NAME@kryoptic-nowrap` no AES key wrap at all. Every later
 //! command finds its make in `DIR/makes`. Kryoptic's module comes from
 //! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`).
+//!
+//! `NAME@nss` makes an NSS softokn database in `DIR/nss/NAME` with `certutil -N` (its
+//! password is the user PIN in `DIR/NAME.pin`; there is no SO PIN). Its token is labelled
+//! "NSS Certificate DB" whatever NAME is; the fixture opens it through the `module_args`
+//! a plan gives (`testkit::provision::nss_module_args`). softokn takes one database per
+//! `C_Initialize`, and a process initialises it once: one NSS token per command.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -169,10 +175,11 @@ fn pin(dir: &Path, token: &str) -> Result<SecretString, String> {
 enum Make {
     SoftHsm,
     Kryoptic,
+    Nss,
 }
 
 /// `DIR/makes`: one `NAME MAKE` line per token `init` made (`kryoptic`,
-/// `kryoptic-kw`, `kryoptic-nowrap`; SoftHSM tokens need none).
+/// `kryoptic-kw`, `kryoptic-nowrap`, `nss`; SoftHSM tokens need none).
 fn read_makes(dir: &Path) -> Vec<(String, Make, String)> {
     let text = std::fs::read_to_string(dir.join("makes")).unwrap_or_default();
     text.lines()
@@ -180,6 +187,8 @@ fn read_makes(dir: &Path) -> Vec<(String, Make, String)> {
         .map(|(n, m)| {
             let make = if m.starts_with("kryoptic") {
                 Make::Kryoptic
+            } else if m == "nss" {
+                Make::Nss
             } else {
                 Make::SoftHsm
             };
@@ -223,7 +232,10 @@ fn write_kryoptic_conf(dir: &Path, tokens: &[(String, String)]) -> Result<(), St
 struct Modules {
     softhsm: std::cell::OnceCell<Provisioner>,
     kryoptic: std::cell::OnceCell<Provisioner>,
+    /// The one NSS token this process opened, by name, and its module.
+    nss: std::cell::OnceCell<(String, Provisioner)>,
     makes: Vec<(String, Make, String)>,
+    dir: PathBuf,
 }
 
 impl Modules {
@@ -254,14 +266,61 @@ impl Modules {
                     Ok(self.kryoptic.get_or_init(|| load(m).unwrap_or_else(|e| fail(&e))))
                 }
             },
+            Make::Nss => {
+                if let Some((name, p)) = self.nss.get() {
+                    return match name == token {
+                        true => Ok(p),
+                        false => Err(format!(
+                            "NSS tokens `{name}` and `{token}` in one command: softokn opens one database per process"
+                        )),
+                    };
+                }
+                let m = provision::nss_module()
+                    .ok_or("NSS softokn (libsoftokn3.so) is not installed: apt-get install -y libnss3")?;
+                let args = provision::nss_module_args(&nss_db(&self.dir, token));
+                let p = Provisioner::with_module_args(&m, Some(&args)).map_err(|e| e.to_string())?;
+                Ok(&self.nss.get_or_init(|| (token.to_string(), p)).1)
+            }
+        }
+    }
+
+    /// The token's label in its module: NSS's is fixed, the others are named by `init`.
+    fn label<'a>(&self, token: &'a str) -> &'a str {
+        match self.make(token) {
+            Make::Nss => provision::NSS_TOKEN_LABEL,
+            _ => token,
         }
     }
 
     fn user_session(&self, dir: &Path, token: &str) -> Result<cryptoki::session::Session, String> {
         self.for_token(token)?
-            .user_session(token, &pin(dir, token)?)
+            .user_session(self.label(token), &pin(dir, token)?)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The NSS database of token `name`: `DIR/nss/NAME`.
+fn nss_db(dir: &Path, name: &str) -> PathBuf {
+    dir.join("nss").join(name)
+}
+
+/// Makes the NSS database of token `name` with `certutil -N`, its password the user PIN
+/// in `pin_file`.
+fn init_nss(dir: &Path, name: &str, pin_file: &Path) -> Result<(), String> {
+    let db = nss_db(dir, name);
+    std::fs::create_dir_all(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+    let out = std::process::Command::new("certutil")
+        .arg("-N")
+        .arg("-d")
+        .arg(format!("sql:{}", db.display()))
+        .arg("-f")
+        .arg(pin_file)
+        .output()
+        .map_err(|e| format!("certutil: {e} (apt-get install -y libnss3-tools)"))?;
+    if !out.status.success() {
+        return Err(format!("certutil -N: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
 }
 
 /// A module that will not load: the fixture cannot go on.
@@ -280,7 +339,12 @@ fn run(a: Args) -> Result<(), String> {
     if let Cmd::Init { tokens } = &a.cmd {
         for t in tokens {
             if let Some((name, personality)) = t.split_once('@') {
-                makes.push((name.to_string(), Make::Kryoptic, personality.to_string()));
+                let make = if personality == "nss" {
+                    Make::Nss
+                } else {
+                    Make::Kryoptic
+                };
+                makes.push((name.to_string(), make, personality.to_string()));
             }
         }
         let lines: String = makes.iter().map(|(n, _, p)| format!("{n} {p}\n")).collect();
@@ -297,7 +361,9 @@ fn run(a: Args) -> Result<(), String> {
     let mods = Modules {
         softhsm: std::cell::OnceCell::new(),
         kryoptic: std::cell::OnceCell::new(),
+        nss: std::cell::OnceCell::new(),
         makes,
+        dir: a.dir.clone(),
     };
     let e = |e: hsm_sync::hsm::HsmError| e.to_string();
     let hexid = |s: &str| hex::decode(s).map_err(|e| format!("--id: {e}"));
@@ -310,6 +376,10 @@ fn run(a: Args) -> Result<(), String> {
                 use std::os::unix::fs::PermissionsExt;
                 let perm = std::fs::Permissions::from_mode(0o600);
                 std::fs::set_permissions(a.dir.join(format!("{t}.pin")), perm).map_err(|e| e.to_string())?;
+                if mods.make(&t) == Make::Nss {
+                    init_nss(&a.dir, &t, &a.dir.join(format!("{t}.pin")))?;
+                    continue;
+                }
                 mods.for_token(&t)?
                     .init_token(
                         &t,
