@@ -13,7 +13,8 @@ const CREDENTIALS_HELP: &str = "Credentials in the plan:
   role: crypto-officer  log in the same way (CKU_USER); sync any key the plan selects
   user: NAME            the identity the plan claims; must match between a source and its
                         targets. SoftHSM logs in with the PIN alone, so it is not sent to
-                        the token there.
+                        the token there; on a `user:password` token (the CloudHSM profile)
+                        the login is USER:PIN.
   pin: {env: VAR} | {file: PATH}   never the PIN itself; tried once per run, never retried";
 
 /// Keep cryptographic keys in step across PKCS#11 HSM clusters, declaratively.

@@ -297,6 +297,8 @@ impl Token {
         }
         let session = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
+        let composed = self.profile().pin_with_user.then(|| with_user(who.user, pin));
+        let pin = composed.as_ref().unwrap_or(pin);
         // CKR_USER_PIN_NOT_INITIALIZED means the token checked no PIN at all: SoftHSM
         // answers so while another process rewrites the token's file (measured: two
         // racing `notify` runs). Asking again then spends no PIN attempt; any answer
@@ -511,6 +513,21 @@ impl Token {
     }
 }
 
+/// The PIN a `user:password` token (CloudHSM) takes: `USER:PIN`, unless the PIN source
+/// already holds it in that form.
+fn with_user(user: &str, pin: &SecretString) -> SecretString {
+    use secrecy::ExposeSecret;
+    let bare = pin.expose_secret();
+    if bare.starts_with(&format!("{user}:")) {
+        return pin.clone();
+    }
+    let mut joined = zeroize::Zeroizing::new(String::with_capacity(user.len() + 1 + bare.len()));
+    joined.push_str(user);
+    joined.push(':');
+    joined.push_str(bare);
+    SecretString::from(joined.as_str())
+}
+
 /// `C_GetTokenInfo`, tried up to three times on `CKR_GENERAL_ERROR`: SoftHSM answers so
 /// while another process is rewriting the token's files (measured: a second `apply`
 /// opening the source while the first writes its lifecycle records). Reading the info is
@@ -545,4 +562,22 @@ pub fn is_transient(e: &HsmError) -> bool {
             ..
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::{ExposeSecret, SecretString};
+
+    #[test]
+    fn a_user_password_pin_is_composed_once() {
+        let pin = SecretString::from("s3cret");
+        assert_eq!(super::with_user("app-cu", &pin).expose_secret(), "app-cu:s3cret");
+        let already = SecretString::from("app-cu:s3cret");
+        assert_eq!(super::with_user("app-cu", &already).expose_secret(), "app-cu:s3cret");
+        let other = SecretString::from("other:s3cret");
+        assert_eq!(
+            super::with_user("app-cu", &other).expose_secret(),
+            "app-cu:other:s3cret"
+        );
+    }
 }

@@ -17,6 +17,9 @@ pub struct Profile {
     pub value_len_on_unwrap: bool,
     /// Whether every unwrapped key must be `CKA_PRIVATE` true.
     pub private_only: bool,
+    /// Whether the token's PIN is `user:password` (CloudHSM's crypto-users log in so):
+    /// the plan's `user` is then part of the login.
+    pub pin_with_user: bool,
     /// Vendor key-wrap mechanisms the probe also tries (ids cryptoki cannot name and a
     /// token of another make may use for something else: only this family's are tried).
     pub vendor_wraps: &'static [(u64, &'static str)],
@@ -32,6 +35,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
+        pin_with_user: false,
         vendor_wraps: &[],
         source: "measured on SoftHSM 2.6.1 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -41,6 +45,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
+        pin_with_user: false,
         vendor_wraps: &[],
         source: "measured on Kryoptic 1.5.4 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -50,6 +55,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
+        pin_with_user: false,
         // Its 0x210A is PKCS#7 + RFC 3394 and its vendor aliases (0xCE534351/2) the same
         // mechanisms: the probe finds 0x210B, RFC 5649, without any vendor id.
         vendor_wraps: &[],
@@ -61,6 +67,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: true,
         private_only: false,
+        pin_with_user: false,
         // Luna's own KWP and KW ids (xipki vendor.conf; VENDORS.md); 0x210B is reported to work too.
         vendor_wraps: &[(0x8000_0171, "CKM_AES_KWP (Luna)"), (0x8000_0170, "CKM_AES_KW (Luna)")],
         source: "Luna PKCS#11 documentation: C_UnwrapKey of AES keys needs CKA_VALUE_LEN; not tested here",
@@ -71,6 +78,9 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: true,
+        // CloudHSM's PKCS#11 PIN is `<CU user name>:<password>` (AWS CloudHSM PKCS#11
+        // library documentation, "PKCS #11 library PIN"); not tested here.
+        pin_with_user: true,
         // SDK5 offers RFC 5649 only under its own id; its 0x8000210A is PKCS#5 padding,
         // never RFC 5649 (cloudhsm_pkcs11_vendor_defs.h; VENDORS.md).
         vendor_wraps: &[(0x8000_216F, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD")],
@@ -82,6 +92,7 @@ pub(super) const PROFILES: &[Profile] = &[
         model: "",
         value_len_on_unwrap: false,
         private_only: false,
+        pin_with_user: false,
         vendor_wraps: &[],
         source: "PKCS#11 v2.40 §5.18: C_UnwrapKey takes CKA_VALUE_LEN from the wrapped data",
     },

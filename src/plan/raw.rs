@@ -92,7 +92,7 @@ pub struct RawCredentials {
     /// The identity the plan says this login is; must match between a source and its
     /// targets. On SoftHSM and most tokens it is a label checked only against the other
     /// side (the PIN alone logs in); a profile whose PINs are `user:password` (CloudHSM)
-    /// will make it part of the login.
+    /// makes it part of the login (`user:PIN`).
     pub user: String,
     /// Where the PIN comes from: `{env: VAR}` or `{file: PATH}`, never the PIN itself.
     #[schemars(with = "RawPinSchema")]

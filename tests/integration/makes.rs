@@ -380,3 +380,33 @@ fn a_key_type_the_target_has_no_mechanism_for_is_blocked_not_failed() {
     assert_eq!(r.summary.failed, 0, "blocked before any copy was tried");
     assert_eq!(inventory(&w, "dr").len(), 1, "only the AES key was copied");
 }
+
+/// A `user:password` token (CloudHSM's PIN form; its profile says so): the plan's `user`
+/// becomes part of the login, and the PIN source holds the password alone. Here a SoftHSM
+/// token whose PIN is `app:…` stands in, with `profile: AWS CloudHSM`.
+#[test]
+fn a_user_password_profile_logs_in_with_the_plans_user() {
+    let w = pair();
+    let password = std::fs::read_to_string(w.path().join("dr.pin")).expect("dr.pin");
+    let password = password.trim();
+    w.fixture(&["set-pin", "dr", "--new", &format!("app:{password}")]);
+    let cloudhsm = |p: Plan| p.edit("dr", |c| c.profile = Some("AWS CloudHSM".into()));
+    let w = w.plan(&cloudhsm(Plan::two_clusters().select(Sel::label("*"))));
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 0, "`app:` + the PIN file logs in: {v:?}");
+    assert!(!v.stdout.contains(password) && !v.stderr.contains(password));
+    let w = w.plan(
+        &cloudhsm(Plan::two_clusters().select(Sel::label("*")))
+            .edit("dr", |c| *c = c.clone().login("crypto-user", "nobody"))
+            .edit("primary", |c| *c = c.clone().login("crypto-user", "nobody")),
+    );
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 1, "another user is another login: {v:?}");
+    assert!(v.stderr.contains("wrong PIN"), "{}", v.stderr);
+    let w = w.plan(&Plan::two_clusters().select(Sel::label("*")));
+    assert_eq!(
+        w.run(&["validate", "plan.yaml", "--online"]).code,
+        1,
+        "without the profile the password alone is wrong"
+    );
+}

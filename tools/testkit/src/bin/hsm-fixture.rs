@@ -143,6 +143,12 @@ enum Cmd {
         #[arg(long)]
         id: String,
     },
+    /// Change the token's user PIN to NEW (the PIN file is left as it is).
+    SetPin {
+        token: String,
+        #[arg(long)]
+        new: String,
+    },
     /// Set the label of the secret key with this id.
     SetLabel {
         token: String,
@@ -540,6 +546,11 @@ fn run(a: Args) -> Result<(), String> {
                 .map_err(e)?
                 .ok_or("key too short for HMAC")?;
             println!("{}", hex::encode(mac));
+        }
+        Cmd::SetPin { token, new } => {
+            let s = mods.user_session(&a.dir, &token)?;
+            s.set_pin(&pin(&a.dir, &token)?, &SecretString::from(new))
+                .map_err(|e| format!("C_SetPIN: {e}"))?;
         }
         Cmd::SetLabel { token, id, label } => {
             let s = mods.user_session(&a.dir, &token)?;
