@@ -22,6 +22,9 @@ struct Listing {
     serial: String,
     slot: u64,
     lineage_fingerprint: String,
+    /// The format the fingerprints digest, and this token's mechanism for it.
+    wire_format: crate::domain::wire::WireFormat,
+    mechanism: &'static str,
     keys: Vec<Entry>,
 }
 
@@ -48,8 +51,25 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
         .into());
     };
     let tokens = login(&[cluster])?;
-    let lineage = crate::stage::timed("lineage", || lineage_fingerprint(cluster, &tokens))?;
     let token = tokens.get(&cluster.name);
+    // Fingerprints digest the wire format: the one `lineage.wrap` pins, else this token's
+    // preferred. `plan` negotiates per pair, so on a fleet whose pairs fell back to RFC
+    // 3394 without a pin the two can differ: the listing says which it used.
+    if let Some(format) = cluster.wrap {
+        let caps = token.capabilities()?;
+        match caps.mechanism_for(format) {
+            Some(m) => token.use_wrap(m),
+            None => {
+                return Err(crate::hsm::HsmError::NoWrapMechanism {
+                    cluster: cluster.name.clone(),
+                    found: format!("`lineage.wrap` pins {format}, which it does not make"),
+                }
+                .into())
+            }
+        }
+    }
+    let wire = token.wrap_mechanism()?;
+    let lineage = crate::stage::timed("lineage", || lineage_fingerprint(cluster, &tokens))?;
     let keys = crate::stage::timed("inventory", || token.session()?.list_keys())?;
     let listing = Listing {
         cluster: cluster.name.clone(),
@@ -57,6 +77,8 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
         serial: token.facts.serial.clone(),
         slot: token.facts.slot,
         lineage_fingerprint: lineage,
+        wire_format: wire.format,
+        mechanism: wire.name,
         keys: keys
             .into_iter()
             .map(|k| Entry {
@@ -93,7 +115,12 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
                     k.flags
                 ));
             }
-            p.outln(&format!("{} key(s)", listing.keys.len()));
+            p.outln(&format!(
+                "{} key(s); fingerprints in {} ({})",
+                listing.keys.len(),
+                listing.wire_format,
+                listing.mechanism
+            ));
         }
     }
     Ok(ExitStatus::Success)

@@ -212,7 +212,25 @@ fn a_target_with_rfc3394_only_gets_what_rfc3394_carries() {
     let d = inventory(&w, "dr");
     assert_eq!(d.len(), 1, "only the AES key reached the target: {d:?}");
     // The copy's fingerprint (dr has RFC 3394 only) is the one apply proved in the pair's
-    // format; `inventory primary` alone digests its own preferred format, RFC 5649.
+    // format; `inventory primary` alone digests its own preferred format, RFC 5649, and
+    // says so, unless `lineage.wrap` pins the pair's.
+    let listed = w.run(&["inventory", "plan.yaml", "primary"]);
+    assert!(
+        listed.stdout.contains("fingerprints in rfc5649 (CKM_AES_KEY_WRAP_PAD)"),
+        "{}",
+        listed.stdout
+    );
+    let listed = w.run(&["inventory", "plan.yaml", "dr", "--format", "json"]).json();
+    assert_eq!(listed["wire_format"], "rfc3394");
+    // Pinned, both sides digest RFC 3394 alike.
+    let pinned = plan("softhsm", "kryoptic-kw").edit("primary", |c| c.wrap = Some("rfc3394".into()));
+    let w = w.plan(&pinned);
+    let src = inventory(&w, "primary");
+    assert_eq!(
+        src.iter().find(|k| k.0 == "aes-256").map(|k| &k.3),
+        Some(&d[0].3),
+        "{src:?}"
+    );
     assert_eq!(d[0].3.as_str(), aes.fingerprint.as_deref());
     let again = w.run(&["plan", "plan.yaml", "--format", "json"]);
     let unchanged = again

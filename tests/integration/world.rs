@@ -366,6 +366,8 @@ pub struct ClusterSpec {
     pub lineage_fingerprint: Option<String>,
     /// `profile: …`, when set.
     pub profile: Option<String>,
+    /// `lineage: { wrap: … }`, when set.
+    pub wrap: Option<String>,
     /// `module_args: …` (C_Initialize's pReserved string), when set; `{dir}` is the
     /// world's directory.
     pub module_args: Option<String>,
@@ -384,6 +386,7 @@ impl ClusterSpec {
             user: "app".to_string(),
             lineage_fingerprint: None,
             profile: None,
+            wrap: None,
             module_args: None,
             pin: Pin::File(format!("./{name}.pin")),
         }
@@ -438,8 +441,15 @@ impl ClusterSpec {
         if let Some(profile) = &self.profile {
             m.insert("profile".into(), profile.as_str().into());
         }
+        let mut lineage = serde_yaml::Mapping::new();
         if let Some(fingerprint) = &self.lineage_fingerprint {
-            m.insert("lineage".into(), map([("fingerprint", fingerprint.as_str().into())]));
+            lineage.insert("fingerprint".into(), fingerprint.as_str().into());
+        }
+        if let Some(wrap) = &self.wrap {
+            lineage.insert("wrap".into(), wrap.as_str().into());
+        }
+        if !lineage.is_empty() {
+            m.insert("lineage".into(), lineage.into());
         }
         m.insert("credentials".into(), credentials);
         m.into()
