@@ -368,6 +368,12 @@ fn place<S: KeyStore>(
                         let _ = t.destroy(h);
                     }
                 }
+                // What the copy does not keep because the token refused it (the ladder).
+                let dropped = sessions.get(target).ok().and_then(|t| t.template_note());
+                let verified = verified.map(|note| match (note, dropped) {
+                    (Some(n), Some(d)) => Some(format!("{n}; {d}")),
+                    (n, d) => n.or(d),
+                });
                 return (verified, attempt);
             }
             Err(e) if is_transient(&e) && attempt < ATTEMPTS => {

@@ -194,6 +194,8 @@ pub struct Token {
     chosen_profile: Option<&'static profile::Profile>,
     /// The wrap mechanism `connect` chose for this token's pairs.
     wire: Mutex<Option<WrapMechanism>>,
+    /// What unwrap templates this token refused this run (`wrap.rs`, the ladder).
+    ladder: Arc<std::sync::atomic::AtomicU8>,
     /// Facts read from `C_GetTokenInfo`.
     pub facts: TokenFacts,
     domain_label: String,
@@ -239,6 +241,7 @@ impl Token {
                     capabilities: std::sync::OnceLock::new(),
                     chosen_profile,
                     wire: Mutex::new(None),
+                    ladder: Arc::default(),
                     facts: TokenFacts {
                         label: info.label().to_string(),
                         serial: info.serial_number().to_string(),
@@ -509,6 +512,7 @@ impl Token {
             self.profile(),
             self.raw.clone(),
             self.wrap_mechanism()?,
+            self.ladder.clone(),
         ))
     }
 }

@@ -78,6 +78,11 @@ pub(crate) trait KeySession {
         None
     }
 
+    /// What copies here do not keep because the token refused an attribute this run.
+    fn template_note(&self) -> Option<String> {
+        None
+    }
+
     /// Whether this session's wrap mechanism zero-pads a value to a multiple of 8 before
     /// wrapping (SoftHSM's do), so an odd-length secret's fingerprint is of the padded value.
     fn zero_pads(&self) -> bool {
@@ -167,6 +172,9 @@ impl KeySession for TokenSession {
     }
     fn zero_pads(&self) -> bool {
         self.wrap.zero_pads
+    }
+    fn template_note(&self) -> Option<String> {
+        TokenSession::template_note(self)
     }
     fn sign(
         &self,

@@ -104,9 +104,13 @@ pub struct TokenSession {
     /// The mechanism of the pair's wire format on this token (copies, fingerprints, the
     /// lineage proof): negotiated by `connect`, else this token's preferred.
     pub(super) wrap: WrapMechanism,
+    /// The template ladder this run learned for the token (shared by its sessions).
+    pub(super) ladder: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl TokenSession {
+    // One argument per field, built in one place (`Token::session`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         s: Session,
         cluster: String,
@@ -115,6 +119,7 @@ impl TokenSession {
         profile: &'static Profile,
         raw: Arc<RawFns>,
         wrap: WrapMechanism,
+        ladder: Arc<std::sync::atomic::AtomicU8>,
     ) -> Self {
         TokenSession {
             s,
@@ -124,6 +129,7 @@ impl TokenSession {
             profile,
             raw,
             wrap,
+            ladder,
         }
     }
 

@@ -2,7 +2,9 @@
 //! under the domain key, and making a copy from a blob (unwrap) or from public
 //! attributes, with the one copy template both use.
 
-use cryptoki::error::Error as CkError;
+use std::sync::atomic::Ordering;
+
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, KeyType as CkKeyType};
 use zeroize::Zeroizing;
 
@@ -10,6 +12,24 @@ use super::attributes::{ck_class, ck_type, usage_attributes};
 use super::{raw, trace, HsmError, TokenSession};
 use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
+
+/// What a run learned a token refuses in unwrap templates (bits of one `AtomicU8` per
+/// token, shared by its sessions).
+#[derive(Clone, Copy)]
+struct Ladder(u8);
+
+impl Ladder {
+    /// Send `CKA_VALUE_LEN` (the token said the template is incomplete without it).
+    const VALUE_LEN: u8 = 1;
+    /// Leave `CKA_VALUE_LEN` out (the token refused it).
+    const NO_VALUE_LEN: u8 = 2;
+    /// Leave `CKA_MODIFIABLE` out (the token refused it).
+    const NO_MODIFIABLE: u8 = 4;
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
 
 /// A wrapped key blob: never printed, never serialized, zeroized on drop.
 pub struct Wrapped(pub(super) Zeroizing<Vec<u8>>);
@@ -59,9 +79,10 @@ impl TokenSession {
 
     /// The attributes every copy carries: identity, protection and usage, each set
     /// explicitly (SoftHSM's unwrap defaults differ from the source's, PKCS11-NOTES.md),
-    /// adjusted by the token's [`Profile`].
+    /// adjusted by the token's [`Profile`] and by what this run learned it refuses.
     fn copy_template(&self, like: &KeyObject) -> Result<Vec<Attribute>, HsmError> {
         let f = &like.flags;
+        let learned = Ladder(self.ladder.load(Ordering::Relaxed));
         let private = f.private || self.profile.private_only;
         let mut t = vec![
             Attribute::Class(ck_class(like.class)),
@@ -70,14 +91,18 @@ impl TokenSession {
             Attribute::Id(like.id.clone()),
             Attribute::Label(like.label.as_bytes().to_vec()),
             Attribute::Private(private),
-            Attribute::Modifiable(f.modifiable),
         ];
+        if !learned.has(Ladder::NO_MODIFIABLE) {
+            t.push(Attribute::Modifiable(f.modifiable));
+        }
         if like.class != KeyClass::PublicKey {
             t.push(Attribute::Sensitive(f.sensitive));
             t.push(Attribute::Extractable(f.extractable));
         }
         t.extend(usage_attributes(like.class, f));
-        if self.profile.value_len_on_unwrap && like.class == KeyClass::SecretKey {
+        let value_len =
+            (self.profile.value_len_on_unwrap || learned.has(Ladder::VALUE_LEN)) && !learned.has(Ladder::NO_VALUE_LEN);
+        if value_len && like.class == KeyClass::SecretKey {
             if let Some(n) = like.value_len.filter(|n| *n > 0) {
                 t.push(Attribute::ValueLen(n.into()));
             }
@@ -88,13 +113,68 @@ impl TokenSession {
     /// Unwraps a blob as a token object carrying the source key's attributes. Never sends
     /// what the token refuses in an unwrap template (SoftHSM: `CKA_VALUE_LEN`, and
     /// `CKA_MODULUS`/`CKA_EC_PARAMS` on private keys: they come from the PKCS#8 inside).
+    ///
+    /// The template ladder (issue 14 item 3): a token the profiles do not know may refuse
+    /// an attribute. On a template refusal the next rung is tried — `CKA_VALUE_LEN` sent
+    /// or left out as the refusal says, then `CKA_MODIFIABLE` left out — and what worked is
+    /// kept for the rest of the run. Never a rung that weakens the key: `CKA_SENSITIVE`,
+    /// `CKA_EXTRACTABLE`, `CKA_PRIVATE` and the usage flags are always sent as the source
+    /// has them; a token that refuses those fails the job with its CKR code.
     pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
-        let template = self.copy_template(like)?;
-        let h = self
-            .raw
-            .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
-            .map_err(self.pk("unwrapping a key"))?;
-        Ok(raw::handle(h))
+        loop {
+            let template = self.copy_template(like)?;
+            match self
+                .raw
+                .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
+            {
+                Ok(h) => return Ok(raw::handle(h)),
+                Err(CkError::Pkcs11(rv, _)) if self.climb(rv, like) => {}
+                Err(e) => return Err(self.pk("unwrapping a key")(e)),
+            }
+        }
+    }
+
+    /// Takes the next rung of the template ladder for refusal `rv`; false when none is
+    /// left (the caller then reports the refusal).
+    fn climb(&self, rv: RvError, like: &KeyObject) -> bool {
+        let now = Ladder(self.ladder.load(Ordering::Relaxed));
+        let secret_with_len = like.class == KeyClass::SecretKey && like.value_len.is_some_and(|n| n > 0);
+        let sends_len =
+            (self.profile.value_len_on_unwrap || now.has(Ladder::VALUE_LEN)) && !now.has(Ladder::NO_VALUE_LEN);
+        let next = match rv {
+            RvError::TemplateIncomplete if secret_with_len && !sends_len && !now.has(Ladder::NO_VALUE_LEN) => {
+                Ladder::VALUE_LEN
+            }
+            RvError::AttributeReadOnly
+            | RvError::AttributeTypeInvalid
+            | RvError::AttributeValueInvalid
+            | RvError::TemplateInconsistent => {
+                if secret_with_len && sends_len {
+                    Ladder::NO_VALUE_LEN
+                } else if !now.has(Ladder::NO_MODIFIABLE) {
+                    Ladder::NO_MODIFIABLE
+                } else {
+                    return false;
+                }
+            }
+            _ => return false,
+        };
+        self.ladder.fetch_or(next, Ordering::Relaxed);
+        true
+    }
+
+    /// What copies on this token do not keep because it refused an attribute this run
+    /// (for the report's `note`).
+    pub fn template_note(&self) -> Option<String> {
+        let l = Ladder(self.ladder.load(Ordering::Relaxed));
+        let mut dropped = Vec::new();
+        if l.has(Ladder::NO_MODIFIABLE) {
+            dropped.push("CKA_MODIFIABLE (the copy has the token's default)");
+        }
+        if l.has(Ladder::NO_VALUE_LEN) {
+            dropped.push("CKA_VALUE_LEN (taken from the blob)");
+        }
+        (!dropped.is_empty()).then(|| format!("the token refused {} in the unwrap template", dropped.join(" and ")))
     }
 
     /// Creates the public half of a key pair from the source's public attributes.

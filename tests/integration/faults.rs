@@ -214,3 +214,58 @@ fn apply_wraps_each_new_key_once_on_the_source() {
         );
     }
 }
+
+/// The template ladder (issue 14 item 3): a token that refuses an attribute of the unwrap
+/// template gets the next rung (here without `CKA_MODIFIABLE`), kept for the run and said
+/// in the job's note; one that refuses every rung fails the job with its CKR code, and
+/// nothing that protects the key is ever left out.
+#[test]
+fn a_refused_template_attribute_is_dropped_once_and_said_never_a_protective_one() {
+    let shim = shim().display().to_string();
+    let w = pair().key("primary", "01", "k", &["--count", "2"]);
+    w.write("plan.yaml", &plan_via(&shim, false, Sel::label("k-*")));
+    // Unwrap #1 is the lineage proof; #2 the first copy, refused once.
+    let out = w.run_env(
+        &["apply", "plan.yaml", "--jobs", "1", "--report", "r.json"],
+        &[
+            ("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:2:CKR_ATTRIBUTE_READ_ONLY"),
+            ("HSM_SYNC_SHIM_LOG", "ladder.log"),
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let r = w.report("r.json");
+    assert_eq!(r.summary.create, 2);
+    for j in &r.jobs {
+        assert!(
+            j.note.as_deref().unwrap_or("").contains("refused CKA_MODIFIABLE"),
+            "every copy of the run says what it does not keep: {j:?}"
+        );
+    }
+    assert_eq!(
+        calls(&w, "ladder.log", "C_UnwrapKey").len(),
+        4,
+        "one retry, then learned: no more refusals"
+    );
+    assert_eq!(w.count("dr"), 2);
+
+    // Refused on every rung: the job fails with the token's code, nothing is copied.
+    w.fixture(&["keygen", "primary", "--id", "02", "--label", "k-x"]);
+    let out = w.run_env(
+        &["apply", "plan.yaml", "--jobs", "1", "--report", "r2.json"],
+        &[("HSM_SYNC_SHIM_FAIL", "C_UnwrapKey:2+:CKR_TEMPLATE_INCONSISTENT")],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    let r = w.report("r2.json");
+    let failed: Vec<_> = r.jobs.iter().filter(|j| j.status == Status::Failed).collect();
+    assert_eq!(failed.len(), 1, "{r:#?}");
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("CKR_TEMPLATE_INCONSISTENT"),
+        "{:?}",
+        failed[0]
+    );
+    assert_eq!(w.count("dr"), 2, "nothing copied looser");
+}
