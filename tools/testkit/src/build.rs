@@ -14,28 +14,24 @@ pub fn shim(release: bool) -> PathBuf {
     if release {
         args.push("--release");
     }
-    artifact(&args, "pkcs11_shim", |m| {
-        m["filenames"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f.as_str().map(PathBuf::from))
-            .find(|f| f.extension().is_some_and(|e| e == "so"))
-    })
+    artifact(&args, "pkcs11_shim", shared_object)
 }
 
 /// Runs `cargo build -p kryoptic-token` and returns the path of `libkryoptic_pkcs11.so`:
 /// Kryoptic 1.5.4 from the registry, built like any workspace crate (about 30 s the first
 /// time; PKCS11-NOTES.md "Kryoptic 1.5.4" for its -dev packages).
 pub fn kryoptic() -> PathBuf {
-    artifact(&["-p", "kryoptic-token"], "kryoptic_pkcs11", |m| {
-        m["filenames"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f.as_str().map(PathBuf::from))
-            .find(|f| f.extension().is_some_and(|e| e == "so"))
-    })
+    artifact(&["-p", "kryoptic-token"], "kryoptic_pkcs11", shared_object)
+}
+
+/// The `.so` among the files of a cdylib's artifact message.
+fn shared_object(m: &serde_json::Value) -> Option<PathBuf> {
+    m["filenames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "so"))
 }
 
 /// Runs `cargo build -p testkit --bin hsm-fixture` and returns the executable's path.
