@@ -62,7 +62,20 @@ fn import(p: &Printer, c: &LineageImportArgs) -> Result<ExitStatus> {
 /// Prints the key's handle and the lineage fingerprint it gives the token (`verb`: how
 /// the key got there).
 fn done(p: &Printer, verb: &str, cluster: &Cluster, tokens: &Tokens, handle: Handle) -> Result<ExitStatus> {
-    let fingerprint = lineage_fingerprint(cluster, tokens)?;
+    let fingerprint = match lineage_fingerprint(cluster, tokens) {
+        Ok(f) => f,
+        // A key whose lineage is not the plan's pin is not the one the plan means: take
+        // it away again, so a failed run leaves the token as it found it (exit 1).
+        Err(e @ crate::hsm::HsmError::LineagePin { .. }) => {
+            tokens.get(&cluster.name).session()?.destroy(handle)?;
+            p.error_line(&format!(
+                "removed the domain key just {verb} on `{}`: its lineage fingerprint is not the one the plan pins",
+                cluster.name
+            ));
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     p.outln(&format!(
         "{verb} domain key `{}` on `{}` (handle {handle}: AES-256, private, sensitive, never extractable)",
         tokens.get(&cluster.name).domain_label(),

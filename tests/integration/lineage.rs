@@ -248,3 +248,25 @@ fn lineage_import_needs_two_components_and_a_terminal_for_the_missing() {
     assert!(typed.stderr.contains("--component-file FILE"), "{typed:?}");
     assert_eq!(w.count("primary"), before, "nothing was written");
 }
+
+/// A domain key whose lineage is not the one the plan pins is not the plan's: `lineage
+/// create` takes it away again and exits 1, leaving the token as it found it.
+#[test]
+fn lineage_create_against_another_pin_leaves_no_key() {
+    let w = World::new().tokens(&["primary", "dr"]).plan(
+        &Plan::two_clusters()
+            .select(Sel::id("01"))
+            .edit("primary", |c| c.lineage_fingerprint = Some("0123456789abcdef".into())),
+    );
+    let c = w.run(&["lineage", "create", "plan.yaml", "primary"]);
+    assert_eq!(c.code, 1, "{c:?}");
+    assert!(
+        c.stderr.contains("removed the domain key just made on `primary`"),
+        "{c:?}"
+    );
+    let objects = w.fixture(&["objects", "primary"]);
+    assert!(!objects.contains("hsm-sync-domain"), "no domain key left: {objects}");
+    // The same plan without the pin makes it.
+    let w = w.plan(&Plan::two_clusters().select(Sel::id("01")));
+    assert_eq!(w.run(&["lineage", "create", "plan.yaml", "primary"]).code, 0);
+}
