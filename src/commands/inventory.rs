@@ -41,15 +41,9 @@ struct Entry {
 
 pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
     let plan = load(p, &a.plan)?;
-    let Some(cluster) = plan.cluster(&a.cluster) else {
-        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        return Err(CommandError::InventoryUnknownCluster {
-            cluster: a.cluster.clone(),
-            plan: a.plan.display().to_string(),
-            defined: names.join(", "),
-        }
-        .into());
-    };
+    let cluster = super::cluster(&plan, &a.cluster, &a.plan, |cluster, plan, defined| {
+        CommandError::InventoryUnknownCluster { cluster, plan, defined }
+    })?;
     let tokens = login(&[cluster])?;
     let token = tokens.get(&cluster.name);
     // Fingerprints digest the wire format: the one `lineage.wrap` pins, else this token's

@@ -85,15 +85,9 @@ fn done(p: &Printer, verb: &str, cluster: &Cluster, tokens: &Tokens, handle: Han
     Ok(ExitStatus::Success)
 }
 
-/// The cluster `name` of `plan`, or the refusal naming the ones there are.
+/// The cluster `name` of `plan`, or `lineage`'s refusal naming the ones there are.
 fn cluster<'p>(plan: &'p Plan, name: &str, path: &std::path::Path) -> Result<&'p Cluster> {
-    plan.cluster(name).ok_or_else(|| {
-        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        CommandError::LineageUnknownCluster {
-            cluster: name.to_string(),
-            plan: path.display().to_string(),
-            defined: names.join(", "),
-        }
-        .into()
+    super::cluster(plan, name, path, |cluster, plan, defined| {
+        CommandError::LineageUnknownCluster { cluster, plan, defined }
     })
 }

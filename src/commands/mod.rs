@@ -43,6 +43,20 @@ pub(crate) fn dispatch(cli: &Cli, p: &Printer) -> Result<ExitStatus> {
 }
 
 /// Loads a plan, printing its warnings.
+/// The cluster `name` of `plan`, or the refusal `unknown` builds from the name, the plan
+/// file and the clusters there are (each command keeps its own diagnostic code).
+pub(crate) fn cluster<'p>(
+    plan: &'p Plan,
+    name: &str,
+    path: &Path,
+    unknown: fn(String, String, String) -> error::CommandError,
+) -> Result<&'p crate::plan::Cluster> {
+    plan.cluster(name).ok_or_else(|| {
+        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
+        unknown(name.to_string(), path.display().to_string(), names.join(", ")).into()
+    })
+}
+
 pub(crate) fn load(p: &Printer, path: &Path) -> miette::Result<Plan> {
     warn(p, crate::plan::load(path)?)
 }
