@@ -32,19 +32,20 @@ struct Probe<'a> {
     wrap_mechanisms: &'a [WrapProbe],
     /// The formats this token makes and reads, with its mechanism for each.
     formats: Vec<(WireFormat, &'static str)>,
+    /// What the profile says the token's templates and logins need.
+    quirks: Vec<&'static str>,
+    /// Whether its objects carry `CKA_UNIQUE_ID`.
+    unique_id: bool,
+    /// Whether it holds token data objects: not probed (that would write one); the
+    /// state records find out (CONTRACT §6).
+    data_objects: &'static str,
 }
 
 pub(super) fn run(p: &Printer, a: &ProbeArgs) -> Result<ExitStatus> {
     let plan = load(p, &a.plan)?;
-    let Some(cluster) = plan.cluster(&a.cluster) else {
-        let names: Vec<&str> = plan.clusters.iter().map(|c| c.name.as_str()).collect();
-        return Err(CommandError::ProbeUnknownCluster {
-            cluster: a.cluster.clone(),
-            plan: a.plan.display().to_string(),
-            defined: names.join(", "),
-        }
-        .into());
-    };
+    let cluster = super::cluster(&plan, &a.cluster, &a.plan, |cluster, plan, defined| {
+        CommandError::ProbeUnknownCluster { cluster, plan, defined }
+    })?;
     let tokens = login(&[cluster])?;
     let token = tokens.get(&cluster.name);
     let caps = token.capabilities()?;
@@ -66,6 +67,9 @@ pub(super) fn run(p: &Printer, a: &ProbeArgs) -> Result<ExitStatus> {
         mechanisms: caps.mechanisms.iter().map(|m| format!("{m:#x}")).collect(),
         wrap_mechanisms: &caps.wraps,
         formats,
+        quirks: profile.quirks(),
+        unique_id: caps.unique_id,
+        data_objects: "not probed: probe writes no token object",
     };
     match a.format {
         InventoryFormat::Json => p.json(&probe).into_diagnostic()?,
@@ -88,6 +92,15 @@ pub(super) fn run(p: &Printer, a: &ProbeArgs) -> Result<ExitStatus> {
                     if w.unwraps { "" } else { "; not listed for unwrap" }
                 ));
             }
+            match probe.quirks.as_slice() {
+                [] => p.outln("template quirks: none known"),
+                qs => p.outln(&format!("template quirks: {}", qs.join("; "))),
+            }
+            p.outln(&format!(
+                "CKA_UNIQUE_ID: {}",
+                if probe.unique_id { "yes" } else { "no" }
+            ));
+            p.outln(&format!("data objects: {}", probe.data_objects));
             match probe.formats.as_slice() {
                 [] => p.outln("wire formats: none (hsm-sync cannot move keys to or from this token)"),
                 fs => {

@@ -83,6 +83,9 @@ pub struct Capabilities {
     pub mechanisms: Vec<u64>,
     /// The key-wrap mechanisms it lists, probed, in order of preference.
     pub wraps: Vec<WrapProbe>,
+    /// Whether its objects carry `CKA_UNIQUE_ID` (PKCS#11 3.0; Kryoptic does, SoftHSM 2.6
+    /// does not): read from a session object the probe makes and destroys.
+    pub unique_id: bool,
 }
 
 impl Capabilities {
@@ -191,7 +194,12 @@ pub(crate) fn probe(
     let candidates = STANDARD_WRAPS.iter().chain(vendor);
     let present: Vec<(u64, &'static str)> = candidates.filter(|(id, _)| mechanisms.contains(id)).copied().collect();
     if present.is_empty() {
-        return Ok(Capabilities { mechanisms, wraps });
+        let unique_id = has_unique_id(s);
+        return Ok(Capabilities {
+            mechanisms,
+            wraps,
+            unique_id,
+        });
     }
     let secret = |value: &[u8], wrap: bool, key_type: CkKeyType| {
         s.create_object(&[
@@ -236,7 +244,29 @@ pub(crate) fn probe(
     })();
     let _ = s.destroy_object(kek);
     wraps.extend(made?);
-    Ok(Capabilities { mechanisms, wraps })
+    Ok(Capabilities {
+        mechanisms,
+        wraps,
+        unique_id: has_unique_id(s),
+    })
+}
+
+/// Whether a session object made on `s` has a `CKA_UNIQUE_ID` (it is destroyed again).
+fn has_unique_id(s: &Session) -> bool {
+    use cryptoki::object::AttributeType;
+    let Ok(h) = s.create_object(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(CkKeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Value(PROBE_EVEN.to_vec()),
+    ]) else {
+        return false;
+    };
+    let found = s
+        .get_attributes(h, &[AttributeType::UniqueId])
+        .is_ok_and(|a| a.iter().any(|a| matches!(a, Attribute::UniqueId(v) if !v.is_empty())));
+    let _ = s.destroy_object(h);
+    found
 }
 
 /// What mechanism `id` makes of the probe's odd secret (and, if it refuses odd lengths,
@@ -295,6 +325,7 @@ mod tests {
                     unwraps,
                 })
                 .collect(),
+            unique_id: false,
         }
     }
 

@@ -27,6 +27,23 @@ pub struct Profile {
     pub source: &'static str,
 }
 
+impl Profile {
+    /// What this row says a token's templates and logins need, in words (for `probe`).
+    pub fn quirks(&self) -> Vec<&'static str> {
+        let mut q = Vec::new();
+        if self.value_len_on_unwrap {
+            q.push("CKA_VALUE_LEN sent when unwrapping secret keys");
+        }
+        if self.private_only {
+            q.push("every copy is CKA_PRIVATE");
+        }
+        if self.pin_with_user {
+            q.push("the PIN is user:password (credentials.user is part of the login)");
+        }
+        q
+    }
+}
+
 /// The known token families, most specific first; the last entry is the default.
 pub(super) const PROFILES: &[Profile] = &[
     Profile {

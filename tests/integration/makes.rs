@@ -306,6 +306,9 @@ fn probe_tells_what_each_wrap_mechanism_really_makes() {
     assert!(made.contains(&(0x210B, "rfc5649".into())), "{made:?}");
     assert!(made.contains(&(0x2109, "rfc3394".into())), "strict RFC 3394: {made:?}");
     assert!(!made.iter().any(|m| m.0 == 0x210A), "Kryoptic has no 0x210A: {made:?}");
+    assert_eq!(j["unique_id"], true, "Kryoptic objects carry CKA_UNIQUE_ID");
+    assert!(soft.stdout.contains("CKA_UNIQUE_ID: no"), "{}", soft.stdout);
+    assert!(soft.stdout.contains("template quirks: none known"), "{}", soft.stdout);
     let kw = w.run(&["probe", "plan.yaml", "kw"]);
     assert!(
         kw.stdout.contains("wire format rfc3394: CKM_AES_KEY_WRAP"),
@@ -330,6 +333,11 @@ fn a_plan_may_choose_the_profile_and_an_unknown_one_is_named() {
     let p = w.run(&["probe", "plan.yaml", "dr"]);
     assert_eq!(p.code, 0, "{p:?}");
     assert!(p.stdout.contains("profile: Thales Luna"), "{}", p.stdout);
+    assert!(
+        p.stdout.contains("CKA_VALUE_LEN sent when unwrapping"),
+        "the row's quirks: {}",
+        p.stdout
+    );
     let w = w.plan(
         &Plan::two_clusters()
             .select(Sel::label("*"))
