@@ -1,6 +1,8 @@
 //! Lifecycle events: what happened to a key that its associated resources are told of
 //! (CONTRACT.md §5), and the delivery limits a plan's `notify` resources default to.
 //!
+//! [`KeyInfo`] is the key as events name it (a notification body, a state record).
+//!
 //! One type serves the plan (which events a resource wants), the state records (the last
 //! event of each key) and the wire (the `event` of a notification body and of a report's
 //! notification record). Its JSON names are fixed here, not derived from declaration order.
@@ -8,6 +10,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::key::{KeyClass, KeyType};
 
 /// Time limit of one delivery attempt when the plan sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +40,70 @@ impl Event {
         match self {
             Event::Synced => "synced",
             Event::Deleted => "deleted",
+        }
+    }
+}
+
+/// The key as a notification names it: never key material, only its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// `CKA_ID` in hex (empty when the key has none).
+    pub id: String,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// Object class.
+    pub class: Option<KeyClass>,
+    /// Key type.
+    pub key_type: Option<KeyType>,
+    /// Fingerprint of the key material, where known.
+    pub fingerprint: Option<String>,
+}
+
+impl KeyInfo {
+    /// The class as messages and state labels spell it (fixed here, not taken from serde).
+    fn class_name(&self) -> Option<&'static str> {
+        self.class.map(|c| match c {
+            KeyClass::SecretKey => "secret-key",
+            KeyClass::PrivateKey => "private-key",
+            KeyClass::PublicKey => "public-key",
+        })
+    }
+
+    /// How the key is named in messages: its id (else its label), with its label and
+    /// class, since the two halves of a key pair share an id.
+    pub fn name(&self) -> String {
+        let class = self.class_name().unwrap_or("unknown class");
+        if self.id.is_empty() {
+            format!("label:{} ({class})", self.label)
+        } else {
+            format!("{} ({}, {class})", self.id, self.label)
+        }
+    }
+
+    /// The key's identity as text, the same in every run: `<class>/<id-hex>`, or
+    /// `<class>/label-<label-hex>` for a key without an id (matched by label across
+    /// clusters). Events are grouped by it and state records are named after it.
+    pub fn identity(&self) -> String {
+        let class = self.class_name().unwrap_or("unknown");
+        if self.id.is_empty() {
+            // In hex: a label may hold spaces, and an object's name ends at the first.
+            format!("{class}/label-{}", hex::encode(&self.label))
+        } else {
+            format!("{class}/{}", self.id)
+        }
+    }
+}
+
+#[cfg(test)]
+impl KeyInfo {
+    /// A secret AES key with this id, labelled `k`: the key of the notify unit tests.
+    pub fn sample(id: &str) -> KeyInfo {
+        KeyInfo {
+            id: id.into(),
+            label: "k".into(),
+            class: Some(KeyClass::SecretKey),
+            key_type: Some(KeyType::Aes),
+            fingerprint: None,
         }
     }
 }
