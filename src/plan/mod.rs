@@ -91,6 +91,8 @@ pub enum IssueKind {
     TooManyProblems,
     /// Two selectors of one entry name the same key or glob with different `state`.
     ConflictingState,
+    /// A connection string written in the plan (`state.url`, or a URL as `url_env`).
+    InlineUrl,
 }
 
 impl IssueKind {
@@ -133,6 +135,7 @@ impl IssueKind {
             CloneCycle => "plan::clone-cycle",
             TooManyProblems => "plan::too-many-problems",
             ConflictingState => "plan::conflicting-state",
+            InlineUrl => "plan::inline-url",
         }
     }
 }

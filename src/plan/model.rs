@@ -29,6 +29,8 @@ pub struct Plan {
     pub syncs: Vec<SyncEntry>,
     /// Run options.
     pub options: Options,
+    /// Where state lives.
+    pub state: StateConfig,
 }
 
 impl Plan {
@@ -317,4 +319,33 @@ pub struct Options {
     pub parallelism: Option<usize>,
     /// Cooldown of `notify`.
     pub notify_cooldown: Duration,
+}
+
+/// Where hsm-sync keeps what outlives a run (CONTRACT.md §6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StateConfig {
+    /// Data objects on each source token (targets hold their in-flight journal).
+    #[default]
+    Token,
+    /// A directory, locked with OS file locks.
+    File {
+        /// The directory (resolved against the plan file's directory).
+        path: PathBuf,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// The environment variable holding the connection string.
+        url_env: String,
+    },
+}
+
+impl StateConfig {
+    /// `token`, `file` or `postgres`: the backend's name in the plan and in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StateConfig::Token => "token",
+            StateConfig::File { .. } => "file",
+            StateConfig::Postgres { .. } => "postgres",
+        }
+    }
 }

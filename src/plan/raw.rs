@@ -28,6 +28,9 @@ pub struct RawPlan {
     /// Run options.
     #[serde(default)]
     pub options: Option<RawOptions>,
+    /// Where hsm-sync keeps lifecycle records, claims, journals and locks (CONTRACT.md §6).
+    #[serde(default)]
+    pub state: Option<RawStateStore>,
 }
 
 /// One cluster: a PKCS#11 module and a token on it.
@@ -238,4 +241,25 @@ pub struct RawOptions {
     /// Cooldown of `notify` (humantime: `90s`, `1h`; default `1h`).
     #[serde(default)]
     pub notify_cooldown: Option<String>,
+}
+
+/// Where state lives (CONTRACT.md §6).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStateStore {
+    /// `token` (default: data objects on each source token), `file` or `postgres`.
+    #[serde(default)]
+    #[schemars(extend("enum" = ["token", "file", "postgres"]))]
+    pub backend: Option<String>,
+    /// `file`: the state directory, relative to the plan file.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `postgres`: the environment variable holding the libpq connection string.
+    #[serde(default)]
+    #[schemars(regex(pattern = "^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub url_env: Option<String>,
+    /// Never valid: read only to say that a connection string is not written in a plan.
+    #[serde(default)]
+    #[schemars(skip)]
+    pub url: Option<serde_yaml::Value>,
 }

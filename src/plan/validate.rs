@@ -17,7 +17,7 @@ use crate::credentials::{loosely_readable, PinSource};
 use crate::domain::event::{Event, DEFAULT_RETRIES, DEFAULT_TIMEOUT, MAX_RETRIES};
 use crate::domain::wire::WireFormat;
 
-const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options"];
+const TOP_FIELDS: &[&str] = &["version", "clusters", "sync", "options", "state"];
 
 /// Problems listed for one section (a cluster, an entry, a selector) at most: finding each
 /// one costs a pass over the section, and a section with more is not a typo.
@@ -489,11 +489,19 @@ impl Validator {
             Some(v) => self.section::<RawOptions>(v, "options").unwrap_or_default(),
         };
         let options = self.options(options);
+        let state = match top.get("state") {
+            None | Some(Value::Null) => StateConfig::Token,
+            Some(v) => match self.section::<RawStateStore>(v, "state") {
+                Some(raw) => self.state(raw),
+                None => StateConfig::Token,
+            },
+        };
         Some(Plan {
             source: PlanSource::parse("", ""),
             clusters,
             syncs,
             options,
+            state,
         })
     }
 
@@ -1206,6 +1214,109 @@ impl Validator {
         })
     }
 
+    /// The `state` block (CONTRACT.md §1, §6): a backend and what it needs, never a
+    /// connection string.
+    fn state(&mut self, raw: RawStateStore) -> StateConfig {
+        const NAMES: [&str; 3] = ["token", "file", "postgres"];
+        if raw.url.is_some() {
+            self.issue(
+                IssueKind::InlineUrl,
+                "state.url",
+                "a connection string is written in the plan; plans are reviewed and committed, database passwords must not be",
+                Some("export it in an environment variable and name that: `url_env: HSM_SYNC_STATE_URL`".into()),
+            );
+        }
+        let backend = raw.backend.as_deref().unwrap_or("token");
+        let misplaced = |me: &mut Self, field: &str, owner: &str| {
+            me.issue_at_key(
+                IssueKind::InvalidValue,
+                &child("state", field),
+                format!("`{field}` is for the `{owner}` backend, and this plan's backend is `{backend}`"),
+                Some(format!("remove it, or set `backend: {owner}`")),
+            );
+        };
+        match backend {
+            "token" | "file" | "postgres" => {}
+            other => {
+                self.issue(
+                    IssueKind::InvalidValue,
+                    "state.backend",
+                    format!("unknown state backend `{other}`"),
+                    Some(suggest(other, NAMES).unwrap_or_else(|| "write token, file or postgres".into())),
+                );
+                return StateConfig::Token;
+            }
+        }
+        if backend != "file" && raw.path.is_some() {
+            misplaced(self, "path", "file");
+        }
+        if backend != "postgres" && raw.url_env.is_some() {
+            misplaced(self, "url_env", "postgres");
+        }
+        match backend {
+            "file" => match raw.path.as_deref() {
+                None | Some("") => {
+                    self.issue_at_key(
+                        IssueKind::MissingField,
+                        "state",
+                        "the `file` backend needs `path`: the state directory",
+                        Some("add e.g. `path: ./.hsm-sync-state` (relative to the plan file)".into()),
+                    );
+                    StateConfig::Token
+                }
+                Some(p) => {
+                    let p = PathBuf::from(p);
+                    StateConfig::File {
+                        path: if p.is_absolute() { p } else { self.base_dir.join(p) },
+                    }
+                }
+            },
+            "postgres" => match raw.url_env {
+                None => {
+                    self.issue_at_key(
+                        IssueKind::MissingField,
+                        "state",
+                        "the `postgres` backend needs `url_env`: the environment variable holding the connection string",
+                        Some("add `url_env: HSM_SYNC_STATE_URL` and export the libpq URL there".into()),
+                    );
+                    StateConfig::Token
+                }
+                Some(var) if looks_like_a_connection_string(&var) => {
+                    self.issue(
+                        IssueKind::InlineUrl,
+                        "state.url_env",
+                        "`url_env` holds a connection string; it names the environment variable that holds one",
+                        Some("export the URL in a variable and write its name: `url_env: HSM_SYNC_STATE_URL`".into()),
+                    );
+                    StateConfig::Token
+                }
+                Some(var) if !valid_env_name(&var) => {
+                    self.issue(
+                        IssueKind::InvalidValue,
+                        "state.url_env",
+                        format!("`{var}` is not an environment variable name"),
+                        Some("names match [A-Za-z_][A-Za-z0-9_]*".into()),
+                    );
+                    StateConfig::Token
+                }
+                Some(var) => {
+                    if std::env::var_os(&var).is_none() {
+                        self.offline_warning(
+                            IssueKind::UnsetVariable,
+                            "state.url_env",
+                            format!("environment variable `{var}` is not set (the state database's connection string)"),
+                            Some(format!(
+                                "export {var}='postgresql://USER@HOST/DB' before running hsm-sync online"
+                            )),
+                        );
+                    }
+                    StateConfig::Postgres { url_env: var }
+                }
+            },
+            _ => StateConfig::Token,
+        }
+    }
+
     fn options(&mut self, raw: RawOptions) -> Options {
         match raw.parallelism {
             Some(0) => self.issue(
@@ -1385,6 +1496,11 @@ fn valid_env_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether a `url_env` value is a connection string rather than a variable's name.
+fn looks_like_a_connection_string(v: &str) -> bool {
+    v.contains("://") || v.contains('=') || v.contains('@') || v.contains(' ')
 }
 
 #[cfg(test)]
