@@ -112,6 +112,10 @@ pub struct PlanArgs {
     /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::domain::shard::Shard>,
+    /// Wrap every key again instead of trusting fingerprints cached by CKA_UNIQUE_ID
+    /// (tokens that give one; the state backend keeps them), and cache them afresh.
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 /// `apply PLAN|SAVED [--jobs N] [--report FILE] [--junit FILE] [--allow-destroy] [--quiet]`
@@ -142,6 +146,10 @@ pub struct ApplyArgs {
     /// runners with `--shard 1/n` … `--shard n/n` together do the whole plan.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::domain::shard::Shard>,
+    /// Wait up to this long (e.g. 30s, 5m) for a target another run holds, instead of
+    /// exiting 1 at once naming the holder.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 /// Output format of `inventory`.
@@ -179,6 +187,9 @@ pub struct SyncKeyArgs {
     /// The destination: a cluster name or its 0-based position in `clusters`.
     #[arg(value_name = "DESTINATION")]
     pub destination: String,
+    /// Wait up to this long for a destination another run holds (default: exit 1 at once).
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub lock_timeout: Option<std::time::Duration>,
 }
 
 /// `demo [--dir DIR]`
@@ -300,6 +311,10 @@ pub struct SchemaArgs {
 }
 
 /// A humantime duration of at least 10 ms (a zero interval would print without end).
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e}): write e.g. 30s or 5m"))
+}
+
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d >= std::time::Duration::from_millis(10) => Ok(d),

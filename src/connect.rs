@@ -24,6 +24,20 @@ impl Tokens {
     pub fn get(&self, cluster: &str) -> &Token {
         &self.tokens[cluster]
     }
+
+    /// Each connected cluster's token identity, as the state backends key it.
+    pub(crate) fn state_ids(&self) -> crate::state::TokenIds {
+        self.tokens
+            .iter()
+            .map(|(name, t)| {
+                let f = &t.facts;
+                (
+                    name.clone(),
+                    crate::state::token_id(&f.manufacturer, &f.model, &f.serial, &f.label),
+                )
+            })
+            .collect()
+    }
 }
 
 /// The logged-in tokens are the executor's key store: a session per worker and cluster.
@@ -40,6 +54,10 @@ impl crate::hsm::KeyStore for Tokens {
 
     fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>> {
         self.get(cluster).take_listed_keys()
+    }
+
+    fn has_unique_ids(&self, cluster: &str) -> bool {
+        self.get(cluster).capabilities().is_ok_and(|c| c.unique_id)
     }
 
     fn missing_key_types(&self, cluster: &str) -> Vec<crate::domain::key::KeyType> {

@@ -788,6 +788,7 @@ mod tests {
                     wire: None,
                     zero_pads: false,
                     missing_types: Vec::new(),
+                    learned: Vec::new(),
                 },
             ),
             (
@@ -799,6 +800,7 @@ mod tests {
                     wire: None,
                     zero_pads: false,
                     missing_types: Vec::new(),
+                    learned: Vec::new(),
                 },
             ),
         ])

@@ -24,6 +24,9 @@ pub(crate) enum Fingerprints {
     Compared,
 }
 
+/// Cached fingerprints by cluster, then by `CKA_UNIQUE_ID` (a cluster absent: no cache).
+pub(crate) type FingerprintCache = HashMap<String, HashMap<String, String>>;
+
 /// Reads the inventories of `clusters`, side by side, each with up to `workers` sessions.
 /// With [`Fingerprints::Compared`], the clusters in `source_only` (no sync writes to
 /// them) are read without fingerprints first; then only their keys that another cluster
@@ -38,6 +41,8 @@ pub(crate) fn read_all<S: KeyStore>(
     source_only: &[&str],
     fingerprints: Fingerprints,
     workers: usize,
+    journals_on_tokens: bool,
+    cache: &FingerprintCache,
 ) -> Result<Inventories, HsmError> {
     let listed = |name: &&str| tokens.listed_len(name).unwrap_or(usize::MAX);
     let most_on_a_target = clusters
@@ -62,7 +67,16 @@ pub(crate) fn read_all<S: KeyStore>(
             .zip(&deferred)
             .map(|(name, &deferred)| {
                 let written = !source_only.contains(name);
-                scope.spawn(move || read_one(tokens, name, workers, !deferred, written))
+                scope.spawn(move || {
+                    read_one(
+                        tokens,
+                        name,
+                        workers,
+                        !deferred,
+                        written && journals_on_tokens,
+                        cache.get(*name),
+                    )
+                })
             })
             .collect();
         let mut out = HashMap::new();
@@ -173,11 +187,40 @@ fn read_one<S: KeyStore>(
     workers: usize,
     fingerprint: bool,
     written: bool,
+    cached: Option<&HashMap<String, String>>,
 ) -> Result<Inventory, HsmError> {
     let first = tokens.open_session(name)?;
     let handles = first.key_handles_or(tokens.take_listed_keys(name))?;
+    // With a cache (a token with CKA_UNIQUE_ID, issue 15): a key whose unique id is cached
+    // is not wrapped again (an object's material never changes); the others are, and
+    // what they give is learned.
+    let cached = cached.filter(|_| fingerprint && tokens.has_unique_ids(name));
+    let learned = std::sync::Mutex::new(Vec::new());
     let mut keys = in_chunks(tokens, name, &first, &handles, workers, |s, &h| {
-        Ok(s.read_fingerprinted(h, fingerprint)?.map(Arc::new))
+        let Some(cache) = cached else {
+            return Ok(s.read_fingerprinted(h, fingerprint)?.map(Arc::new));
+        };
+        let uid = s.unique_id(h)?;
+        if let Some(fp) = uid.as_ref().and_then(|u| cache.get(u)) {
+            return Ok(s.read_fingerprinted(h, false)?.map(|mut k| {
+                if k.class != crate::domain::key::KeyClass::PublicKey {
+                    k.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fp.clone());
+                }
+                Arc::new(k)
+            }));
+        }
+        let k = s.read_fingerprinted(h, true)?;
+        if let (Some(u), Some(k)) = (uid, &k) {
+            if let (false, Some(fp)) = (
+                k.class == crate::domain::key::KeyClass::PublicKey,
+                k.fingerprint.known(),
+            ) {
+                if let Ok(mut l) = learned.lock() {
+                    l.push((u, fp.to_string()));
+                }
+            }
+        }
+        Ok(k.map(Arc::new))
     })?;
     sort_keys(&mut keys);
     Ok(Inventory {
@@ -192,6 +235,7 @@ fn read_one<S: KeyStore>(
         wire: first.wire_format(),
         zero_pads: first.zero_pads(),
         missing_types: tokens.missing_key_types(name),
+        learned: learned.into_inner().unwrap_or_default(),
     })
 }
 
@@ -245,6 +289,7 @@ mod tests {
             wire: None,
             zero_pads: false,
             missing_types: Vec::new(),
+            learned: Vec::new(),
         };
         for k in &keys {
             let id = k.identity();
@@ -290,7 +335,16 @@ mod tests {
         #[test]
         fn a_first_sync_wraps_only_what_a_target_already_holds() {
             let s = store();
-            let inv = read_all(&s, &["src", "dst"], &["src"], Fingerprints::Compared, 2).unwrap();
+            let inv = read_all(
+                &s,
+                &["src", "dst"],
+                &["src"],
+                Fingerprints::Compared,
+                2,
+                true,
+                &FingerprintCache::new(),
+            )
+            .unwrap();
             let held = fingerprint_of(&inv, "src", 1);
             assert!(held.known().is_some(), "key 1 is compared with the target's copy");
             assert_eq!(held, fingerprint_of(&inv, "dst", 1), "equal keys, equal fingerprints");
@@ -306,7 +360,16 @@ mod tests {
         #[test]
         fn a_plan_fingerprints_every_key_and_says_which_cannot_be_wrapped() {
             let s = store();
-            let inv = read_all(&s, &["src", "dst"], &["src"], Fingerprints::All, 2).unwrap();
+            let inv = read_all(
+                &s,
+                &["src", "dst"],
+                &["src"],
+                Fingerprints::All,
+                2,
+                true,
+                &FingerprintCache::new(),
+            )
+            .unwrap();
             assert!(fingerprint_of(&inv, "src", 2).known().is_some());
             assert_eq!(fingerprint_of(&inv, "src", 3), Fingerprint::NotWrappable);
             assert_eq!(inv["src"].keys.len(), 3);
@@ -320,7 +383,16 @@ mod tests {
         fn a_token_error_fails_the_inventory() {
             let s = store();
             s.fail_next("dst", "list", crate::hsm::memory::Fault::Fatal);
-            assert!(read_all(&s, &["src", "dst"], &["src"], Fingerprints::All, 2).is_err());
+            assert!(read_all(
+                &s,
+                &["src", "dst"],
+                &["src"],
+                Fingerprints::All,
+                2,
+                true,
+                &FingerprintCache::new()
+            )
+            .is_err());
         }
     }
 }

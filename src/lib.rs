@@ -56,7 +56,6 @@ mod interrupt;
 mod inventory;
 mod junit;
 mod limits;
-mod lock;
 mod notify;
 mod output;
 mod pipeline;
@@ -66,6 +65,7 @@ mod render;
 pub mod report;
 mod saved;
 mod stage;
+mod state;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

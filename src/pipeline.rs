@@ -8,6 +8,7 @@ use crate::connect::{log_in, open, prove_all, Tokens};
 use crate::diff::{diff, Action, Diff};
 use crate::domain::shard::Shard;
 use crate::executor;
+use crate::hsm::KeyStore;
 use crate::inventory::{read_all, Fingerprints, Inventories};
 use crate::limits::Limits;
 use crate::notify::AfterApply;
@@ -26,7 +27,7 @@ pub(crate) struct Online {
     /// The diff of the plan against them.
     pub diff: Diff,
     /// The target tokens' locks, for commands that write (held until this drops).
-    pub _lock: Option<crate::lock::RunLock>,
+    pub _lock: Option<crate::state::Held>,
     /// How long connecting, reading and diffing took.
     pub timings: crate::report::Timings,
 }
@@ -41,6 +42,16 @@ impl Online {
     }
 }
 
+/// A command that writes: its name (for the lock's holder note) and how long it waits
+/// for a busy target's lock.
+#[derive(Clone, Copy)]
+pub(crate) struct Writer<'a> {
+    /// `apply` or `sync-key`.
+    pub command: &'a str,
+    /// `--lock-timeout` (zero: a busy target is an error at once).
+    pub wait: std::time::Duration,
+}
+
 /// The online part shared by `plan` and `apply`: log in, prove lineage, read the
 /// inventories in scope, diff.
 /// With a shard, only that shard's jobs. A command that writes names itself in `writer`
@@ -51,9 +62,10 @@ impl Online {
 pub(crate) fn online_diff(
     plan: &Plan,
     shard: Option<Shard>,
-    writer: Option<&str>,
+    writer: Option<Writer<'_>>,
     fingerprints: Fingerprints,
     limits: Limits,
+    refresh: bool,
 ) -> miette::Result<Online> {
     let mut timings = crate::report::Timings::default();
     let t = std::time::Instant::now();
@@ -62,20 +74,78 @@ pub(crate) fn online_diff(
     // costs no login.
     let clusters = plan.clusters_in_scope();
     let tokens = open(&clusters)?;
+    // The state backend is opened (a database connected) before any login: one that is
+    // down or refuses us stops the run before anything is read or written.
     let lock = match writer {
-        Some(command) => Some(stage::timed("lock", || lock_targets(plan, &tokens, command))?),
+        Some(w) => Some(stage::timed("lock", || lock_targets(plan, &tokens, w))?),
         None => None,
     };
     log_in(&tokens, &clusters)?;
-    prove_all(plan, &tokens, limits)?;
+    let proofs = prove_all(plan, &tokens, limits)?;
     timings.connect_ms = ms_since(t);
     let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
     let t = std::time::Instant::now();
     let written: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
     let source_only: Vec<&str> = names.iter().copied().filter(|n| !written.contains(n)).collect();
-    let inventories = stage::timed("inventory", || {
-        read_all(&tokens, &names, &source_only, fingerprints, limits.inventory())
+    let on_tokens = matches!(plan.state, crate::plan::StateConfig::Token);
+    // The fingerprint cache (issue 15), for tokens with CKA_UNIQUE_ID: what it holds for
+    // each such cluster's scope, unless `--refresh`. Plan writes no token: on the token
+    // backend only writers add to it.
+    let ids = tokens.state_ids();
+    let mut scopes: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for p in &proofs {
+        for c in [p.source.as_str(), p.target.as_str()] {
+            if tokens.has_unique_ids(c) {
+                let id = crate::state::id_of(&ids, c);
+                scopes.insert(c, crate::state::cache_scope(id, &p.format.to_string(), &p.fingerprint));
+            }
+        }
+    }
+    let store = match scopes.is_empty() && on_tokens {
+        true => None,
+        false => Some(crate::state::open(&plan.state, ids.clone(), &tokens)?),
+    };
+    let mut cache = crate::inventory::FingerprintCache::new();
+    if let (Some(store), false) = (&store, refresh) {
+        for (c, scope) in &scopes {
+            cache.insert(c.to_string(), store.cached_fingerprints(c, scope)?);
+        }
+    } else {
+        // `--refresh`: every key wrapped again, and what that gives cached afresh.
+        for c in scopes.keys() {
+            cache.insert(c.to_string(), Default::default());
+        }
+    }
+    let mut inventories = stage::timed("inventory", || {
+        read_all(
+            &tokens,
+            &names,
+            &source_only,
+            fingerprints,
+            limits.inventory(),
+            on_tokens,
+            &cache,
+        )
     })?;
+    if let Some(store) = &store {
+        if writer.is_some() || !on_tokens {
+            for (c, scope) in &scopes {
+                if let Some(inv) = inventories.get_mut(*c) {
+                    let learned = std::mem::take(&mut inv.learned);
+                    store.cache_fingerprints(c, scope, &learned)?;
+                }
+            }
+        }
+    }
+    if let (Some(store), false) = (&store, on_tokens) {
+        // The journals live in the state backend: read each written target's there.
+        for t in &written {
+            if let Some(inv) = inventories.get_mut(*t) {
+                inv.in_flight = store.journal_read(t)?.into_iter().collect();
+            }
+        }
+    }
+    drop(store);
     timings.inventory_ms = ms_since(t);
     let t = std::time::Instant::now();
     let mut diff = stage::timed("diff", || diff(plan, &inventories))?;
@@ -92,24 +162,15 @@ pub(crate) fn online_diff(
     })
 }
 
-/// Locks every target token of the plan (sorted, so two runs meet in the same order).
-fn lock_targets(plan: &Plan, tokens: &Tokens, command: &str) -> Result<crate::lock::RunLock, crate::lock::LockError> {
+/// Locks every target token of the plan in its state backend (sorted, so two runs meet
+/// in the same order). A token is locked by its identity, however it is reached (a
+/// pass-through module is the same token).
+fn lock_targets(plan: &Plan, tokens: &Tokens, w: Writer<'_>) -> Result<crate::state::Held, crate::state::StateError> {
     let mut names: Vec<&str> = plan.syncs.iter().flat_map(|s| s.all_targets()).collect();
     names.sort_unstable();
     names.dedup();
-    let targets: Vec<crate::lock::LockTarget> = names
-        .iter()
-        .filter_map(|n| plan.cluster(n))
-        .map(|c| {
-            // The token itself, however it is reached (a pass-through module is the same token).
-            let f = &tokens.get(&c.name).facts;
-            crate::lock::LockTarget {
-                cluster: &c.name,
-                identity: format!("{}\0{}\0{}\0{}", f.manufacturer, f.model, f.serial, f.label),
-            }
-        })
-        .collect();
-    crate::lock::acquire(&targets, command)
+    let store = crate::state::open(&plan.state, tokens.state_ids(), tokens)?;
+    store.lock(&names, w.command, w.wait)
 }
 
 /// How the jobs of a diff run.
@@ -145,11 +206,12 @@ pub(crate) struct Executed {
 /// notification never undoes the sync).
 pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette::Result<Executed> {
     let t = std::time::Instant::now();
+    let store = crate::state::open(&plan.state, online.tokens.state_ids(), &online.tokens)?;
     // A stop asked for before any job: no job will start, so no journal either.
     let journals = if e.stop.requested() {
         Vec::new()
     } else {
-        write_journals(online)?
+        write_journals(online, store.as_ref())?
     };
     let outcomes = executor::execute(
         &online.diff,
@@ -161,8 +223,7 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
     );
     let mut warnings = Vec::new();
     for target in journals {
-        let cleared = online.tokens.get(&target).session().and_then(|s| s.journal_clear());
-        if let Err(err) = cleared {
+        if let Err(err) = store.journal_clear(&target) {
             // Harmless: the next run reads it, finds every copy verified, and replaces it.
             warnings.push(format!("the in-flight journal on `{target}` was not removed: {err}"));
         }
@@ -172,7 +233,7 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
     let mut report = Report::new(e.command, e.plan_name, e.started, &online.diff, Some(&outcomes));
     let t = std::time::Instant::now();
     let notified = stage::timed("record/notify", || {
-        crate::notify::after_apply(plan, &online.tokens, &online.diff, &outcomes, e.limits)
+        crate::notify::after_apply(plan, store.as_ref(), &online.diff, &outcomes, e.limits)
     });
     report.notifications = notified.records.clone();
     report.timings = Some(crate::report::Timings {
@@ -191,7 +252,7 @@ pub(crate) fn execute(plan: &Plan, online: &Online, e: &Execution<'_>) -> miette
 
 /// Writes each target's in-flight journal (the identities about to be created there)
 /// before any copy is made; returns the targets that have one.
-fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
+fn write_journals(online: &Online, store: &dyn crate::state::StateStore) -> miette::Result<Vec<String>> {
     let mut per_target: Vec<(String, Vec<String>)> = Vec::new();
     for it in online.diff.items.iter().filter(|i| i.action == Action::Create) {
         let Some(k) = &it.source_key else { continue };
@@ -202,7 +263,7 @@ fn write_journals(online: &Online) -> miette::Result<Vec<String>> {
         }
     }
     for (target, entries) in &per_target {
-        online.tokens.get(target).session()?.journal_write(entries)?;
+        store.journal_write(target, entries)?;
     }
     Ok(per_target.into_iter().map(|(t, _)| t).collect())
 }

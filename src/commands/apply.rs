@@ -94,7 +94,17 @@ pub(super) fn run(p: &Printer, a: &ApplyArgs) -> Result<ExitStatus> {
         None => Fingerprints::Compared,
     };
     let limits = Limits::new(a.jobs, plan.options.parallelism);
-    let online = online_diff(&plan, shard, Some("apply"), fingerprints, limits)?;
+    let online = online_diff(
+        &plan,
+        shard,
+        Some(crate::pipeline::Writer {
+            command: "apply",
+            wait: a.lock_timeout.unwrap_or(crate::state::NO_WAIT),
+        }),
+        fingerprints,
+        limits,
+        false,
+    )?;
     if let Some(saved) = &saved {
         check_fresh(saved, &plan, &online, started)?;
     }
@@ -245,6 +255,9 @@ pub(super) fn run_jobs(
         );
     }
     crate::render::print_notifications(p, &notified.records, &notified.warnings);
+    for n in &notified.notes {
+        p.error_line(&format!("state: {n}"));
+    }
     if !unwritten.is_empty() {
         let changed = report
             .jobs

@@ -13,6 +13,18 @@ use crate::domain::shard::Shard;
 /// How a command refused, before or after its stages ran.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub(crate) enum CommandError {
+    /// `validate --online`: the plan keeps state on tokens that hold no data objects.
+    #[error("the `token` state backend keeps its records and journals on the tokens, and {clusters} hold(s) no data objects ({profiles})")]
+    #[diagnostic(
+        code(state::no_data_objects),
+        help("keep state off the tokens: add `state: {{backend: file, path: ./.hsm-sync-state}}` (one machine or shared storage) or `state: {{backend: postgres, url_env: HSM_SYNC_STATE_URL}}` to the plan (README \"State\")")
+    )]
+    NoDataObjects {
+        /// The clusters, named.
+        clusters: String,
+        /// Their profiles, named.
+        profiles: String,
+    },
     /// `inventory PLAN CLUSTER` names a cluster the plan does not define.
     #[error("cluster `{cluster}` is not defined in {plan}")]
     #[diagnostic(code(inventory::unknown_cluster), help("defined clusters: {defined}"))]

@@ -45,7 +45,8 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
         .test_claim_settle_ms
         .map_or(DEFAULT_CLAIM_SETTLE, Duration::from_millis);
     let limits = crate::limits::Limits::new(None, plan.options.parallelism);
-    match renotify(&plan, &tokens, &sel, settle, limits)? {
+    let store = crate::state::open(&plan.state, tokens.state_ids(), &tokens)?;
+    match renotify(&plan, &tokens, store.as_ref(), &sel, settle, limits)? {
         Renotify::Refused(why) => {
             for w in &why {
                 p.error_line(&format!("refused: {w}"));

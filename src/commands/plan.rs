@@ -21,7 +21,7 @@ pub(super) fn run(p: &Printer, a: &PlanArgs) -> Result<ExitStatus> {
     let started = SystemTime::now();
     let plan = load(p, &a.plan)?;
     let limits = crate::limits::Limits::new(None, plan.options.parallelism);
-    let online = online_diff(&plan, a.shard, None, Fingerprints::All, limits)?;
+    let online = online_diff(&plan, a.shard, None, Fingerprints::All, limits, a.refresh)?;
     let diff = &online.diff;
     let mut report = Report::header("plan", &a.plan, started, diff, None);
     report.timings = Some(online.timings.clone());

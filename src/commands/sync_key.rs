@@ -58,7 +58,17 @@ pub(super) fn run(p: &Printer, a: &SyncKeyArgs) -> Result<ExitStatus> {
         ..plan.clone()
     };
     let limits = Limits::new(None, plan.options.parallelism);
-    let online = online_diff(&one, None, Some("sync-key"), Fingerprints::Compared, limits)?;
+    let online = online_diff(
+        &one,
+        None,
+        Some(crate::pipeline::Writer {
+            command: "sync-key",
+            wait: a.lock_timeout.unwrap_or(crate::state::NO_WAIT),
+        }),
+        Fingerprints::Compared,
+        limits,
+        false,
+    )?;
     // An unknown handle is an operator's typo, not a blocked key: exit 1, nothing written
     // (CONTRACT.md §2; issue 16 item 6).
     let held = online

@@ -24,6 +24,9 @@ pub struct Inventory {
     pub zero_pads: bool,
     /// Key types this cluster's token offers no mechanism for (it cannot hold them).
     pub missing_types: Vec<super::key::KeyType>,
+    /// Fingerprints computed this run of keys with a `CKA_UNIQUE_ID`, by that id: what the
+    /// state backend's fingerprint cache learns (issue 15).
+    pub learned: Vec<(String, String)>,
 }
 
 impl Inventory {

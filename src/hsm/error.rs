@@ -206,15 +206,15 @@ impl DataRecord {
     pub fn what(self) -> &'static str {
         match self {
             DataRecord::Journal => "the in-flight journal of each target",
-            DataRecord::State => "each key's lifecycle record on the source token (its only state store today)",
+            DataRecord::State => "the lifecycle records of the `token` state backend, kept on the source token",
         }
     }
 
     /// What a token that refuses it means for the run.
     pub fn help(self) -> &'static str {
         match self {
-            DataRecord::Journal => "the journal is written on every target before any key is copied (the next run repairs only copies it names), so this token cannot be a target yet; nothing was copied to it",
-            DataRecord::State => "the keys were copied, but `notify` cannot enforce its cooldown for them; this token needs a state backend off the token",
+            DataRecord::Journal => "the journal is written on every target before any key is copied (the next run repairs only copies it names); nothing was copied to it. Keep state off the token: `state: {backend: file, path: ./.hsm-sync-state}` or `state: {backend: postgres, url_env: HSM_SYNC_STATE_URL}`",
+            DataRecord::State => "this token holds no data objects: keep state off it with `state: {backend: file, path: ./.hsm-sync-state}` or `state: {backend: postgres, url_env: HSM_SYNC_STATE_URL}` (CONTRACT §6)",
         }
     }
 }

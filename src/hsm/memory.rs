@@ -46,6 +46,7 @@ struct Cluster {
     next: u64,
     faults: HashMap<&'static str, VecDeque<Fault>>,
     records: Vec<DataObject>,
+    journal: Vec<String>,
     calls: HashMap<&'static str, usize>,
 }
 
@@ -177,17 +178,6 @@ impl RecordSession for MemorySession {
             .with(&self.cluster, |c| c.records.iter().map(|d| d.handle).collect()))
     }
 
-    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
-        self.fail("records")?;
-        Ok(self.store.with(&self.cluster, |c| {
-            c.records
-                .iter()
-                .filter(|d| d.label.starts_with(prefix))
-                .cloned()
-                .collect()
-        }))
-    }
-
     fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
         self.fail("write_record")?;
         Ok(self.store.with(&self.cluster, |c| {
@@ -201,13 +191,29 @@ impl RecordSession for MemorySession {
         }))
     }
 
-    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
+    fn find_named(&self, label: &str) -> Result<Vec<DataObject>, HsmError> {
+        self.fail("records")?;
+        Ok(self.store.with(&self.cluster, |c| {
+            c.records.iter().filter(|d| d.label == label).cloned().collect()
+        }))
+    }
+
+    fn destroy_record(&self, d: &DataObject) -> Result<(), HsmError> {
         self.fail("write_record")?;
-        self.store.with(&self.cluster, |c| {
-            if let Some(d) = c.records.iter_mut().find(|d| d.handle == old.handle) {
-                d.value = record.as_bytes().to_vec();
-            }
-        });
+        self.store
+            .with(&self.cluster, |c| c.records.retain(|r| r.handle != d.handle));
+        Ok(())
+    }
+
+    fn journal_write(&self, entries: &[String]) -> Result<(), HsmError> {
+        self.fail("journal")?;
+        self.store.with(&self.cluster, |c| c.journal = entries.to_vec());
+        Ok(())
+    }
+
+    fn journal_clear(&self) -> Result<(), HsmError> {
+        self.fail("journal")?;
+        self.store.with(&self.cluster, |c| c.journal.clear());
         Ok(())
     }
 
@@ -380,6 +386,6 @@ impl KeySession for MemorySession {
 
     fn journal_read(&self) -> Result<Vec<String>, HsmError> {
         self.fail("journal")?;
-        Ok(Vec::new())
+        Ok(self.store.with(&self.cluster, |c| c.journal.clone()))
     }
 }

@@ -24,6 +24,11 @@ pub(crate) trait KeyStore: Sync {
     /// them; later ones search again).
     fn take_listed_keys(&self, cluster: &str) -> Option<Vec<Handle>>;
 
+    /// Whether `cluster`'s token gives every object a `CKA_UNIQUE_ID` (PKCS#11 3.0).
+    fn has_unique_ids(&self, _cluster: &str) -> bool {
+        false
+    }
+
     /// The key types `cluster`'s token offers no mechanism for (it cannot hold a copy of
     /// them: Kryoptic has no DES3); empty where unknown.
     fn missing_key_types(&self, _cluster: &str) -> Vec<crate::domain::key::KeyType> {
@@ -72,6 +77,11 @@ pub(crate) trait KeySession {
     /// The identities an interrupted run was copying here (the in-flight journal).
     fn journal_read(&self) -> Result<Vec<String>, HsmError>;
 
+    /// The object's `CKA_UNIQUE_ID`, where the token gives one.
+    fn unique_id(&self, _handle: Handle) -> Result<Option<String>, HsmError> {
+        Ok(None)
+    }
+
     /// The wire format this session wraps in (what its fingerprints digest); `None` for
     /// a store with no formats (the in-memory one).
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
@@ -100,36 +110,47 @@ pub(crate) trait KeySession {
     }
 }
 
-/// hsm-sync's own records on a token (the lifecycle state the notify stage keeps):
-/// what the notify stage needs, so it runs on the in-memory store in unit tests too.
+/// hsm-sync's own data objects on a token (the token state backend's pages and claims,
+/// the in-flight journal): what [`crate::state::token`] needs, so it runs on the
+/// in-memory store in unit tests too. Objects are made and destroyed, never changed.
 pub(crate) trait RecordSession {
     /// Handles of every hsm-sync data object on the token.
     fn data_handles(&self) -> Result<Vec<Handle>, HsmError>;
-    /// The hsm-sync data objects whose label starts with `prefix`.
-    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError>;
     /// Creates a data object named `name` holding `record`.
     fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError>;
-    /// Replaces a data object's record.
-    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError>;
+    /// The hsm-sync data objects labelled exactly `label` (one search, then a read each).
+    fn find_named(&self, label: &str) -> Result<Vec<DataObject>, HsmError>;
+    /// Destroys a data object (one already gone counts as destroyed).
+    fn destroy_record(&self, d: &DataObject) -> Result<(), HsmError>;
     /// Reads one data object again (another process's changes included); `None` if gone.
     fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError>;
+    /// Replaces this token's in-flight journal with `entries`.
+    fn journal_write(&self, entries: &[String]) -> Result<(), HsmError>;
+    /// Removes this token's in-flight journal.
+    fn journal_clear(&self) -> Result<(), HsmError>;
 }
 
 impl RecordSession for TokenSession {
     fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         TokenSession::data_handles(self)
     }
-    fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
-        TokenSession::find_data(self, prefix)
-    }
     fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
         TokenSession::create_record(self, name, record)
     }
-    fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
-        TokenSession::update_record(self, old, record)
+    fn destroy_record(&self, d: &DataObject) -> Result<(), HsmError> {
+        TokenSession::destroy_record(self, d)
+    }
+    fn find_named(&self, label: &str) -> Result<Vec<DataObject>, HsmError> {
+        TokenSession::find_named(self, label)
     }
     fn reread_data(&self, handle: Handle) -> Result<Option<DataObject>, HsmError> {
         TokenSession::reread_data(self, handle)
+    }
+    fn journal_write(&self, entries: &[String]) -> Result<(), HsmError> {
+        TokenSession::journal_write(self, entries)
+    }
+    fn journal_clear(&self) -> Result<(), HsmError> {
+        TokenSession::journal_clear(self)
     }
 }
 
@@ -169,6 +190,9 @@ impl KeySession for TokenSession {
     }
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
         Some(self.wrap.format)
+    }
+    fn unique_id(&self, handle: Handle) -> Result<Option<String>, HsmError> {
+        TokenSession::unique_id(self, handle)
     }
     fn zero_pads(&self) -> bool {
         self.wrap.zero_pads

@@ -20,6 +20,10 @@ pub struct Profile {
     /// Whether the token's PIN is `user:password` (CloudHSM's crypto-users log in so):
     /// the plan's `user` is then part of the login.
     pub pin_with_user: bool,
+    /// Whether the token holds no private token data objects, so the `token` state
+    /// backend cannot keep records or journals there (NSS softokn refuses them; CloudHSM
+    /// documents no `CKO_DATA`).
+    pub no_data_objects: bool,
     /// Vendor key-wrap mechanisms the probe also tries (ids cryptoki cannot name and a
     /// token of another make may use for something else: only this family's are tried).
     pub vendor_wraps: &'static [(u64, &'static str)],
@@ -40,6 +44,9 @@ impl Profile {
         if self.pin_with_user {
             q.push("the PIN is user:password (credentials.user is part of the login)");
         }
+        if self.no_data_objects {
+            q.push("holds no data objects: keep state off the token (state.backend file or postgres)");
+        }
         q
     }
 }
@@ -53,6 +60,7 @@ pub(super) const PROFILES: &[Profile] = &[
         value_len_on_unwrap: false,
         private_only: false,
         pin_with_user: false,
+        no_data_objects: false,
         vendor_wraps: &[],
         source: "measured on SoftHSM 2.6.1 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -63,6 +71,7 @@ pub(super) const PROFILES: &[Profile] = &[
         value_len_on_unwrap: false,
         private_only: false,
         pin_with_user: false,
+        no_data_objects: false,
         vendor_wraps: &[],
         source: "measured on Kryoptic 1.5.4 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -73,6 +82,7 @@ pub(super) const PROFILES: &[Profile] = &[
         value_len_on_unwrap: false,
         private_only: false,
         pin_with_user: false,
+        no_data_objects: true,
         // Its 0x210A is PKCS#7 + RFC 3394 and its vendor aliases (0xCE534351/2) the same
         // mechanisms: the probe finds 0x210B, RFC 5649, without any vendor id.
         vendor_wraps: &[],
@@ -85,6 +95,7 @@ pub(super) const PROFILES: &[Profile] = &[
         value_len_on_unwrap: true,
         private_only: false,
         pin_with_user: false,
+        no_data_objects: false,
         // Luna's own KWP and KW ids (xipki vendor.conf; VENDORS.md); 0x210B is reported to work too.
         vendor_wraps: &[(0x8000_0171, "CKM_AES_KWP (Luna)"), (0x8000_0170, "CKM_AES_KW (Luna)")],
         source: "Luna PKCS#11 documentation: C_UnwrapKey of AES keys needs CKA_VALUE_LEN; not tested here",
@@ -98,6 +109,7 @@ pub(super) const PROFILES: &[Profile] = &[
         // CloudHSM's PKCS#11 PIN is `<CU user name>:<password>` (AWS CloudHSM PKCS#11
         // library documentation, "PKCS #11 library PIN"); not tested here.
         pin_with_user: true,
+        no_data_objects: true,
         // SDK5 offers RFC 5649 only under its own id; its 0x8000210A is PKCS#5 padding,
         // never RFC 5649 (cloudhsm_pkcs11_vendor_defs.h; VENDORS.md).
         vendor_wraps: &[(0x8000_216F, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD")],
@@ -110,6 +122,7 @@ pub(super) const PROFILES: &[Profile] = &[
         value_len_on_unwrap: false,
         private_only: false,
         pin_with_user: false,
+        no_data_objects: false,
         vendor_wraps: &[],
         source: "PKCS#11 v2.40 §5.18: C_UnwrapKey takes CKA_VALUE_LEN from the wrapped data",
     },

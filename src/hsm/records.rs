@@ -147,38 +147,19 @@ impl TokenSession {
         })
     }
 
-    /// Replaces a data object's record in place: in `CKA_VALUE` where the token allows
-    /// it (the label then goes back to the bare name), else in the label.
-    pub fn update_record(&self, old: &DataObject, record: &str) -> Result<(), HsmError> {
-        let h = raw::object(old.handle);
-        let in_label = || self.set_data_label(old.handle, &format!("{} {record}", old.name()));
-        if old.label.contains(' ') {
-            // This token keeps records in labels already.
-            return in_label();
+    /// hsm-sync's data objects labelled exactly `label`, read (those that vanish while
+    /// being read are left out).
+    pub fn find_named(&self, label: &str) -> Result<Vec<DataObject>, HsmError> {
+        let mut out = Vec::new();
+        for h in self.handles_named(Some(label), "finding hsm-sync data objects")? {
+            out.extend(self.reread_data(h)?);
         }
-        match trace::call("C_SetAttributeValue", || {
-            self.s
-                .update_attributes(h, &[Attribute::Value(record.as_bytes().to_vec())])
-        }) {
-            Ok(()) => Ok(()),
-            Err(CkError::Pkcs11(
-                RvError::AttributeReadOnly | RvError::ActionProhibited | RvError::AttributeTypeInvalid,
-                _,
-            )) => in_label(),
-            Err(e) => Err(self.pk("updating an hsm-sync data object")(e)),
-        }
+        Ok(out)
     }
 
-    /// Changes a data object's label in place (`C_SetAttributeValue` on `CKA_LABEL`,
-    /// which every token allows on a modifiable object; SoftHSM refuses to change a data
-    /// object's `CKA_VALUE`).
-    pub fn set_data_label(&self, handle: Handle, label: &str) -> Result<(), HsmError> {
-        let h = raw::object(handle);
-        trace::call("C_SetAttributeValue", || {
-            self.s
-                .update_attributes(h, &[Attribute::Label(label.as_bytes().to_vec())])
-        })
-        .map_err(self.pk("updating an hsm-sync data object"))
+    /// Destroys one of hsm-sync's data objects; one already gone counts as destroyed.
+    pub fn destroy_record(&self, d: &DataObject) -> Result<(), HsmError> {
+        self.destroy_object(d.handle, "removing an hsm-sync data object")
     }
 
     /// Reads one data object again by handle (its attributes as the token holds them

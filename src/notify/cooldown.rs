@@ -4,9 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::parse_time;
-use super::store::KeyState;
 use super::wire::KeyInfo;
+use crate::state::{parse_time, KeyState};
 
 /// The last time the key was synced, deleted or notified (the later of the event and
 /// `notified_at`), and what happened then; the cooldown runs from it. `None` when the
@@ -44,7 +43,7 @@ pub(crate) fn refusal(key: &KeyInfo, state: &KeyState, cooldown: Duration, now: 
 mod tests {
     use super::*;
     use crate::domain::event::Event;
-    use crate::notify::time_millis;
+    use crate::state::time_millis;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -12,16 +12,16 @@
 //! This file wires the parts, one concern each:
 //!
 //! - `lifecycle`: which events an apply made and which resources want them (pure);
-//! - `store`: each key's [`KeyState`] record, kept on the source token;
+//! - `store`: each key's record of its last event, kept in the plan's state backend
+//!   ([`crate::state`], which also holds the claims that keep two `notify` runs from both
+//!   sending);
 //! - `cooldown`: the refusal rule of `notify` (pure);
-//! - `claim`: the protocol that keeps two `notify` runs from both sending;
 //! - `sink`: the `Sink` port, bounded parallel delivery, and the HTTP sink (the only
 //!   file naming the HTTP client);
 //! - `wire`: the body a resource receives ([`EventBody`], [`KeyInfo`]).
 //!
 //! What the operator sees is printed by [`crate::render::print_notifications`].
 
-mod claim;
 mod cooldown;
 mod lifecycle;
 mod sink;
@@ -33,21 +33,20 @@ use std::time::{Duration, SystemTime};
 
 use miette::Diagnostic;
 
-pub(crate) use claim::{Claim, DEFAULT_CLAIM_SETTLE};
 pub(crate) use wire::KeyInfo;
 
-use claim::Sessions;
-use lifecycle::{deliveries, lifecycles, wanted_by, Lifecycle};
+use lifecycle::{deliveries, lifecycles, wanted_by};
 use sink::http::HttpSink;
 use sink::{deliver_all, Delivery, Sink};
-use store::Stored;
+use store::KeyState;
 
 use crate::diff::Diff;
 use crate::domain::handle::Handle;
-use crate::hsm::{HsmError, KeySession, KeyStore, RecordSession};
+use crate::hsm::{HsmError, KeySession, KeyStore};
 use crate::limits::Limits;
 use crate::plan::{KeyMatcher, Plan, SelectorError, SelectorValue, SyncEntry};
 use crate::report::{DeliveryStatus, NotificationRecord, Outcome};
+use crate::state::{Claim, StateError, StateStore};
 
 /// Errors of `hsm-sync notify` before anything is sent.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -56,6 +55,10 @@ pub(crate) enum NotifyError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Hsm(#[from] HsmError),
+    /// The state backend failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] StateError),
     /// `--sync` names no sync entry.
     #[error("no sync entry is named `{0}`")]
     #[diagnostic(code(notify::unknown_sync), help("sync entries: {1}"))]
@@ -70,14 +73,12 @@ pub(crate) enum NotifyError {
     NoMatch(String),
 }
 
-/// RFC 3339 UTC with milliseconds: the times of state records and claims.
-fn time_millis(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn parse_time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(s).ok()
-}
+/// How long the token backend's claim protocol waits between making its claims and
+/// checking them ([`crate::state::token`]). Longer than the gap between reading a key's
+/// claims and making its own (two PKCS#11 calls, about a millisecond; a run measures it
+/// and backs off past half of this), so a run that read before another's claim has made
+/// its own by then. The file and postgres backends claim in one locked step instead.
+pub(crate) const DEFAULT_CLAIM_SETTLE: Duration = Duration::from_millis(500);
 
 /// Parses a `--key` selector: `id:HEX`, `label:GLOB` or `handle:N`, by the plan's own
 /// rules for each value ([`KeyMatcher::from_value`]).
@@ -129,8 +130,10 @@ fn any_failed(records: &[NotificationRecord]) -> bool {
 pub(crate) struct AfterApply {
     /// One record per delivery.
     pub records: Vec<NotificationRecord>,
-    /// State objects that could not be written (the sync itself stands).
+    /// State records that could not be written (the sync itself stands).
     pub warnings: Vec<String>,
+    /// What the state backend did besides (a migration of earlier records), to tell.
+    pub notes: Vec<String>,
 }
 
 impl AfterApply {
@@ -140,46 +143,66 @@ impl AfterApply {
     }
 }
 
-/// After an apply: records every key's lifecycle event on its source token (CONTRACT.md
+/// After an apply: records every key's lifecycle event in the state backend (CONTRACT.md
 /// §5: per key, resources or not, so the cooldown holds for resources added later), then
 /// announces it to the resources that want it. The state is written first, so that a
-/// run killed while delivering still leaves the event where `notify` finds it.
-/// `limits.jobs()` sessions per source write the records side by side (one call per key;
-/// at 1 ms per call a single session was a second per 1,000 keys, issue 6).
+/// run killed while delivering still leaves the event where `notify` finds it. One write
+/// per source (the token backend: one page, whatever the key count; issue 15), and a
+/// second only when a delivery failed (its failed marks).
 pub(crate) fn after_apply(
     plan: &Plan,
-    tokens: &impl KeyStore,
+    store: &dyn StateStore,
     diff: &Diff,
     outcomes: &[Outcome],
     limits: Limits,
 ) -> AfterApply {
     let events = lifecycles(diff, outcomes, SystemTime::now());
     let mut out = AfterApply::default();
-    let mut by_source: BTreeMap<&str, Vec<&Lifecycle>> = BTreeMap::new();
+    let mut by_source: BTreeMap<&str, Vec<KeyState>> = BTreeMap::new();
     for l in &events {
-        by_source.entry(&l.source).or_default().push(l);
+        by_source.entry(&l.source).or_default().push(KeyState::of(l, None));
     }
-    for (source, evs) in by_source {
-        out.warnings
-            .extend(store::record_events(tokens, source, &evs, limits.jobs()));
+    for (source, records) in &by_source {
+        match store.append(source, records) {
+            Ok(notes) => out.notes.extend(notes),
+            Err(e) => out.warnings.push(format!(
+                "could not record the lifecycle events of {} key(s) of `{source}` in the {} state backend (notify cannot enforce its cooldown for them): {e}",
+                records.len(),
+                store.name()
+            )),
+        }
     }
     let ds = deliveries(plan, &events, false);
     out.records = deliver_all(&HttpSink, &ds, limits.notify_in_flight());
     // The records were written without failed marks; the keys with a failed delivery get
-    // theirs now, for `notify --failed`.
-    let mut marks: BTreeMap<&str, HashMap<String, BTreeSet<String>>> = BTreeMap::new();
+    // theirs now, for `notify --failed`: their latest record again, marked.
+    let mut marked: BTreeMap<&str, Vec<KeyState>> = BTreeMap::new();
     for (d, tried) in tried_by_key(&ds, &out.records) {
         let failed = marks_after(&BTreeSet::new(), &tried);
-        if !failed.is_empty() {
-            marks
-                .entry(d.body.source.as_str())
-                .or_default()
-                .insert(d.body.key.state_label(), failed);
+        if failed.is_empty() {
+            continue;
+        }
+        let id = d.body.key.identity();
+        let Some(last) = by_source
+            .get(d.body.source.as_str())
+            .and_then(|rs| rs.iter().rev().find(|r| r.identity() == id))
+        else {
+            continue;
+        };
+        marked
+            .entry(&last.source)
+            .or_default()
+            .push(KeyState { failed, ..last.clone() });
+    }
+    for (source, records) in marked {
+        if let Err(e) = store.append(source, &records) {
+            out.warnings.push(format!(
+                "could not record the failed deliveries of {} key(s) of `{source}` (`notify --failed` will not re-send them): {e}",
+                records.len()
+            ));
         }
     }
-    for (source, m) in marks {
-        out.warnings.extend(store::mark_failed(tokens, source, &m));
-    }
+    let _ = limits;
     out
 }
 
@@ -192,7 +215,7 @@ fn tried_by_key<'d, 'a>(
     let mut out: Vec<(&Delivery<'_>, BTreeMap<String, bool>)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for (d, r) in ds.iter().zip(records) {
-        let i = *at.entry(d.body.key.state_label()).or_insert_with(|| {
+        let i = *at.entry(d.body.key.identity()).or_insert_with(|| {
             out.push((d, BTreeMap::new()));
             out.len() - 1
         });
@@ -215,7 +238,7 @@ fn marks_after(old: &BTreeSet<String>, tried: &BTreeMap<String, bool>) -> BTreeS
 
 /// The resources of `entry` that `notify --failed` re-sends `st`'s event to: those whose
 /// last delivery failed, still in the entry and still wanting the event.
-fn failed_resources(entry: &SyncEntry, st: &store::KeyState) -> BTreeSet<String> {
+fn failed_resources(entry: &SyncEntry, st: &KeyState) -> BTreeSet<String> {
     entry
         .notify
         .iter()
@@ -254,19 +277,22 @@ pub(crate) enum Renotify {
 /// One key `notify` would re-send.
 struct Candidate<'a> {
     entry: &'a SyncEntry,
-    state_label: String,
+    /// The key's identity (how the state names it).
+    identity: String,
     key: KeyInfo,
-    state: Option<Stored>,
+    state: Option<KeyState>,
 }
 
 /// `hsm-sync notify`: re-sends the latest lifecycle event of the selected keys, unless
 /// one of them is within the cooldown or another run is notifying it (then nothing is
 /// sent at all). With [`Selection::failed_only`], only the keys and resources whose last
-/// delivery failed, and the cooldown does not hold. `settle` is the claim protocol's
-/// wait ([`DEFAULT_CLAIM_SETTLE`]); `limits` bounds the deliveries in flight.
+/// delivery failed, and the cooldown does not hold. The records and claims are `store`'s;
+/// `tokens` lists the sources' keys. `settle` is the token backend's claim wait
+/// ([`DEFAULT_CLAIM_SETTLE`]); `limits` bounds the deliveries in flight.
 pub(crate) fn renotify<S: KeyStore>(
     plan: &Plan,
     tokens: &S,
+    store: &dyn StateStore,
     sel: &Selection<'_>,
     settle: Duration,
     limits: Limits,
@@ -292,14 +318,14 @@ pub(crate) fn renotify<S: KeyStore>(
 
     // 1. The candidates, by source: keys the entries select, and keys whose recorded
     //    event belongs to one of them (a deleted key may be gone from the source).
-    let mut sessions: Sessions<'_, S::Session> = HashMap::new();
+    let mut sources: Vec<&str> = Vec::new();
     for entry in &entries {
-        if !sessions.contains_key(entry.source.as_str()) {
-            sessions.insert(&entry.source, tokens.open_session(&entry.source)?);
+        if !sources.contains(&entry.source.as_str()) {
+            sources.push(&entry.source);
         }
     }
     let mut skipped = Vec::new();
-    let mut by_source = candidates(plan, &entries, &sessions, sel, &mut skipped)?;
+    let mut by_source = candidates(plan, &entries, tokens, store, &sources, sel, &mut skipped)?;
     let total: usize = by_source.values().map(Vec::len).sum();
     if total == 0 {
         if let Some(m) = &sel.key {
@@ -314,7 +340,7 @@ pub(crate) fn renotify<S: KeyStore>(
             list.retain(|c| {
                 c.state
                     .as_ref()
-                    .is_some_and(|(_, st)| !failed_resources(c.entry, st).is_empty())
+                    .is_some_and(|st| !failed_resources(c.entry, st).is_empty())
             });
         }
         Duration::ZERO
@@ -329,7 +355,7 @@ pub(crate) fn renotify<S: KeyStore>(
         .filter_map(|c| {
             c.state
                 .as_ref()
-                .and_then(|(_, st)| cooldown::refusal(&c.key, st, cooldown, now))
+                .and_then(|st| cooldown::refusal(&c.key, st, cooldown, now))
         })
         .collect();
     if !refused.is_empty() {
@@ -347,27 +373,60 @@ pub(crate) fn renotify<S: KeyStore>(
         });
     }
 
-    // 3. Claim each key in its state record, wait, and check the claims held; then send.
+    // 3. Claim the keys in the state backend (the cooldown checked again under the
+    //    claim), then send; the claims go whatever happened (a crashed run's expire).
     let mine = Claim::new();
-    let mut held: Vec<(&str, usize)> = Vec::new();
-    let outcome = match claim::claim_all(&sessions, &mut by_source, &mine, settle, cooldown, &mut held) {
-        Ok(refused) if refused.is_empty() => Ok(send_and_record(
+    let check =
+        |k: &KeyInfo, st: Option<&KeyState>| st.and_then(|st| cooldown::refusal(k, st, cooldown, SystemTime::now()));
+    let mut claimed: Vec<&str> = Vec::new();
+    let mut refused = Vec::new();
+    let mut failure = None;
+    for (source, list) in by_source.iter_mut() {
+        if list.is_empty() {
+            continue;
+        }
+        let keys: Vec<KeyInfo> = list.iter().map(|c| c.key.clone()).collect();
+        claimed.push(source);
+        match store.claim(source, &keys, &mine, settle, &check) {
+            Ok(got) if got.refused.is_empty() => {
+                for c in list.iter_mut() {
+                    c.state = got.states.get(&c.identity).cloned();
+                    if c.state.is_none() {
+                        refused.push(format!(
+                            "the record of key {} vanished while this run claimed it (another hsm-sync run?); nothing was sent",
+                            c.key.name()
+                        ));
+                    }
+                }
+            }
+            Ok(got) => refused.extend(got.refused),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    let outcome = match (failure, refused.is_empty()) {
+        (Some(e), _) => Err(NotifyError::from(e)),
+        (None, true) => Ok(send_and_record(
             &HttpSink,
             plan,
-            &sessions,
+            store,
             &by_source,
             sel.failed_only,
             limits.notify_in_flight(),
         )),
-        Ok(refused) => Ok(Renotify::Refused(refused)),
-        Err(e) => Err(NotifyError::from(e)),
+        (None, false) => Ok(Renotify::Refused(refused)),
     };
-    // Whatever happened, release the claims still held (a crashed run's expire).
-    for (source, i) in held {
-        let (Some(s), Some(c)) = (sessions.get(source), by_source.get(source).and_then(|l| l.get(i))) else {
-            continue;
-        };
-        let _ = claim::release(s, c, &mine);
+    for source in claimed {
+        let keys: Vec<KeyInfo> = by_source
+            .get(source)
+            .map(|l| l.iter().map(|c| c.key.clone()).collect())
+            .unwrap_or_default();
+        let _ = store.release(source, &keys, &mine);
     }
     Ok(match outcome? {
         Renotify::Done { records, warnings, .. } => Renotify::Done {
@@ -382,20 +441,22 @@ pub(crate) fn renotify<S: KeyStore>(
 /// The candidates of `notify`, by source: the keys the entries select on each source,
 /// and the keys whose recorded event belongs to one of them. A key whose last event
 /// happened under an entry that is in the plan but not selected is skipped, with why.
-fn candidates<'p, S: KeySession + RecordSession>(
+fn candidates<'p, S: KeyStore>(
     plan: &'p Plan,
     entries: &[&'p SyncEntry],
-    sessions: &Sessions<'p, S>,
+    tokens: &S,
+    store: &dyn StateStore,
+    sources: &[&'p str],
     sel: &Selection<'_>,
     skipped: &mut Vec<String>,
 ) -> Result<BTreeMap<&'p str, Vec<Candidate<'p>>>, NotifyError> {
     let mut by_source: BTreeMap<&str, Vec<Candidate<'_>>> = BTreeMap::new();
-    for (source, s) in sessions {
-        let keys = s.list_keys()?;
-        let states = store::read_all(s)?;
-        // By name, and the candidates so far by state label: lookups per key, not scans
-        // (a scan per key was quadratic in the keys of a large notify run).
-        let by_name: HashMap<&str, &Stored> = states.iter().map(|p| (p.0.name(), p)).collect();
+    for source in sources {
+        let keys = tokens.open_session(source)?.list_keys()?;
+        let states = store.read(source)?;
+        // By identity, and the candidates so far: lookups per key, not scans (a scan per
+        // key was quadratic in the keys of a large notify run).
+        let by_id: HashMap<String, &KeyState> = states.iter().map(|st| (st.identity(), st)).collect();
         let mut listed: HashSet<String> = HashSet::new();
         let list = by_source.entry(*source).or_default();
         for entry in entries.iter().filter(|e| e.source == *source) {
@@ -403,15 +464,15 @@ fn candidates<'p, S: KeySession + RecordSession>(
                 if sel.key.as_ref().is_some_and(|m| !picks(m, &key, handle)) {
                     return;
                 }
-                let label = key.state_label();
-                if listed.contains(&label) {
+                let identity = key.identity();
+                if listed.contains(&identity) {
                     return;
                 }
-                let state = by_name.get(label.as_str()).map(|p| (*p).clone());
+                let state = by_id.get(&identity).map(|st| (*st).clone());
                 // The resources are those of the entry the event happened under.
                 let owner = match &state {
                     None => Some(*entry),
-                    Some((_, st)) => match entries.iter().find(|e| e.name == st.sync) {
+                    Some(st) => match entries.iter().find(|e| e.name == st.sync) {
                         Some(e) => Some(*e),
                         None if plan.syncs.iter().any(|e| e.name == st.sync) => None,
                         None => Some(*entry),
@@ -421,14 +482,14 @@ fn candidates<'p, S: KeySession + RecordSession>(
                     skipped.push(format!(
                         "key {}: its last event happened under sync `{}`, not selected: skipped",
                         key.name(),
-                        state.map(|(_, st)| st.sync).unwrap_or_default()
+                        state.map(|st| st.sync).unwrap_or_default()
                     ));
                     return;
                 };
-                listed.insert(label.clone());
+                listed.insert(identity.clone());
                 list.push(Candidate {
                     entry: owner,
-                    state_label: label,
+                    identity,
                     key,
                     state,
                 });
@@ -441,7 +502,7 @@ fn candidates<'p, S: KeySession + RecordSession>(
             }) {
                 push(info_of(k), Some(k.handle));
             }
-            for (_, st) in states.iter().filter(|(_, st)| st.sync == entry.name) {
+            for st in states.iter().filter(|st| st.sync == entry.name) {
                 push(st.key.clone(), None);
             }
         }
@@ -462,7 +523,7 @@ fn unsendable(c: &Candidate<'_>) -> Option<String> {
             c.key.name(),
             c.entry.source
         )),
-        Some((_, st)) if !c.entry.notify.iter().any(|r| wanted_by(r, st.event)) => Some(format!(
+        Some(st) if !c.entry.notify.iter().any(|r| wanted_by(r, st.event)) => Some(format!(
             "key {}: no resource of sync `{}` wants `{}` events: skipped",
             c.key.name(),
             c.entry.name,
@@ -473,14 +534,13 @@ fn unsendable(c: &Candidate<'_>) -> Option<String> {
 }
 
 /// Step 4 of `notify`: sends the claimed keys' events (with `failed_only`, to the
-/// resources whose last delivery failed, as the records read after the claim say), then
-/// records the outcome (the claim goes with that write): `notified_at` for keys with at
-/// least one delivery made, and each resource tried marked failed or cleared. The caller
-/// releases the claims of keys with nothing to record.
-fn send_and_record<'p, S: RecordSession>(
+/// resources whose last delivery failed, as the records read under the claim say), then
+/// records the outcome, one write per source: `notified_at` for keys with at least one
+/// delivery made, and each resource tried marked failed or cleared.
+fn send_and_record<'p>(
     sink: &impl Sink,
     plan: &'p Plan,
-    sessions: &Sessions<'p, S>,
+    store: &dyn StateStore,
     by_source: &BTreeMap<&'p str, Vec<Candidate<'p>>>,
     failed_only: bool,
     in_flight: usize,
@@ -488,21 +548,21 @@ fn send_and_record<'p, S: RecordSession>(
     let mut events = Vec::new();
     let mut only: HashMap<String, BTreeSet<String>> = HashMap::new();
     for c in by_source.values().flatten() {
-        let Some((_, st)) = &c.state else { continue };
+        let Some(st) = &c.state else { continue };
         if let Some(mut l) = st.lifecycle() {
             // The candidate's entry: the event's own, or the one selecting the key when
             // the event's entry is gone from the plan.
             l.sync = c.entry.name.clone();
             events.push(l);
             if failed_only {
-                only.insert(c.state_label.clone(), failed_resources(c.entry, st));
+                only.insert(c.identity.clone(), failed_resources(c.entry, st));
             }
         }
     }
     let mut ds = deliveries(plan, &events, true);
     if failed_only {
         ds.retain(|d| {
-            only.get(&d.body.key.state_label())
+            only.get(&d.body.key.identity())
                 .is_some_and(|rs| rs.contains(&d.resource.name))
         });
     }
@@ -510,32 +570,31 @@ fn send_and_record<'p, S: RecordSession>(
     let sent = sent_keys(&ds, &records);
     let tried: HashMap<String, BTreeMap<String, bool>> = tried_by_key(&ds, &records)
         .into_iter()
-        .map(|(d, t)| (d.body.key.state_label(), t))
+        .map(|(d, t)| (d.body.key.identity(), t))
         .collect();
     let sent_at = SystemTime::now();
     let mut warnings = Vec::new();
     for (source, list) in by_source {
-        let s = &sessions[source];
+        let mut news = Vec::new();
         for c in list {
-            let Some((d, st)) = &c.state else { continue };
-            let Some(tried) = tried.get(&c.state_label) else {
+            let Some(st) = &c.state else { continue };
+            let Some(tried) = tried.get(&c.identity) else {
                 continue;
             };
             let mut new = st.clone();
-            if sent.contains(&c.state_label) {
-                new.notified_at = Some(time_millis(sent_at));
+            if sent.contains(&c.identity) {
+                new.notified_at = Some(crate::state::time_millis(sent_at));
             }
             new.failed = marks_after(&st.failed, tried);
-            if new.notified_at == st.notified_at && new.failed == st.failed {
-                continue;
+            if new.notified_at != st.notified_at || new.failed != st.failed {
+                news.push(new);
             }
-            new.claim = None;
-            if let Err(e) = store::write(s, d, &new) {
-                warnings.push(format!(
-                    "could not record the notification of key {}: {e}",
-                    c.key.name()
-                ));
-            }
+        }
+        if let Err(e) = store.append(source, &news) {
+            warnings.push(format!(
+                "could not record the notification of {} key(s) of `{source}`: {e}",
+                news.len()
+            ));
         }
     }
     Renotify::Done {
@@ -545,13 +604,13 @@ fn send_and_record<'p, S: RecordSession>(
     }
 }
 
-/// The state labels of the keys with at least one delivery made (records come back in
+/// The identities of the keys with at least one delivery made (records come back in
 /// delivery order).
 fn sent_keys(ds: &[Delivery<'_>], records: &[NotificationRecord]) -> HashSet<String> {
     ds.iter()
         .zip(records)
         .filter(|(_, r)| r.status == DeliveryStatus::Sent)
-        .map(|(d, _)| d.body.key.state_label())
+        .map(|(d, _)| d.body.key.identity())
         .collect()
 }
 
@@ -626,10 +685,11 @@ mod tests {
         };
         let records = deliver_all(&sink, &ds, 8);
         let sent = sent_keys(&ds, &records);
-        assert_eq!(sent, HashSet::from([key("a1").state_label()]));
+        assert_eq!(sent, HashSet::from([key("a1").identity()]));
         let after = AfterApply {
             records,
             warnings: Vec::new(),
+            notes: Vec::new(),
         };
         assert!(after.failed(), "one failed delivery fails the apply");
         let all_sent = AfterApply {
@@ -639,6 +699,7 @@ mod tests {
                 .filter(|r| r.status == DeliveryStatus::Sent)
                 .collect(),
             warnings: Vec::new(),
+            notes: Vec::new(),
         };
         assert!(!all_sent.failed());
         assert!(AfterApply {
@@ -750,17 +811,25 @@ mod tests {
                 attempts: 1,
             };
             // No resources: the event is recorded all the same (CONTRACT.md §5).
-            let done = after_apply(&plan(""), &store, &diff, &[ok], Limits::new(Some(2), Some(2)));
+            let state = crate::state::token::TokenState::new(&store, Default::default());
+            let done = after_apply(&plan(""), &state, &diff, &[ok], Limits::new(Some(2), Some(2)));
             assert!(
                 done.records.is_empty() && done.warnings.is_empty(),
                 "{:?}",
                 done.warnings
             );
-            let on_src = RecordSession::find_data(&store.open_session("src").unwrap(), "").unwrap();
-            assert_eq!(on_src.len(), 1, "one record, on the source");
-            assert!(RecordSession::find_data(&store.open_session("dst").unwrap(), "")
-                .unwrap()
-                .is_empty());
+            use crate::hsm::RecordSession;
+            let objects = |c: &str| {
+                let s = store.open_session(c).unwrap();
+                let hs = s.data_handles().unwrap();
+                hs.into_iter()
+                    .filter_map(|h| s.reread_data(h).unwrap())
+                    .collect::<Vec<_>>()
+            };
+            let on_src = objects("src");
+            assert_eq!(on_src.len(), 1, "one page, on the source");
+            assert!(on_src[0].label.starts_with(crate::state::token::PAGE_PREFIX));
+            assert!(objects("dst").is_empty());
 
             // Resources added since: notify is refused within the cooldown, nothing sent.
             let with_resource = plan("    notify:\n      - name: r\n        url: http://127.0.0.1:9/hook\n");
@@ -772,6 +841,7 @@ mod tests {
             match renotify(
                 &with_resource,
                 &store,
+                &state,
                 &sel,
                 Duration::from_millis(1),
                 Limits::new(None, Some(2)),

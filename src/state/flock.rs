@@ -1,17 +1,18 @@
 //! One writer per token: `apply` and `sync-key` hold an exclusive lock on every target
-//! token before they read its inventory, so two runs of one plan never both create the
-//! same key. The lock is an OS file lock (`flock`) on a file named after the token, in
-//! `$HSM_SYNC_LOCK_DIR` (default: the system's temporary directory). The kernel drops it
-//! when the holder exits, even on `kill -9`, so there is never a stale lock to clear.
-//! It serialises runs on one machine; runs on different machines sharing a token are
-//! not serialised, and the diff turns any duplicate they make into a `conflict`.
+//! token before they read its inventory, so two runs never both create the same key. The
+//! lock is an OS file lock (`flock`) on a file named after the token's identity, in a
+//! directory: `$HSM_SYNC_LOCK_DIR` (default: the system's temporary directory) for the
+//! token and postgres backends, the state directory for the file backend. The kernel drops
+//! it when the holder exits, even on `kill -9`, so there is never a stale lock to clear.
+//! On one machine's directory it serialises that machine's runs; the postgres backend adds
+//! a database lock for runs on different machines, the file backend a shared directory.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
 
 /// Why a lock could not be taken.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -20,7 +21,7 @@ pub(crate) enum LockError {
     #[error("cluster `{cluster}` is being changed by another hsm-sync run ({holder}); nothing was changed")]
     #[diagnostic(
         code(lock::busy),
-        help("wait for that run to finish, then run again; the lock goes with its process")
+        help("wait for that run to finish (or pass --lock-timeout to wait for it), then run again; the lock goes with its process")
     )]
     Busy {
         /// The cluster.
@@ -47,37 +48,39 @@ pub(crate) struct RunLock {
     _files: Vec<File>,
 }
 
-/// One token to lock: its cluster name and what identifies the token on this machine.
+/// One token to lock: its cluster name and its identity ([`super::token_id`]).
 pub(crate) struct LockTarget<'a> {
     /// The plan's cluster name (for messages).
     pub cluster: &'a str,
-    /// Manufacturer, model, serial and label: the same token through any module path.
-    pub identity: String,
+    /// The token's identity: the same token through any module path.
+    pub id: &'a str,
 }
 
-fn dir() -> PathBuf {
+/// This machine's lock directory: `$HSM_SYNC_LOCK_DIR`, else the temporary directory's
+/// `hsm-sync-locks`.
+pub(crate) fn machine_dir() -> PathBuf {
     std::env::var_os("HSM_SYNC_LOCK_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("hsm-sync-locks"))
 }
 
-/// Takes every lock, or none: the first busy token stops the run before anything is read.
-pub(crate) fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, LockError> {
-    let dir = dir();
+/// Takes every lock in `dir`, or none: the first token still busy after `wait` stops the
+/// run before anything is read.
+pub(crate) fn acquire(dir: &Path, targets: &[LockTarget], command: &str, wait: Duration) -> Result<RunLock, LockError> {
+    let started = Instant::now();
     let mut files = Vec::new();
     for t in targets {
-        let name = hex::encode(&Sha256::digest(t.identity.as_bytes())[..12]);
-        let path = dir.join(format!("{name}.lock"));
+        let path = dir.join(format!("{}.lock", t.id));
         let io = |source| LockError::Io {
             cluster: t.cluster.to_string(),
             path: path.clone(),
             source,
         };
         if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(io)?;
             // Shared by every user of the machine, like /tmp itself.
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
         }
         let opened = OpenOptions::new()
             .read(true)
@@ -91,7 +94,15 @@ pub(crate) fn acquire(targets: &[LockTarget], command: &str) -> Result<RunLock, 
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&path).map_err(io)?,
             Err(e) => return Err(io(e)),
         };
-        match f.try_lock() {
+        let locked = loop {
+            match f.try_lock() {
+                Err(TryLockError::WouldBlock) if started.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();

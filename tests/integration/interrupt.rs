@@ -21,10 +21,8 @@ fn jitter_ms(lo: u64, hi: u64) -> u64 {
 
 /// Runs `apply` and sends `signal` after `after`; returns what it printed.
 fn apply_then_signal(w: &World, signal: &str, after: Duration) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-        .args(["apply", "plan.yaml", "--report", "report.json"])
-        .current_dir(w.path())
-        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+    let child = w
+        .command(w.path(), &["apply", "plan.yaml", "--report", "report.json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -66,6 +64,10 @@ fn assert_clean(w: &World, when: &str) {
         .filter(|(_, _, label)| label.starts_with("hsm-sync/in-flight"))
         .count();
     assert_eq!(journals, 0, "{when}: the in-flight journal was left on dr");
+    if crate::world::backend() == "file" {
+        let left = std::fs::read_dir(w.path().join("state/journals")).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "{when}: the in-flight journal was left in the state directory");
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (class, id, _) in &objs {
         if id != "-" {

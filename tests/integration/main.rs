@@ -14,6 +14,7 @@ mod nss;
 mod plan_lang;
 mod reliability;
 mod semantics;
+mod state;
 mod tooling;
 mod verbose;
 mod workflow;
@@ -24,3 +25,8 @@ mod world;
 mod on_kryoptic_dr;
 #[allow(clippy::duplicate_mod)]
 mod on_kryoptic_primary;
+// And on the other state backends (issue 15).
+#[allow(clippy::duplicate_mod)]
+mod on_file;
+#[allow(clippy::duplicate_mod)]
+mod on_postgres;

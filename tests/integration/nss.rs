@@ -1,8 +1,9 @@
 //! NSS softokn 3.87 (Debian's libnss3), the suite's third PKCS#11 implementation (issue
 //! 14 item 7): the token whose 0x210A is PKCS#7 padding + RFC 3394, not RFC 5649, and
 //! whose 0x210B size query answers the input length. Reached only through `module_args`
-//! (C_Initialize's pReserved). It holds no token or private data objects, so it cannot be
-//! a target (the in-flight journal) and records no lifecycle events as a source.
+//! (C_Initialize's pReserved). It holds no token or private data objects, so on the
+//! `token` state backend it cannot be a target (the in-flight journal) and records no
+//! lifecycle events as a source; with state in a directory (issue 15) it is both.
 //!
 //! softokn opens one database per process: each world has one NSS token, `dr` or
 //! `primary`, selected by NSS's own label "NSS Certificate DB".
@@ -52,9 +53,15 @@ fn probe_finds_nss_0x210a_is_not_rfc5649_and_uses_0x210b() {
 
 #[test]
 fn lineage_is_proven_softhsm_to_nss_in_rfc5649() {
-    let w = softhsm_and_nss().plan(&Plan::two_clusters().select(Sel::label("*")).nss("dr"));
+    let w = softhsm_and_nss().plan(
+        &Plan::two_clusters()
+            .select(Sel::label("*"))
+            .nss("dr")
+            .state_file("state"),
+    );
     let v = w.run(&["validate", "plan.yaml", "--online"]);
     assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout.contains("state: file ("), "{}", v.stdout);
     assert!(v.stdout.contains("lineage proven: primary → dr"), "{}", v.stdout);
     assert!(
         v.stdout
@@ -91,6 +98,60 @@ fn inventory_on_nss_fingerprints_keys_as_softhsm_does() {
     );
 }
 
+/// CONTRACT.md §6: a token that cannot hold data objects makes `validate --online` say so
+/// and name the other backends, before anything is written.
+#[test]
+fn validate_online_says_nss_holds_no_data_objects_and_names_the_backends() {
+    let w = softhsm_and_nss().plan(&Plan::two_clusters().select(Sel::label("*")).nss("dr"));
+    let before = w.fixture(&["objects", "dr"]);
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    let stderr = unwrapped(&v.stderr);
+    for part in [
+        "state::no_data_objects",
+        "`dr` hold(s) no data objects (NSS softokn)",
+        "backend: file",
+        "backend: postgres",
+    ] {
+        assert!(stderr.contains(part), "the error lacks `{part}`: {stderr}");
+    }
+    assert_eq!(before, w.fixture(&["objects", "dr"]), "nothing written");
+}
+
+/// With state in a directory, NSS is a target like any other: keys travel SoftHSM → NSS
+/// in RFC 5649, each copy verified, fingerprints equal, the second plan unchanged, and no
+/// object but the keys on NSS (the journal and the records are in the directory).
+#[test]
+fn with_state_in_a_directory_keys_sync_to_nss() {
+    let w = softhsm_and_nss()
+        .key("primary", "a1", "aes-256", &[])
+        .key("primary", "b1", "generic-32", &["--generic", "--bytes", "32"])
+        .plan(
+            &Plan::two_clusters()
+                .select(Sel::label("*"))
+                .nss("dr")
+                .state_file("state"),
+        );
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let r = a.report();
+    assert_eq!(r.summary.create, 2, "{:?}", r.jobs);
+    for j in &r.jobs {
+        assert_eq!(j.status, Status::Ok, "{j:?}");
+        assert_eq!(j.mechanism.map(|m| m.code()), Some("rfc5649"), "{j:?}");
+    }
+    assert_eq!(inventory(&w, "primary"), inventory(&w, "dr"));
+    assert_eq!(w.hmac("primary", "b1"), w.hmac("dr", "b1"), "the copy MACs alike");
+    assert_eq!(w.fixture(&["count", "dr", "--data"]), "0", "no data object on NSS");
+    assert!(
+        w.path().join("state/records").is_dir(),
+        "the records are in the directory"
+    );
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "in sync: {again:?}");
+    assert!(again.stdout.contains("2 unchanged"), "{}", again.stdout);
+}
+
 /// The in-flight journal goes on every target before any copy: NSS refuses it, so a
 /// sync to NSS stops there, naming the token, the CKR and why, with nothing copied.
 /// (With the journal left out, measured by hand, the copy is made and verified, its
@@ -113,6 +174,7 @@ fn a_sync_to_nss_stops_at_the_journal_with_nothing_copied() {
         "C_CreateObject returned CKR_ATTRIBUTE_VALUE_INVALID",
         "the token holds no private token data objects (NSS softokn refuses them)",
         "nothing was copied",
+        "backend: file",
     ] {
         assert!(stderr.contains(part), "the error lacks `{part}`: {stderr}");
     }
@@ -142,11 +204,12 @@ fn keys_travel_nss_to_softhsm_and_the_records_say_why_they_are_missing() {
     let warnings: Vec<&str> = a
         .stderr
         .lines()
-        .filter(|l| l.contains("could not record the lifecycle event"))
+        .filter(|l| l.contains("could not record the lifecycle events"))
         .collect();
-    assert_eq!(warnings.len(), 3, "one per key: {}", a.stderr);
+    assert_eq!(warnings.len(), 1, "one per source (one page per run): {}", a.stderr);
     for w in warnings {
         for part in [
+            "of 3 key(s) of `primary` in the token state backend",
             "(token `NSS Certificate DB`)",
             "CKR_ATTRIBUTE_VALUE_INVALID",
             "the token holds no private token data objects",

@@ -10,10 +10,7 @@ use crate::world::{pair, shim, Output, Pin, Plan, Sel, World};
 
 /// Starts `hsm-sync args…` in the world without waiting.
 fn spawn(w: &World, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-        .args(args)
-        .current_dir(w.path())
-        .env("SOFTHSM2_CONF", w.path().join("softhsm2.conf"))
+    w.command(w.path(), args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -140,9 +137,32 @@ fn killed_mid_apply_then_rerun_ends_with_exactly_the_expected_keys() {
 fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
     let plan = Plan::two_clusters().select(Sel::label("k-*"));
     let w = pair().key("primary", "a1", "k", &["--count", "300"]).plan(&plan);
+    // On the file and postgres backends each run is "another machine" (issue 15): its
+    // own lock directory and working directory, the plan by its absolute path; only the
+    // state backend is shared. On the token backend the lock is this machine's.
+    let machines = crate::world::backend() != "token";
+    let machine = |n: &str| {
+        let dir = w.path().join(format!("machine-{n}"));
+        std::fs::create_dir_all(dir.join("locks")).expect("machine dir");
+        dir
+    };
+    let plan_file = |name: &str| w.path().join(name).display().to_string();
+    let on = |m: &std::path::Path, args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = w.command(if machines { m } else { w.path() }, args);
+        if machines {
+            cmd.env("HSM_SYNC_LOCK_DIR", m.join("locks"));
+        }
+        cmd.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hsm-sync starts")
+    };
+    let (ma, mb) = (machine("a"), machine("b"));
+    let main_plan = plan_file("plan.yaml");
     // Started together: whichever order the lock gives, no key lands twice.
-    let a = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
-    let b = spawn(&w, &["apply", "plan.yaml", "--quiet"], &[]);
+    let a = on(&ma, &["apply", &main_plan, "--quiet"], &[]);
+    let b = on(&mb, &["apply", &main_plan, "--quiet"], &[]);
     let (a, b) = (finish(a), finish(b));
     for o in [&a, &b] {
         assert!(o.code == 0 || o.code == 1, "{o:?}");
@@ -163,11 +183,16 @@ fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
     // A run that is surely in progress (1 ms per PKCS#11 call through the shim) makes a
     // second one refuse at once, naming the holder; the first finishes undisturbed.
     w.fixture(&["keygen", "primary", "--id", "c1", "--label", "k-late", "--count", "200"]);
-    w.write("slow.yaml", &plan.module_all(&shim()).yaml());
-    let slow = spawn(
-        &w,
-        &["apply", "slow.yaml", "--quiet"],
-        &[("HSM_SYNC_SHIM_LATENCY_US", "2000"), ("HSM_SYNC_SHIM_LOG", "slow.log")],
+    w.write(
+        "slow.yaml",
+        &format!("{}{}", plan.module_all(&shim()).yaml(), w.state_block()),
+    );
+    let slow_plan = plan_file("slow.yaml");
+    let (slow_log, second_log) = (plan_file("slow.log"), plan_file("second.log"));
+    let slow = on(
+        &ma,
+        &["apply", &slow_plan, "--quiet"],
+        &[("HSM_SYNC_SHIM_LATENCY_US", "2000"), ("HSM_SYNC_SHIM_LOG", &slow_log)],
     );
     // The lock is taken before the inventories are read: once the shim logs a key
     // being wrapped for its fingerprint, the slow run holds it.
@@ -183,7 +208,7 @@ fn two_applies_of_one_plan_never_duplicate_and_the_loser_says_why() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The second run goes through the shim too (no latency), for its call log.
-    let second = w.run_env(&["apply", "slow.yaml"], &[("HSM_SYNC_SHIM_LOG", "second.log")]);
+    let second = finish(on(&mb, &["apply", &slow_plan], &[("HSM_SYNC_SHIM_LOG", &second_log)]));
     let mut slow = slow;
     let still_running = slow.try_wait().expect("try_wait").is_none();
     let slow = finish(slow);

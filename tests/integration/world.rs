@@ -63,9 +63,28 @@ pub fn fixture_bin() -> PathBuf {
     FIXTURE.get_or_init(testkit::build::fixture).clone()
 }
 
-/// One test's token directory, plan and runs.
+/// The state backend a test runs on, chosen by its module (libtest names the thread by
+/// the test's path): the suites re-included under `on_file::` and `on_postgres::` run on
+/// those backends (issue 15: every notify test on each backend), the rest on `token`.
+pub fn backend() -> &'static str {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("");
+    if name.starts_with("on_file::") {
+        "file"
+    } else if name.starts_with("on_postgres::") {
+        "postgres"
+    } else {
+        "token"
+    }
+}
+
+/// The variable the postgres worlds' plans name in `state.url_env`.
+pub const STATE_URL_ENV: &str = "HSM_SYNC_STATE_URL";
+
+/// One test's token directory, plan and runs; on the postgres backend, its own database.
 pub struct World {
     dir: tempfile::TempDir,
+    state_url: Option<String>,
 }
 
 /// What a run printed and returned.
@@ -136,7 +155,49 @@ impl World {
             tempfile::Builder::new().prefix("hsm-sync-test-").tempdir()
         }
         .expect("temporary directory");
-        World { dir }
+        let state_url = (backend() == "postgres").then(|| {
+            let name = dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            testkit::pg::server().database(&name)
+        });
+        World { dir, state_url }
+    }
+
+    /// The connection string of this world's state database (postgres worlds only).
+    pub fn state_url(&self) -> Option<&str> {
+        self.state_url.as_deref()
+    }
+
+    /// The `state:` block this world's plans get on its backend (none on `token`). The
+    /// file backend's directory is absolute: every working directory shares it, as
+    /// machines share a network directory.
+    pub fn state_block(&self) -> String {
+        match backend() {
+            "file" => format!(
+                "state:\n  backend: file\n  path: {}\n",
+                self.path().join("state").display()
+            ),
+            "postgres" => format!("state:\n  backend: postgres\n  url_env: {STATE_URL_ENV}\n"),
+            _ => String::new(),
+        }
+    }
+
+    /// `hsm-sync args…` from `cwd`, with the world's token configuration and, on the
+    /// postgres backend, its database's connection string; not started.
+    pub fn command(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hsm-sync"));
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("SOFTHSM2_CONF", self.path().join("softhsm2.conf"))
+            .env("KRYOPTIC_CONF", self.path().join("kryoptic.toml"))
+            .env("NO_COLOR", "1");
+        if let Some(url) = &self.state_url {
+            cmd.env(STATE_URL_ENV, url);
+        }
+        cmd
     }
 
     pub fn path(&self) -> &Path {
@@ -215,6 +276,12 @@ impl World {
         if yaml.contains("{kryoptic}") {
             yaml = yaml.replace("{kryoptic}", &kryoptic().display().to_string());
         }
+        if !yaml.starts_with("state:") && !yaml.contains("\nstate:") {
+            if !yaml.ends_with('\n') {
+                yaml.push('\n');
+            }
+            yaml.push_str(&self.state_block());
+        }
         self.write("plan.yaml", &yaml);
         self
     }
@@ -249,12 +316,8 @@ impl World {
     /// Runs `hsm-sync args…` from `cwd` (perhaps not the world's directory) with the
     /// world's SOFTHSM2_CONF and `env`.
     pub fn run_in(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_hsm-sync"))
-            .args(args)
-            .current_dir(cwd)
-            .env("SOFTHSM2_CONF", self.path().join("softhsm2.conf"))
-            .env("KRYOPTIC_CONF", self.path().join("kryoptic.toml"))
-            .env("NO_COLOR", "1")
+        let out = self
+            .command(cwd, args)
             .envs(env.iter().copied())
             .output()
             .expect("hsm-sync runs");
@@ -529,6 +592,7 @@ pub struct Plan {
     keys: Vec<Sel>,
     notify: Vec<serde_yaml::Value>,
     options: serde_yaml::Mapping,
+    state: Option<serde_yaml::Value>,
 }
 
 impl Plan {
@@ -554,6 +618,7 @@ impl Plan {
             keys: Vec::new(),
             notify: Vec::new(),
             options: serde_yaml::Mapping::new(),
+            state: None,
         }
     }
 
@@ -641,6 +706,12 @@ impl Plan {
         self
     }
 
+    /// `state: {backend: file, path: PATH}` (relative to the plan file).
+    pub fn state_file(mut self, path: &str) -> Self {
+        self.state = Some(map([("backend", "file".into()), ("path", path.into())]));
+        self
+    }
+
     /// `options.parallelism: N`
     pub fn parallelism(self, n: u64) -> Self {
         self.option("parallelism", n.into())
@@ -685,6 +756,9 @@ impl Plan {
         plan.insert("sync".into(), vec![serde_yaml::Value::from(sync)].into());
         if !self.options.is_empty() {
             plan.insert("options".into(), self.options.clone().into());
+        }
+        if let Some(state) = &self.state {
+            plan.insert("state".into(), state.clone());
         }
         plan.into()
     }

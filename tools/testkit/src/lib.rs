@@ -9,4 +9,5 @@
 #![warn(missing_docs)]
 
 pub mod build;
+pub mod pg;
 pub mod provision;

@@ -166,6 +166,61 @@ pub fn count_secret_keys(s: &Session) -> Result<usize, HsmError> {
     Ok(n)
 }
 
+/// Writes a lifecycle record the way hsm-sync before issue 15 did: one private data
+/// object per key, `hsm-sync/state/secret-key/<id-hex>`, its JSON in `CKA_VALUE`, the
+/// event `synced` at `at` (RFC 3339) under sync `sync` from `source` to `targets`.
+pub fn write_legacy_record(
+    s: &Session,
+    id: &[u8],
+    label: &str,
+    at: &str,
+    sync: &str,
+    source: &str,
+    targets: &[String],
+) -> Result<(), HsmError> {
+    let record = serde_json::json!({
+        "version": 1, "event": "synced", "at": at, "notified_at": null,
+        "sync": sync, "source": source, "targets": targets,
+        "key": {"id": hex::encode(id), "label": label, "class": "secret-key", "key_type": "aes", "fingerprint": null},
+    });
+    s.create_object(&[
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Application(hsm_sync::hsm::APPLICATION.as_bytes().to_vec()),
+        Attribute::Label(format!("hsm-sync/state/secret-key/{}", hex::encode(id)).into_bytes()),
+        Attribute::Value(record.to_string().into_bytes()),
+    ])
+    .map_err(pk("writing a legacy record"))?;
+    Ok(())
+}
+
+/// Every secret key on the token but the domain key, as (id, label).
+pub fn secret_keys(s: &Session) -> Result<Vec<(Vec<u8>, String)>, HsmError> {
+    let all = s
+        .find_objects(&[Attribute::Token(true), Attribute::Class(ObjectClass::SECRET_KEY)])
+        .map_err(pk("finding keys"))?;
+    let mut out = Vec::new();
+    for h in all {
+        let label = label_of(s, h)?;
+        if label == hsm_sync::plan::DEFAULT_DOMAIN_KEY {
+            continue;
+        }
+        let id = s
+            .get_attributes(h, &[cryptoki::object::AttributeType::Id])
+            .map_err(pk("reading an id"))?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Id(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_default();
+        out.push((id, label));
+    }
+    Ok(out)
+}
+
 /// How many of hsm-sync's own data objects (state records, journals) the token holds.
 pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
     let found = s

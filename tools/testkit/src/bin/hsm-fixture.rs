@@ -157,6 +157,15 @@ enum Cmd {
         #[arg(long)]
         label: String,
     },
+    /// Write the lifecycle records hsm-sync before issue 15 kept (one data object per
+    /// key), `synced` now, for every secret key on the token.
+    LegacyState {
+        token: String,
+        #[arg(long)]
+        sync: String,
+        #[arg(long)]
+        targets: Vec<String>,
+    },
     /// Print the number of secret keys with this id (or all, without --id), or with
     /// --data the number of hsm-sync's own data objects.
     Count {
@@ -569,6 +578,13 @@ fn run(a: Args) -> Result<(), String> {
                     hex::encode(id)
                 };
                 println!("{class} {id} {label}");
+            }
+        }
+        Cmd::LegacyState { token, sync, targets } => {
+            let s = mods.user_session(&a.dir, &token)?;
+            let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            for (id, label) in provision::secret_keys(&s).map_err(e)? {
+                provision::write_legacy_record(&s, &id, &label, &at, &sync, &token, &targets).map_err(e)?;
             }
         }
         Cmd::Count { token, id, data } => {
