@@ -17,8 +17,8 @@ use secrecy::SecretString;
 use testkit::provision::{self, PairSpec, Provisioner, SecretSpec};
 use zeroize::Zeroizing;
 
-use crate::baseline::{raw_copy, raw_inventory, source_objects, Ctx};
-use crate::scenarios::{Kind, Mode, Scenario};
+use crate::baseline::{raw_copy, raw_inventory, raw_inventory_and_wraps, source_objects, Ctx};
+use crate::scenarios::{Backend, Kind, Mode, Scenario};
 use crate::{pin, DOMAIN};
 
 /// The test-only latency shim, built in release mode.
@@ -96,8 +96,9 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// The bench plan: `src` → `targets`, keys `bench-*`, as a crypto-officer.
-fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
+/// The bench plan: `src` → `targets`, keys `bench-*`, as a crypto-officer, its state in
+/// `state` (the postgres URL in `HSM_SYNC_STATE_URL`, set by the child).
+fn plan_yaml(module: &Path, targets: &[String], threads: usize, state: Backend) -> String {
     let cluster = |name: &str, from: Option<&str>| {
         let mut c = format!(
             "  {name}:\n    module: {}\n    token: {{ label: {name} }}\n    credentials: {{ role: crypto-officer, user: bench, pin: {{ file: {name}.pin }} }}\n",
@@ -121,6 +122,11 @@ fn plan_yaml(module: &Path, targets: &[String], threads: usize) -> String {
         "sync:\n  - name: bench\n    source: src\n    targets: [{}]\n    keys:\n      - label: \"bench-*\"\noptions:\n  parallelism: {threads}\n",
         targets.join(", ")
     );
+    match state {
+        Backend::Token => {}
+        Backend::File => y.push_str("state:\n  backend: file\n  path: state\n"),
+        Backend::Postgres => y.push_str("state:\n  backend: postgres\n  url_env: HSM_SYNC_STATE_URL\n"),
+    }
     y
 }
 
@@ -353,7 +359,12 @@ pub(crate) fn child(args: &[String]) {
         let sess = prov.user_session(t, &SecretString::from(pin(t))).expect("login");
         provision::import_domain_key(&sess, DOMAIN, &value).expect("the domain key");
     }
-    std::fs::write(&plan, plan_yaml(&module, &targets, s.threads)).expect("the plan");
+    if s.state == Backend::Postgres {
+        // A throwaway cluster of this child's own (testkit), a fresh database per row.
+        let url = testkit::pg::server().database(&s.name());
+        std::env::set_var("HSM_SYNC_STATE_URL", url);
+    }
+    std::fs::write(&plan, plan_yaml(&module, &targets, s.threads, s.state)).expect("the plan");
     let direct = Ctx::new(&softhsm);
     // SoftHSM renumbers private objects after a logout (the last session closing): one
     // session per token stays open for the whole run so that handles keep their meaning.
@@ -400,18 +411,22 @@ pub(crate) fn child(args: &[String]) {
         .collect();
     let mut best_plan = Duration::MAX;
     let mut best_inv = Duration::MAX;
+    let mut best_invw = Duration::MAX;
     for _ in 0..2 {
         let (t, n) = hsm_plan(&plan);
         assert_eq!(n, objs.len() * s.targets, "plan sees every copy");
         best_plan = best_plan.min(t);
         let (t, _) = raw_inventory(&c, &tokens);
         best_inv = best_inv.min(t);
+        let (t, _) = raw_inventory_and_wraps(&c, &tokens);
+        best_invw = best_invw.min(t);
     }
     let _ = write!(
         out,
-        " plan_s={:.3} inv_s={:.3}",
+        " plan_s={:.3} inv_s={:.3} invw_s={:.3}",
         best_plan.as_secs_f64(),
-        best_inv.as_secs_f64()
+        best_inv.as_secs_f64(),
+        best_invw.as_secs_f64()
     );
     println!("{out}");
     if std::env::var_os("HSM_SYNC_BENCH_KEEP").is_none() {

@@ -19,6 +19,14 @@ pub(crate) enum Store {
     Disk,
 }
 
+/// Where hsm-sync keeps its state in the row (issue 15: every backend measured).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Backend {
+    Token,
+    File,
+    Postgres,
+}
+
 /// What a child does.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum Mode {
@@ -41,6 +49,7 @@ pub(crate) struct Scenario {
     pub(crate) store: Store,
     pub(crate) latency_us: u64,
     pub(crate) threads: usize,
+    pub(crate) state: Backend,
 }
 
 impl Scenario {
@@ -60,6 +69,11 @@ impl Scenario {
             let _ = write!(n, "-lat{}ms", self.latency_us / 1000);
         }
         let _ = write!(n, "-j{}", self.threads);
+        match self.state {
+            Backend::Token => {}
+            Backend::File => n.push_str("-file"),
+            Backend::Postgres => n.push_str("-pg"),
+        }
         match self.mode {
             Mode::Sync => n,
             Mode::Gen | Mode::PlanRss => format!("plan-rss-{n}"),
@@ -76,6 +90,7 @@ impl Scenario {
             format!("{:?}", self.store),
             self.latency_us.to_string(),
             self.threads.to_string(),
+            format!("{:?}", self.state),
         ]
     }
 
@@ -98,6 +113,11 @@ impl Scenario {
             store: if a[4] == "Shm" { Store::Shm } else { Store::Disk },
             latency_us: num(5),
             threads: num(6) as usize,
+            state: match a[7].as_str() {
+                "File" => Backend::File,
+                "Postgres" => Backend::Postgres,
+                _ => Backend::Token,
+            },
         }
     }
 
@@ -143,6 +163,11 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
         store,
         latency_us,
         threads,
+        state: Backend::Token,
+    };
+    let on = |mut s: Scenario, state| {
+        s.state = state;
+        s
     };
     use Kind::*;
     use Store::*;
@@ -150,6 +175,8 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
         vec![
             s(Aes, 1000, 1, Shm, 0, j),
             s(Aes, 1000, 2, Shm, 0, j),
+            on(s(Aes, 1000, 2, Shm, 0, j), Backend::File),
+            on(s(Aes, 1000, 2, Shm, 0, j), Backend::Postgres),
             s(Ec, 100, 1, Shm, 0, j),
             s(Rsa, 25, 1, Shm, 0, j),
             s(Aes, 200, 1, Shm, 1000, j),
@@ -160,6 +187,10 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
             s(Aes, 1000, 2, Shm, 0, j),
             s(Aes, 10000, 1, Shm, 0, j),
             s(Aes, 10000, 2, Shm, 0, j),
+            on(s(Aes, 1000, 2, Shm, 0, j), Backend::File),
+            on(s(Aes, 1000, 2, Shm, 0, j), Backend::Postgres),
+            on(s(Aes, 10000, 2, Shm, 0, j), Backend::File),
+            on(s(Aes, 10000, 2, Shm, 0, j), Backend::Postgres),
             s(Rsa, 200, 1, Shm, 0, j),
             s(Rsa, 200, 2, Shm, 0, j),
             s(Ec, 200, 1, Shm, 0, j),
@@ -185,6 +216,7 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
             store: Shm,
             latency_us: 0,
             threads: j,
+            state: Backend::Token,
         });
     }
     v.retain(|s| o.only.is_empty() || o.only.iter().any(|p| s.name().contains(p.as_str())));

@@ -4,7 +4,7 @@
 use testkit::provision;
 
 use crate::child::Row;
-use crate::scenarios::{Mode, Scenario};
+use crate::scenarios::{Backend, Mode, Scenario};
 
 /// Prints the run's first line, the legend and the column headers.
 pub(crate) fn header(scenarios: usize) {
@@ -21,11 +21,13 @@ pub(crate) fn header(scenarios: usize) {
     println!(
         "plan = the `plan --format json` command in-process (all unchanged); inv = find + 1 C_GetAttributeValue/object"
     );
+    println!("p/inv+w = plan against inv plus one C_WrapKey per secret key: the least work that proves `unchanged` without CKA_UNIQUE_ID");
+    println!("-file / -pg = the row with `state: file` / `state: postgres` (a throwaway local cluster); others keep state on the token");
     println!("RSS MB (+) = the process's peak during apply (plan for plan-rss), SoftHSM included, and (+) its growth");
     println!("  over the RSS just before (SoftHSM keeps every object in memory: new copies grow it too)");
     println!();
     let header = format!(
-        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}",
+        "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11} {:>7}",
         "scenario",
         "keys",
         "raw k/s",
@@ -38,6 +40,7 @@ pub(crate) fn header(scenarios: usize) {
         "plan s",
         "inv s",
         "p/inv",
+        "p/inv+w",
         "RSS MB (+)",
         "gen s"
     );
@@ -54,7 +57,7 @@ pub(crate) fn print_row(s: &Scenario, r: &Row) {
     };
     match s.mode {
         Mode::PlanRss => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11} {:>7}   (RSS after connect, i.e. SoftHSM's own objects: {} MB)",
             s.name(),
             s.objects(),
             "-",
@@ -67,6 +70,7 @@ pub(crate) fn print_row(s: &Scenario, r: &Row) {
             f("plan_s", 2),
             "-",
             "-",
+            "-",
             match (r.get("plan_rss_mb"), r.get("connect_rss_mb")) {
                 (Some(p), Some(c)) => format!("{p:.0} (+{:.0})", p - c),
                 _ => "-".into(),
@@ -75,7 +79,7 @@ pub(crate) fn print_row(s: &Scenario, r: &Row) {
             f("connect_rss_mb", 0),
         ),
         _ => println!(
-            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>11} {:>7}",
+            "{:<30} {:>6} {:>9} {:>9} {:>6} {:>9} {:>6} {:>5} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11} {:>7}",
             s.name(),
             s.objects(),
             f("raw_kps", 0),
@@ -88,6 +92,7 @@ pub(crate) fn print_row(s: &Scenario, r: &Row) {
             f("plan_s", 3),
             f("inv_s", 3),
             ratio("plan_s", "inv_s"),
+            ratio("plan_s", "invw_s"),
             match (r.get("apply_rss_mb"), r.get("before_rss_mb")) {
                 (Some(p), Some(b)) => format!("{p:.0} (+{:.0})", p - b),
                 _ => "-".into(),
@@ -114,6 +119,20 @@ pub(crate) fn summary(results: &[(Scenario, Row)]) {
                 t(r2, "raw_kps"),
             ) {
                 println!("  {:<30} apply {:.2}   raw {:.2}", s2.name(), a2 / a1, w2 / w1);
+            }
+        }
+    }
+    println!("Backends against the token backend (apply time, -file or -pg / token; target ≤ 1.05):");
+    for (sb, rb) in results
+        .iter()
+        .filter(|(s, _)| s.state != Backend::Token && s.mode == Mode::Sync)
+    {
+        let token = results.iter().find(|(s, _)| {
+            s.state == Backend::Token && s.mode == Mode::Sync && same_but(s, sb, |x| x.state = sb.state)
+        });
+        if let Some((_, rt)) = token {
+            if let (Some(kt), Some(kb)) = (rt.get("apply_kps"), rb.get("apply_kps")) {
+                println!("  {:<30} apply {:.2}", sb.name(), kt / kb);
             }
         }
     }
