@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::domain::fingerprint::Fingerprint;
 pub(crate) use crate::domain::inventory::{Inventories, Inventory};
-use crate::domain::key::sort_keys;
+use crate::domain::key::{sort_keys, KeyClass, KeyObject, KeyType};
 use crate::hsm::{HsmError, KeySession, KeyStore};
 
 /// Which keys an inventory fingerprints (one `C_WrapKey` each).
@@ -198,7 +198,15 @@ fn read_one<S: KeyStore>(
     let learned = std::sync::Mutex::new(Vec::new());
     let mut keys = in_chunks(tokens, name, &first, &handles, workers, |s, &h| {
         let Some(cache) = cached else {
-            return Ok(s.read_fingerprinted(h, fingerprint)?.map(Arc::new));
+            let Some(mut k) = s.read_fingerprinted(h, false)? else {
+                return Ok(None);
+            };
+            // An EC private key's fingerprint is its public half's, found after the
+            // read among this inventory's keys (a search per key was quadratic on SoftHSM).
+            if fingerprint && k.class != KeyClass::PublicKey && !is_ec_private(&k) {
+                k.fingerprint = Fingerprint::tried(s.fingerprint(&k)?);
+            }
+            return Ok(Some(Arc::new(k)));
         };
         let uid = s.unique_id(h)?;
         if let Some(fp) = uid.as_ref().and_then(|u| cache.get(u)) {
@@ -222,6 +230,9 @@ fn read_one<S: KeyStore>(
         }
         Ok(k.map(Arc::new))
     })?;
+    if fingerprint && cached.is_none() {
+        pair_ec_halves(&first, &mut keys)?;
+    }
     sort_keys(&mut keys);
     Ok(Inventory {
         cluster: name.to_string(),
@@ -237,6 +248,47 @@ fn read_one<S: KeyStore>(
         missing_types: tokens.missing_key_types(name),
         learned: learned.into_inner().unwrap_or_default(),
     })
+}
+
+fn is_ec_private(k: &KeyObject) -> bool {
+    k.class == KeyClass::PrivateKey && k.key_type == KeyType::Ec
+}
+
+/// Fingerprints the EC private keys the read left deferred: from the EC point of the one
+/// public key with the same `CKA_ID` in `keys` (what `find_like` would find, without a
+/// search per key), else as the session fingerprints them on its own.
+fn pair_ec_halves<S: KeySession>(s: &S, keys: &mut [Arc<KeyObject>]) -> Result<(), HsmError> {
+    let mut points: HashMap<&[u8], Option<&KeyObject>> = HashMap::new();
+    for k in keys.iter() {
+        if k.class == KeyClass::PublicKey && k.key_type == KeyType::Ec && !k.id.is_empty() {
+            points
+                .entry(k.id.as_slice())
+                .and_modify(|e| *e = None)
+                .or_insert(Some(k.as_ref()));
+        }
+    }
+    let found: Vec<(usize, Option<String>)> = keys
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| is_ec_private(k) && k.fingerprint == Fingerprint::Deferred)
+        .map(|(i, k)| {
+            let fp = match points.get(k.id.as_slice()) {
+                Some(Some(public)) if !k.id.is_empty() && !public.public().ec_point.is_empty() => {
+                    Some(crate::hsm::public_fingerprint(KeyType::Ec, public.public()))
+                }
+                _ => None,
+            };
+            (i, fp)
+        })
+        .collect();
+    for (i, fp) in found {
+        let k = Arc::make_mut(&mut keys[i]);
+        k.fingerprint = match fp {
+            Some(fp) => Fingerprint::Known(fp),
+            None => Fingerprint::tried(s.fingerprint(k)?),
+        };
+    }
+    Ok(())
 }
 
 #[cfg(test)]
