@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::flock::{self, LockTarget};
+use super::flock;
 use super::{id_of, latest, Check, Claim, Claimed, Held, KeyState, StateError, StateStore, TokenIds};
 use crate::domain::event::KeyInfo;
 
@@ -253,15 +253,9 @@ impl StateStore for FileState {
     }
 
     fn lock(&self, targets: &[&str], command: &str, wait: Duration) -> Result<Held, StateError> {
-        let list: Vec<LockTarget> = targets
-            .iter()
-            .map(|t| LockTarget {
-                cluster: t,
-                id: id_of(&self.ids, t),
-            })
-            .collect();
         let dir = self.dir.join("locks");
         make_dir(&dir)?;
+        let list = flock::targets(&self.ids, targets);
         Ok(Box::new(flock::acquire(&dir, &list, command, wait)?))
     }
 

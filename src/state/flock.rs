@@ -64,6 +64,17 @@ pub(crate) fn machine_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("hsm-sync-locks"))
 }
 
+/// The plan's clusters `clusters` as lock targets, each by its token's identity in `ids`.
+pub(crate) fn targets<'a>(ids: &'a super::TokenIds, clusters: &[&'a str]) -> Vec<LockTarget<'a>> {
+    clusters
+        .iter()
+        .map(|c| LockTarget {
+            cluster: c,
+            id: super::id_of(ids, c),
+        })
+        .collect()
+}
+
 /// Takes every lock in `dir`, or none: the first token still busy after `wait` stops the
 /// run before anything is read.
 pub(crate) fn acquire(dir: &Path, targets: &[LockTarget], command: &str, wait: Duration) -> Result<RunLock, LockError> {

@@ -24,7 +24,7 @@ use postgres::{Client, Config, NoTls};
 use sha2::{Digest, Sha256};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::flock::{self, LockError, LockTarget, RunLock};
+use super::flock::{self, LockError, RunLock};
 use super::{id_of, Check, Claim, Claimed, Held, KeyState, StateError, StateStore, TokenIds};
 use crate::domain::event::KeyInfo;
 
@@ -461,13 +461,7 @@ impl StateStore for PgState {
 
     fn lock(&self, targets: &[&str], command: &str, wait: Duration) -> Result<super::Held, StateError> {
         let started = Instant::now();
-        let targets: Vec<LockTarget> = targets
-            .iter()
-            .map(|c| LockTarget {
-                cluster: c,
-                id: self.token(c),
-            })
-            .collect();
+        let targets = flock::targets(&self.ids, targets);
         // This machine's runs first (as with every backend), then every machine's.
         let dir = self.lock_dir.clone().unwrap_or_else(flock::machine_dir);
         let machine = flock::acquire(&dir, &targets, command, wait)?;

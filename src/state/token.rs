@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::flock::{self, LockTarget};
-use super::{id_of, latest, Check, Claim, Claimed, Held, KeyState, StateError, StateStore, TokenIds};
+use super::flock;
+use super::{latest, Check, Claim, Claimed, Held, KeyState, StateError, StateStore, TokenIds};
 use crate::domain::event::KeyInfo;
 use crate::hsm::{DataObject, HsmError, KeyStore, RecordSession, STATE_PREFIX};
 
@@ -446,13 +446,7 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
     }
 
     fn lock(&self, targets: &[&str], command: &str, wait: Duration) -> Result<Held, StateError> {
-        let list: Vec<LockTarget> = targets
-            .iter()
-            .map(|t| LockTarget {
-                cluster: t,
-                id: id_of(&self.ids, t),
-            })
-            .collect();
+        let list = flock::targets(&self.ids, targets);
         Ok(Box::new(flock::acquire(&flock::machine_dir(), &list, command, wait)?))
     }
 
