@@ -270,10 +270,25 @@ pub(crate) fn raw_copy(c: &Ctx, objs: &[Obj], targets: &[String], threads: usize
 
 /// The raw inventory: per token, find every object, one `C_GetAttributeValue` each.
 pub(crate) fn raw_inventory(c: &Ctx, tokens: &[String]) -> (Duration, usize) {
+    walk(c, tokens, false)
+}
+
+/// [`raw_inventory`] plus one `C_WrapKey` per secret or private key under the token's
+/// domain key: the least work that proves a key `unchanged` on a token without
+/// `CKA_UNIQUE_ID` (issue 15's plan baseline). Sequential, as `raw_inventory` is.
+pub(crate) fn raw_inventory_and_wraps(c: &Ctx, tokens: &[String]) -> (Duration, usize) {
+    walk(c, tokens, true)
+}
+
+/// Per token: one search for every object, one attribute read each, and with `wrap` one
+/// `C_WrapKey` per secret or private key but the domain key.
+fn walk(c: &Ctx, tokens: &[String], wrap: bool) -> (Duration, usize) {
     let start = Instant::now();
     let mut n = 0;
+    let mut blob = vec![0u8; 4096];
     for t in tokens {
         let s = c.login(t);
+        let dk = wrap.then(|| c.domain_key(&s));
         let all: Vec<ObjectHandle> = s
             .iter_objects_with_cache_size(&[Attribute::Token(true)], NonZeroUsize::new(4096).expect("nonzero"))
             .expect("C_FindObjectsInit")
@@ -282,35 +297,14 @@ pub(crate) fn raw_inventory(c: &Ctx, tokens: &[String]) -> (Duration, usize) {
         for h in all {
             let v = c.read(&s, h, &KEY_ATTRIBUTES);
             assert!(!v[0].is_empty(), "every object has a class");
-            n += 1;
-        }
-    }
-    (start.elapsed(), n)
-}
-
-/// [`raw_inventory`] plus one `C_WrapKey` per secret or private key under the token's
-/// domain key: the least work that proves a key `unchanged` on a token without
-/// `CKA_UNIQUE_ID` (issue 15's plan baseline). Sequential, as `raw_inventory` is.
-pub(crate) fn raw_inventory_and_wraps(c: &Ctx, tokens: &[String]) -> (Duration, usize) {
-    let start = Instant::now();
-    let mut n = 0;
-    let mut blob = vec![0u8; 4096];
-    for t in tokens {
-        let s = c.login(t);
-        let dk = c.domain_key(&s);
-        let all: Vec<ObjectHandle> = s
-            .iter_objects_with_cache_size(&[Attribute::Token(true)], NonZeroUsize::new(4096).expect("nonzero"))
-            .expect("C_FindObjectsInit")
-            .collect::<Result<_, _>>()
-            .expect("C_FindObjects");
-        for h in all {
-            let v = c.read(&s, h, &KEY_ATTRIBUTES);
-            let class = u64::from_ne_bytes(v[0][..8].try_into().expect("CK_OBJECT_CLASS is 8 bytes"));
-            let secret = [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY]
-                .into_iter()
-                .any(|k| sys::CK_OBJECT_CLASS::from(k) == class);
-            if secret && h != dk {
-                c.wrap(&s, dk, h, &mut blob);
+            if let Some(dk) = dk.filter(|dk| *dk != h) {
+                let class = u64::from_ne_bytes(v[0][..8].try_into().expect("CK_OBJECT_CLASS is 8 bytes"));
+                let secret = [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY]
+                    .into_iter()
+                    .any(|k| sys::CK_OBJECT_CLASS::from(k) == class);
+                if secret {
+                    c.wrap(&s, dk, h, &mut blob);
+                }
             }
             n += 1;
         }

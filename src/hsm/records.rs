@@ -1,29 +1,26 @@
 //! hsm-sync's own records on a token: PKCS#11 data objects (`CKO_DATA`) with
-//! `CKA_APPLICATION` = [`APPLICATION`]. Two kinds, one implementation:
+//! `CKA_APPLICATION` = [`APPLICATION`], one implementation for every kind:
 //!
 //! - the in-flight journal ([`JOURNAL_LABEL`]), on each target while a run copies keys
 //!   there, so the next run can repair what a killed run left half-made;
-//! - the state records (labels under [`STATE_PREFIX`]), used by [`crate::notify`] for each
-//!   key's last lifecycle event and for the claims that keep two runs from notifying the
-//!   same key at once (CONTRACT.md §5, issue 5).
+//! - the `token` state backend's pages, claims and fingerprint caches, named and read by
+//!   [`crate::state::token`] (CONTRACT.md §6);
+//! - the per-key state records of earlier versions ([`STATE_PREFIX`]), read until the
+//!   state backend folds them into a page.
 //!
 //! Every label is `hsm-sync/<kind>…`: the application, a slash, the kind of record. These
 //! labels and values are persisted (habit 17): runs of every version read what earlier
 //! ones wrote, so they change only with a migration.
 //!
 //! They are token objects (a fresh CI runner sees them) and private (only a logged-in user
-//! reads them). Each holds a name (its label) and a record (small text written by the
-//! caller; never key material). Inventory lists key classes only, so these objects never
-//! show up as keys.
+//! reads them). Each holds a name (its label) and a value (text written by the caller;
+//! never key material). Inventory lists key classes only, so these objects never show up
+//! as keys.
 //!
-//! A record is written to `CKA_VALUE` at creation and changed in place later. PKCS#11
-//! only promises that `CKA_LABEL` can be changed, and SoftHSM refuses to change a data
-//! object's value: there the record moves into the label, after the name and a space.
-//! (Replacing the object instead would cost a directory rescan per destroy on SoftHSM,
-//! and a SoftHSM process that creates an object may miss one another process created
-//! just before; an existing object's attributes are always re-read.) Tokens that allow
-//! changing the value keep short labels, as tokens that cap label length need. The
-//! journal is never changed in place: each run replaces it.
+//! An object is made and destroyed, never changed: PKCS#11 only promises that `CKA_LABEL`
+//! can be changed, and SoftHSM refuses to change a data object's value. Records of earlier
+//! versions that SoftHSM kept in the label (after the name and a space) still read
+//! ([`DataObject::record`]).
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -43,8 +40,8 @@ pub const APPLICATION: &str = "hsm-sync";
 /// `CKA_LABEL` of the in-flight journal (see [`TokenSession::journal_write`]).
 pub(super) const JOURNAL_LABEL: &str = "hsm-sync/in-flight";
 
-/// The start of every state record's label: `hsm-sync/state/<class>/<id>` (the names are
-/// made by [`crate::notify`]).
+/// The start of the per-key state records earlier versions wrote:
+/// `hsm-sync/state/<class>/<id>` (read by [`crate::state::token`], no longer written).
 pub(crate) const STATE_PREFIX: &str = "hsm-sync/state/";
 
 /// One hsm-sync data object read back from a token.
@@ -108,7 +105,7 @@ impl TokenSession {
     }
 }
 
-/// Records by name, read and changed in place (the state records).
+/// Records by name: made, found, read and destroyed (the state backend's objects).
 impl TokenSession {
     /// Creates a private token data object of hsm-sync with this label and value.
     pub fn create_data(&self, label: &str, value: &[u8]) -> Result<Handle, HsmError> {
@@ -119,22 +116,6 @@ impl TokenSession {
     /// [`Self::reread_data`], perhaps from several sessions).
     pub fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         self.handles_named(None, "finding hsm-sync data objects")
-    }
-
-    /// Every hsm-sync data object whose label starts with `prefix`, with its value.
-    /// Objects that vanish while being read (another run destroyed them) are left out.
-    pub fn find_data(&self, prefix: &str) -> Result<Vec<DataObject>, HsmError> {
-        let handles = self.data_handles()?;
-        let mut out = Vec::new();
-        for h in handles {
-            if let Some(d) = self.reread_data(h)? {
-                if d.label.starts_with(prefix) {
-                    out.push(d);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.label.cmp(&b.label).then(a.handle.cmp(&b.handle)));
-        Ok(out)
     }
 
     /// Creates a data object named `name` (no spaces) holding `record`.
@@ -231,7 +212,7 @@ impl TokenSession {
 
     fn read_data(&self, h: ObjectHandle) -> Result<Option<DataObject>, HsmError> {
         // One call with buffers sized for a record (a few hundred bytes) where it fits:
-        // an apply reads every state object before recording, at 1 ms a call.
+        // notify and compaction read every object hsm-sync keeps on a source, at 1 ms a call.
         let attrs = match self.read_raw(
             h,
             &[AttributeType::Label, AttributeType::Value],

@@ -202,7 +202,6 @@ pub(crate) fn after_apply(
             ));
         }
     }
-    let _ = limits;
     out
 }
 
