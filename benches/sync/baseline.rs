@@ -67,11 +67,14 @@ impl Ctx {
         }
     }
 
-    /// The domain key of the session's token.
+    /// The domain key of the session's token, by the search hsm-sync makes (the cheap
+    /// attributes before the label, which SoftHSM decrypts per private key).
     pub(crate) fn domain_key(&self, s: &Session) -> ObjectHandle {
         let found = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
                 Attribute::Label(DOMAIN.as_bytes().to_vec()),
             ])
             .expect("find the domain key");

@@ -270,3 +270,41 @@ fn lineage_create_against_another_pin_leaves_no_key() {
     let w = w.plan(&Plan::two_clusters().select(Sel::id("01")));
     assert_eq!(w.run(&["lineage", "create", "plan.yaml", "primary"]).code, 0);
 }
+
+#[test]
+fn a_domain_key_that_cannot_wrap_or_two_of_them_are_named_with_their_handles() {
+    // The search looks among keys that can wrap and unwrap first; one that cannot is
+    // still found and named, with what it lacks.
+    let w = World::new()
+        .tokens(&["primary", "dr"])
+        .domain_key(&["dr"])
+        .key("primary", "01", "k", &[])
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
+    let aes = "00112233445566778899aabbccddeeff";
+    w.fixture(&[
+        "import",
+        "primary",
+        "--id",
+        "dd",
+        "--label",
+        "hsm-sync-domain",
+        "--value",
+        aes,
+    ]);
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("an unusable (handle"), "{v:?}");
+    assert!(v.stderr.contains("CKA_WRAP and CKA_UNWRAP false"), "{v:?}");
+
+    // Two usable ones split the lineage: both handles are named.
+    let w = World::new()
+        .tokens(&["primary", "dr"])
+        .domain_key(&["primary", "dr"])
+        .domain_key(&["primary"])
+        .key("primary", "01", "k", &[])
+        .plan(&Plan::two_clusters().select(Sel::id("01")));
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("more than one (handle "), "{v:?}");
+    assert!(v.stderr.contains("relabel or remove the extra object"), "{v:?}");
+}
