@@ -284,8 +284,13 @@ pub(crate) fn child(args: &[String]) {
     let s = Scenario::parse(args);
     let dir = s.dir();
     let softhsm = provision::softhsm_module().expect("SoftHSM2 is installed (apt-get install -y softhsm2)");
-    let targets: Vec<String> = (1..=s.targets).map(|i| format!("h{i}")).collect();
-    let raw_targets: Vec<String> = (1..=s.targets).map(|i| format!("r{i}")).collect();
+    let named = |prefix: &str| -> Vec<String> { (1..=s.targets).map(|i| format!("{prefix}{i}")).collect() };
+    // Two rounds, each on targets of its own: `h*` and `g*` for apply, `r*` and `q*` for
+    // the raw loop (the plan rows read `h*`).
+    let targets = named("h");
+    let again = named("g");
+    let raw_targets = named("r");
+    let raw_again = named("q");
     let mut out = String::from("RESULT");
     if s.mode != Mode::PlanRss {
         let _ = std::fs::remove_dir_all(&dir);
@@ -338,7 +343,7 @@ pub(crate) fn child(args: &[String]) {
     let all: Vec<String> = std::iter::once("src".to_string())
         .chain(targets.iter().cloned())
         .chain(if s.mode == Mode::Sync {
-            raw_targets.clone()
+            [&again, &raw_targets, &raw_again].into_iter().flatten().cloned().collect()
         } else {
             Vec::new()
         })
@@ -365,6 +370,8 @@ pub(crate) fn child(args: &[String]) {
         std::env::set_var("HSM_SYNC_STATE_URL", url);
     }
     std::fs::write(&plan, plan_yaml(&module, &targets, s.threads, s.state)).expect("the plan");
+    let plan_again = dir.join("plan-again.yaml");
+    std::fs::write(&plan_again, plan_yaml(&module, &again, s.threads, s.state)).expect("the plan");
     let direct = Ctx::new(&softhsm);
     // SoftHSM renumbers private objects after a logout (the last session closing): one
     // session per token stays open for the whole run so that handles keep their meaning.
@@ -380,29 +387,43 @@ pub(crate) fn child(args: &[String]) {
     let c = if s.latency_us > 0 { Ctx::new(&module) } else { direct };
     let n = objs.len() as f64;
 
-    // (b) the raw loop
-    let raw = raw_copy(&c, &objs, &raw_targets, s.threads);
+    // (b) the raw loop and (a) hsm-sync apply, twice, interleaved, the best of each
+    // kept: one slow moment of a shared machine must not decide a ratio. The first
+    // apply's peak RSS is the one reported.
+    let mut raw = Duration::MAX;
+    let mut best: Option<Applied> = None;
+    let mut before = 0.0;
+    let mut apply_rss = 0.0;
+    for (round, (raw_to, plan_of)) in [(&raw_targets, &plan), (&raw_again, &plan_again)].into_iter().enumerate() {
+        raw = raw.min(raw_copy(&c, &objs, raw_to, s.threads));
+        if round == 0 {
+            before = rss_mb("VmRSS:");
+            reset_peak();
+        }
+        let a = hsm_apply(plan_of, s.threads);
+        assert_eq!(a.ok, objs.len() * s.targets, "every copy made and verified");
+        if round == 0 {
+            apply_rss = rss_mb("VmHWM:");
+        }
+        if best.as_ref().is_none_or(|b| a.took < b.took) {
+            best = Some(a);
+        }
+    }
+    let a = best.expect("two rounds ran");
     let _ = write!(
         out,
         " raw_s={:.3} raw_kps={:.1}",
         raw.as_secs_f64(),
         n / raw.as_secs_f64()
     );
-
-    // (a) hsm-sync apply
-    let before = rss_mb("VmRSS:");
-    reset_peak();
-    let a = hsm_apply(&plan, s.threads);
-    assert_eq!(a.ok, objs.len() * s.targets, "every copy made and verified");
     let _ = write!(
         out,
-        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} rec_pct={:.1} norec_kps={:.1} before_rss_mb={before:.1} apply_rss_mb={:.1}",
+        " apply_s={:.3} apply_kps={:.1} exec_kps={:.1} rec_pct={:.1} norec_kps={:.1} before_rss_mb={before:.1} apply_rss_mb={apply_rss:.1}",
         a.took.as_secs_f64(),
         n / a.took.as_secs_f64(),
         n / a.exec.as_secs_f64(),
         100.0 * a.records.as_secs_f64() / a.took.as_secs_f64(),
         n / a.took.saturating_sub(a.records).as_secs_f64(),
-        rss_mb("VmHWM:")
     );
 
     // (c) plan against the raw inventory, best of two each
