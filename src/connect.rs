@@ -148,6 +148,34 @@ pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
     Ok(())
 }
 
+/// Refuses a `handle:` selector on a source whose profile says handles last one session
+/// (CloudHSM SDK5): it would pick whatever key holds that number in this session. Needs
+/// only the tokens' info, so it runs before any login.
+pub(crate) fn refuse_session_handles(plan: &Plan, tokens: &Tokens) -> Result<(), HsmError> {
+    for entry in &plan.syncs {
+        let Some(token) = tokens.tokens.get(entry.source.as_str()) else {
+            continue;
+        };
+        let profile = token.profile();
+        if !profile.handles_per_session {
+            continue;
+        }
+        if let Some(sel) = entry
+            .selectors
+            .iter()
+            .find(|s| matches!(s.matcher, crate::plan::KeyMatcher::Handle(_)))
+        {
+            return Err(HsmError::SessionHandles {
+                cluster: entry.source.clone(),
+                profile: profile.name,
+                selector: sel.matcher.describe(),
+                entry: entry.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Logs in to every cluster in scope and proves lineage for every (source, target) pair.
 /// Nothing is written to any token (the proof uses session objects only).
 pub fn connect(plan: &Plan) -> Result<(Tokens, Vec<LineageProof>), HsmError> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::connect::{log_in, open, prove_all, Tokens};
+use crate::connect::{log_in, open, prove_all, refuse_session_handles, Tokens};
 use crate::diff::{diff, Action, Diff};
 use crate::domain::shard::Shard;
 use crate::executor;
@@ -74,6 +74,7 @@ pub(crate) fn online_diff(
     // costs no login.
     let clusters = plan.clusters_in_scope();
     let tokens = open(&clusters)?;
+    refuse_session_handles(plan, &tokens)?;
     // The state backend is opened (a database connected) before any login: one that is
     // down or refuses us stops the run before anything is read or written.
     let lock = match writer {

@@ -25,6 +25,9 @@ struct Listing {
     /// The format the fingerprints digest, and this token's mechanism for it.
     wire_format: crate::domain::wire::WireFormat,
     mechanism: &'static str,
+    /// False where the token's profile says handles last one session (CloudHSM SDK5):
+    /// the listed handles are this run's only.
+    handles_stable: bool,
     keys: Vec<Entry>,
 }
 
@@ -73,6 +76,7 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
         lineage_fingerprint: lineage,
         wire_format: wire.format,
         mechanism: wire.name,
+        handles_stable: !token.profile().handles_per_session,
         keys: keys
             .into_iter()
             .map(|k| Entry {
@@ -115,6 +119,12 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
                 listing.wire_format,
                 listing.mechanism
             ));
+            if !listing.handles_stable {
+                p.outln(&format!(
+                    "handles are this session's only ({}): select keys by id or label",
+                    token.profile().name
+                ));
+            }
         }
     }
     Ok(ExitStatus::Success)

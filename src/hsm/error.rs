@@ -114,6 +114,23 @@ pub enum HsmError {
         /// The names there are.
         known: String,
     },
+    /// A `handle:` selector (or `sync-key`'s handle) names a key on a token whose handles
+    /// last one session (its profile says so): the number may be another key's now.
+    #[error("cluster `{cluster}` ({profile}): object handles there last one session, so `{selector}` (entry `{entry}`) from an earlier run may name another key now")]
+    #[diagnostic(
+        code(hsm::session_handles),
+        help("select the key by `id:` or `label:` instead (`hsm-sync inventory PLAN {cluster}` lists both)")
+    )]
+    SessionHandles {
+        /// The source cluster.
+        cluster: String,
+        /// Its profile's name.
+        profile: &'static str,
+        /// The selector, as written (`handle:N`).
+        selector: String,
+        /// The sync entry that holds it (`sync-key` for the command).
+        entry: String,
+    },
     /// The domain (wrapping) key is missing or ambiguous.
     #[error("cluster `{cluster}`: {problem} domain key labelled `{label}`")]
     #[diagnostic(code(hsm::domain_key), help("{help}"))]

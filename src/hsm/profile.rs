@@ -24,6 +24,10 @@ pub struct Profile {
     /// backend cannot keep records or journals there (NSS softokn refuses them; CloudHSM
     /// documents no `CKO_DATA`).
     pub no_data_objects: bool,
+    /// Whether object handles last one session only (CloudHSM SDK5: "find again every
+    /// run"), so a handle from an earlier run, an `inventory` listing or a runbook may
+    /// name another key: `handle:` selectors and `sync-key`'s handle are refused there.
+    pub handles_per_session: bool,
     /// Vendor key-wrap mechanisms the probe also tries (ids cryptoki cannot name and a
     /// token of another make may use for something else: only this family's are tried).
     pub vendor_wraps: &'static [(u64, &'static str)],
@@ -47,6 +51,9 @@ impl Profile {
         if self.no_data_objects {
             q.push("holds no data objects: keep state off the token (state.backend file or postgres)");
         }
+        if self.handles_per_session {
+            q.push("object handles last one session: select keys by id or label, never by handle");
+        }
         q
     }
 }
@@ -61,6 +68,7 @@ pub(super) const PROFILES: &[Profile] = &[
         private_only: false,
         pin_with_user: false,
         no_data_objects: false,
+        handles_per_session: false,
         vendor_wraps: &[],
         source: "measured on SoftHSM 2.6.1 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -72,6 +80,7 @@ pub(super) const PROFILES: &[Profile] = &[
         private_only: false,
         pin_with_user: false,
         no_data_objects: false,
+        handles_per_session: false,
         vendor_wraps: &[],
         source: "measured on Kryoptic 1.5.4 (shared/PKCS11-NOTES.md); tested in CI",
     },
@@ -83,6 +92,7 @@ pub(super) const PROFILES: &[Profile] = &[
         private_only: false,
         pin_with_user: false,
         no_data_objects: true,
+        handles_per_session: false,
         // Its 0x210A is PKCS#7 + RFC 3394 and its vendor aliases (0xCE534351/2) the same
         // mechanisms: the probe finds 0x210B, RFC 5649, without any vendor id.
         vendor_wraps: &[],
@@ -96,6 +106,7 @@ pub(super) const PROFILES: &[Profile] = &[
         private_only: false,
         pin_with_user: false,
         no_data_objects: false,
+        handles_per_session: false,
         // Luna's own KWP and KW ids (xipki vendor.conf; VENDORS.md); 0x210B is reported to work too.
         vendor_wraps: &[(0x8000_0171, "CKM_AES_KWP (Luna)"), (0x8000_0170, "CKM_AES_KW (Luna)")],
         source: "Luna PKCS#11 documentation: C_UnwrapKey of AES keys needs CKA_VALUE_LEN; not tested here",
@@ -110,6 +121,8 @@ pub(super) const PROFILES: &[Profile] = &[
         // library documentation, "PKCS #11 library PIN"); not tested here.
         pin_with_user: true,
         no_data_objects: true,
+        // SDK5 handles are session-specific (AWS migration guide; VENDORS.md "handles").
+        handles_per_session: true,
         // SDK5 offers RFC 5649 only under its own id; its 0x8000210A is PKCS#5 padding,
         // never RFC 5649 (cloudhsm_pkcs11_vendor_defs.h; VENDORS.md).
         vendor_wraps: &[(0x8000_216F, "CKM_CLOUDHSM_AES_KEY_WRAP_ZERO_PAD")],
@@ -123,6 +136,7 @@ pub(super) const PROFILES: &[Profile] = &[
         private_only: false,
         pin_with_user: false,
         no_data_objects: false,
+        handles_per_session: false,
         vendor_wraps: &[],
         source: "PKCS#11 v2.40 §5.18: C_UnwrapKey takes CKA_VALUE_LEN from the wrapped data",
     },
@@ -156,6 +170,8 @@ mod tests {
         assert_eq!(for_token("SoftHSM project", "SoftHSM v2").name, "SoftHSM");
         assert!(for_token("Safenet, Inc.", "Luna K7").value_len_on_unwrap);
         assert!(for_token("Marvell Semiconductor, Inc.", "LS2").private_only);
+        assert!(for_token("Marvell Semiconductor, Inc.", "LS2").handles_per_session);
+        assert!(!for_token("SoftHSM project", "SoftHSM v2").handles_per_session);
         assert_eq!(for_token("Acme", "Box").name, "generic PKCS#11");
         assert_eq!(for_token("Kryoptic Project", "v1").name, "Kryoptic");
         assert_eq!(for_token("Mozilla Foundation", "NSS 3").name, "NSS softokn");

@@ -272,3 +272,59 @@ fn every_handle_printed_is_the_one_inventory_prints() {
         "sync-key copied the key inventory named: {s:?}"
     );
 }
+
+/// CloudHSM SDK5's handles last one session (its profile says so): a `handle:` selector or
+/// `sync-key`'s handle is refused there before any login, naming the selectors that
+/// work, and `inventory` says its handles are this run's only. A SoftHSM source whose
+/// PIN is `app:…` stands in, with `profile: AWS CloudHSM`.
+#[test]
+fn handles_are_refused_where_the_profile_says_they_last_one_session() {
+    let w = pair().key("primary", "01", "k", &[]);
+    let password = w.read("primary.pin");
+    let password = password.trim().to_string();
+    w.fixture(&["set-pin", "primary", "--new", &format!("app:{password}")]);
+    let cloudhsm = |p: Plan| {
+        p.edit("primary", |c| c.profile = Some("AWS CloudHSM".into()))
+            .state_file("state")
+    };
+    let w = w.plan(&cloudhsm(Plan::two_clusters().select(Sel::id("01"))));
+    let handle = handles(&w, "primary")["k"].to_string();
+    let inv = w.run(&["inventory", "plan.yaml", "primary", "--format", "json"]);
+    assert_eq!(inv.json()["handles_stable"], false, "{inv:?}");
+    let inv = w.run(&["inventory", "plan.yaml", "primary"]);
+    assert!(
+        inv.stdout.contains("handles are this session's only (AWS CloudHSM)"),
+        "{inv:?}"
+    );
+
+    let by_handle = w.plan(&cloudhsm(
+        Plan::two_clusters().select(Sel::handle(handle.parse().unwrap_or(0))),
+    ));
+    for args in [
+        vec!["plan", "plan.yaml"],
+        vec!["apply", "plan.yaml"],
+        vec!["sync-key", "plan.yaml", "--source", "primary", &handle, "dr"],
+    ] {
+        let r = by_handle.run(&args);
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("hsm::session_handles"), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("`handle:{handle}`")),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("select the key by `id:` or `label:`"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains(&password), "no PIN in any output");
+    }
+    assert!(handles(&by_handle, "dr").is_empty(), "nothing was copied");
+
+    // The same key by id travels.
+    let by_id = by_handle.plan(&cloudhsm(Plan::two_clusters().select(Sel::id("01"))));
+    let a = by_id.run(&["apply", "plan.yaml"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(handles(&by_id, "dr").len(), 1);
+}
