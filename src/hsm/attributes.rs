@@ -106,7 +106,10 @@ pub(crate) fn type_of_raw(t: CK_KEY_TYPE) -> KeyType {
         cryptoki_sys::CKK_RSA => KeyType::Rsa,
         cryptoki_sys::CKK_EC => KeyType::Ec,
         cryptoki_sys::CKK_SHA_1_HMAC => KeyType::Sha1Hmac,
+        cryptoki_sys::CKK_SHA224_HMAC => KeyType::Sha224Hmac,
         cryptoki_sys::CKK_SHA256_HMAC => KeyType::Sha256Hmac,
+        cryptoki_sys::CKK_SHA384_HMAC => KeyType::Sha384Hmac,
+        cryptoki_sys::CKK_SHA512_HMAC => KeyType::Sha512Hmac,
         _ => KeyType::Other,
     }
 }
@@ -127,7 +130,10 @@ pub(crate) fn ck_key_type(t: KeyType) -> Option<CK_KEY_TYPE> {
         KeyType::Rsa => cryptoki_sys::CKK_RSA,
         KeyType::Ec => cryptoki_sys::CKK_EC,
         KeyType::Sha1Hmac => cryptoki_sys::CKK_SHA_1_HMAC,
+        KeyType::Sha224Hmac => cryptoki_sys::CKK_SHA224_HMAC,
         KeyType::Sha256Hmac => cryptoki_sys::CKK_SHA256_HMAC,
+        KeyType::Sha384Hmac => cryptoki_sys::CKK_SHA384_HMAC,
+        KeyType::Sha512Hmac => cryptoki_sys::CKK_SHA512_HMAC,
         KeyType::Other => return None,
     })
 }
@@ -203,9 +209,16 @@ mod tests {
                 None => assert_eq!(t, KeyType::Other),
             }
         }
-        // CKK_SHA224/384/512_HMAC: not copied yet.
-        for raw in [0x2C, 0x2D, 0x2E] {
-            assert_eq!(type_of_raw(raw), KeyType::Other);
+        // The values cryptoki 0.12 cannot hold (its constants carry 0x2B for all three).
+        let hmac = [
+            (KeyType::Sha1Hmac, 0x28),
+            (KeyType::Sha256Hmac, 0x2B),
+            (KeyType::Sha384Hmac, 0x2C),
+            (KeyType::Sha512Hmac, 0x2D),
+            (KeyType::Sha224Hmac, 0x2E),
+        ];
+        for (t, raw) in hmac {
+            assert_eq!(ck_key_type(t), Some(raw), "{t:?}");
         }
         assert_eq!(type_of_raw(0x2F), KeyType::Other);
         assert_eq!(
