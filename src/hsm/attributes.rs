@@ -4,8 +4,10 @@
 //! the inventory and the benchmark's raw baseline read exactly the same.
 //!
 //! Beside it, the maps between PKCS#11's classes, key types (as raw `CKK_*` numbers) and
-//! usage attributes and the domain's, used both when keys are read and when copies are made.
+//! usage attributes and the domain's, used both when keys are read and when copies are
+//! made, and the HMAC mechanisms each key type proves its copies with.
 
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass};
 use cryptoki_sys::CK_KEY_TYPE;
 
@@ -138,6 +140,23 @@ pub(crate) fn ck_key_type(t: KeyType) -> Option<CK_KEY_TYPE> {
     })
 }
 
+/// The HMAC mechanisms a copy of a key of this type is proven with, in the order tried.
+/// An HMAC key type names its one mechanism: strict tokens refuse any other with
+/// `CKR_KEY_TYPE_INCONSISTENT`. The others keep SHA-1 then SHA-256: SoftHSM refuses
+/// SHA-256 HMAC under 32 bytes, Kryoptic does not, so SHA-1 first makes every make pick
+/// the same mechanism for one key. Empty for types that do no HMAC.
+pub(crate) fn hmac_mechanisms(t: KeyType) -> &'static [Mechanism<'static>] {
+    match t {
+        KeyType::GenericSecret | KeyType::Sha1Hmac | KeyType::Sha256Hmac => {
+            &[Mechanism::Sha1Hmac, Mechanism::Sha256Hmac]
+        }
+        KeyType::Sha224Hmac => &[Mechanism::Sha224Hmac],
+        KeyType::Sha384Hmac => &[Mechanism::Sha384Hmac],
+        KeyType::Sha512Hmac => &[Mechanism::Sha512Hmac],
+        KeyType::Aes | KeyType::Des3 | KeyType::Rsa | KeyType::Ec | KeyType::Other => &[],
+    }
+}
+
 /// The usage flags a key of this class has (PKCS#11 §4.8–4.10: a private key has no
 /// `CKA_ENCRYPT`, a public key no `CKA_SIGN`; sending them is `CKR_ATTRIBUTE_TYPE_INVALID`).
 pub(crate) fn usage_attributes(class: KeyClass, f: &KeyFlags) -> Vec<Attribute> {
@@ -226,5 +245,22 @@ mod tests {
             KeyType::Sha256Hmac,
             "what the session confirms raw"
         );
+    }
+
+    #[test]
+    fn an_hmac_key_type_is_proven_with_its_own_mechanism() {
+        let ids = |t: KeyType| -> Vec<u64> {
+            hmac_mechanisms(t)
+                .iter()
+                .map(|m| cryptoki_sys::CK_MECHANISM_TYPE::from(m.mechanism_type()))
+                .collect()
+        };
+        assert_eq!(ids(KeyType::Sha224Hmac), [0x256]);
+        assert_eq!(ids(KeyType::Sha384Hmac), [0x261]);
+        assert_eq!(ids(KeyType::Sha512Hmac), [0x271]);
+        for t in [KeyType::GenericSecret, KeyType::Sha1Hmac, KeyType::Sha256Hmac] {
+            assert_eq!(ids(t), [0x221, 0x251], "{t:?}: SHA-1, then SHA-256, as before");
+        }
+        assert!(ids(KeyType::Aes).is_empty());
     }
 }

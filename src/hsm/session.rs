@@ -14,7 +14,8 @@ use cryptoki::session::Session;
 use sha2::Digest;
 
 use super::attributes::{
-    ck_class, class_of, type_of, type_of_raw, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES,
+    ck_class, class_of, hmac_mechanisms, type_of, type_of_raw, usage_attributes, KEY_ATTRIBUTE_LENS,
+    KEY_ATTRIBUTE_TYPES,
 };
 use super::capabilities::WrapMechanism;
 use super::profile::Profile;
@@ -370,16 +371,15 @@ impl TokenSession {
         trace::call("C_DestroyObject", || self.s.destroy_object(h)).map_err(self.pk("destroying an object"))
     }
 
-    /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
-    /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
-    /// SHA-1). `None` when the key fits neither.
-    pub fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    /// An HMAC of `data` under a secret key of `key_type`, with the mechanism its type
+    /// names (a `CKK_SHA384_HMAC` key: HMAC-SHA-384), or for a generic secret or a SHA-1
+    /// or SHA-256 HMAC key SHA-1, then SHA-256 where the token refuses the key's size for
+    /// SHA-1 ([`hmac_mechanisms`]). A copy keeps its type, so both sides of a pair pick
+    /// the same mechanism. `None` when the key fits none of them.
+    pub fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
-        // SHA-1 first: every token then picks the same mechanism for one key (SoftHSM
-        // refuses SHA-256 HMAC under 32 bytes, Kryoptic does not), so a copy on another
-        // make computes comparable MACs.
-        for mech in [Mechanism::Sha1Hmac, Mechanism::Sha256Hmac] {
-            match trace::call("C_Sign", || self.s.sign(&mech, h, data)) {
+        for mech in hmac_mechanisms(key_type) {
+            match trace::call("C_Sign", || self.s.sign(mech, h, data)) {
                 Ok(mac) => return Ok(Some(mac)),
                 // Too short for this mechanism, or an HMAC key type made for the other one.
                 Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => continue,
