@@ -373,9 +373,9 @@ impl TokenSession {
 
     /// An HMAC of `data` under a secret key of `key_type`, with the mechanism its type
     /// names (a `CKK_SHA384_HMAC` key: HMAC-SHA-384), or for a generic secret or a SHA-1
-    /// or SHA-256 HMAC key SHA-1, then SHA-256 where the token refuses the key's size for
-    /// SHA-1 ([`hmac_mechanisms`]). A copy keeps its type, so both sides of a pair pick
-    /// the same mechanism. `None` when the key fits none of them.
+    /// or SHA-256 HMAC key SHA-1, then SHA-256 where the token refuses SHA-1 for the key
+    /// (its size, or its type) ([`hmac_mechanisms`]). A copy keeps its type, so both
+    /// sides of a pair pick the same mechanism. `None` when the key fits none of them.
     pub fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
         for mech in hmac_mechanisms(key_type) {
