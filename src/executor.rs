@@ -304,7 +304,7 @@ fn copy<S: KeyStore>(
         sessions
             .retry(source, |s| {
                 let challenge = s.random(32)?;
-                let mac = s.hmac(key.handle, &challenge)?;
+                let mac = s.hmac(key.handle, key.key_type, &challenge)?;
                 Ok(Some((challenge, mac)))
             })
             .0
@@ -487,7 +487,10 @@ fn verify(
                     "{len}-byte generic secret stored zero-padded to {padded} bytes; too short for the token's HMAC mechanisms, so only the fingerprint was verified"
                 )));
             };
-            let got = t.hmac(h, challenge).map_err(|e| format!("verify (HMAC): {e}"))?;
+            // The copy keeps the source's type, so its HMAC is of the same mechanism.
+            let got = t
+                .hmac(h, key.key_type, challenge)
+                .map_err(|e| format!("verify (HMAC): {e}"))?;
             if got.as_ref() != Some(mac) {
                 return Err("verify: the copy computes a different HMAC".into());
             }
@@ -611,6 +614,38 @@ mod tests {
             out[0].error
         );
         assert!(copies(&store).is_empty(), "no unverified copy is left behind");
+    }
+
+    #[test]
+    fn an_hmac_typed_copy_keeps_its_type_and_is_proven_by_its_hmac() {
+        let (store, mut diff) = world(&[]);
+        let mut key = aes(7);
+        key.key_type = KeyType::Sha384Hmac;
+        key.value_len = Some(52);
+        key.flags = KeyFlags {
+            private: true,
+            sensitive: true,
+            extractable: true,
+            sign: true,
+            verify: true,
+            ..Default::default()
+        };
+        diff.items.push(create(Arc::new(store.add("src", key, &[7; 52]))));
+        let out = run(&store, &diff);
+        assert_eq!(out[0].status, Status::Ok, "{:?}", out[0].error);
+        assert!(
+            out[0]
+                .note
+                .as_deref()
+                .unwrap_or("")
+                .contains("HMAC results verified equal"),
+            "{:?}",
+            out[0].note
+        );
+        let copies = store.objects("dst");
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].0.key_type, KeyType::Sha384Hmac, "never turned generic");
+        assert_eq!(store.calls("dst", "hmac"), 1);
     }
 
     /// A diff creating one signing private key `src` holds (`material`) on `dst`.

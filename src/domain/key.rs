@@ -34,15 +34,24 @@ pub enum KeyType {
     Ec,
     /// Anything else.
     Other,
-    /// `CKK_SHA_1_HMAC` (YubiHSM, Kryoptic, kmsp11, opencryptoki ≥ 3.26 name HMAC keys so;
-    /// a copy keeps its source's type, CONTRACT §3). Not yet the SHA-224/384/512 types:
-    /// cryptoki 0.12 gives all three the value of `CKK_SHA256_HMAC` (PKCS11-NOTES.md), so
-    /// they read as `Other` until the raw path carries key types.
+    /// `CKK_SHA_1_HMAC`. The HMAC key types (YubiHSM, Kryoptic, kmsp11, opencryptoki ≥
+    /// 3.26 name HMAC keys so) travel as generic secrets do, and a copy keeps its source's
+    /// type (CONTRACT §3). cryptoki 0.12 gives `CKK_SHA224/384/512_HMAC` the value of
+    /// `CKK_SHA256_HMAC`, so `hsm/` reads and writes every key type raw (PKCS11-NOTES.md).
     #[serde(rename = "sha1-hmac")]
     Sha1Hmac,
     /// `CKK_SHA256_HMAC`
     #[serde(rename = "sha256-hmac")]
     Sha256Hmac,
+    /// `CKK_SHA224_HMAC`
+    #[serde(rename = "sha224-hmac")]
+    Sha224Hmac,
+    /// `CKK_SHA384_HMAC`
+    #[serde(rename = "sha384-hmac")]
+    Sha384Hmac,
+    /// `CKK_SHA512_HMAC`
+    #[serde(rename = "sha512-hmac")]
+    Sha512Hmac,
 }
 
 impl KeyClass {
@@ -71,7 +80,7 @@ impl KeyClass {
 
 impl KeyType {
     /// Every key type, in declaration order: what the report's schema lists.
-    pub const ALL: [KeyType; 8] = [
+    pub const ALL: [KeyType; 11] = [
         KeyType::Aes,
         KeyType::GenericSecret,
         KeyType::Des3,
@@ -80,6 +89,9 @@ impl KeyType {
         KeyType::Other,
         KeyType::Sha1Hmac,
         KeyType::Sha256Hmac,
+        KeyType::Sha224Hmac,
+        KeyType::Sha384Hmac,
+        KeyType::Sha512Hmac,
     ];
 
     /// The stable one-byte code fingerprints and digests are built from (never reordered;
@@ -93,7 +105,10 @@ impl KeyType {
             KeyType::Ec => 4,
             KeyType::Other => 5,
             KeyType::Sha1Hmac => 6,
+            KeyType::Sha224Hmac => 7,
             KeyType::Sha256Hmac => 8,
+            KeyType::Sha384Hmac => 9,
+            KeyType::Sha512Hmac => 10,
         }
     }
 }
@@ -326,7 +341,7 @@ mod tests {
         // These values are in fingerprints, digests and journals on tokens: changing one
         // is a format change, never a refactor.
         assert_eq!(KeyClass::ALL.map(KeyClass::code), [0, 1, 2]);
-        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5, 6, 8]);
+        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10]);
         assert_eq!(
             Identity::Id(KeyClass::SecretKey, vec![0xa1]).journal_key(),
             "SecretKey/id:a1"

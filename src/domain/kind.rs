@@ -95,7 +95,10 @@ pub const KINDS: &[KeyKind] = &[
     secret(KeyType::Des3, false),
     // The HMAC key types travel as generic secrets do (a value of any length).
     secret(KeyType::Sha1Hmac, true),
+    secret(KeyType::Sha224Hmac, true),
     secret(KeyType::Sha256Hmac, true),
+    secret(KeyType::Sha384Hmac, true),
+    secret(KeyType::Sha512Hmac, true),
     pair(KeyClass::PrivateKey, KeyType::Rsa, Needs::RsaPublic),
     pair(KeyClass::PrivateKey, KeyType::Ec, Needs::EcPublic),
     pair(KeyClass::PublicKey, KeyType::Rsa, Needs::RsaPublic),
@@ -291,6 +294,28 @@ mod tests {
         let b = blockers(&odd);
         assert_eq!(b[0].0, Reason::OddLengthSecret);
         assert!(b[0].1.as_deref().unwrap_or("").contains("zero-padded to 24 bytes"));
+    }
+
+    #[test]
+    fn the_hmac_key_types_travel_as_generic_secrets_do() {
+        for t in [
+            KeyType::Sha1Hmac,
+            KeyType::Sha224Hmac,
+            KeyType::Sha256Hmac,
+            KeyType::Sha384Hmac,
+            KeyType::Sha512Hmac,
+        ] {
+            let mut k = key(KeyClass::SecretKey, t);
+            k.flags.sign = true;
+            k.value_len = Some(48);
+            assert!(blockers(&k).is_empty(), "{t:?}");
+            assert!(!proven_by_hmac(&k), "{t:?}: a multiple of 8 is proven by its wrap");
+            k.value_len = Some(28);
+            assert!(blockers(&k).is_empty(), "{t:?}: HMAC-only, so an odd length travels");
+            assert!(proven_by_hmac(&k), "{t:?}");
+            k.flags.derive = true;
+            assert_eq!(blockers(&k)[0].0, Reason::OddLengthSecret, "{t:?}");
+        }
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! `get_attributes` asks for the sizes first: two calls, PKCS11-NOTES.md). One table, so
 //! the inventory and the benchmark's raw baseline read exactly the same.
 //!
-//! Beside it, the maps between PKCS#11's classes, key types and usage attributes and the
-//! domain's, used both when keys are read and when copies are made.
+//! Beside it, the maps between PKCS#11's classes, key types (as raw `CKK_*` numbers) and
+//! usage attributes and the domain's, used both when keys are read and when copies are
+//! made, and the HMAC mechanisms each key type proves its copies with.
 
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass};
+use cryptoki_sys::CK_KEY_TYPE;
 
 use crate::domain::key::{KeyClass, KeyFlags, KeyType};
 
@@ -92,34 +95,66 @@ pub(crate) fn ck_class(c: KeyClass) -> ObjectClass {
     }
 }
 
-/// The domain key type of a PKCS#11 key type (`Other` for those hsm-sync cannot copy).
-pub(crate) fn type_of(t: CkKeyType) -> KeyType {
+/// The domain key type of a raw `CKK_*` value (`Other` for those hsm-sync cannot copy).
+///
+/// Raw, not cryptoki's `KeyType`: cryptoki 0.12's `SHA224_HMAC`, `SHA384_HMAC` and
+/// `SHA512_HMAC` all carry the value of `CKK_SHA256_HMAC` (PKCS11-NOTES.md), so only the
+/// number the token gave tells them apart.
+pub(crate) fn type_of_raw(t: CK_KEY_TYPE) -> KeyType {
     match t {
-        CkKeyType::AES => KeyType::Aes,
-        CkKeyType::GENERIC_SECRET => KeyType::GenericSecret,
-        CkKeyType::DES3 => KeyType::Des3,
-        CkKeyType::RSA => KeyType::Rsa,
-        CkKeyType::EC => KeyType::Ec,
-        CkKeyType::SHA_1_HMAC => KeyType::Sha1Hmac,
-        // cryptoki 0.12 reads CKK_SHA224/384/512_HMAC as this value too: the session
-        // confirms the raw type before it trusts it (`TokenSession::read_key`).
-        CkKeyType::SHA256_HMAC => KeyType::Sha256Hmac,
+        cryptoki_sys::CKK_AES => KeyType::Aes,
+        cryptoki_sys::CKK_GENERIC_SECRET => KeyType::GenericSecret,
+        cryptoki_sys::CKK_DES3 => KeyType::Des3,
+        cryptoki_sys::CKK_RSA => KeyType::Rsa,
+        cryptoki_sys::CKK_EC => KeyType::Ec,
+        cryptoki_sys::CKK_SHA_1_HMAC => KeyType::Sha1Hmac,
+        cryptoki_sys::CKK_SHA224_HMAC => KeyType::Sha224Hmac,
+        cryptoki_sys::CKK_SHA256_HMAC => KeyType::Sha256Hmac,
+        cryptoki_sys::CKK_SHA384_HMAC => KeyType::Sha384Hmac,
+        cryptoki_sys::CKK_SHA512_HMAC => KeyType::Sha512Hmac,
         _ => KeyType::Other,
     }
 }
 
-/// The PKCS#11 key type of a domain key type; `None` for `Other`.
-pub(crate) fn ck_type(t: KeyType) -> Option<CkKeyType> {
+/// The domain key type of a key type as cryptoki read it. A SHA-224/384/512 HMAC key
+/// reads as `Sha256Hmac` here: the session confirms that one raw (`TokenSession::read_key`).
+pub(crate) fn type_of(t: CkKeyType) -> KeyType {
+    type_of_raw(t.into())
+}
+
+/// The raw `CKK_*` value of a domain key type, as templates send it (raw: see
+/// [`type_of_raw`]); `None` for `Other`.
+pub(crate) fn ck_key_type(t: KeyType) -> Option<CK_KEY_TYPE> {
     Some(match t {
-        KeyType::Aes => CkKeyType::AES,
-        KeyType::GenericSecret => CkKeyType::GENERIC_SECRET,
-        KeyType::Des3 => CkKeyType::DES3,
-        KeyType::Rsa => CkKeyType::RSA,
-        KeyType::Ec => CkKeyType::EC,
-        KeyType::Sha1Hmac => CkKeyType::SHA_1_HMAC,
-        KeyType::Sha256Hmac => CkKeyType::SHA256_HMAC,
+        KeyType::Aes => cryptoki_sys::CKK_AES,
+        KeyType::GenericSecret => cryptoki_sys::CKK_GENERIC_SECRET,
+        KeyType::Des3 => cryptoki_sys::CKK_DES3,
+        KeyType::Rsa => cryptoki_sys::CKK_RSA,
+        KeyType::Ec => cryptoki_sys::CKK_EC,
+        KeyType::Sha1Hmac => cryptoki_sys::CKK_SHA_1_HMAC,
+        KeyType::Sha224Hmac => cryptoki_sys::CKK_SHA224_HMAC,
+        KeyType::Sha256Hmac => cryptoki_sys::CKK_SHA256_HMAC,
+        KeyType::Sha384Hmac => cryptoki_sys::CKK_SHA384_HMAC,
+        KeyType::Sha512Hmac => cryptoki_sys::CKK_SHA512_HMAC,
         KeyType::Other => return None,
     })
+}
+
+/// The HMAC mechanisms a copy of a key of this type is proven with, in the order tried.
+/// An HMAC key type names its one mechanism: strict tokens refuse any other with
+/// `CKR_KEY_TYPE_INCONSISTENT`. The others keep SHA-1 then SHA-256: SoftHSM refuses
+/// SHA-256 HMAC under 32 bytes, Kryoptic does not, so SHA-1 first makes every make pick
+/// the same mechanism for one key. Empty for types that do no HMAC.
+pub(crate) fn hmac_mechanisms(t: KeyType) -> &'static [Mechanism<'static>] {
+    match t {
+        KeyType::GenericSecret | KeyType::Sha1Hmac | KeyType::Sha256Hmac => {
+            &[Mechanism::Sha1Hmac, Mechanism::Sha256Hmac]
+        }
+        KeyType::Sha224Hmac => &[Mechanism::Sha224Hmac],
+        KeyType::Sha384Hmac => &[Mechanism::Sha384Hmac],
+        KeyType::Sha512Hmac => &[Mechanism::Sha512Hmac],
+        KeyType::Aes | KeyType::Des3 | KeyType::Rsa | KeyType::Ec | KeyType::Other => &[],
+    }
 }
 
 /// The usage flags a key of this class has (PKCS#11 §4.8–4.10: a private key has no
@@ -183,5 +218,49 @@ mod tests {
             assert_eq!(read_len(*t), Some(*n));
         }
         assert_eq!(read_len(AttributeType::Value), None);
+    }
+
+    #[test]
+    fn key_types_map_both_ways_by_their_raw_value() {
+        for t in KeyType::ALL {
+            match ck_key_type(t) {
+                Some(raw) => assert_eq!(type_of_raw(raw), t, "{t:?}"),
+                None => assert_eq!(t, KeyType::Other),
+            }
+        }
+        // The values cryptoki 0.12 cannot hold (its constants carry 0x2B for all three).
+        let hmac = [
+            (KeyType::Sha1Hmac, 0x28),
+            (KeyType::Sha256Hmac, 0x2B),
+            (KeyType::Sha384Hmac, 0x2C),
+            (KeyType::Sha512Hmac, 0x2D),
+            (KeyType::Sha224Hmac, 0x2E),
+        ];
+        for (t, raw) in hmac {
+            assert_eq!(ck_key_type(t), Some(raw), "{t:?}");
+        }
+        assert_eq!(type_of_raw(0x2F), KeyType::Other);
+        assert_eq!(
+            type_of(CkKeyType::SHA384_HMAC),
+            KeyType::Sha256Hmac,
+            "what the session confirms raw"
+        );
+    }
+
+    #[test]
+    fn an_hmac_key_type_is_proven_with_its_own_mechanism() {
+        let ids = |t: KeyType| -> Vec<u64> {
+            hmac_mechanisms(t)
+                .iter()
+                .map(|m| cryptoki_sys::CK_MECHANISM_TYPE::from(m.mechanism_type()))
+                .collect()
+        };
+        assert_eq!(ids(KeyType::Sha224Hmac), [0x256]);
+        assert_eq!(ids(KeyType::Sha384Hmac), [0x261]);
+        assert_eq!(ids(KeyType::Sha512Hmac), [0x271]);
+        for t in [KeyType::GenericSecret, KeyType::Sha1Hmac, KeyType::Sha256Hmac] {
+            assert_eq!(ids(t), [0x221, 0x251], "{t:?}: SHA-1, then SHA-256, as before");
+        }
+        assert!(ids(KeyType::Aes).is_empty());
     }
 }

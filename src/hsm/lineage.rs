@@ -83,15 +83,18 @@ impl TokenSession {
     pub fn lineage_accept(&self, blob: &Wrapped, challenge: &[u8; 16]) -> Result<Result<Vec<u8>, String>, HsmError> {
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(CkKeyType::AES),
             Attribute::Token(false),
             Attribute::Encrypt(true),
             Attribute::Extractable(false),
         ];
-        let key = match self
-            .raw
-            .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
-        {
+        let key = match self.raw.unwrap_key(
+            &self.s,
+            self.wrap.id,
+            self.domain_key,
+            &blob.0,
+            cryptoki_sys::CKK_AES,
+            &template,
+        ) {
             Ok(k) => k,
             Err(
                 e @ CkError::Pkcs11(

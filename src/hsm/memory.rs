@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::fingerprint::Fingerprint;
 use crate::domain::handle::Handle;
-use crate::domain::key::{KeyClass, KeyObject};
+use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 use super::fingerprint::fingerprint_of;
 use super::port::{KeySession, KeyStore, RecordSession};
@@ -316,20 +316,24 @@ impl KeySession for MemorySession {
         Ok(())
     }
 
-    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         self.fail("hmac")?;
         // A keyed digest of the value as stored, trailing zero bytes dropped: zero-padded
-        // copies of an odd-length secret give equal MACs, as HMAC does.
-        Ok(self.material(handle).map(|(_, m)| {
-            let end = m.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-            let mut h = Sha256::new();
-            h.update(&m[..end]);
-            h.update(data);
-            h.finalize().to_vec()
-        }))
+        // copies of an odd-length secret give equal MACs, as HMAC does. Asked as another
+        // type than the key's, it refuses as strict tokens do (the mechanism is the type's).
+        Ok(self
+            .material(handle)
+            .filter(|(k, _)| k.key_type == key_type)
+            .map(|(_, m)| {
+                let end = m.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+                let mut h = Sha256::new();
+                h.update(&m[..end]);
+                h.update(data);
+                h.finalize().to_vec()
+            }))
     }
 
-    fn sign(&self, handle: Handle, _: crate::domain::key::KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    fn sign(&self, handle: Handle, _: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         self.fail("sign")?;
         // A keyed digest of the private key's material stands in for a signature.
         Ok(self.material(handle).map(|(_, m)| {

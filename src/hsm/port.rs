@@ -3,7 +3,7 @@
 //! both implement it, so retry, adopt, repair and verify are tested without a token.
 
 use crate::domain::handle::Handle;
-use crate::domain::key::{KeyClass, KeyObject};
+use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
 use super::{DataObject, HsmError, TokenSession, Wrapped};
 
@@ -56,8 +56,9 @@ pub(crate) trait KeySession {
     fn set_usage(&self, handle: Handle, like: &KeyObject) -> Result<(), HsmError>;
     /// Destroys an object.
     fn destroy(&self, handle: Handle) -> Result<(), HsmError>;
-    /// An HMAC of `data` (`None`: the key fits no HMAC mechanism of the token).
-    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
+    /// An HMAC of `data` under the key at `handle`, of `key_type` (which picks the
+    /// mechanism; `None`: the key fits no HMAC mechanism of the token).
+    fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError>;
     /// Random bytes.
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError>;
     /// A signature of `data` by the private key at `handle` (`None`: its type does not sign).
@@ -182,8 +183,8 @@ impl KeySession for TokenSession {
     fn destroy(&self, handle: Handle) -> Result<(), HsmError> {
         TokenSession::destroy(self, handle)
     }
-    fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
-        TokenSession::hmac(self, handle, data)
+    fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+        TokenSession::hmac(self, handle, key_type, data)
     }
     fn random(&self, n: usize) -> Result<Vec<u8>, HsmError> {
         TokenSession::random(self, n)

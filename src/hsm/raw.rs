@@ -5,6 +5,10 @@
 //! sized in advance (cryptoki asks for the sizes first); `C_WrapKey` is made once into a
 //! buffer sized for the key's class (cryptoki calls it twice, and the token does the
 //! whole wrap both times). Each returns `None` where cryptoki's own call must do instead.
+//! And key types go raw both ways: cryptoki 0.12 gives `CKK_SHA224/384/512_HMAC` the value
+//! of `CKK_SHA256_HMAC`, so the one-call read keeps the number the token gave, and copies
+//! are made by raw `C_UnwrapKey` and `C_CreateObject` calls that send the key type beside
+//! cryptoki's template ([`ck_template`]).
 //!
 //! And [`object`] and [`handle`], the one place a domain [`Handle`] and cryptoki's
 //! [`ObjectHandle`] turn into each other.
@@ -81,7 +85,7 @@ impl RawFns {
         types: &[AttributeType],
         sizes: &[usize],
         must_have: &[AttributeType],
-    ) -> Option<Result<Vec<Attribute>, CkError>> {
+    ) -> Option<Result<RawRead, CkError>> {
         let get = self.f.C_GetAttributeValue?;
         let mut buf = vec![0u8; sizes.iter().sum()];
         let mut template = Vec::with_capacity(types.len());
@@ -108,7 +112,12 @@ impl RawFns {
         match Rv::from(rv) {
             Rv::Ok | Rv::Error(RvError::AttributeSensitive | RvError::AttributeTypeInvalid) => {}
             Rv::Error(RvError::BufferTooSmall) => return None,
-            other => return Some(other.into_result(Function::GetAttributeValue).map(|()| Vec::new())),
+            other => {
+                return Some(other.into_result(Function::GetAttributeValue).map(|()| RawRead {
+                    attributes: Vec::new(),
+                    key_type: None,
+                }))
+            }
         }
         // When another attribute's error (a sensitive value) is what the call returned, a
         // value too long for its buffer shows only as "unavailable", with no
@@ -120,16 +129,29 @@ impl RawFns {
         {
             return None;
         }
-        let mut out = Vec::with_capacity(types.len());
+        let mut out = RawRead {
+            attributes: Vec::with_capacity(types.len()),
+            key_type: None,
+        };
+        let mut at = 0;
         for (a, n) in template.iter().zip(sizes) {
+            let value = at..at + n;
+            at += n;
             if a.ulValueLen == cryptoki_sys::CK_UNAVAILABLE_INFORMATION {
                 continue;
             }
             if a.ulValueLen as usize > *n {
                 return None;
             }
+            if a.type_ == cryptoki_sys::CKA_KEY_TYPE {
+                // The number itself: cryptoki's conversion below turns 0x2C–0x2E into 0x2B.
+                out.key_type = buf
+                    .get(value)
+                    .and_then(|b| b.try_into().ok())
+                    .map(cryptoki_sys::CK_ULONG::from_ne_bytes);
+            }
             match Attribute::try_from(*a) {
-                Ok(v) => out.push(v),
+                Ok(v) => out.attributes.push(v),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -201,24 +223,25 @@ impl RawFns {
     }
 
     /// Unwraps `blob` under `unwrapping` with `mechanism` (no parameter) as a new object
-    /// made from `template`, on session `s`. Raw for the same reason as [`Self::wrap_key`].
+    /// of `key_type` made from `template`, on session `s`. Raw for the same reason as
+    /// [`Self::wrap_key`], and for the key type (see [`ck_template`]).
     pub(crate) fn unwrap_key(
         &self,
         s: &Session,
         mechanism: cryptoki_sys::CK_MECHANISM_TYPE,
         unwrapping: ObjectHandle,
         blob: &[u8],
+        key_type: cryptoki_sys::CK_KEY_TYPE,
         template: &[Attribute],
     ) -> Result<ObjectHandle, CkError> {
         let unwrap = self.f.C_UnwrapKey.ok_or(CkError::NullFunctionPointer)?;
         let mut mech = no_parameter(mechanism);
-        // cryptoki's own conversion: each CK_ATTRIBUTE points into its `Attribute`, which
-        // `template` keeps alive for the call.
-        let mut t: Vec<cryptoki_sys::CK_ATTRIBUTE> = template.iter().map(Into::into).collect();
+        let mut t = ck_template(template, &key_type);
         let mut blob = Zeroizing::new(blob.to_vec());
         let mut out: cryptoki_sys::CK_OBJECT_HANDLE = 0;
         // SAFETY: the mechanism takes no parameter; `blob` is readable for its length and
-        // `t` points at live attribute values; `out` receives the new handle.
+        // `t` points at live attribute values (`template`'s and `key_type`, both borrowed
+        // for the call); `out` receives the new handle.
         let rv = super::trace::raw("C_UnwrapKey", || unsafe {
             unwrap(
                 s.handle(),
@@ -236,9 +259,31 @@ impl RawFns {
         Ok(unsafe { ObjectHandle::new_from_raw(out) })
     }
 
+    /// Creates an object of `key_type` from `template` on session `s`: raw, so that a key
+    /// type cryptoki 0.12 cannot hold is sent as it is (see [`ck_template`]).
+    pub(crate) fn create_object(
+        &self,
+        s: &Session,
+        key_type: cryptoki_sys::CK_KEY_TYPE,
+        template: &[Attribute],
+    ) -> Result<ObjectHandle, CkError> {
+        let create = self.f.C_CreateObject.ok_or(CkError::NullFunctionPointer)?;
+        let mut t = ck_template(template, &key_type);
+        let mut out: cryptoki_sys::CK_OBJECT_HANDLE = 0;
+        // SAFETY: `t` points at live attribute values (`template`'s and `key_type`, both
+        // borrowed for the call); `out` receives the new handle.
+        let rv = super::trace::raw("C_CreateObject", || unsafe {
+            create(s.handle(), t.as_mut_ptr(), t.len() as cryptoki_sys::CK_ULONG, &mut out)
+        });
+        Rv::from(rv).into_result(Function::CreateObject)?;
+        // SAFETY: `out` is the handle the token just gave the new object (see `object`).
+        Ok(unsafe { ObjectHandle::new_from_raw(out) })
+    }
+
     /// One `CK_ULONG` attribute of object `h`, read raw: cryptoki 0.12 maps
     /// `CKK_SHA224/384/512_HMAC` to the value of `CKK_SHA256_HMAC` when it reads a key
-    /// type, so the key type of an HMAC key is confirmed here.
+    /// type, so where the one-call read could not be made the key type of an HMAC key is
+    /// confirmed here.
     pub(crate) fn ulong_attribute(
         &self,
         s: &Session,
@@ -298,6 +343,36 @@ impl RawFns {
         Rv::from(rv).into_result(Function::GetMechanismInfo)?;
         Ok(out.flags)
     }
+}
+
+/// What one raw `C_GetAttributeValue` read.
+pub(crate) struct RawRead {
+    /// The attributes the token gave, in cryptoki's types.
+    pub(crate) attributes: Vec<Attribute>,
+    /// `CKA_KEY_TYPE` as the token gave it, where it was read: cryptoki's `KeyType` turns
+    /// `CKK_SHA224/384/512_HMAC` into `CKK_SHA256_HMAC`.
+    pub(crate) key_type: Option<cryptoki_sys::CK_KEY_TYPE>,
+}
+
+/// `template` as the `CK_ATTRIBUTE`s a raw call takes, with `CKA_KEY_TYPE` (second, after
+/// the class, as templates list it) pointing at `key_type`: cryptoki 0.12's `KeyType`
+/// cannot hold `CKK_SHA224/384/512_HMAC` (its constants carry the value of
+/// `CKK_SHA256_HMAC`), so no template names a key type through it. Each entry points into
+/// its `Attribute` or at `key_type`: both must outlive the call that takes the result.
+fn ck_template(template: &[Attribute], key_type: &cryptoki_sys::CK_KEY_TYPE) -> Vec<cryptoki_sys::CK_ATTRIBUTE> {
+    debug_assert!(
+        !template.iter().any(|a| matches!(a, Attribute::KeyType(_))),
+        "the key type is sent raw, never in the template"
+    );
+    let mut t: Vec<cryptoki_sys::CK_ATTRIBUTE> = template.iter().map(Into::into).collect();
+    let entry = cryptoki_sys::CK_ATTRIBUTE {
+        type_: cryptoki_sys::CKA_KEY_TYPE,
+        // The token only reads template values; the pointer is mutable in the C type alone.
+        pValue: (key_type as *const cryptoki_sys::CK_KEY_TYPE).cast_mut().cast(),
+        ulValueLen: std::mem::size_of::<cryptoki_sys::CK_KEY_TYPE>() as cryptoki_sys::CK_ULONG,
+    };
+    t.insert(t.len().min(1), entry);
+    t
 }
 
 /// A `CK_MECHANISM` that takes no parameter (the AES key wraps).

@@ -219,7 +219,7 @@ impl TokenSession {
             &[RECORD_BUF, RECORD_BUF],
             &[AttributeType::Label],
         ) {
-            Some(Ok(a)) => a,
+            Some(Ok(r)) => r.attributes,
             Some(Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _))) => return Ok(None),
             _ => match self.read_data_sized(h)? {
                 Some(a) => a,

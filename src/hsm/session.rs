@@ -13,10 +13,13 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use sha2::Digest;
 
-use super::attributes::{ck_class, class_of, type_of, usage_attributes, KEY_ATTRIBUTE_LENS, KEY_ATTRIBUTE_TYPES};
+use super::attributes::{
+    ck_class, class_of, hmac_mechanisms, type_of, type_of_raw, usage_attributes, KEY_ATTRIBUTE_LENS,
+    KEY_ATTRIBUTE_TYPES,
+};
 use super::capabilities::WrapMechanism;
 use super::profile::Profile;
-use super::raw::{self, RawFns};
+use super::raw::{self, RawFns, RawRead};
 use super::trace;
 use super::HsmError;
 use crate::domain::fingerprint::Fingerprint;
@@ -232,17 +235,25 @@ impl TokenSession {
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
-        let attrs = match self.read_raw(
+        let read = match self.read_raw(
             h,
             &KEY_ATTRIBUTE_TYPES,
             &KEY_ATTRIBUTE_LENS,
             &[AttributeType::Id, AttributeType::Label],
         ) {
             Some(r) => r,
-            None => trace::call("C_GetAttributeValue", || self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES)),
+            None => trace::call("C_GetAttributeValue", || self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES)).map(
+                |attributes| RawRead {
+                    attributes,
+                    key_type: None,
+                },
+            ),
         };
-        let attrs = match attrs {
-            Ok(a) => a,
+        let RawRead {
+            attributes: attrs,
+            key_type: raw_key_type,
+        } = match read {
+            Ok(r) => r,
             Err(CkError::Pkcs11(RvError::ObjectHandleInvalid, _)) => return Ok(None),
             Err(e) => return Err(self.pk("reading key attributes")(e)),
         };
@@ -280,12 +291,16 @@ impl TokenSession {
                 _ => {}
             }
         }
-        if key_type == KeyType::Sha256Hmac
-            && self.raw.ulong_attribute(&self.s, h, cryptoki_sys::CKA_KEY_TYPE).ok()
-                != Some(cryptoki_sys::CKK_SHA256_HMAC)
-        {
-            // A SHA-224/384/512 HMAC key that cryptoki read as SHA-256 (PKCS11-NOTES.md).
-            key_type = KeyType::Other;
+        // cryptoki reads CKK_SHA224/384/512_HMAC as CKK_SHA256_HMAC (PKCS11-NOTES.md): the
+        // number the token gave decides. The one-call read keeps it; only where cryptoki
+        // read instead is a key it calls SHA-256 HMAC asked once more.
+        if let Some(t) = raw_key_type {
+            key_type = type_of_raw(t);
+        } else if key_type == KeyType::Sha256Hmac {
+            key_type = self
+                .raw
+                .ulong_attribute(&self.s, h, cryptoki_sys::CKA_KEY_TYPE)
+                .map_or(KeyType::Other, type_of_raw);
         }
         Ok(class.map(|class| KeyObject {
             handle: raw::handle(h),
@@ -310,7 +325,7 @@ impl TokenSession {
         types: &[AttributeType],
         sizes: &[usize],
         must_have: &[AttributeType],
-    ) -> Option<Result<Vec<Attribute>, CkError>> {
+    ) -> Option<Result<RawRead, CkError>> {
         self.raw.get_attribute_value(&self.s, h, types, sizes, must_have)
     }
 
@@ -356,16 +371,15 @@ impl TokenSession {
         trace::call("C_DestroyObject", || self.s.destroy_object(h)).map_err(self.pk("destroying an object"))
     }
 
-    /// An HMAC of `data` under a generic secret key: SHA-256, or SHA-1 where the token
-    /// refuses the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for
-    /// SHA-1). `None` when the key fits neither.
-    pub fn hmac(&self, handle: Handle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+    /// An HMAC of `data` under a secret key of `key_type`, with the mechanism its type
+    /// names (a `CKK_SHA384_HMAC` key: HMAC-SHA-384), or for a generic secret or a SHA-1
+    /// or SHA-256 HMAC key SHA-1, then SHA-256 where the token refuses SHA-1 for the key
+    /// (its size, or its type) ([`hmac_mechanisms`]). A copy keeps its type, so both
+    /// sides of a pair pick the same mechanism. `None` when the key fits none of them.
+    pub fn hmac(&self, handle: Handle, key_type: KeyType, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
         let h = raw::object(handle);
-        // SHA-1 first: every token then picks the same mechanism for one key (SoftHSM
-        // refuses SHA-256 HMAC under 32 bytes, Kryoptic does not), so a copy on another
-        // make computes comparable MACs.
-        for mech in [Mechanism::Sha1Hmac, Mechanism::Sha256Hmac] {
-            match trace::call("C_Sign", || self.s.sign(&mech, h, data)) {
+        for mech in hmac_mechanisms(key_type) {
+            match trace::call("C_Sign", || self.s.sign(mech, h, data)) {
                 Ok(mac) => return Ok(Some(mac)),
                 // Too short for this mechanism, or an HMAC key type made for the other one.
                 Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => continue,

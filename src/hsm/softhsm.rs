@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::domain::handle::Handle;
+use crate::domain::key::KeyType;
 
 use super::HsmError;
 
@@ -63,6 +64,9 @@ pub fn provision_error(op: &'static str) -> impl FnOnce(cryptoki::error::Error) 
 pub struct Provisioner {
     // Declared first, so dropped (finalised) before the string it may point into.
     ctx: Pkcs11,
+    /// The module's raw function list, for what cryptoki 0.12 cannot say (the SHA-224/384/512
+    /// HMAC key types); `None` when the module hands out none.
+    raw: Option<super::raw::RawFns>,
     /// The `module_args` string given to `C_Initialize`, kept while the module lives.
     _args: Option<std::ffi::CString>,
 }
@@ -145,7 +149,38 @@ impl Provisioner {
             .map_err(|_| module_err("`module_args` holds a NUL byte".into()))?;
         ctx.initialize(super::raw::init_args(args.as_deref()))
             .map_err(provision_error("C_Initialize"))?;
-        Ok(Provisioner { ctx, _args: args })
+        let raw = super::raw::RawFns::load(module);
+        Ok(Provisioner { ctx, raw, _args: args })
+    }
+
+    /// The raw function list, or the error of a module that hands out none.
+    fn raw(&self, op: &'static str) -> Result<&super::raw::RawFns, HsmError> {
+        self.raw
+            .as_ref()
+            .ok_or_else(|| provision_error(op)(cryptoki::error::Error::NullFunctionPointer))
+    }
+
+    /// Creates a key of `key_type` from `template` (which names no key type) on session
+    /// `s`, with the key type sent raw as copies are: cryptoki 0.12 cannot hold
+    /// `CKK_SHA224/384/512_HMAC` (PKCS11-NOTES.md).
+    pub fn create_key(&self, s: &Session, key_type: KeyType, template: &[Attribute]) -> Result<Handle, HsmError> {
+        let op = "creating a key";
+        let ckk = super::attributes::ck_key_type(key_type)
+            .ok_or_else(|| provision_error(op)(cryptoki::error::Error::NotSupported))?;
+        let h = self
+            .raw(op)?
+            .create_object(s, ckk, template)
+            .map_err(provision_error(op))?;
+        Ok(super::raw::handle(h))
+    }
+
+    /// The `CKA_KEY_TYPE` of the object at `handle`, the number the token gives (cryptoki
+    /// 0.12 reads the SHA-224/384/512 HMAC types as `CKK_SHA256_HMAC`).
+    pub fn raw_key_type(&self, s: &Session, handle: Handle) -> Result<u64, HsmError> {
+        let op = "reading the key type";
+        self.raw(op)?
+            .ulong_attribute(s, super::raw::object(handle), cryptoki_sys::CKA_KEY_TYPE)
+            .map_err(provision_error(op))
     }
 
     /// Initialises a token with `label` in SoftHSM's free slot and sets its user PIN.

@@ -5,11 +5,12 @@
 use std::sync::atomic::Ordering;
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::object::{Attribute, KeyType as CkKeyType};
+use cryptoki::object::Attribute;
+use cryptoki_sys::CK_KEY_TYPE;
 use zeroize::Zeroizing;
 
-use super::attributes::{ck_class, ck_type, usage_attributes};
-use super::{raw, trace, HsmError, TokenSession};
+use super::attributes::{ck_class, ck_key_type, usage_attributes};
+use super::{raw, HsmError, TokenSession};
 use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
 
@@ -69,8 +70,9 @@ impl TokenSession {
             .map_err(self.pk("wrapping a key"))
     }
 
-    fn key_type_of(&self, like: &KeyObject) -> Result<CkKeyType, HsmError> {
-        ck_type(like.key_type).ok_or(HsmError::Pkcs11 {
+    /// The raw `CKK_*` value a copy of `like` is made with: its source's type, always.
+    fn key_type_of(&self, like: &KeyObject) -> Result<CK_KEY_TYPE, HsmError> {
+        ck_key_type(like.key_type).ok_or(HsmError::Pkcs11 {
             cluster: self.cluster.clone(),
             op: "copying a key of an unsupported type",
             error: CkError::NotSupported,
@@ -79,14 +81,15 @@ impl TokenSession {
 
     /// The attributes every copy carries: identity, protection and usage, each set
     /// explicitly (SoftHSM's unwrap defaults differ from the source's, PKCS11-NOTES.md),
-    /// adjusted by the token's [`Profile`] and by what this run learned it refuses.
-    fn copy_template(&self, like: &KeyObject) -> Result<Vec<Attribute>, HsmError> {
+    /// adjusted by the token's [`Profile`] and by what this run learned it refuses. The
+    /// key type is not among them: the raw call sends it ([`Self::key_type_of`]), as
+    /// cryptoki 0.12 cannot hold the SHA-224/384/512 HMAC types.
+    fn copy_template(&self, like: &KeyObject) -> Vec<Attribute> {
         let f = &like.flags;
         let learned = Ladder(self.ladder.load(Ordering::Relaxed));
         let private = f.private || self.profile.private_only;
         let mut t = vec![
             Attribute::Class(ck_class(like.class)),
-            Attribute::KeyType(self.key_type_of(like)?),
             Attribute::Token(true),
             Attribute::Id(like.id.clone()),
             Attribute::Label(like.label.as_bytes().to_vec()),
@@ -107,7 +110,7 @@ impl TokenSession {
                 t.push(Attribute::ValueLen(n.into()));
             }
         }
-        Ok(t)
+        t
     }
 
     /// Unwraps a blob as a token object carrying the source key's attributes. Never sends
@@ -121,11 +124,12 @@ impl TokenSession {
     /// `CKA_EXTRACTABLE`, `CKA_PRIVATE` and the usage flags are always sent as the source
     /// has them; a token that refuses those fails the job with its CKR code.
     pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
+        let key_type = self.key_type_of(like)?;
         loop {
-            let template = self.copy_template(like)?;
+            let template = self.copy_template(like);
             match self
                 .raw
-                .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, &template)
+                .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, key_type, &template)
             {
                 Ok(h) => return Ok(raw::handle(h)),
                 Err(CkError::Pkcs11(rv, _)) if self.climb(rv, like) => {}
@@ -179,7 +183,8 @@ impl TokenSession {
 
     /// Creates the public half of a key pair from the source's public attributes.
     pub fn create_public(&self, like: &KeyObject) -> Result<Handle, HsmError> {
-        let mut template = self.copy_template(like)?;
+        let key_type = self.key_type_of(like)?;
+        let mut template = self.copy_template(like);
         let p = like.public();
         match like.key_type {
             KeyType::Rsa => {
@@ -192,7 +197,9 @@ impl TokenSession {
             }
             _ => {}
         }
-        let h = trace::call("C_CreateObject", || self.s.create_object(&template))
+        let h = self
+            .raw
+            .create_object(&self.s, key_type, &template)
             .map_err(self.pk("creating a public key"))?;
         Ok(raw::handle(h))
     }

@@ -167,6 +167,214 @@ fn the_hmac_key_type_is_kept_softhsm_to_softhsm() {
     assert_eq!(w.hmac("primary", "c1"), w.hmac("dr", "c1"));
 }
 
+/// A SHA-2 HMAC key a test makes on `primary` with `hsm-fixture keygen --hmac`.
+struct HmacKey {
+    id: &'static str,
+    label: &'static str,
+    /// `--hmac` (`sha224`, …) and `--bytes`.
+    hmac: &'static str,
+    bytes: usize,
+    /// `CKA_KEY_TYPE` as `hsm-fixture key-type` prints the token's own number.
+    ckk: &'static str,
+    /// The report's and inventory's `key_type`.
+    key_type: &'static str,
+}
+
+const SHA224: HmacKey = HmacKey {
+    id: "c2",
+    label: "hmac-sha224",
+    hmac: "sha224",
+    bytes: 28,
+    ckk: "0x2e",
+    key_type: "sha224-hmac",
+};
+const SHA384: HmacKey = HmacKey {
+    id: "c3",
+    label: "hmac-sha384",
+    hmac: "sha384",
+    bytes: 48,
+    ckk: "0x2c",
+    key_type: "sha384-hmac",
+};
+/// Not a multiple of 8: SoftHSM zero-pads it, so its copy is also proven by an HMAC, which
+/// only HMAC-SHA-384 computes under this key type.
+const SHA384_ODD: HmacKey = HmacKey {
+    id: "c4",
+    label: "hmac-sha384-odd",
+    hmac: "sha384",
+    bytes: 52,
+    ckk: "0x2c",
+    key_type: "sha384-hmac",
+};
+const SHA512: HmacKey = HmacKey {
+    id: "c5",
+    label: "hmac-sha512",
+    hmac: "sha512",
+    bytes: 64,
+    ckk: "0x2d",
+    key_type: "sha512-hmac",
+};
+
+/// `primary` on `src` holding `keys`, `dr` on `dst`, the plan selecting every key.
+fn hmac_world(src: &str, dst: &str, keys: &[&HmacKey]) -> World {
+    keys.iter()
+        .fold(mixed(src, dst), |w, k| {
+            w.key(
+                "primary",
+                k.id,
+                k.label,
+                &["--hmac", k.hmac, "--bytes", &k.bytes.to_string()],
+            )
+        })
+        .plan(&plan(src, dst))
+}
+
+/// The job of the key labelled `label`.
+fn job_of<'a>(r: &'a Report, label: &str) -> &'a JobRecord {
+    r.jobs
+        .iter()
+        .find(|j| j.key.label == label)
+        .unwrap_or_else(|| panic!("no job for {label}: {:?}", r.jobs))
+}
+
+/// A job's `key_type` as the report writes it.
+fn key_type_of(j: &JobRecord) -> serde_json::Value {
+    serde_json::to_value(j.key.key_type).unwrap_or_default()
+}
+
+/// The SHA-224/384/512 HMAC key types (cryptoki 0.12 gives all three the value of
+/// CKK_SHA256_HMAC, so hsm-sync reads and writes key types raw) from a `src` token to a
+/// `dst` token: `plan` creates each with its type, `apply` copies and proves each (an
+/// odd-length one by an HMAC of its own mechanism too), the copy holds the source's CKK
+/// value as the token itself reports it, fingerprints and HMACs are equal across the pair,
+/// and a second plan finds nothing to do.
+fn sha2_hmac_types_travel(src: &str, dst: &str, keys: &[&HmacKey]) {
+    let w = hmac_world(src, dst, keys);
+    let planned = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    assert_eq!(planned.jobs.len(), keys.len(), "{:?}", planned.jobs);
+    for k in keys {
+        let j = job_of(&planned, k.label);
+        assert_eq!(j.action, Action::Create, "not blocked as unsupported: {j:?}");
+        assert_eq!(key_type_of(j), k.key_type, "{j:?}");
+    }
+
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let r = a.report();
+    assert_eq!(r.summary.create, keys.len(), "{:?}", r.jobs);
+    for k in keys {
+        let j = job_of(&r, k.label);
+        assert_eq!((j.action, j.status), (Action::Create, Status::Ok), "{j:?}");
+        assert_eq!(key_type_of(j), k.key_type, "{j:?}");
+        assert_eq!(j.mechanism.map(|m| m.code()), Some("rfc5649"), "{j:?}");
+        if k.bytes % 8 != 0 && src == "softhsm" {
+            assert!(
+                j.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("HMAC results verified equal")),
+                "a zero-padded copy is proven by an HMAC of its type's mechanism: {j:?}"
+            );
+        }
+        for token in ["primary", "dr"] {
+            assert_eq!(
+                w.fixture(&["key-type", token, "--id", k.id]),
+                k.ckk,
+                "{}'s CKA_KEY_TYPE on {token}, as the token holds it",
+                k.label
+            );
+        }
+        assert_eq!(
+            w.hmac("primary", k.id),
+            w.hmac("dr", k.id),
+            "{} computes the same HMAC on both tokens",
+            k.label
+        );
+    }
+    let (s, d) = (inventory(&w, "primary"), inventory(&w, "dr"));
+    assert_eq!(s, d, "same labels, classes, key types and fingerprints on both tokens");
+    assert!(s.iter().all(|k| k.3.is_string()), "every key fingerprinted: {s:?}");
+    for k in keys {
+        assert!(s.iter().any(|i| i.0 == k.label && i.2 == k.key_type), "{s:?}");
+    }
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "in sync: {again:?}");
+    assert!(
+        again.stdout.contains(&format!("{} unchanged", keys.len())),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn sha2_hmac_types_are_kept_softhsm_to_softhsm() {
+    sha2_hmac_types_travel("softhsm", "softhsm", &[&SHA224, &SHA384, &SHA384_ODD, &SHA512]);
+}
+
+#[test]
+fn sha2_hmac_types_travel_softhsm_to_kryoptic() {
+    // Kryoptic takes a zero-padded SHA-224 or odd SHA-384 key by C_UnwrapKey (it refuses
+    // them by C_CreateObject: PKCS11-NOTES.md).
+    sha2_hmac_types_travel("softhsm", "kryoptic", &[&SHA224, &SHA384, &SHA384_ODD, &SHA512]);
+}
+
+#[test]
+fn sha2_hmac_types_travel_kryoptic_to_softhsm() {
+    sha2_hmac_types_travel("kryoptic", "softhsm", &[&SHA384, &SHA512]);
+}
+
+#[test]
+fn sha2_hmac_types_travel_kryoptic_to_kryoptic() {
+    sha2_hmac_types_travel("kryoptic", "kryoptic", &[&SHA224, &SHA384, &SHA512]);
+}
+
+/// A SHA-224 HMAC key is 28 bytes (Kryoptic makes no other length): Kryoptic's RFC 5649
+/// carries it as it is and SoftHSM's re-wrap of a copy would be of the value zero-padded to
+/// 32, so the two could never be compared. The odd-length rule blocks it, with its type
+/// named, before anything is written; the other keys still travel.
+#[test]
+fn a_sha224_hmac_key_from_kryoptic_to_softhsm_is_blocked_as_odd_length() {
+    let w = hmac_world("kryoptic", "softhsm", &[&SHA224, &SHA384]);
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 3, "a blocked key remains: {a:?}");
+    let r = a.report();
+    let j = job_of(&r, SHA224.label);
+    assert_eq!(j.action, Action::Blocked, "{j:?}");
+    assert_eq!(key_type_of(j), "sha224-hmac", "{j:?}");
+    assert_eq!(
+        j.reason.map(|r| r.to_string()).as_deref(),
+        Some("odd-length-secret"),
+        "{j:?}"
+    );
+    assert!(
+        j.detail.as_deref().unwrap_or("").contains("zero-pads a 28-byte value"),
+        "{j:?}"
+    );
+    assert_eq!(r.summary.failed, 0, "blocked before any copy was tried");
+    let d = inventory(&w, "dr");
+    assert_eq!(d.len(), 1, "only the SHA-384 key was copied: {d:?}");
+    assert_eq!(d[0].2, "sha384-hmac");
+    let again = w.run(&["plan", "plan.yaml", "--detailed-exitcode"]);
+    assert_eq!(again.code, 3, "nothing to apply, a blocked key remains: {again:?}");
+}
+
+/// A label longer than the one-call read's buffer makes hsm-sync read the key through
+/// cryptoki, which says CKK_SHA256_HMAC for a SHA-384 key: the raw confirmation then
+/// gives its real type.
+#[test]
+fn a_sha2_hmac_key_type_is_right_where_cryptoki_reads_the_key() {
+    let long = format!("hmac-sha384-{}", "x".repeat(300));
+    let w = pair()
+        .key("primary", "c3", &long, &["--hmac", "sha384", "--bytes", "48"])
+        .plan(&plan("softhsm", "softhsm"));
+    let s = inventory(&w, "primary");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!((s[0].0.as_str(), s[0].2.as_str()), (long.as_str(), "sha384-hmac"));
+    let a = w.run(&["apply", "plan.yaml"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    assert_eq!(w.fixture(&["key-type", "dr", "--id", "c3"]), "0x2c");
+    assert_eq!(inventory(&w, "dr"), s);
+}
+
 #[test]
 fn a_target_with_rfc3394_only_gets_what_rfc3394_carries() {
     let w = mixed("softhsm", "kryoptic-kw")

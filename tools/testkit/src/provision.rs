@@ -9,6 +9,8 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use hsm_sync::domain::handle::Handle;
+use hsm_sync::domain::key::KeyType;
 use hsm_sync::hsm::softhsm::provision_error as pk;
 use hsm_sync::hsm::HsmError;
 use sha2::Digest;
@@ -57,31 +59,35 @@ pub fn import_secret(s: &Session, spec: &SecretSpec, value: &Zeroizing<Vec<u8>>)
     Ok(h.handle())
 }
 
-/// The `CKK_SHA*_HMAC` key type named `sha1` … `sha512`.
-pub fn hmac_key_type(name: &str) -> Option<CkKeyType> {
+/// The HMAC key type named `sha1` … `sha512`.
+pub fn hmac_key_type(name: &str) -> Option<KeyType> {
     Some(match name {
-        "sha1" => CkKeyType::SHA_1_HMAC,
-        "sha224" => CkKeyType::SHA224_HMAC,
-        "sha256" => CkKeyType::SHA256_HMAC,
-        "sha384" => CkKeyType::SHA384_HMAC,
-        "sha512" => CkKeyType::SHA512_HMAC,
+        "sha1" => KeyType::Sha1Hmac,
+        "sha224" => KeyType::Sha224Hmac,
+        "sha256" => KeyType::Sha256Hmac,
+        "sha384" => KeyType::Sha384Hmac,
+        "sha512" => KeyType::Sha512Hmac,
         _ => return None,
     })
 }
 
-/// Imports an HMAC key of type `key_type` (sign/verify only, private, sensitive).
+/// Imports an HMAC key of type `key_type` (sign/verify only, private, sensitive). Through
+/// the provisioner's raw call: cryptoki 0.12 would send `CKK_SHA256_HMAC` for the
+/// SHA-224/384/512 types.
 pub fn import_hmac_key(
+    p: &Provisioner,
     s: &Session,
-    key_type: CkKeyType,
+    key_type: KeyType,
     id: &[u8],
     label: &str,
     extractable: bool,
     value: &Zeroizing<Vec<u8>>,
 ) -> Result<u64, HsmError> {
-    let h = s
-        .create_object(&[
+    let h = p.create_key(
+        s,
+        key_type,
+        &[
             Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(key_type),
             Attribute::Token(true),
             Attribute::Id(id.to_vec()),
             Attribute::Label(label.as_bytes().to_vec()),
@@ -96,9 +102,15 @@ pub fn import_hmac_key(
             Attribute::Unwrap(false),
             Attribute::Derive(false),
             Attribute::Value(value.to_vec()),
-        ])
-        .map_err(pk("importing an HMAC key"))?;
-    Ok(h.handle())
+        ],
+    )?;
+    Ok(h.number())
+}
+
+/// The `CKA_KEY_TYPE` of an object as the token holds it (read raw: cryptoki 0.12 reads
+/// `CKK_SHA224/384/512_HMAC` as `CKK_SHA256_HMAC`).
+pub fn raw_key_type(p: &Provisioner, s: &Session, h: ObjectHandle) -> Result<u64, HsmError> {
+    p.raw_key_type(s, Handle::claimed(h.handle()))
 }
 
 /// The secret keys with a given `CKA_ID`.
@@ -233,13 +245,20 @@ pub fn count_data_objects(s: &Session) -> Result<usize, HsmError> {
     Ok(found.len())
 }
 
-/// An HMAC of `data` under the secret key `h`: SHA-256, or SHA-1 where the token refuses
-/// the key's size for SHA-256 (SoftHSM wants ≥ 32 bytes there, ≥ 20 for SHA-1), as
-/// hsm-sync verifies copies. `None` when the key fits neither.
-pub fn hmac(s: &Session, h: ObjectHandle, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
+/// An HMAC of `data` under the secret key `h` whose raw `CKA_KEY_TYPE` is `key_type`: a
+/// `CKK_SHA224/384/512_HMAC` key with its own mechanism (strict tokens refuse any other),
+/// any other key with SHA-1, or SHA-256 where the token refuses the key's size for SHA-1,
+/// as hsm-sync verifies copies. `None` when the key fits none of them.
+pub fn hmac(s: &Session, h: ObjectHandle, key_type: u64, data: &[u8]) -> Result<Option<Vec<u8>>, HsmError> {
     // The order hsm-sync's own HMAC proof uses: the same mechanism on every make.
-    for mech in [Mechanism::Sha1Hmac, Mechanism::Sha256Hmac] {
-        match s.sign(&mech, h, data) {
+    let mechanisms: &[Mechanism] = match key_type {
+        0x2E => &[Mechanism::Sha224Hmac],
+        0x2C => &[Mechanism::Sha384Hmac],
+        0x2D => &[Mechanism::Sha512Hmac],
+        _ => &[Mechanism::Sha1Hmac, Mechanism::Sha256Hmac],
+    };
+    for mech in mechanisms {
+        match s.sign(mech, h, data) {
             Ok(mac) => return Ok(Some(mac)),
             // Too short for this mechanism, or an HMAC key type made for the other one.
             Err(CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _)) => continue,

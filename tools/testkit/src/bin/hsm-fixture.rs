@@ -64,8 +64,10 @@ enum Cmd {
         /// DES3 instead of AES
         #[arg(long)]
         des3: bool,
-        /// An HMAC key type (`sha256`, …) instead of AES: the key is imported with a
-        /// random value (tokens do not all generate these types).
+        /// An HMAC key type (`sha1`, `sha224`, `sha256`, `sha384`, `sha512`) instead of
+        /// AES: the key is imported with a random value (tokens do not all generate these
+        /// types), its key type sent raw (cryptoki 0.12 would send 0x2B for the SHA-224/384/512
+        /// types). Kryoptic takes only the hash's length (20, 28, 32, 48, 64 bytes).
         #[arg(long)]
         hmac: Option<String>,
         #[arg(long, default_value_t = 32)]
@@ -139,6 +141,13 @@ enum Cmd {
     },
     /// Print the HMAC of a fixed message under the secret key with this id (hex).
     Hmac {
+        token: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Print the raw `CKA_KEY_TYPE` (hex, e.g. `0x2c`) of the secret key with this id, as
+    /// the token holds it (cryptoki 0.12 would read 0x2C–0x2E as 0x2B).
+    KeyType {
         token: String,
         #[arg(long)]
         id: String,
@@ -382,6 +391,16 @@ fn run(a: Args) -> Result<(), String> {
     };
     let e = |e: hsm_sync::hsm::HsmError| e.to_string();
     let hexid = |s: &str| hex::decode(s).map_err(|e| format!("--id: {e}"));
+    // The one secret key with this id, in a session, with its raw CKA_KEY_TYPE.
+    let typed_key = |token: &str, id: &str| {
+        let s = mods.user_session(&a.dir, token)?;
+        let found = provision::find_by_id(&s, &hexid(id)?).map_err(e)?;
+        let [h] = found.as_slice() else {
+            return Err(format!("{} keys with id {id}", found.len()));
+        };
+        let key_type = provision::raw_key_type(mods.for_token(token)?, &s, *h).map_err(e)?;
+        Ok((s, *h, key_type))
+    };
     match a.cmd {
         Cmd::Init { tokens } => {
             for t in tokens {
@@ -437,7 +456,16 @@ fn run(a: Args) -> Result<(), String> {
                     .ok_or(format!("--hmac {h}: sha1, sha224, sha256, sha384 or sha512"))?;
                 let mut value = Zeroizing::new(vec![0u8; bytes]);
                 getrandom::fill(&mut value).map_err(|e| e.to_string())?;
-                provision::import_hmac_key(&s, key_type, &id, &label, !no_extractable, &value).map_err(e)?;
+                provision::import_hmac_key(
+                    mods.for_token(&token)?,
+                    &s,
+                    key_type,
+                    &id,
+                    &label,
+                    !no_extractable,
+                    &value,
+                )
+                .map_err(e)?;
                 return Ok(());
             }
             let mut spec = SecretSpec {
@@ -546,15 +574,15 @@ fn run(a: Args) -> Result<(), String> {
             provision::freeze(&s, &hexid(&id)?, cryptoki::object::ObjectClass::SECRET_KEY, &label).map_err(e)?;
         }
         Cmd::Hmac { token, id } => {
-            let s = mods.user_session(&a.dir, &token)?;
-            let found = provision::find_by_id(&s, &hexid(&id)?).map_err(e)?;
-            let [h] = found.as_slice() else {
-                return Err(format!("{} keys with id {id}", found.len()));
-            };
-            let mac = provision::hmac(&s, *h, MESSAGE)
+            let (s, h, key_type) = typed_key(&token, &id)?;
+            let mac = provision::hmac(&s, h, key_type, MESSAGE)
                 .map_err(e)?
                 .ok_or("key too short for HMAC")?;
             println!("{}", hex::encode(mac));
+        }
+        Cmd::KeyType { token, id } => {
+            let (_, _, key_type) = typed_key(&token, &id)?;
+            println!("{key_type:#x}");
         }
         Cmd::SetPin { token, new } => {
             let s = mods.user_session(&a.dir, &token)?;
