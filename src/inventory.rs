@@ -208,27 +208,24 @@ fn read_one<S: KeyStore>(
             }
             return Ok(Some(Arc::new(k)));
         };
-        let uid = s.unique_id(h)?;
-        if let Some(fp) = uid.as_ref().and_then(|u| cache.get(u)) {
-            return Ok(s.read_fingerprinted(h, false)?.map(|mut k| {
-                if k.class != crate::domain::key::KeyClass::PublicKey {
-                    k.fingerprint = crate::domain::fingerprint::Fingerprint::Known(fp.clone());
-                }
-                Arc::new(k)
-            }));
+        // The key and its unique id in one read; a public key's fingerprint is its
+        // attributes', a cached one is the cache's, the rest cost a wrap and are learned.
+        let Some((mut k, uid)) = s.read_with_unique_id(h)? else {
+            return Ok(None);
+        };
+        let cached_fp = uid.as_ref().and_then(|u| cache.get(u));
+        match (k.class, cached_fp) {
+            (KeyClass::PublicKey, _) | (_, None) => k.fingerprint = Fingerprint::tried(s.fingerprint(&k)?),
+            (_, Some(fp)) => k.fingerprint = Fingerprint::Known(fp.clone()),
         }
-        let k = s.read_fingerprinted(h, true)?;
-        if let (Some(u), Some(k)) = (uid, &k) {
-            if let (false, Some(fp)) = (
-                k.class == crate::domain::key::KeyClass::PublicKey,
-                k.fingerprint.known(),
-            ) {
+        if let (Some(u), None, false) = (uid, cached_fp, k.class == KeyClass::PublicKey) {
+            if let Some(fp) = k.fingerprint.known() {
                 if let Ok(mut l) = learned.lock() {
                     l.push((u, fp.to_string()));
                 }
             }
         }
-        Ok(k.map(Arc::new))
+        Ok(Some(Arc::new(k)))
     })?;
     if fingerprint && cached.is_none() {
         pair_ec_halves(&first, &mut keys)?;

@@ -60,6 +60,31 @@ pub(crate) const KEY_ATTRIBUTE_TYPES: [AttributeType; KEY_ATTRIBUTES.len()] = {
     out
 };
 
+/// [`KEY_ATTRIBUTE_TYPES`] and `CKA_UNIQUE_ID` (PKCS#11 3.0), for tokens that keep one:
+/// the fingerprint cache's key, read in the same call as the rest (issue 15: a call of
+/// its own per key was a third of `plan` on Kryoptic).
+pub(crate) const KEY_ATTRIBUTE_TYPES_UID: [AttributeType; KEY_ATTRIBUTES.len() + 1] = {
+    let mut out = [AttributeType::UniqueId; KEY_ATTRIBUTES.len() + 1];
+    let mut i = 0;
+    while i < KEY_ATTRIBUTES.len() {
+        out[i] = KEY_ATTRIBUTES[i].0;
+        i += 1;
+    }
+    out
+};
+
+/// The buffer lengths of [`KEY_ATTRIBUTE_TYPES_UID`]: a unique id is a short string
+/// (Kryoptic's are UUIDs, 36 bytes).
+pub(crate) const KEY_ATTRIBUTE_LENS_UID: [usize; KEY_ATTRIBUTES.len() + 1] = {
+    let mut out = [64; KEY_ATTRIBUTES.len() + 1];
+    let mut i = 0;
+    while i < KEY_ATTRIBUTES.len() {
+        out[i] = KEY_ATTRIBUTES[i].1;
+        i += 1;
+    }
+    out
+};
+
 /// The buffer lengths of [`KEY_ATTRIBUTES`], in its order.
 pub(crate) const KEY_ATTRIBUTE_LENS: [usize; KEY_ATTRIBUTES.len()] = {
     let mut out = [0; KEY_ATTRIBUTES.len()];

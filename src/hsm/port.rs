@@ -83,6 +83,15 @@ pub(crate) trait KeySession {
         Ok(None)
     }
 
+    /// Reads a key (not fingerprinted) and its `CKA_UNIQUE_ID`; a token store does both
+    /// in one call.
+    fn read_with_unique_id(&self, handle: Handle) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
+        let Some(k) = self.read_fingerprinted(handle, false)? else {
+            return Ok(None);
+        };
+        Ok(Some((k, self.unique_id(handle)?)))
+    }
+
     /// The wire format this session wraps in (what its fingerprints digest); `None` for
     /// a store with no formats (the in-memory one).
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
@@ -194,6 +203,9 @@ impl KeySession for TokenSession {
     }
     fn unique_id(&self, handle: Handle) -> Result<Option<String>, HsmError> {
         TokenSession::unique_id(self, handle)
+    }
+    fn read_with_unique_id(&self, handle: Handle) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
+        TokenSession::read_with_unique_id(self, handle)
     }
     fn zero_pads(&self) -> bool {
         self.wrap.zero_pads

@@ -15,7 +15,7 @@ use sha2::Digest;
 
 use super::attributes::{
     ck_class, class_of, hmac_mechanisms, type_of, type_of_raw, usage_attributes, KEY_ATTRIBUTE_LENS,
-    KEY_ATTRIBUTE_TYPES,
+    KEY_ATTRIBUTE_LENS_UID, KEY_ATTRIBUTE_TYPES, KEY_ATTRIBUTE_TYPES_UID,
 };
 use super::capabilities::WrapMechanism;
 use super::profile::Profile;
@@ -235,19 +235,27 @@ impl TokenSession {
 
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
-        let read = match self.read_raw(
-            h,
-            &KEY_ATTRIBUTE_TYPES,
-            &KEY_ATTRIBUTE_LENS,
-            &[AttributeType::Id, AttributeType::Label],
-        ) {
+        Ok(self.read_key_as(h, false)?.map(|(k, _)| k))
+    }
+
+    /// Reads one key and, in the same call, its `CKA_UNIQUE_ID` (`None` where the token
+    /// keeps none); not fingerprinted.
+    pub fn read_with_unique_id(&self, handle: Handle) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
+        self.read_key_as(raw::object(handle), true)
+    }
+
+    /// [`Self::read_key`], with `CKA_UNIQUE_ID` asked for too where `uid`.
+    fn read_key_as(&self, h: ObjectHandle, uid: bool) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
+        let (types, lens): (&[AttributeType], &[usize]) = match uid {
+            true => (&KEY_ATTRIBUTE_TYPES_UID, &KEY_ATTRIBUTE_LENS_UID),
+            false => (&KEY_ATTRIBUTE_TYPES, &KEY_ATTRIBUTE_LENS),
+        };
+        let read = match self.read_raw(h, types, lens, &[AttributeType::Id, AttributeType::Label]) {
             Some(r) => r,
-            None => trace::call("C_GetAttributeValue", || self.s.get_attributes(h, &KEY_ATTRIBUTE_TYPES)).map(
-                |attributes| RawRead {
-                    attributes,
-                    key_type: None,
-                },
-            ),
+            None => trace::call("C_GetAttributeValue", || self.s.get_attributes(h, types)).map(|attributes| RawRead {
+                attributes,
+                key_type: None,
+            }),
         };
         let RawRead {
             attributes: attrs,
@@ -264,6 +272,7 @@ impl TokenSession {
         let mut f = KeyFlags::default();
         let mut value_len = None;
         let mut public = PublicParts::default();
+        let mut unique_id = None;
         for a in attrs {
             match a {
                 Attribute::Class(c) => class = class_of(c),
@@ -288,6 +297,7 @@ impl TokenSession {
                 Attribute::PublicExponent(v) => public.public_exponent = v,
                 Attribute::EcParams(v) => public.ec_params = v,
                 Attribute::EcPoint(v) => public.ec_point = v,
+                Attribute::UniqueId(v) if !v.is_empty() => unique_id = Some(String::from_utf8_lossy(&v).into_owned()),
                 _ => {}
             }
         }
@@ -302,16 +312,19 @@ impl TokenSession {
                 .ulong_attribute(&self.s, h, cryptoki_sys::CKA_KEY_TYPE)
                 .map_or(KeyType::Other, type_of_raw);
         }
-        Ok(class.map(|class| KeyObject {
-            handle: raw::handle(h),
-            class,
-            key_type,
-            id,
-            label,
-            flags: f,
-            value_len,
-            public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
-            fingerprint: Fingerprint::Deferred,
+        Ok(class.map(|class| {
+            let k = KeyObject {
+                handle: raw::handle(h),
+                class,
+                key_type,
+                id,
+                label,
+                flags: f,
+                value_len,
+                public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
+                fingerprint: Fingerprint::Deferred,
+            };
+            (k, unique_id)
         }))
     }
 

@@ -68,6 +68,10 @@ fn the_cache_spares_the_wraps(state: Option<&str>) {
         let o = w.run(&args);
         assert_eq!(o.code, 0, "{o:?}");
         assert_eq!(o.report().summary.unchanged, 12, "{}", o.stdout);
+        // One attribute read per key on both tokens (dr's unique id comes in the same
+        // call), plus the few of login and lineage.
+        let reads = calls(&o.stderr, "C_GetAttributeValue");
+        assert!(reads <= 2 * 12 + 6, "{reads} attribute reads for 2 × 12 keys");
         calls(&o.stderr, "C_WrapKey")
     };
     // On the token backend only an apply writes the cache (plan writes no token).
