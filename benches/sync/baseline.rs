@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -27,11 +26,15 @@ pub(crate) struct Ctx {
     pub(crate) ctx: Pkcs11,
     f: sys::CK_FUNCTION_LIST,
     _lib: sys::Pkcs11,
+    /// The module's RFC 5649 mechanism: SoftHSM's 0x210A, Kryoptic's 0x210B
+    /// (PKCS11-NOTES.md), the one hsm-sync's probe picks on each.
+    kwp: sys::CK_MECHANISM_TYPE,
 }
 
 impl Ctx {
-    /// Loads and initialises `module` (or joins the context already initialised).
-    pub(crate) fn new(module: &Path) -> Ctx {
+    /// Loads and initialises `module` (or joins the context already initialised), to
+    /// wrap with RFC 5649 under the id `kwp`.
+    pub(crate) fn new(module: &Path, kwp: sys::CK_MECHANISM_TYPE) -> Ctx {
         let ctx = Pkcs11::new(module).expect("the PKCS#11 module loads");
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -45,7 +48,7 @@ impl Ctx {
             assert_eq!(lib.C_GetFunctionList(&mut p), sys::CKR_OK, "C_GetFunctionList");
             (lib, *p)
         };
-        Ctx { ctx, f, _lib: lib }
+        Ctx { ctx, f, _lib: lib, kwp }
     }
 
     /// The slot of the token labelled `label`.
@@ -83,11 +86,7 @@ impl Ctx {
 
     /// One `C_WrapKey` (RFC 5649) into a buffer sized in advance.
     pub(crate) fn wrap(&self, s: &Session, dk: ObjectHandle, h: ObjectHandle, buf: &mut [u8]) -> usize {
-        let mut mech = sys::CK_MECHANISM {
-            mechanism: sys::CKM_AES_KEY_WRAP_PAD,
-            pParameter: std::ptr::null_mut(),
-            ulParameterLen: 0,
-        };
+        let mut mech = self.mechanism();
         let mut len = buf.len() as sys::CK_ULONG;
         let wrap = self.f.C_WrapKey.expect("C_WrapKey");
         // SAFETY: valid session and handles, buffer and length describe `buf`.
@@ -103,6 +102,41 @@ impl Ctx {
         };
         assert_eq!(rv, sys::CKR_OK, "C_WrapKey");
         len as usize
+    }
+
+    /// The RFC 5649 mechanism, without parameters.
+    fn mechanism(&self) -> sys::CK_MECHANISM {
+        sys::CK_MECHANISM {
+            mechanism: self.kwp,
+            pParameter: std::ptr::null_mut(),
+            ulParameterLen: 0,
+        }
+    }
+
+    /// One `C_UnwrapKey` (RFC 5649) of `blob` under `dk` as a token object of `template`
+    /// (raw: cryptoki 0.12 cannot name 0x210B).
+    pub(crate) fn unwrap(&self, s: &Session, dk: ObjectHandle, blob: &[u8], template: &[Attribute]) -> ObjectHandle {
+        let mut mech = self.mechanism();
+        let mut tmpl: Vec<sys::CK_ATTRIBUTE> = template.iter().map(sys::CK_ATTRIBUTE::from).collect();
+        let mut out: sys::CK_OBJECT_HANDLE = 0;
+        let unwrap = self.f.C_UnwrapKey.expect("C_UnwrapKey");
+        // SAFETY: valid session and handle; the blob is only read; every template entry
+        // points into `template`, which outlives the call.
+        let rv = unsafe {
+            unwrap(
+                s.handle(),
+                &mut mech,
+                dk.handle(),
+                blob.as_ptr().cast_mut(),
+                blob.len() as sys::CK_ULONG,
+                tmpl.as_mut_ptr(),
+                tmpl.len() as sys::CK_ULONG,
+                &mut out,
+            )
+        };
+        assert_eq!(rv, sys::CKR_OK, "C_UnwrapKey");
+        // SAFETY: the handle the module just returned for the new object.
+        unsafe { ObjectHandle::new_from_raw(out) }
     }
 
     /// One `C_GetAttributeValue` for `types`, each with a buffer of `size` bytes; returns
@@ -255,9 +289,7 @@ pub(crate) fn raw_copy(c: &Ctx, objs: &[Obj], targets: &[String], threads: usize
                     } else {
                         let n = c.wrap(&src, dk_src, o.h, &mut blob);
                         for (s, dk) in dst.iter().zip(&dks) {
-                            let h = s
-                                .unwrap_key(&Mechanism::AesKeyWrapPad, *dk, &blob[..n], &tmpl)
-                                .expect("C_UnwrapKey");
+                            let h = c.unwrap(s, *dk, &blob[..n], &tmpl);
                             let m = c.wrap(s, *dk, h, &mut check);
                             assert_eq!(blob[..n], check[..m], "the copy differs");
                         }

@@ -1,7 +1,7 @@
 //! The child-process protocol and what a child runs. The orchestrator re-executes this
-//! binary as `--child MODE KIND KEYS TARGETS STORE LATENCY_US THREADS` (with
-//! `HSM_SYNC_BENCH_SHIM`, `HSM_SYNC_BENCH_KEEP` and `HSM_SYNC_BENCH_RUN` in its
-//! environment); the child provisions its tokens, runs the raw loop, `apply` and `plan`,
+//! binary as `--child MODE KIND KEYS TARGETS STORE LATENCY_US THREADS STATE MAKE` (with
+//! `HSM_SYNC_BENCH_SHIM`, `HSM_SYNC_BENCH_KRYOPTIC`, `HSM_SYNC_BENCH_KEEP` and
+//! `HSM_SYNC_BENCH_RUN` in its environment); the child provisions its tokens, runs the raw loop, `apply` and `plan`,
 //! and prints one `RESULT key=value…` line (and `timings …` lines with `BENCH_TIMINGS`).
 
 use std::fmt::Write as _;
@@ -18,7 +18,7 @@ use testkit::provision::{self, PairSpec, Provisioner, SecretSpec};
 use zeroize::Zeroizing;
 
 use crate::baseline::{raw_copy, raw_inventory, raw_inventory_and_wraps, source_objects, Ctx};
-use crate::scenarios::{Backend, Kind, Mode, Scenario};
+use crate::scenarios::{Backend, Kind, Make, Mode, Scenario};
 use crate::{pin, DOMAIN};
 
 /// The test-only latency shim, built in release mode.
@@ -283,7 +283,19 @@ fn generate(c: &Ctx, s: &Scenario) -> f64 {
 pub(crate) fn child(args: &[String]) {
     let s = Scenario::parse(args);
     let dir = s.dir();
-    let softhsm = provision::softhsm_module().expect("SoftHSM2 is installed (apt-get install -y softhsm2)");
+    // The row's token module, and the id its RFC 5649 mechanism has there.
+    let (direct_module, kwp) = match s.make {
+        Make::SoftHsm => (
+            provision::softhsm_module().expect("SoftHSM2 is installed (apt-get install -y softhsm2)"),
+            cryptoki_sys::CKM_AES_KEY_WRAP_PAD,
+        ),
+        Make::Kryoptic => (
+            std::env::var_os("HSM_SYNC_BENCH_KRYOPTIC")
+                .map(PathBuf::from)
+                .expect("the orchestrator built Kryoptic"),
+            cryptoki_sys::CKM_AES_KEY_WRAP_KWP,
+        ),
+    };
     let named = |prefix: &str| -> Vec<String> { (1..=s.targets).map(|i| format!("{prefix}{i}")).collect() };
     // Two rounds, each on targets of its own: `h*` and `g*` for apply, `r*` and `q*` for
     // the raw loop (the plan rows read `h*`).
@@ -304,11 +316,11 @@ pub(crate) fn child(args: &[String]) {
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let shim = std::env::var_os("HSM_SYNC_BENCH_SHIM").map(PathBuf::from);
     let module = if s.latency_us > 0 {
-        std::env::set_var("HSM_SYNC_SHIM_TARGET", &softhsm);
+        std::env::set_var("HSM_SYNC_SHIM_TARGET", &direct_module);
         std::env::set_var("HSM_SYNC_SHIM_LATENCY_US", s.latency_us.to_string());
         shim.expect("the orchestrator built the shim")
     } else {
-        softhsm.clone()
+        direct_module.clone()
     };
     let plan = dir.join("plan.yaml");
 
@@ -323,7 +335,7 @@ pub(crate) fn child(args: &[String]) {
         let tokens: Vec<String> = std::iter::once("src".to_string())
             .chain(targets.iter().cloned())
             .collect();
-        let _ = raw_inventory(&Ctx::new(&module), &tokens);
+        let _ = raw_inventory(&Ctx::new(&module, kwp), &tokens);
         let connect_rss = rss_mb("VmRSS:");
         reset_peak();
         let (t, n) = hsm_plan(&plan);
@@ -338,16 +350,25 @@ pub(crate) fn child(args: &[String]) {
         return;
     }
 
-    // Provisioning, directly on SoftHSM (never through the latency shim).
-    let prov = Provisioner::new(&softhsm).expect("SoftHSM loads");
+    // Provisioning, directly on the module (never through the latency shim).
     let all: Vec<String> = std::iter::once("src".to_string())
         .chain(targets.iter().cloned())
         .chain(if s.mode == Mode::Sync {
-            [&again, &raw_targets, &raw_again].into_iter().flatten().cloned().collect()
+            [&again, &raw_targets, &raw_again]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         })
         .collect();
+    if s.make == Make::Kryoptic {
+        let slots: Vec<(&str, &[&str])> = all.iter().map(|t| (t.as_str(), &[][..])).collect();
+        let conf = provision::write_kryoptic_conf(&dir, &slots).expect("kryoptic.toml");
+        std::env::set_var("KRYOPTIC_CONF", conf);
+    }
+    let prov = Provisioner::new(&direct_module).expect("the token module loads");
     let mut value = Zeroizing::new(vec![0u8; 32]);
     getrandom::fill(&mut value).expect("random bytes");
     for t in &all {
@@ -372,7 +393,7 @@ pub(crate) fn child(args: &[String]) {
     std::fs::write(&plan, plan_yaml(&module, &targets, s.threads, s.state)).expect("the plan");
     let plan_again = dir.join("plan-again.yaml");
     std::fs::write(&plan_again, plan_yaml(&module, &again, s.threads, s.state)).expect("the plan");
-    let direct = Ctx::new(&softhsm);
+    let direct = Ctx::new(&direct_module, kwp);
     // SoftHSM renumbers private objects after a logout (the last session closing): one
     // session per token stays open for the whole run so that handles keep their meaning.
     let _anchors: Vec<Session> = all.iter().map(|t| direct.login(t)).collect();
@@ -384,7 +405,11 @@ pub(crate) fn child(args: &[String]) {
     }
     let objs = source_objects(&direct);
     assert_eq!(objs.len(), s.objects());
-    let c = if s.latency_us > 0 { Ctx::new(&module) } else { direct };
+    let c = if s.latency_us > 0 {
+        Ctx::new(&module, kwp)
+    } else {
+        direct
+    };
     let n = objs.len() as f64;
 
     // (b) the raw loop and (a) hsm-sync apply, twice, interleaved, the best of each
@@ -394,7 +419,14 @@ pub(crate) fn child(args: &[String]) {
     let mut best: Option<Applied> = None;
     let mut before = 0.0;
     let mut apply_rss = 0.0;
-    for (round, (raw_to, plan_of)) in [(&raw_targets, &plan), (&raw_again, &plan_again)].into_iter().enumerate() {
+    // Kryoptic rows, there for the fingerprint cache's plan, take one round: its sqlite
+    // store makes a 10,000-key round minutes long.
+    let rounds = if s.make == Make::Kryoptic { 1 } else { 2 };
+    for (round, (raw_to, plan_of)) in [(&raw_targets, &plan), (&raw_again, &plan_again)]
+        .into_iter()
+        .take(rounds)
+        .enumerate()
+    {
         raw = raw.min(raw_copy(&c, &objs, raw_to, s.threads));
         if round == 0 {
             before = rss_mb("VmRSS:");
@@ -409,7 +441,7 @@ pub(crate) fn child(args: &[String]) {
             best = Some(a);
         }
     }
-    let a = best.expect("two rounds ran");
+    let a = best.expect("a round ran");
     let _ = write!(
         out,
         " raw_s={:.3} raw_kps={:.1}",
@@ -426,7 +458,14 @@ pub(crate) fn child(args: &[String]) {
         n / a.took.saturating_sub(a.records).as_secs_f64(),
     );
 
-    // (c) plan against the raw inventory, best of two each
+    // (c) plan against the raw inventory, best of two each. Where tokens keep
+    // CKA_UNIQUE_ID a no-op apply comes first: on the token backend the fingerprint cache
+    // is written by apply (plan writes no token), and a fleet a pipeline keeps in step
+    // has had one.
+    if s.make == Make::Kryoptic {
+        let settled = hsm_apply(&plan, s.threads);
+        assert_eq!(settled.ok, 0, "nothing left to copy");
+    }
     let tokens: Vec<String> = std::iter::once("src".to_string())
         .chain(targets.iter().cloned())
         .collect();

@@ -53,6 +53,10 @@ fn orchestrate(o: Opts) {
     std::env::set_var("HSM_SYNC_BENCH_RUN", std::process::id().to_string());
     let list = scenarios(&o);
     let shim = list.iter().any(|s| s.latency_us > 0).then(child::shim);
+    if list.iter().any(|s| s.make == scenarios::Make::Kryoptic) {
+        // Built once, in release mode, for every child (they inherit the variable).
+        std::env::set_var("HSM_SYNC_BENCH_KRYOPTIC", testkit::build::kryoptic_built(true));
+    }
     table::header(list.len());
     let mut results: Vec<(Scenario, child::Row)> = Vec::new();
     for s in list {

@@ -27,6 +27,14 @@ pub(crate) enum Backend {
     Postgres,
 }
 
+/// The PKCS#11 implementation every token of the row is (issue 15: the fingerprint
+/// cache is measured on a token with `CKA_UNIQUE_ID`, which SoftHSM 2.6 lacks).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub(crate) enum Make {
+    SoftHsm,
+    Kryoptic,
+}
+
 /// What a child does.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub(crate) enum Mode {
@@ -50,6 +58,7 @@ pub(crate) struct Scenario {
     pub(crate) latency_us: u64,
     pub(crate) threads: usize,
     pub(crate) state: Backend,
+    pub(crate) make: Make,
 }
 
 impl Scenario {
@@ -74,6 +83,9 @@ impl Scenario {
             Backend::File => n.push_str("-file"),
             Backend::Postgres => n.push_str("-pg"),
         }
+        if self.make == Make::Kryoptic {
+            n.push_str("-kry");
+        }
         match self.mode {
             Mode::Sync => n,
             Mode::Gen | Mode::PlanRss => format!("plan-rss-{n}"),
@@ -91,6 +103,7 @@ impl Scenario {
             self.latency_us.to_string(),
             self.threads.to_string(),
             format!("{:?}", self.state),
+            format!("{:?}", self.make),
         ]
     }
 
@@ -117,6 +130,10 @@ impl Scenario {
                 "File" => Backend::File,
                 "Postgres" => Backend::Postgres,
                 _ => Backend::Token,
+            },
+            make: match a.get(8).map(String::as_str) {
+                Some("Kryoptic") => Make::Kryoptic,
+                _ => Make::SoftHsm,
             },
         }
     }
@@ -164,9 +181,14 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
         latency_us,
         threads,
         state: Backend::Token,
+        make: Make::SoftHsm,
     };
     let on = |mut s: Scenario, state| {
         s.state = state;
+        s
+    };
+    let kry = |mut s: Scenario| {
+        s.make = Make::Kryoptic;
         s
     };
     use Kind::*;
@@ -180,6 +202,7 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
             s(Ec, 100, 1, Shm, 0, j),
             s(Rsa, 25, 1, Shm, 0, j),
             s(Aes, 200, 1, Shm, 1000, j),
+            kry(s(Aes, 1000, 2, Shm, 0, j)),
         ]
     } else {
         vec![
@@ -205,6 +228,8 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
             s(Aes, 200, 1, Shm, 5000, j),
             s(Aes, 200, 2, Shm, 5000, j),
             s(Aes, 200, 2, Shm, 5000, 8),
+            kry(s(Aes, 1000, 2, Shm, 0, j)),
+            kry(s(Aes, 10000, 2, Shm, 0, j)),
         ]
     };
     if o.rss {
@@ -217,6 +242,7 @@ pub(crate) fn scenarios(o: &Opts) -> Vec<Scenario> {
             latency_us: 0,
             threads: j,
             state: Backend::Token,
+            make: Make::SoftHsm,
         });
     }
     v.retain(|s| o.only.is_empty() || o.only.iter().any(|p| s.name().contains(p.as_str())));

@@ -10,18 +10,29 @@ use std::process::Command;
 /// Runs `cargo build -p pkcs11-shim` (in release mode when `release`) and returns the
 /// path of `libpkcs11_shim.so`.
 pub fn shim(release: bool) -> PathBuf {
-    let mut args = vec!["-p", "pkcs11-shim"];
-    if release {
-        args.push("--release");
-    }
-    artifact(&args, "pkcs11_shim", shared_object)
+    cdylib("pkcs11-shim", "pkcs11_shim", release)
 }
 
 /// Runs `cargo build -p kryoptic-token` and returns the path of `libkryoptic_pkcs11.so`:
 /// Kryoptic 1.5.4 from the registry, built like any workspace crate (about 30 s the first
 /// time; PKCS11-NOTES.md "Kryoptic 1.5.4" for its -dev packages).
 pub fn kryoptic() -> PathBuf {
-    artifact(&["-p", "kryoptic-token"], "kryoptic_pkcs11", shared_object)
+    kryoptic_built(false)
+}
+
+/// [`kryoptic`], in release mode when `release` (the benchmark's: a debug build of its
+/// crypto would measure the compiler, not the token).
+pub fn kryoptic_built(release: bool) -> PathBuf {
+    cdylib("kryoptic-token", "kryoptic_pkcs11", release)
+}
+
+/// Builds `package` (in release mode when `release`) and returns its cdylib `name`'s `.so`.
+fn cdylib(package: &str, name: &str, release: bool) -> PathBuf {
+    let mut args = vec!["-p", package];
+    if release {
+        args.push("--release");
+    }
+    artifact(&args, name, shared_object)
 }
 
 /// The `.so` among the files of a cdylib's artifact message.

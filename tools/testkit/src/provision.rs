@@ -404,3 +404,28 @@ pub fn freeze(s: &Session, id: &[u8], class: ObjectClass, label: &str) -> Result
     .map_err(pk("copying the object"))?;
     s.destroy_object(h).map_err(pk("destroying the original"))
 }
+
+/// Writes `DIR/kryoptic.toml`: one sqlite slot per token, numbered from 1 in order, each
+/// database `DIR/kryoptic/NAME.sql`, with the mechanisms it must deny (Kryoptic's
+/// `mechanisms = ["DENY", …]` slot option: a "vendor personality"). Returns the path,
+/// for `KRYOPTIC_CONF`.
+pub fn write_kryoptic_conf(dir: &Path, slots: &[(&str, &[&str])]) -> std::io::Result<PathBuf> {
+    let db = dir.join("kryoptic");
+    std::fs::create_dir_all(&db)?;
+    let mut conf = String::new();
+    for (i, (name, deny)) in slots.iter().enumerate() {
+        conf.push_str(&format!(
+            "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
+            i + 1,
+            db.join(format!("{name}.sql")).display()
+        ));
+        if !deny.is_empty() {
+            let list: Vec<String> = deny.iter().map(|m| format!("\"{m}\"")).collect();
+            conf.push_str(&format!("mechanisms = [\"DENY\", {}]\n", list.join(", ")));
+        }
+        conf.push('\n');
+    }
+    let path = dir.join("kryoptic.toml");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}

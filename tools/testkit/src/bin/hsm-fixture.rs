@@ -233,23 +233,10 @@ fn denied(personality: &str) -> &'static [&'static str] {
 /// `DIR/kryoptic.toml`: one sqlite slot per Kryoptic token, numbered from 1 in `init`
 /// order, with its personality's deny list.
 fn write_kryoptic_conf(dir: &Path, tokens: &[(String, String)]) -> Result<(), String> {
-    let db = dir.join("kryoptic");
-    std::fs::create_dir_all(&db).map_err(|e| e.to_string())?;
-    let mut conf = String::new();
-    for (i, (n, personality)) in tokens.iter().enumerate() {
-        conf.push_str(&format!(
-            "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = \"{}\"\n",
-            i + 1,
-            db.join(format!("{n}.sql")).display()
-        ));
-        let deny = denied(personality);
-        if !deny.is_empty() {
-            let list: Vec<String> = deny.iter().map(|m| format!("\"{m}\"")).collect();
-            conf.push_str(&format!("mechanisms = [\"DENY\", {}]\n", list.join(", ")));
-        }
-        conf.push('\n');
-    }
-    std::fs::write(dir.join("kryoptic.toml"), conf).map_err(|e| e.to_string())
+    let slots: Vec<(&str, &[&str])> = tokens.iter().map(|(n, p)| (n.as_str(), denied(p))).collect();
+    provision::write_kryoptic_conf(dir, &slots)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// One loaded module per make, loaded when a command first needs it.
