@@ -1,11 +1,13 @@
-//! The e2e, engine and workflow suites again with the source (`primary`) token on Kryoptic (issue 14):
+//! The e2e, engine, workflow and fault suites again with the source (`primary`) token on Kryoptic (issue 14):
 //! tokens of two makes in every flow, not one smoke test. `world::remade` reads the
-//! test's thread name (libtest names it by the test's path) to choose the make. Not the
-//! fault suite: its shim forwards to one module per process, SoftHSM's.
+//! test's thread name (libtest names it by the test's path) to choose the make. The fault
+//! suite puts the token it watches behind the shim, which forwards to that token's make.
 
 #[path = "e2e.rs"]
 mod e2e;
 #[path = "engine.rs"]
 mod engine;
+#[path = "faults.rs"]
+mod faults;
 #[path = "workflow.rs"]
 mod workflow;
