@@ -305,13 +305,14 @@ impl Token {
         // CKR_USER_PIN_NOT_INITIALIZED means the token checked no PIN at all: SoftHSM
         // answers so while another process rewrites the token's file (measured: two
         // racing `notify` runs). Asking again then spends no PIN attempt; any answer
-        // that did check the PIN is final (a wrong PIN is never retried).
-        let mut attempt = 0;
+        // that did check the PIN is final (a wrong PIN is never retried). Up to ~1.5 s
+        // in all: two tries 150 ms apart were not enough on a loaded 2-core machine.
+        let mut attempt: u32 = 0;
         let login = loop {
             match trace::call("C_Login", || session.login(UserType::User, Some(pin))) {
-                Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if attempt < 2 => {
+                Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) if attempt < 5 => {
+                    std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
                     attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
                 }
                 r => break r,
             }
