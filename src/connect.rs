@@ -136,6 +136,9 @@ pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
     if !problems.is_empty() {
         return Err(HsmError::NotReady { problems });
     }
+    // One token after another, never side by side: SoftHSM numbers the objects of all its
+    // tokens from one counter as searches meet them, so logins (and their key searches)
+    // in parallel would give keys other handles in every run.
     for (c, pin) in clusters.iter().zip(pins) {
         let (role, pin_source) = (c.credentials.role.to_string(), c.credentials.pin.to_string());
         let who = crate::hsm::LoginSpec {
