@@ -587,7 +587,10 @@ fn decide_action(
     // Every blocker is listed, not the first: fix them all in one pass (CONTRACT.md §3).
     let mut blockers = Why::none();
     let table = kind::blockers(k);
-    for (r, d) in table.iter().filter(|(r, _)| *r == Reason::UnsupportedKeyType) {
+    // What the key's kind rules out comes first: it is the reason whatever else holds.
+    let kindless = kind::kind(k.class, k.key_type).is_none();
+    let first = |r: &Reason| kindless || *r == Reason::UnsupportedKeyType;
+    for (r, d) in table.iter().filter(|(r, _)| first(r)) {
         blockers.add(*r, d.clone());
     }
     if role == Role::CryptoUser && !owned_by_user(k, src_inv) {
@@ -601,7 +604,7 @@ fn decide_action(
     if k.class != KeyClass::PublicKey && (!k.flags.extractable || k.fingerprint == Fingerprint::NotWrappable) {
         blockers.add(Reason::NotExtractable, None);
     }
-    for (r, d) in table.into_iter().filter(|(r, _)| *r != Reason::UnsupportedKeyType) {
+    for (r, d) in table.into_iter().filter(|(r, _)| !first(r)) {
         blockers.add(r, d);
     }
     if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {

@@ -52,6 +52,11 @@ pub enum KeyType {
     /// `CKK_SHA512_HMAC`
     #[serde(rename = "sha512-hmac")]
     Sha512Hmac,
+    /// `CKK_EC_EDWARDS` (Ed25519, Ed448): named, so a plan says why it is not copied
+    /// (`no-common-mechanism`: no token here can wrap one; CONTRACT §3).
+    EcEdwards,
+    /// `CKK_EC_MONTGOMERY` (X25519, X448): as [`KeyType::EcEdwards`].
+    EcMontgomery,
 }
 
 impl KeyClass {
@@ -80,7 +85,7 @@ impl KeyClass {
 
 impl KeyType {
     /// Every key type, in declaration order: what the report's schema lists.
-    pub const ALL: [KeyType; 11] = [
+    pub const ALL: [KeyType; 13] = [
         KeyType::Aes,
         KeyType::GenericSecret,
         KeyType::Des3,
@@ -92,6 +97,8 @@ impl KeyType {
         KeyType::Sha224Hmac,
         KeyType::Sha384Hmac,
         KeyType::Sha512Hmac,
+        KeyType::EcEdwards,
+        KeyType::EcMontgomery,
     ];
 
     /// The stable one-byte code fingerprints and digests are built from (never reordered;
@@ -109,6 +116,8 @@ impl KeyType {
             KeyType::Sha256Hmac => 8,
             KeyType::Sha384Hmac => 9,
             KeyType::Sha512Hmac => 10,
+            KeyType::EcEdwards => 11,
+            KeyType::EcMontgomery => 12,
         }
     }
 }
@@ -341,7 +350,10 @@ mod tests {
         // These values are in fingerprints, digests and journals on tokens: changing one
         // is a format change, never a refactor.
         assert_eq!(KeyClass::ALL.map(KeyClass::code), [0, 1, 2]);
-        assert_eq!(KeyType::ALL.map(KeyType::code), [0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10]);
+        assert_eq!(
+            KeyType::ALL.map(KeyType::code),
+            [0, 1, 2, 3, 4, 5, 6, 8, 7, 9, 10, 11, 12]
+        );
         assert_eq!(
             Identity::Id(KeyClass::SecretKey, vec![0xa1]).journal_key(),
             "SecretKey/id:a1"

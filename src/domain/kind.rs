@@ -87,8 +87,9 @@ const fn pair(class: KeyClass, key_type: KeyType, needs: Needs) -> KeyKind {
     }
 }
 
-/// Every kind hsm-sync copies. Not Ed25519 and friends: SoftHSM cannot wrap them at all
-/// (PKCS11-NOTES.md).
+/// Every kind hsm-sync copies. Not the Edwards and Montgomery curves (Ed25519, X25519…):
+/// SoftHSM cannot wrap them at all and the Kryoptic built here has no EdDSA
+/// (PKCS11-NOTES.md), so no pair of tokens here could prove a copy; [`blockers`] says so.
 pub const KINDS: &[KeyKind] = &[
     secret(KeyType::Aes, false),
     secret(KeyType::GenericSecret, true),
@@ -181,6 +182,14 @@ pub fn usages(class: KeyClass) -> &'static [Usage] {
 /// extractability depend on the role and the token, and are the diff's to judge.)
 pub fn blockers(k: &KeyObject) -> Vec<(Reason, Option<String>)> {
     let Some(kind) = kind(k.class, k.key_type) else {
+        // A type PKCS#11 names is never `unsupported-key-type` (issue 14 item 4): it is
+        // what no token pair here can carry.
+        if matches!(k.key_type, KeyType::EcEdwards | KeyType::EcMontgomery) {
+            return vec![(
+                Reason::NoCommonMechanism,
+                Some("Edwards and Montgomery curve keys (Ed25519, X25519…) travel only where both tokens can wrap them, and none tested with hsm-sync can (SoftHSM 2.6 cannot wrap them; Kryoptic's EdDSA needs OpenSSL 3.2): not copied".into()),
+            )];
+        }
         return vec![(Reason::UnsupportedKeyType, None)];
     };
     let p = k.public();
@@ -273,6 +282,22 @@ mod tests {
             assert_eq!(k.travel == Travel::Wrapped, k.proof == Proof::WrapDigest, "{k:?}");
             assert_eq!(kind(k.class, k.key_type), Some(k), "one row per class and type");
         }
+    }
+
+    #[test]
+    fn a_key_type_pkcs11_names_is_never_unsupported() {
+        for t in [KeyType::EcEdwards, KeyType::EcMontgomery] {
+            for c in [KeyClass::PrivateKey, KeyClass::PublicKey] {
+                let b = blockers(&key(c, t));
+                assert_eq!(b.len(), 1, "{c:?} {t:?}: {b:?}");
+                assert_eq!(b[0].0, Reason::NoCommonMechanism, "{c:?} {t:?}: {b:?}");
+            }
+        }
+        assert_eq!(
+            blockers(&key(KeyClass::SecretKey, KeyType::Other))[0].0,
+            Reason::UnsupportedKeyType,
+            "a type hsm-sync cannot name still is"
+        );
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub(crate) fn type_of_raw(t: CK_KEY_TYPE) -> KeyType {
         cryptoki_sys::CKK_SHA256_HMAC => KeyType::Sha256Hmac,
         cryptoki_sys::CKK_SHA384_HMAC => KeyType::Sha384Hmac,
         cryptoki_sys::CKK_SHA512_HMAC => KeyType::Sha512Hmac,
+        cryptoki_sys::CKK_EC_EDWARDS => KeyType::EcEdwards,
+        cryptoki_sys::CKK_EC_MONTGOMERY => KeyType::EcMontgomery,
         _ => KeyType::Other,
     }
 }
@@ -161,6 +163,8 @@ pub(crate) fn ck_key_type(t: KeyType) -> Option<CK_KEY_TYPE> {
         KeyType::Sha256Hmac => cryptoki_sys::CKK_SHA256_HMAC,
         KeyType::Sha384Hmac => cryptoki_sys::CKK_SHA384_HMAC,
         KeyType::Sha512Hmac => cryptoki_sys::CKK_SHA512_HMAC,
+        KeyType::EcEdwards => cryptoki_sys::CKK_EC_EDWARDS,
+        KeyType::EcMontgomery => cryptoki_sys::CKK_EC_MONTGOMERY,
         KeyType::Other => return None,
     })
 }
@@ -178,7 +182,13 @@ pub(crate) fn hmac_mechanisms(t: KeyType) -> &'static [Mechanism<'static>] {
         KeyType::Sha224Hmac => &[Mechanism::Sha224Hmac],
         KeyType::Sha384Hmac => &[Mechanism::Sha384Hmac],
         KeyType::Sha512Hmac => &[Mechanism::Sha512Hmac],
-        KeyType::Aes | KeyType::Des3 | KeyType::Rsa | KeyType::Ec | KeyType::Other => &[],
+        KeyType::Aes
+        | KeyType::Des3
+        | KeyType::Rsa
+        | KeyType::Ec
+        | KeyType::EcEdwards
+        | KeyType::EcMontgomery
+        | KeyType::Other => &[],
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::world::{pair, Action, KeyClass, Plan, Sel, World};
+use hsm_sync::domain::key::KeyType;
 
 /// Validates a plan written by `make`, returning the output; asserts a clean refusal.
 fn refused(w: &World, name: &str, bytes: &[u8], expect: &str) {
@@ -124,11 +125,18 @@ fn odd_objects_on_a_token_do_not_crash_the_diff() {
         "matched by label when the id is empty"
     );
     assert_eq!(find(&huge_label, KeyClass::SecretKey).action, Action::Create);
-    let ed = find("edwards", KeyClass::PrivateKey);
-    assert_eq!(
-        (ed.action, ed.reason.map(|r| r.code())),
-        (Action::Blocked, Some("unsupported-key-type"))
-    );
+    // A type PKCS#11 names is never `unsupported-key-type`: no token pair here can
+    // carry an Ed25519 key, and the plan says so, both halves.
+    for class in [KeyClass::PrivateKey, KeyClass::PublicKey] {
+        let ed = find("edwards", class);
+        assert_eq!(
+            (ed.action, ed.reason.map(|r| r.code())),
+            (Action::Blocked, Some("no-common-mechanism")),
+            "{ed:?}"
+        );
+        assert_eq!(ed.key.key_type, Some(KeyType::EcEdwards), "{ed:?}");
+        assert!(ed.detail.as_deref().unwrap_or("").contains("Ed25519"), "{ed:?}");
+    }
     let a = w.run(&["apply", "plan.yaml", "--report", "report.json"]);
     assert_eq!(a.code, 3, "blocked keys remain: {a:?}");
     let again = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
