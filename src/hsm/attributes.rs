@@ -48,21 +48,10 @@ pub const KEY_ATTRIBUTES: [(AttributeType, usize); 22] = [
     (AttributeType::EcPoint, 256),
 ];
 
-/// The attributes of [`KEY_ATTRIBUTES`], in its order (what cryptoki is asked for when the
-/// one-call read does not fit).
-pub(crate) const KEY_ATTRIBUTE_TYPES: [AttributeType; KEY_ATTRIBUTES.len()] = {
-    let mut out = [AttributeType::Class; KEY_ATTRIBUTES.len()];
-    let mut i = 0;
-    while i < out.len() {
-        out[i] = KEY_ATTRIBUTES[i].0;
-        i += 1;
-    }
-    out
-};
-
-/// [`KEY_ATTRIBUTE_TYPES`] and `CKA_UNIQUE_ID` (PKCS#11 3.0), for tokens that keep one:
-/// the fingerprint cache's key, read in the same call as the rest (issue 15: a call of
-/// its own per key was a third of `plan` on Kryoptic).
+/// The attributes of [`KEY_ATTRIBUTES`], in its order, then `CKA_UNIQUE_ID` (PKCS#11 3.0)
+/// for tokens that keep one: the fingerprint cache's key, read in the same call as the rest
+/// (issue 15: a call of its own per key was a third of `plan` on Kryoptic). Also what
+/// cryptoki is asked for when the one-call read does not fit.
 pub(crate) const KEY_ATTRIBUTE_TYPES_UID: [AttributeType; KEY_ATTRIBUTES.len() + 1] = {
     let mut out = [AttributeType::UniqueId; KEY_ATTRIBUTES.len() + 1];
     let mut i = 0;
@@ -85,16 +74,11 @@ pub(crate) const KEY_ATTRIBUTE_LENS_UID: [usize; KEY_ATTRIBUTES.len() + 1] = {
     out
 };
 
-/// The buffer lengths of [`KEY_ATTRIBUTES`], in its order.
-pub(crate) const KEY_ATTRIBUTE_LENS: [usize; KEY_ATTRIBUTES.len()] = {
-    let mut out = [0; KEY_ATTRIBUTES.len()];
-    let mut i = 0;
-    while i < out.len() {
-        out[i] = KEY_ATTRIBUTES[i].1;
-        i += 1;
-    }
-    out
-};
+/// [`KEY_ATTRIBUTES`]' attributes alone, without the unique id.
+pub(crate) const KEY_ATTRIBUTE_TYPES: &[AttributeType] = KEY_ATTRIBUTE_TYPES_UID.split_at(KEY_ATTRIBUTES.len()).0;
+
+/// The buffer lengths of [`KEY_ATTRIBUTE_TYPES`].
+pub(crate) const KEY_ATTRIBUTE_LENS: &[usize] = KEY_ATTRIBUTE_LENS_UID.split_at(KEY_ATTRIBUTES.len()).0;
 
 /// The buffer length [`KEY_ATTRIBUTES`] gives `attribute`, if hsm-sync reads it per key.
 pub fn read_len(attribute: AttributeType) -> Option<usize> {

@@ -78,18 +78,10 @@ pub(crate) trait KeySession {
     /// The identities an interrupted run was copying here (the in-flight journal).
     fn journal_read(&self) -> Result<Vec<String>, HsmError>;
 
-    /// The object's `CKA_UNIQUE_ID`, where the token gives one.
-    fn unique_id(&self, _handle: Handle) -> Result<Option<String>, HsmError> {
-        Ok(None)
-    }
-
-    /// Reads a key (not fingerprinted) and its `CKA_UNIQUE_ID`; a token store does both
-    /// in one call.
+    /// Reads a key (not fingerprinted) and, in the same call, its `CKA_UNIQUE_ID` where
+    /// the token gives one (a store without unique ids gives none).
     fn read_with_unique_id(&self, handle: Handle) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
-        let Some(k) = self.read_fingerprinted(handle, false)? else {
-            return Ok(None);
-        };
-        Ok(Some((k, self.unique_id(handle)?)))
+        Ok(self.read_fingerprinted(handle, false)?.map(|k| (k, None)))
     }
 
     /// The wire format this session wraps in (what its fingerprints digest); `None` for
@@ -200,9 +192,6 @@ impl KeySession for TokenSession {
     }
     fn wire_format(&self) -> Option<crate::domain::wire::WireFormat> {
         Some(self.wrap.format)
-    }
-    fn unique_id(&self, handle: Handle) -> Result<Option<String>, HsmError> {
-        TokenSession::unique_id(self, handle)
     }
     fn read_with_unique_id(&self, handle: Handle) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
         TokenSession::read_with_unique_id(self, handle)

@@ -1,7 +1,7 @@
 //! The FFI edge: every `unsafe` block and every raw PKCS#11 call of the crate lives in
-//! this file, so a reviewer audits one page. Three calls go past cryptoki, where its
-//! convenience costs double (PKCS11-NOTES.md, issue 6): the module's function list is
-//! loaded beside cryptoki's context; `C_GetAttributeValue` is made once with buffers
+//! this file, so a reviewer audits one page. Calls go past cryptoki where its convenience
+//! costs double (PKCS11-NOTES.md, issue 6): the module's function list is loaded beside
+//! cryptoki's context; `C_GetAttributeValue` is made once with buffers
 //! sized in advance (cryptoki asks for the sizes first); `C_WrapKey` is made once into a
 //! buffer sized for the key's class (cryptoki calls it twice, and the token does the
 //! whole wrap both times). Each returns `None` where cryptoki's own call must do instead.

@@ -218,21 +218,6 @@ impl TokenSession {
         }
     }
 
-    /// The object's `CKA_UNIQUE_ID` (PKCS#11 3.0), `None` where the token keeps none.
-    pub fn unique_id(&self, handle: Handle) -> Result<Option<String>, HsmError> {
-        let h = raw::object(handle);
-        match trace::call("C_GetAttributeValue", || {
-            self.s.get_attributes(h, &[AttributeType::UniqueId])
-        }) {
-            Ok(attrs) => Ok(attrs.into_iter().find_map(|a| match a {
-                Attribute::UniqueId(v) if !v.is_empty() => Some(String::from_utf8_lossy(&v).into_owned()),
-                _ => None,
-            })),
-            Err(CkError::Pkcs11(RvError::AttributeTypeInvalid | RvError::ObjectHandleInvalid, _)) => Ok(None),
-            Err(e) => Err(self.pk("reading CKA_UNIQUE_ID")(e)),
-        }
-    }
-
     /// Reads one object's attributes; `None` if it is not a key (or vanished meanwhile).
     pub fn read_key(&self, h: ObjectHandle) -> Result<Option<KeyObject>, HsmError> {
         Ok(self.read_key_as(h, false)?.map(|(k, _)| k))
@@ -248,7 +233,7 @@ impl TokenSession {
     fn read_key_as(&self, h: ObjectHandle, uid: bool) -> Result<Option<(KeyObject, Option<String>)>, HsmError> {
         let (types, lens): (&[AttributeType], &[usize]) = match uid {
             true => (&KEY_ATTRIBUTE_TYPES_UID, &KEY_ATTRIBUTE_LENS_UID),
-            false => (&KEY_ATTRIBUTE_TYPES, &KEY_ATTRIBUTE_LENS),
+            false => (KEY_ATTRIBUTE_TYPES, KEY_ATTRIBUTE_LENS),
         };
         let read = match self.read_raw(h, types, lens, &[AttributeType::Id, AttributeType::Label]) {
             Some(r) => r,
