@@ -101,6 +101,25 @@ pub fn open(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
     if !problems.is_empty() {
         return Err(HsmError::NotReady { problems });
     }
+    // SoftHSM reads its token directory once, in C_Initialize, and leaves out a token
+    // whose file another process is rewriting at that moment (measured: two racing
+    // `notify` runs, one told "no token with label primary"). Nothing is logged in yet,
+    // so finalizing the modules and initialising them again is safe; a label that is
+    // really missing costs the retries' 0.35 s before it is reported.
+    let mut attempt: u32 = 0;
+    loop {
+        match open_once(clusters) {
+            Err(HsmError::TokenNotFound { .. }) if attempt < 2 => {
+                std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One pass of [`open`]: the modules initialised, every cluster's token looked up.
+fn open_once(clusters: &[&Cluster]) -> Result<Tokens, HsmError> {
     let modules = Modules::default();
     let mut tokens = HashMap::new();
     for c in clusters {
