@@ -675,6 +675,23 @@ fn decide_action(
             if t.fingerprint.known() != k.fingerprint.known() {
                 return mk(Action::Conflict, because(Reason::DifferentKeyMaterial, None), Some(t));
             }
+            // Fingerprints digest the wrapped value only: one value under two key types
+            // (AES and generic secret) fingerprints alike, and is still not a copy.
+            if t.key_type != k.key_type {
+                return mk(
+                    Action::Conflict,
+                    because(
+                        Reason::DifferentKeyType,
+                        Some(format!(
+                            "same value, but `{}` holds it as {} and `{target}` as {}",
+                            names.source,
+                            k.key_type.name(),
+                            t.key_type.name()
+                        )),
+                    ),
+                    Some(t),
+                );
+            }
             let prot = protection_mismatch(k, t);
             if !prot.is_empty() {
                 return mk(

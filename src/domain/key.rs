@@ -120,6 +120,25 @@ impl KeyType {
             KeyType::EcMontgomery => 12,
         }
     }
+
+    /// Its name in reports and details, as serde spells it (`aes`, `sha256-hmac`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            KeyType::Aes => "aes",
+            KeyType::GenericSecret => "generic-secret",
+            KeyType::Des3 => "des3",
+            KeyType::Rsa => "rsa",
+            KeyType::Ec => "ec",
+            KeyType::Other => "other",
+            KeyType::Sha1Hmac => "sha1-hmac",
+            KeyType::Sha224Hmac => "sha224-hmac",
+            KeyType::Sha256Hmac => "sha256-hmac",
+            KeyType::Sha384Hmac => "sha384-hmac",
+            KeyType::Sha512Hmac => "sha512-hmac",
+            KeyType::EcEdwards => "ec-edwards",
+            KeyType::EcMontgomery => "ec-montgomery",
+        }
+    }
 }
 
 /// The boolean attributes hsm-sync reads and reproduces.
@@ -344,6 +363,13 @@ pub fn sort_keys<K: std::borrow::Borrow<KeyObject>>(keys: &mut [K]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_types_name_is_its_serialized_name() {
+        for t in KeyType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.name(), "{t:?}");
+        }
+    }
 
     #[test]
     fn persisted_encodings_are_spelt_out() {

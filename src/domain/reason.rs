@@ -39,11 +39,14 @@ pub enum Reason {
     ProtectionDiffers,
     /// Drifted attributes on a copy with `CKA_MODIFIABLE` false.
     NotModifiable,
+    /// Same identity and value, another `CKA_KEY_TYPE` (an AES key and a generic secret
+    /// of one value wrap alike): a copy keeps its source's type, so it is not the copy.
+    DifferentKeyType,
 }
 
 impl Reason {
     /// Every reason, in declaration order: what the report's schema lists.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::NotExtractable,
         Reason::NotOwned,
         Reason::UnsupportedKeyType,
@@ -59,6 +62,7 @@ impl Reason {
         Reason::CannotCompare,
         Reason::ProtectionDiffers,
         Reason::NotModifiable,
+        Reason::DifferentKeyType,
     ];
 
     /// The code as it appears in reports and diffs.
@@ -79,6 +83,7 @@ impl Reason {
             Reason::CannotCompare => "cannot-compare",
             Reason::ProtectionDiffers => "protection-differs",
             Reason::NotModifiable => "not-modifiable",
+            Reason::DifferentKeyType => "different-key-type",
         }
     }
 
@@ -97,6 +102,9 @@ impl Reason {
             Reason::PairIncomplete => "both halves of a key pair travel together: fix the other half first",
             Reason::DifferentKeyMaterial => {
                 "the target holds another key under this identity; hsm-sync never overwrites it: remove or rename one"
+            }
+            Reason::DifferentKeyType => {
+                "the target holds a key of another type under this identity; hsm-sync never overwrites it: remove or rename one"
             }
             Reason::DuplicateOnSource | Reason::DuplicateOnTarget => {
                 "give each object its own CKA_ID (or remove the extra copy)"

@@ -154,6 +154,51 @@ fn conflicts_and_blocked_keys_are_never_overwritten_and_exit_3() {
 }
 
 #[test]
+fn one_value_under_another_key_type_is_a_conflict_not_a_copy() {
+    // An AES key and a generic secret of one value wrap alike, so their fingerprints are
+    // equal: only the key type tells that the target's object is not the source's copy.
+    let value = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let w = World::new().tokens(&["primary", "dr"]);
+    w.fixture(&["domain-key", "primary", "dr"]);
+    w.fixture(&["import", "primary", "--id", "01", "--label", "k", "--value", value]);
+    w.fixture(&[
+        "import",
+        "dr",
+        "--id",
+        "01",
+        "--label",
+        "k",
+        "--value",
+        value,
+        "--generic",
+    ]);
+    let w = w.plan(&Plan::two_clusters().select(Sel::id("01")));
+    let fp = |cluster: &str| {
+        let inv = w.run(&["inventory", "plan.yaml", cluster, "--format", "json"]).json();
+        inv["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == "01")
+            .unwrap()["fingerprint"]
+            .clone()
+    };
+    assert_eq!(fp("primary"), fp("dr"), "the two objects fingerprint alike");
+    let out = w.run(&["apply", "plan.yaml", "--report", "r.json"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let r = w.report("r.json");
+    let job = r.jobs.iter().find(|j| j.key.id == "01").cloned().unwrap();
+    assert_eq!(job.action, Action::Conflict, "{job:?}");
+    assert_eq!(job.reason.map(|r| r.code()), Some("different-key-type"));
+    let detail = job.detail.clone().unwrap_or_default();
+    assert!(detail.contains("aes") && detail.contains("generic-secret"), "{detail}");
+    let text = w.run(&["plan", "plan.yaml"]);
+    assert!(text.stdout.contains("different-key-type"), "{}", text.stdout);
+    let objects = w.fixture(&["objects", "dr"]);
+    assert_eq!(objects.matches(" 01 ").count(), 1, "nothing written to dr: {objects}");
+}
+
+#[test]
 fn odd_length_hmac_keys_sync_and_give_equal_hmacs() {
     // SoftHSM zero-pads a 20-byte generic secret to 24 bytes on unwrap. HMAC pads keys
     // with zeros anyway, so HMAC-only keys are synced and checked by HMAC; others are blocked.
