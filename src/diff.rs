@@ -620,6 +620,10 @@ fn decide_action(
                     KeyType::Des3 => "DES3",
                     KeyType::Rsa => "RSA",
                     KeyType::Ec => "EC",
+                    KeyType::Sha1Hmac | KeyType::Sha256Hmac => "HMAC-SHA-1 or HMAC-SHA-256",
+                    KeyType::Sha224Hmac => "HMAC-SHA-224",
+                    KeyType::Sha384Hmac => "HMAC-SHA-384",
+                    KeyType::Sha512Hmac => "HMAC-SHA-512",
                     _ => "such",
                 }
             )),

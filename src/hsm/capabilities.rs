@@ -132,6 +132,21 @@ impl Capabilities {
         if !any(&[cryptoki_sys::CKM_EC_KEY_PAIR_GEN, cryptoki_sys::CKM_ECDSA]) {
             out.push(KeyType::Ec);
         }
+        // An HMAC key type is used (and its copy proven) by its own mechanism only: a
+        // token without it would fail the copy's proof rather than block it up front.
+        // A generic secret is left out: it may serve derivation, not HMAC.
+        if !any(&[cryptoki_sys::CKM_SHA_1_HMAC, cryptoki_sys::CKM_SHA256_HMAC]) {
+            out.extend([KeyType::Sha1Hmac, KeyType::Sha256Hmac]);
+        }
+        for (t, m) in [
+            (KeyType::Sha224Hmac, cryptoki_sys::CKM_SHA224_HMAC),
+            (KeyType::Sha384Hmac, cryptoki_sys::CKM_SHA384_HMAC),
+            (KeyType::Sha512Hmac, cryptoki_sys::CKM_SHA512_HMAC),
+        ] {
+            if !self.offers(m) {
+                out.push(t);
+            }
+        }
         out
     }
 

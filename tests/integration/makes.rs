@@ -357,6 +357,33 @@ fn a_sha224_hmac_key_from_kryoptic_to_softhsm_is_blocked_as_odd_length() {
     assert_eq!(again.code, 3, "nothing to apply, a blocked key remains: {again:?}");
 }
 
+/// A target that lists no HMAC-SHA-384 (a Kryoptic slot denying it) could neither use a
+/// `CKK_SHA384_HMAC` copy nor prove it: the key is blocked before anything is written,
+/// naming the mechanism; a SHA-512 key beside it still travels.
+#[test]
+fn an_hmac_key_type_the_target_has_no_mechanism_for_is_blocked() {
+    let w = hmac_world("softhsm", "kryoptic-nosha384", &[&SHA384, &SHA512]);
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 3, "a blocked key remains: {a:?}");
+    let r = a.report();
+    let j = job_of(&r, SHA384.label);
+    assert_eq!(j.action, Action::Blocked, "{j:?}");
+    assert_eq!(j.reason.map(|r| r.code()), Some("no-common-mechanism"), "{j:?}");
+    assert!(
+        j.detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("offers no HMAC-SHA-384 mechanism"),
+        "{j:?}"
+    );
+    assert_eq!(r.summary.failed, 0, "blocked before any copy was tried: {:?}", r.jobs);
+    let ok = job_of(&r, SHA512.label);
+    assert_eq!((ok.action, ok.status), (Action::Create, Status::Ok), "{ok:?}");
+    let d = inventory(&w, "dr");
+    assert_eq!(d.len(), 1, "only the SHA-512 key was copied: {d:?}");
+    assert_eq!(d[0].2, "sha512-hmac");
+}
+
 /// A label longer than the one-call read's buffer makes hsm-sync read the key through
 /// cryptoki, which says CKK_SHA256_HMAC for a SHA-384 key: the raw confirmation then
 /// gives its real type.
