@@ -175,25 +175,32 @@ pub fn log_in(tokens: &Tokens, clusters: &[&Cluster]) -> Result<(), HsmError> {
 /// only the tokens' info, so it runs before any login.
 pub(crate) fn refuse_session_handles(plan: &Plan, tokens: &Tokens) -> Result<(), HsmError> {
     for entry in &plan.syncs {
-        let Some(token) = tokens.tokens.get(entry.source.as_str()) else {
-            continue;
-        };
-        let profile = token.profile();
-        if !profile.handles_per_session {
-            continue;
+        for sel in &entry.selectors {
+            refuse_session_handle(tokens, &entry.source, &sel.matcher, &format!("entry `{}`", entry.name))?;
         }
-        if let Some(sel) = entry
-            .selectors
-            .iter()
-            .find(|s| matches!(s.matcher, crate::plan::KeyMatcher::Handle(_)))
-        {
-            return Err(HsmError::SessionHandles {
-                cluster: entry.source.clone(),
-                profile: profile.name,
-                selector: sel.matcher.describe(),
-                entry: entry.name.clone(),
-            });
-        }
+    }
+    Ok(())
+}
+
+/// [`refuse_session_handles`] for one selector on `cluster`, from `what` ("entry `NAME`",
+/// or the command-line flag that gave it).
+pub(crate) fn refuse_session_handle(
+    tokens: &Tokens,
+    cluster: &str,
+    matcher: &crate::plan::KeyMatcher,
+    what: &str,
+) -> Result<(), HsmError> {
+    let Some(token) = tokens.tokens.get(cluster) else {
+        return Ok(());
+    };
+    let profile = token.profile();
+    if profile.handles_per_session && matches!(matcher, crate::plan::KeyMatcher::Handle(_)) {
+        return Err(HsmError::SessionHandles {
+            cluster: cluster.to_string(),
+            profile: profile.name,
+            selector: matcher.describe(),
+            entry: what.to_string(),
+        });
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use miette::{IntoDiagnostic, WrapErr};
 
 use crate::cli::NotifyArgs;
-use crate::connect::login;
+use crate::connect::{log_in, open, refuse_session_handle};
 use crate::diff::Diff;
 use crate::error::Result;
 use crate::exit::ExitStatus;
@@ -34,7 +34,15 @@ pub(super) fn run(p: &Printer, a: &NotifyArgs) -> Result<ExitStatus> {
             }
         }
     }
-    let tokens = login(&sources)?;
+    let tokens = open(&sources)?;
+    // A handle from an earlier run names nothing on a source whose handles last one
+    // session: refused before any login, as `plan` and `apply` refuse one.
+    if let Some(m) = &key {
+        for c in &sources {
+            refuse_session_handle(&tokens, &c.name, m, "`--key`")?;
+        }
+    }
+    log_in(&tokens, &sources)?;
     let sel = Selection {
         sync: a.sync.as_deref(),
         key,

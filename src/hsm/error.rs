@@ -116,7 +116,7 @@ pub enum HsmError {
     },
     /// A `handle:` selector (or `sync-key`'s handle) names a key on a token whose handles
     /// last one session (its profile says so): the number may be another key's now.
-    #[error("cluster `{cluster}` ({profile}): object handles there last one session, so `{selector}` (entry `{entry}`) from an earlier run may name another key now")]
+    #[error("cluster `{cluster}` ({profile}): object handles there last one session, so `{selector}` (from {entry}) from an earlier run may name another key now")]
     #[diagnostic(
         code(hsm::session_handles),
         help("select the key by `id:` or `label:` instead (`hsm-sync inventory PLAN {cluster}` lists both)")
@@ -128,7 +128,7 @@ pub enum HsmError {
         profile: &'static str,
         /// The selector, as written (`handle:N`).
         selector: String,
-        /// The sync entry that holds it (`sync-key` for the command).
+        /// Where it came from: "entry `NAME`" (`sync-key`'s own entry too), or a flag.
         entry: String,
     },
     /// The domain (wrapping) key is missing or ambiguous.

@@ -321,6 +321,13 @@ fn handles_are_refused_where_the_profile_says_they_last_one_session() {
         assert!(!r.stderr.contains(&password), "no PIN in any output");
     }
     assert!(handles(&by_handle, "dr").is_empty(), "nothing was copied");
+    // notify's `--key handle:N` is refused alike, before any login or delivery.
+    let key = format!("handle:{handle}");
+    let n = by_handle.run(&["notify", "plan.yaml", "--key", &key]);
+    assert_eq!(n.code, 1, "{n:?}");
+    assert!(n.stderr.contains("hsm::session_handles"), "{}", n.stderr);
+    assert!(n.stderr.contains(&format!("`{key}` (from `--key`)")), "{}", n.stderr);
+    assert!(!n.stderr.contains(&password), "no PIN in any output");
 
     // The same key by id travels.
     let by_id = by_handle.plan(&cloudhsm(Plan::two_clusters().select(Sel::id("01"))));
