@@ -85,8 +85,13 @@ impl TokenSession {
     /// key type is not among them: the raw call sends it ([`Self::key_type_of`]), as
     /// cryptoki 0.12 cannot hold the SHA-224/384/512 HMAC types.
     fn copy_template(&self, like: &KeyObject) -> Vec<Attribute> {
+        self.copy_template_with(like, Ladder(self.ladder.load(Ordering::Relaxed)))
+    }
+
+    /// [`Self::copy_template`] with the rungs `learned` (the run's, and those this unwrap
+    /// is trying).
+    fn copy_template_with(&self, like: &KeyObject, learned: Ladder) -> Vec<Attribute> {
         let f = &like.flags;
-        let learned = Ladder(self.ladder.load(Ordering::Relaxed));
         let private = f.private || self.profile.private_only;
         let mut t = vec![
             Attribute::Class(ck_class(like.class)),
@@ -120,53 +125,35 @@ impl TokenSession {
     /// The template ladder (issue 14 item 3): a token the profiles do not know may refuse
     /// an attribute. On a template refusal the next rung is tried — `CKA_VALUE_LEN` sent
     /// or left out as the refusal says, then `CKA_MODIFIABLE` left out — and what worked is
-    /// kept for the rest of the run. Never a rung that weakens the key: `CKA_SENSITIVE`,
-    /// `CKA_EXTRACTABLE`, `CKA_PRIVATE` and the usage flags are always sent as the source
-    /// has them; a token that refuses those fails the job with its CKR code.
+    /// kept for the rest of the run only if the unwrap then succeeded: a refusal no rung
+    /// cures (a bad value, a key size) fails its job and teaches the run nothing. Never a
+    /// rung that weakens the key: `CKA_SENSITIVE`, `CKA_EXTRACTABLE`, `CKA_PRIVATE` and
+    /// the usage flags are always sent as the source has them; a token that refuses those
+    /// fails the job with its CKR code.
     pub fn unwrap_as(&self, blob: &Wrapped, like: &KeyObject) -> Result<Handle, HsmError> {
         let key_type = self.key_type_of(like)?;
+        let mut trying = 0u8;
         loop {
-            let template = self.copy_template(like);
+            let learned = Ladder(self.ladder.load(Ordering::Relaxed) | trying);
+            let template = self.copy_template_with(like, learned);
             match self
                 .raw
                 .unwrap_key(&self.s, self.wrap.id, self.domain_key, &blob.0, key_type, &template)
             {
-                Ok(h) => return Ok(raw::handle(h)),
-                Err(CkError::Pkcs11(rv, _)) if self.climb(rv, like) => {}
+                Ok(h) => {
+                    if trying != 0 {
+                        self.ladder.fetch_or(trying, Ordering::Relaxed);
+                    }
+                    return Ok(raw::handle(h));
+                }
+                Err(CkError::Pkcs11(rv, f)) => match next_rung(rv, like, learned, self.profile.value_len_on_unwrap) {
+                    Some(next) => trying |= next,
+                    None => return Err(self.pk("unwrapping a key")(CkError::Pkcs11(rv, f))),
+                },
                 Err(e) => return Err(self.pk("unwrapping a key")(e)),
             }
         }
     }
-
-    /// Takes the next rung of the template ladder for refusal `rv`; false when none is
-    /// left (the caller then reports the refusal).
-    fn climb(&self, rv: RvError, like: &KeyObject) -> bool {
-        let now = Ladder(self.ladder.load(Ordering::Relaxed));
-        let secret_with_len = like.class == KeyClass::SecretKey && like.value_len.is_some_and(|n| n > 0);
-        let sends_len =
-            (self.profile.value_len_on_unwrap || now.has(Ladder::VALUE_LEN)) && !now.has(Ladder::NO_VALUE_LEN);
-        let next = match rv {
-            RvError::TemplateIncomplete if secret_with_len && !sends_len && !now.has(Ladder::NO_VALUE_LEN) => {
-                Ladder::VALUE_LEN
-            }
-            RvError::AttributeReadOnly
-            | RvError::AttributeTypeInvalid
-            | RvError::AttributeValueInvalid
-            | RvError::TemplateInconsistent => {
-                if secret_with_len && sends_len {
-                    Ladder::NO_VALUE_LEN
-                } else if !now.has(Ladder::NO_MODIFIABLE) {
-                    Ladder::NO_MODIFIABLE
-                } else {
-                    return false;
-                }
-            }
-            _ => return false,
-        };
-        self.ladder.fetch_or(next, Ordering::Relaxed);
-        true
-    }
-
     /// What copies on this token do not keep because it refused an attribute this run
     /// (for the report's `note`).
     pub fn template_note(&self) -> Option<String> {
@@ -202,5 +189,31 @@ impl TokenSession {
             .create_object(&self.s, key_type, &template)
             .map_err(self.pk("creating a public key"))?;
         Ok(raw::handle(h))
+    }
+}
+
+/// The next rung of the template ladder for refusal `rv` of a template built with `now`
+/// (`value_len_first`: the profile sends `CKA_VALUE_LEN` from the start); `None` when no
+/// rung is left (the refusal is then the job's error).
+fn next_rung(rv: RvError, like: &KeyObject, now: Ladder, value_len_first: bool) -> Option<u8> {
+    let secret_with_len = like.class == KeyClass::SecretKey && like.value_len.is_some_and(|n| n > 0);
+    let sends_len = (value_len_first || now.has(Ladder::VALUE_LEN)) && !now.has(Ladder::NO_VALUE_LEN);
+    match rv {
+        RvError::TemplateIncomplete if secret_with_len && !sends_len && !now.has(Ladder::NO_VALUE_LEN) => {
+            Some(Ladder::VALUE_LEN)
+        }
+        RvError::AttributeReadOnly
+        | RvError::AttributeTypeInvalid
+        | RvError::AttributeValueInvalid
+        | RvError::TemplateInconsistent => {
+            if secret_with_len && sends_len {
+                Some(Ladder::NO_VALUE_LEN)
+            } else if !now.has(Ladder::NO_MODIFIABLE) {
+                Some(Ladder::NO_MODIFIABLE)
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }

@@ -318,3 +318,54 @@ fn a_refused_template_attribute_is_dropped_once_and_said_never_a_protective_one(
     );
     assert_eq!(w.count("dr"), 2, "nothing copied looser");
 }
+
+/// A refusal the ladder's rungs do not cure (a value the token dislikes, not an attribute
+/// it refuses) fails its own job and teaches the run nothing: the next copies carry the
+/// full template, with no note of a dropped attribute.
+#[test]
+fn a_refusal_no_rung_cures_is_not_learned_for_the_run() {
+    let shim = shim().display().to_string();
+    let w = pair().key("primary", "01", "k", &["--count", "3"]);
+    w.write("plan.yaml", &plan_via(&shim, false, Sel::label("k-*")));
+    // Unwrap #1 is the lineage proof; #2 the first copy, #3 its retry without
+    // CKA_MODIFIABLE: both refused, so that copy fails.
+    let out = run_shimmed(
+        &w,
+        "dr",
+        &["apply", "plan.yaml", "--jobs", "1", "--report", "r.json"],
+        &[
+            (
+                "HSM_SYNC_SHIM_FAIL",
+                "C_UnwrapKey:2:CKR_ATTRIBUTE_VALUE_INVALID,C_UnwrapKey:3:CKR_ATTRIBUTE_VALUE_INVALID",
+            ),
+            ("HSM_SYNC_SHIM_LOG", "ladder.log"),
+        ],
+    );
+    assert_eq!(out.code, 3, "{out:?}");
+    let r = w.report("r.json");
+    let failed: Vec<_> = r.jobs.iter().filter(|j| j.status == Status::Failed).collect();
+    assert_eq!(failed.len(), 1, "{r:#?}");
+    assert!(
+        failed[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("CKR_ATTRIBUTE_VALUE_INVALID"),
+        "{:?}",
+        failed[0]
+    );
+    let ok: Vec<_> = r.jobs.iter().filter(|j| j.status == Status::Ok).collect();
+    assert_eq!(ok.len(), 2, "{r:#?}");
+    for j in ok {
+        assert!(
+            !j.note.as_deref().unwrap_or("").contains("refused CKA_MODIFIABLE"),
+            "a rung that did not help is not kept: {j:?}"
+        );
+    }
+    assert_eq!(
+        calls(&w, "ladder.log", "C_UnwrapKey").len(),
+        5,
+        "the proof, the failed copy's two tries, one try per other copy"
+    );
+    assert_eq!(w.count("dr"), 2);
+}
