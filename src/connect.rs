@@ -62,9 +62,11 @@ impl crate::hsm::KeyStore for Tokens {
 
     fn missing_key_types(&self, cluster: &str) -> Vec<crate::domain::key::KeyType> {
         // The probe already ran for the pair's format; a failure here only means "unknown".
-        self.get(cluster)
+        let token = self.get(cluster);
+        let wrap = token.wrap_mechanism().ok().map(|m| m.id);
+        token
             .capabilities()
-            .map(|c| c.missing_key_types())
+            .map(|c| c.missing_key_types(wrap))
             .unwrap_or_default()
     }
 }

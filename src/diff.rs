@@ -610,10 +610,15 @@ fn decide_action(
     if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {
         blockers.add(Reason::NoCommonMechanism, Some(d));
     }
+    // An EdDSA key leaves only a source whose wrap mechanism the probe saw carry one.
+    if k.key_type == KeyType::EcEdwards && src_inv.missing_types.contains(&k.key_type) {
+        blockers.add(Reason::NoCommonMechanism, Some(no_eddsa(&src_inv.cluster)));
+    }
     if let Some(t) = tinv.filter(|t| t.missing_types.contains(&k.key_type)) {
-        blockers.add(
-            Reason::NoCommonMechanism,
-            Some(format!(
+        let detail = if k.key_type == KeyType::EcEdwards {
+            no_eddsa(&t.cluster)
+        } else {
+            format!(
                 "`{}` offers no {} mechanism: it cannot hold a copy of this key",
                 t.cluster,
                 match k.key_type {
@@ -626,8 +631,9 @@ fn decide_action(
                     KeyType::Sha512Hmac => "HMAC-SHA-512",
                     _ => "such",
                 }
-            )),
-        );
+            )
+        };
+        blockers.add(Reason::NoCommonMechanism, Some(detail));
     }
     // An odd-length secret wrapped by a mechanism that does not pad it cannot be compared
     // with its copy on a token whose mechanism zero-pads (its re-wrap is of the padded
@@ -729,6 +735,13 @@ fn decide_action(
             None,
         ),
     }
+}
+
+/// Why an EdDSA key cannot leave or reach `cluster`.
+fn no_eddsa(cluster: &str) -> String {
+    format!(
+        "`{cluster}` cannot wrap and unwrap EdDSA keys with this run's wrap mechanism (the probe's Ed25519 key did not come through; SoftHSM 2.6 cannot): `hsm-sync probe` shows it"
+    )
 }
 
 fn deletions<'a>(

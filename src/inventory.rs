@@ -248,18 +248,23 @@ fn read_one<S: KeyStore>(
 }
 
 fn is_ec_private(k: &KeyObject) -> bool {
-    k.class == KeyClass::PrivateKey && k.key_type == KeyType::Ec
+    k.class == KeyClass::PrivateKey && is_curve(k.key_type)
+}
+
+/// The key types whose public half carries `CKA_EC_POINT`.
+fn is_curve(t: KeyType) -> bool {
+    matches!(t, KeyType::Ec | KeyType::EcEdwards)
 }
 
 /// Fingerprints the EC private keys the read left deferred: from the EC point of the one
 /// public key with the same `CKA_ID` in `keys` (what `find_like` would find, without a
 /// search per key), else as the session fingerprints them on its own.
 fn pair_ec_halves<S: KeySession>(s: &S, keys: &mut [Arc<KeyObject>]) -> Result<(), HsmError> {
-    let mut points: HashMap<&[u8], Option<&KeyObject>> = HashMap::new();
+    let mut points: HashMap<(KeyType, &[u8]), Option<&KeyObject>> = HashMap::new();
     for k in keys.iter() {
-        if k.class == KeyClass::PublicKey && k.key_type == KeyType::Ec && !k.id.is_empty() {
+        if k.class == KeyClass::PublicKey && is_curve(k.key_type) && !k.id.is_empty() {
             points
-                .entry(k.id.as_slice())
+                .entry((k.key_type, k.id.as_slice()))
                 .and_modify(|e| *e = None)
                 .or_insert(Some(k.as_ref()));
         }
@@ -269,9 +274,9 @@ fn pair_ec_halves<S: KeySession>(s: &S, keys: &mut [Arc<KeyObject>]) -> Result<(
         .enumerate()
         .filter(|(_, k)| is_ec_private(k) && k.fingerprint == Fingerprint::Deferred)
         .map(|(i, k)| {
-            let fp = match points.get(k.id.as_slice()) {
+            let fp = match points.get(&(k.key_type, k.id.as_slice())) {
                 Some(Some(public)) if !k.id.is_empty() && !public.public().ec_point.is_empty() => {
-                    Some(crate::hsm::public_fingerprint(KeyType::Ec, public.public()))
+                    Some(crate::hsm::public_fingerprint(k.key_type, public.public()))
                 }
                 _ => None,
             };

@@ -85,11 +85,12 @@ pub(super) fn run(p: &Printer, a: &ProbeArgs) -> Result<ExitStatus> {
             }
             for w in &caps.wraps {
                 p.outln(&format!(
-                    "key wrap: {} ({:#x}) makes {}{}",
+                    "key wrap: {} ({:#x}) makes {}{}{}",
                     w.name,
                     w.id,
                     w.made.describe(),
-                    if w.unwraps { "" } else { "; not listed for unwrap" }
+                    if w.unwraps { "" } else { "; not listed for unwrap" },
+                    if w.carries_eddsa { "; carries EdDSA keys" } else { "" }
                 ));
             }
             match probe.quirks.as_slice() {

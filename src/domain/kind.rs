@@ -87,9 +87,10 @@ const fn pair(class: KeyClass, key_type: KeyType, needs: Needs) -> KeyKind {
     }
 }
 
-/// Every kind hsm-sync copies. Not the Edwards and Montgomery curves (Ed25519, X25519…):
-/// SoftHSM cannot wrap them at all and the Kryoptic built here has no EdDSA
-/// (PKCS11-NOTES.md), so no pair of tokens here could prove a copy; [`blockers`] says so.
+/// Every kind hsm-sync copies. Edwards-curve pairs (Ed25519) travel where both tokens can
+/// wrap and unwrap them (the probe tries: SoftHSM 2.6 cannot, PKCS11-NOTES.md), proven by
+/// an EdDSA signature; not the Montgomery curves (X25519…), which sign nothing a copy
+/// could be proven by; [`blockers`] says so.
 pub const KINDS: &[KeyKind] = &[
     secret(KeyType::Aes, false),
     secret(KeyType::GenericSecret, true),
@@ -104,6 +105,8 @@ pub const KINDS: &[KeyKind] = &[
     pair(KeyClass::PrivateKey, KeyType::Ec, Needs::EcPublic),
     pair(KeyClass::PublicKey, KeyType::Rsa, Needs::RsaPublic),
     pair(KeyClass::PublicKey, KeyType::Ec, Needs::EcPublic),
+    pair(KeyClass::PrivateKey, KeyType::EcEdwards, Needs::EcPublic),
+    pair(KeyClass::PublicKey, KeyType::EcEdwards, Needs::EcPublic),
 ];
 
 /// The row of a class and type, if hsm-sync copies it.
@@ -184,10 +187,10 @@ pub fn blockers(k: &KeyObject) -> Vec<(Reason, Option<String>)> {
     let Some(kind) = kind(k.class, k.key_type) else {
         // A type PKCS#11 names is never `unsupported-key-type` (issue 14 item 4): it is
         // what no token pair here can carry.
-        if matches!(k.key_type, KeyType::EcEdwards | KeyType::EcMontgomery) {
+        if k.key_type == KeyType::EcMontgomery {
             return vec![(
                 Reason::NoCommonMechanism,
-                Some("Edwards and Montgomery curve keys (Ed25519, X25519…) travel only where both tokens can wrap them, and none tested with hsm-sync can (SoftHSM 2.6 cannot wrap them; Kryoptic's EdDSA needs OpenSSL 3.2): not copied".into()),
+                Some("Montgomery curve keys (X25519, X448) agree keys and sign nothing, so no check across the pair could prove a copy: not copied".into()),
             )];
         }
         return vec![(Reason::UnsupportedKeyType, None)];
@@ -286,13 +289,20 @@ mod tests {
 
     #[test]
     fn a_key_type_pkcs11_names_is_never_unsupported() {
-        for t in [KeyType::EcEdwards, KeyType::EcMontgomery] {
-            for c in [KeyClass::PrivateKey, KeyClass::PublicKey] {
-                let b = blockers(&key(c, t));
-                assert_eq!(b.len(), 1, "{c:?} {t:?}: {b:?}");
-                assert_eq!(b[0].0, Reason::NoCommonMechanism, "{c:?} {t:?}: {b:?}");
-            }
+        for c in [KeyClass::PrivateKey, KeyClass::PublicKey] {
+            let b = blockers(&key(c, KeyType::EcMontgomery));
+            assert_eq!(b.len(), 1, "{c:?}: {b:?}");
+            assert_eq!(b[0].0, Reason::NoCommonMechanism, "{c:?}: {b:?}");
         }
+        // Edwards keys are a kind: the tokens' probes decide whether they travel.
+        assert!(kind(KeyClass::PrivateKey, KeyType::EcEdwards).is_some());
+        let mut ed = key(KeyClass::PublicKey, KeyType::EcEdwards);
+        ed.public_parts = Some(Box::new(crate::domain::key::PublicParts {
+            ec_params: vec![6, 3, 0x2B, 0x65, 0x70],
+            ec_point: vec![7; 32],
+            ..Default::default()
+        }));
+        assert!(blockers(&ed).is_empty(), "{:?}", blockers(&ed));
         assert_eq!(
             blockers(&key(KeyClass::SecretKey, KeyType::Other))[0].0,
             Reason::UnsupportedKeyType,

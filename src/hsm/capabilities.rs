@@ -74,6 +74,9 @@ pub struct WrapProbe {
     pub made: Made,
     /// Whether the token lists it for unwrapping too (`CKF_UNWRAP`).
     pub unwraps: bool,
+    /// Whether an Ed25519 private key (a session one the probe made) wrapped with it
+    /// unwrapped again on this token: SoftHSM 2.6 lists EdDSA but can do neither.
+    pub carries_eddsa: bool,
 }
 
 /// What one token can do.
@@ -113,8 +116,10 @@ impl Capabilities {
     }
 
     /// The key types this token lists no mechanism for: no key generation and no use of
-    /// the type, so a copy of such a key could not be made or used here.
-    pub fn missing_key_types(&self) -> Vec<crate::domain::key::KeyType> {
+    /// the type, so a copy of such a key could not be made or used here. With `wrap`,
+    /// the mechanism this run wraps with: EdDSA keys count as missing unless the probe's
+    /// Ed25519 key came through it.
+    pub fn missing_key_types(&self, wrap: Option<u64>) -> Vec<crate::domain::key::KeyType> {
         use crate::domain::key::KeyType;
         let any = |ids: &[u64]| ids.iter().any(|id| self.offers(*id));
         let mut out = Vec::new();
@@ -146,6 +151,14 @@ impl Capabilities {
             if !self.offers(m) {
                 out.push(t);
             }
+        }
+        let eddsa = self.offers(cryptoki_sys::CKM_EDDSA)
+            && self
+                .wraps
+                .iter()
+                .any(|w| w.carries_eddsa && wrap.is_none_or(|id| id == w.id));
+        if !eddsa {
+            out.push(KeyType::EcEdwards);
         }
         out
     }
@@ -233,6 +246,11 @@ pub(crate) fn probe(
     let made = (|| {
         let odd = secret(&PROBE_ODD, false, CkKeyType::GENERIC_SECRET)?;
         let even = secret(&PROBE_EVEN, false, CkKeyType::GENERIC_SECRET);
+        // Only where the token lists both EdDSA mechanisms (a keygen of ~1 ms).
+        let ed25519 = (mechanisms.contains(&cryptoki_sys::CKM_EC_EDWARDS_KEY_PAIR_GEN)
+            && mechanisms.contains(&cryptoki_sys::CKM_EDDSA))
+        .then(|| ed25519_pair(s).ok())
+        .flatten();
         let out = present
             .iter()
             .map(|&(id, name)| {
@@ -243,17 +261,25 @@ pub(crate) fn probe(
                 let unwraps = raw
                     .mechanism_flags(slot as cryptoki_sys::CK_SLOT_ID, id)
                     .map_or(true, |f| f & cryptoki_sys::CKF_UNWRAP != 0);
+                let carries_eddsa = unwraps
+                    && made.wire().is_some()
+                    && ed25519.is_some_and(|(_, private)| round_trips(raw, s, id, kek, private));
                 WrapProbe {
                     id,
                     name,
                     made,
                     unwraps,
+                    carries_eddsa,
                 }
             })
             .collect::<Vec<_>>();
         let _ = s.destroy_object(odd);
         if let Ok(even) = even {
             let _ = s.destroy_object(even);
+        }
+        if let Some((public, private)) = ed25519 {
+            let _ = s.destroy_object(public);
+            let _ = s.destroy_object(private);
         }
         Ok::<_, cryptoki::error::Error>(out)
     })();
@@ -282,6 +308,51 @@ fn has_unique_id(s: &Session) -> bool {
         .is_ok_and(|a| a.iter().any(|a| matches!(a, Attribute::UniqueId(v) if !v.is_empty())));
     let _ = s.destroy_object(h);
     found
+}
+
+/// The DER of the Ed25519 curve's OID (1.3.101.112), as `CKA_EC_PARAMS` names it.
+const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2B, 0x65, 0x70];
+
+/// A session Ed25519 key pair (public, private), the private half extractable.
+fn ed25519_pair(s: &Session) -> Result<(ObjectHandle, ObjectHandle), cryptoki::error::Error> {
+    use cryptoki::mechanism::Mechanism;
+    s.generate_key_pair(
+        &Mechanism::EccEdwardsKeyPairGen,
+        &[
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(ED25519_OID.to_vec()),
+        ],
+        &[
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(true),
+            Attribute::Sign(true),
+        ],
+    )
+}
+
+/// Whether `private` wrapped under `kek` with mechanism `id` unwraps again as a session
+/// Ed25519 private key on this token (the copy is destroyed).
+fn round_trips(raw: &RawFns, s: &Session, id: u64, kek: ObjectHandle, private: ObjectHandle) -> bool {
+    let Ok(blob) = raw.wrap_key(s, id, kek, private, 512) else {
+        return false;
+    };
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Sign(true),
+    ];
+    match raw.unwrap_key(s, id, kek, &blob, cryptoki_sys::CKK_EC_EDWARDS, &template) {
+        Ok(copy) => {
+            let _ = s.destroy_object(copy);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// What mechanism `id` makes of the probe's odd secret (and, if it refuses odd lengths,
@@ -338,6 +409,7 @@ mod tests {
                     name: "m",
                     made,
                     unwraps,
+                    carries_eddsa: false,
                 })
                 .collect(),
             unique_id: false,

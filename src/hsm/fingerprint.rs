@@ -28,11 +28,37 @@ pub(crate) fn public_fingerprint(key_type: KeyType, p: &PublicParts) -> String {
     let mut h = Sha256::new();
     h.update(b"hsm-sync/public-key-fingerprint/v1\0");
     h.update([key_type.code()]);
-    for part in [&p.modulus, &p.public_exponent, &p.ec_params, &p.ec_point] {
+    let (params, point) = match key_type {
+        KeyType::EcEdwards => (edwards_params(&p.ec_params), edwards_point(&p.ec_point)),
+        _ => (p.ec_params.as_slice(), p.ec_point.as_slice()),
+    };
+    for part in [p.modulus.as_slice(), p.public_exponent.as_slice(), params, point] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
     hex::encode(&h.finalize()[..8])
+}
+
+/// An Edwards curve's `CKA_EC_PARAMS` as its OID: PKCS#11 3.0 also allows the curve's
+/// name as a PrintableString, and Kryoptic gives a copy the OID form whatever its
+/// source had (PKCS11-NOTES.md).
+fn edwards_params(params: &[u8]) -> &[u8] {
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x70];
+    const ED448: &[u8] = &[0x06, 0x03, 0x2B, 0x65, 0x71];
+    match params {
+        [0x13, 12, rest @ ..] if rest == b"edwards25519" => ED25519,
+        [0x13, 10, rest @ ..] if rest == b"edwards448" => ED448,
+        _ => params,
+    }
+}
+
+/// An Edwards point as its raw bytes: SoftHSM wraps it in a DER OCTET STRING
+/// (`04 20 …`), Kryoptic gives the 32 (or 57) bytes bare.
+fn edwards_point(point: &[u8]) -> &[u8] {
+    match point {
+        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() && matches!(rest.len(), 32 | 57) => rest,
+        _ => point,
+    }
 }
 
 impl Wrapped {
@@ -77,13 +103,13 @@ impl TokenSession {
                 };
                 Ok(Some(public_fingerprint(KeyType::Rsa, &parts)))
             }
-            KeyType::Ec => {
+            KeyType::Ec | KeyType::EcEdwards => {
                 let mut like = k.clone();
                 like.class = KeyClass::PublicKey;
                 like.public_parts = None;
                 match self.find_like(&like)?.as_slice() {
                     [public] if !public.public().ec_point.is_empty() => {
-                        Ok(Some(public_fingerprint(KeyType::Ec, public.public())))
+                        Ok(Some(public_fingerprint(k.key_type, public.public())))
                     }
                     _ => Ok(None),
                 }

@@ -397,6 +397,8 @@ impl TokenSession {
         let signed = match key_type {
             KeyType::Rsa => trace::call("C_Sign", || self.s.sign(&Mechanism::Sha256RsaPkcs, h, data)),
             KeyType::Ec => trace::call("C_Sign", || self.s.sign(&Mechanism::Ecdsa, h, &digest)),
+            // EdDSA hashes the message itself (pure Ed25519: no parameter).
+            KeyType::EcEdwards => trace::call("C_Sign", || self.s.sign(&eddsa(), h, data)),
             _ => return Ok(None),
         };
         signed.map(Some).map_err(self.pk("signing the copy's proof"))
@@ -418,6 +420,7 @@ impl TokenSession {
                 self.s.verify(&Mechanism::Sha256RsaPkcs, h, data, signature)
             }),
             KeyType::Ec => trace::call("C_Verify", || self.s.verify(&Mechanism::Ecdsa, h, &digest, signature)),
+            KeyType::EcEdwards => trace::call("C_Verify", || self.s.verify(&eddsa(), h, data, signature)),
             _ => return Ok(None),
         };
         match checked {
@@ -434,4 +437,10 @@ impl TokenSession {
             .map_err(self.pk("generating random bytes"))?;
         Ok(buf)
     }
+}
+
+/// `CKM_EDDSA` with no parameter: pure Ed25519 (or Ed448 without a context).
+fn eddsa() -> Mechanism<'static> {
+    use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+    Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure))
 }

@@ -178,7 +178,7 @@ impl TokenSession {
                 template.push(Attribute::Modulus(p.modulus.clone()));
                 template.push(Attribute::PublicExponent(p.public_exponent.clone()));
             }
-            KeyType::Ec => {
+            KeyType::Ec | KeyType::EcEdwards => {
                 template.push(Attribute::EcParams(p.ec_params.clone()));
                 template.push(Attribute::EcPoint(p.ec_point.clone()));
             }
