@@ -2,6 +2,7 @@
 //! tokens in its own token directory (under /dev/shm where it exists).
 
 mod e2e;
+mod eddsa;
 mod edges;
 mod engine;
 mod faults;

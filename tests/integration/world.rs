@@ -36,6 +36,14 @@ pub fn kryoptic() -> PathBuf {
     KRYOPTIC.get_or_init(testkit::build::kryoptic).clone()
 }
 
+/// Kryoptic with EdDSA (`tools/kryoptic-eddsa`, on OpenSSL 3.5 from the `openssl-src`
+/// crate), built once per test process: the first build on a target directory takes
+/// minutes (OpenSSL). A build failure fails the test that needs it: never a silent skip.
+pub fn kryoptic_eddsa() -> PathBuf {
+    static KRYOPTIC_EDDSA: OnceLock<PathBuf> = OnceLock::new();
+    KRYOPTIC_EDDSA.get_or_init(testkit::build::kryoptic_eddsa).clone()
+}
+
 /// The make a test runs a token on when its module re-runs a suite on another make: the
 /// suites under `on_kryoptic_dr` (see `main.rs`) put the `dr` token on Kryoptic, those
 /// under `on_kryoptic_primary` the `primary` token. libtest names each test's thread by
@@ -85,6 +93,8 @@ pub const STATE_URL_ENV: &str = "HSM_SYNC_STATE_URL";
 pub struct World {
     dir: tempfile::TempDir,
     state_url: Option<String>,
+    /// The fixture's Kryoptic tokens run on [`kryoptic_eddsa`], not [`kryoptic`].
+    eddsa: bool,
 }
 
 /// What a run printed and returned.
@@ -163,7 +173,19 @@ impl World {
                 .unwrap_or_default();
             testkit::pg::server().database(&name)
         });
-        World { dir, state_url }
+        World {
+            dir,
+            state_url,
+            eddsa: false,
+        }
+    }
+
+    /// The fixture makes and uses this world's Kryoptic tokens through the EdDSA module
+    /// ([`kryoptic_eddsa`]); before `tokens`. Its plans name it with
+    /// [`Plan::kryoptic_eddsa`].
+    pub fn eddsa_kryoptic(mut self) -> Self {
+        self.eddsa = true;
+        self
     }
 
     /// The connection string of this world's state database (postgres worlds only).
@@ -210,7 +232,8 @@ impl World {
         let kry = args.iter().any(|a| a.contains("@kryoptic"))
             || std::fs::read_to_string(self.path().join("makes")).is_ok_and(|m| m.contains(" kryoptic"));
         if kry {
-            cmd.env("HSM_SYNC_KRYOPTIC_MODULE", kryoptic());
+            let module = if self.eddsa { kryoptic_eddsa() } else { kryoptic() };
+            cmd.env("HSM_SYNC_KRYOPTIC_MODULE", module);
         }
         if args.iter().any(|a| a.ends_with("@nss")) {
             nss();
@@ -265,7 +288,8 @@ impl World {
         self
     }
 
-    /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path and `{dir}`
+    /// Writes `plan.yaml`; `{module}` is replaced by the SoftHSM module path, `{kryoptic}`
+    /// and `{kryoptic-eddsa}` by the Kryoptic modules' and `{dir}`
     /// by the world's directory (NSS clusters' `module_args` name their database there).
     /// A typed [`Plan`] is written as it serializes (its module path already filled in).
     pub fn plan<P: PlanText + ?Sized>(self, plan: &P) -> Self {
@@ -273,9 +297,14 @@ impl World {
         let mut yaml = yaml
             .replace("{module}", &softhsm().display().to_string())
             .replace("{dir}", &self.path().display().to_string());
-        if yaml.contains("{kryoptic}") {
-            yaml = yaml.replace("{kryoptic}", &kryoptic().display().to_string());
-        }
+        // Each module is built only when the plan names it.
+        let mut fill = |placeholder: &str, module: fn() -> PathBuf| {
+            if yaml.contains(placeholder) {
+                yaml = yaml.replace(placeholder, &module().display().to_string());
+            }
+        };
+        fill("{kryoptic}", kryoptic);
+        fill("{kryoptic-eddsa}", kryoptic_eddsa);
         if !yaml.starts_with("state:") && !yaml.contains("\nstate:") {
             if !yaml.ends_with('\n') {
                 yaml.push('\n');
@@ -417,7 +446,8 @@ pub enum Token {
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
     pub name: String,
-    /// The module path; `{module}` (the default) is the SoftHSM module.
+    /// The module path; `{module}` (the default) is the SoftHSM module, `{kryoptic}`,
+    /// `{kryoptic-eddsa}` and `{nss}` the others'.
     pub module: String,
     pub token: Token,
     pub cloned_from: Option<String>,
@@ -472,6 +502,8 @@ impl ClusterSpec {
             softhsm().display().to_string()
         } else if self.module == "{kryoptic}" {
             kryoptic().display().to_string()
+        } else if self.module == "{kryoptic-eddsa}" {
+            kryoptic_eddsa().display().to_string()
         } else if self.module == "{nss}" {
             nss().display().to_string()
         } else {
@@ -682,6 +714,12 @@ impl Plan {
     /// Cluster `name` is a Kryoptic token (made by `tokens(&["NAME@kryoptic"])`).
     pub fn kryoptic(self, name: &str) -> Self {
         self.module(name, "{kryoptic}")
+    }
+
+    /// Cluster `name` is a Kryoptic token on the EdDSA module (made in a
+    /// [`World::eddsa_kryoptic`] world by `tokens(&["NAME@kryoptic"])`).
+    pub fn kryoptic_eddsa(self, name: &str) -> Self {
+        self.module(name, "{kryoptic-eddsa}")
     }
 
     /// Cluster `name` is the world's NSS softokn token (made by `tokens(&["NAME@nss"])`):

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -288,7 +289,8 @@ pub fn curve_oid(curve: &str) -> Option<Vec<u8>> {
     match curve {
         "p256" => Some(vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
         "p384" => Some(vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
-        // Ed25519 (RFC 8410): a key type hsm-sync does not sync, for tests of that.
+        // Ed25519 (RFC 8410), by CKM_EC_EDWARDS_KEY_PAIR_GEN: SoftHSM makes it, and the
+        // Kryoptic of `build::kryoptic_eddsa` (not `build::kryoptic`'s, which has no EdDSA).
         "ed25519" => Some(vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
         _ => None,
     }
@@ -348,35 +350,40 @@ fn find_class(s: &Session, class: ObjectClass, id: &[u8]) -> Result<ObjectHandle
     }
 }
 
-fn is_ec(s: &Session, h: ObjectHandle) -> Result<bool, HsmError> {
+/// The mechanism `sign` and `verify` use for the key `h`, by its `CKA_KEY_TYPE`, and the
+/// data it takes for `message`: ECDSA over the SHA-256 digest for EC keys, Ed25519 (pure
+/// `CKM_EDDSA`, no parameters) over the message itself for Edwards-curve keys, RSA PKCS#1
+/// v1.5 with SHA-256 for the rest.
+fn signing(s: &Session, h: ObjectHandle, message: &[u8]) -> Result<(Mechanism<'static>, Vec<u8>), HsmError> {
     let attrs = s
         .get_attributes(h, &[AttributeType::KeyType])
         .map_err(pk("reading the key type"))?;
-    Ok(attrs.iter().any(|a| matches!(a, Attribute::KeyType(CkKeyType::EC))))
+    let key_type = attrs.iter().find_map(|a| match a {
+        Attribute::KeyType(t) => Some(*t),
+        _ => None,
+    });
+    Ok(match key_type {
+        Some(CkKeyType::EC) => (Mechanism::Ecdsa, sha2::Sha256::digest(message).to_vec()),
+        Some(CkKeyType::EC_EDWARDS) => (
+            Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            message.to_vec(),
+        ),
+        _ => (Mechanism::Sha256RsaPkcs, message.to_vec()),
+    })
 }
 
-/// Signs `message` with the private key of this id (RSA PKCS#1 v1.5 SHA-256, or ECDSA
-/// over the SHA-256 digest).
+/// Signs `message` with the private key of this id (see [`signing`] for the mechanism).
 pub fn sign(s: &Session, id: &[u8], message: &[u8]) -> Result<Vec<u8>, HsmError> {
     let h = find_class(s, ObjectClass::PRIVATE_KEY, id)?;
-    if is_ec(s, h)? {
-        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
-        s.sign(&Mechanism::Ecdsa, h, &digest).map_err(pk("signing"))
-    } else {
-        s.sign(&Mechanism::Sha256RsaPkcs, h, message).map_err(pk("signing"))
-    }
+    let (mechanism, data) = signing(s, h, message)?;
+    s.sign(&mechanism, h, &data).map_err(pk("signing"))
 }
 
 /// Verifies a signature with the public key of this id.
 pub fn verify(s: &Session, id: &[u8], message: &[u8], signature: &[u8]) -> Result<bool, HsmError> {
     let h = find_class(s, ObjectClass::PUBLIC_KEY, id)?;
-    let r = if is_ec(s, h)? {
-        let digest: [u8; 32] = sha2::Sha256::digest(message).into();
-        s.verify(&Mechanism::Ecdsa, h, &digest, signature)
-    } else {
-        s.verify(&Mechanism::Sha256RsaPkcs, h, message, signature)
-    };
-    match r {
+    let (mechanism, data) = signing(s, h, message)?;
+    match s.verify(&mechanism, h, &data, signature) {
         Ok(()) => Ok(true),
         Err(CkError::Pkcs11(RvError::SignatureInvalid, _)) => Ok(false),
         Err(e) => Err(pk("verifying")(e)),

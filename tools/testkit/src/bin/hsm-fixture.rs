@@ -10,7 +10,8 @@
 //! no 0x210C), `NAME@kryoptic-nowrap` no AES key wrap at all, `NAME@kryoptic-nosha384`
 //! no HMAC-SHA-384. Every later
 //! command finds its make in `DIR/makes`. Kryoptic's module comes from
-//! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`).
+//! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`, or
+//! `testkit::build::kryoptic_eddsa` for Ed25519 keys).
 //!
 //! `NAME@nss` makes an NSS softokn database in `DIR/nss/NAME` with `certutil -N` (its
 //! password is the user PIN in `DIR/NAME.pin`; there is no SO PIN). Its token is labelled
@@ -94,7 +95,9 @@ enum Cmd {
         #[arg(long)]
         generic: bool,
     },
-    /// Generate an RSA (--rsa BITS) or EC (--ec p256|p384) key pair, both halves with ID.
+    /// Generate an RSA (--rsa BITS), EC (--ec p256|p384) or Ed25519 (--ec ed25519) key
+    /// pair, both halves with ID and LABEL. Ed25519 on Kryoptic needs the EdDSA module
+    /// (`testkit::build::kryoptic_eddsa`).
     KeygenPair {
         token: String,
         #[arg(long)]
@@ -103,12 +106,15 @@ enum Cmd {
         label: String,
         #[arg(long)]
         rsa: Option<u64>,
+        /// The curve when not --rsa: p256, p384 or ed25519.
         #[arg(long, default_value = "p256")]
         ec: String,
         #[arg(long)]
         no_extractable: bool,
     },
-    /// Print the signature (hex) of a fixed message by the private key with this id.
+    /// Print the signature (hex) of a fixed message by the private key with this id:
+    /// RSA PKCS#1 v1.5 SHA-256, ECDSA of its SHA-256 digest, or pure Ed25519 (`CKM_EDDSA`),
+    /// by the key's type.
     Sign {
         token: String,
         #[arg(long)]
