@@ -48,6 +48,10 @@ impl crate::hsm::KeyStore for Tokens {
         self.get(cluster).session()
     }
 
+    fn open_session_in(&self, cluster: &str, format: Option<WireFormat>) -> Result<Self::Session, HsmError> {
+        self.get(cluster).session_in(format)
+    }
+
     fn listed_len(&self, cluster: &str) -> Option<usize> {
         self.get(cluster).listed_len()
     }
@@ -248,19 +252,18 @@ pub(crate) fn prove_all(plan: &Plan, tokens: &Tokens, limits: Limits) -> Result<
     }
     let pairs = pairs(plan);
     let mut proofs = Vec::new();
-    for (&(source, target), proved) in pairs
-        .iter()
-        .zip(side_by_side(&pairs, width, |(s, t)| prove(tokens, s, t)))
-    {
+    for (&(source, target), proved) in pairs.iter().zip(side_by_side(&pairs, width, |(s, t)| {
+        prove(tokens, s, t, chosen.get(&(*s, *t)).map(|m| m.source.format))
+    })) {
         proved?;
-        let (s, t) = (chosen[source], chosen[target]);
+        let pm = chosen[&(source, target)];
         proofs.push(LineageProof {
             source: source.into(),
             target: target.into(),
             fingerprint: fps[source].clone(),
-            format: s.format,
-            source_mechanism: s.name,
-            target_mechanism: t.name,
+            format: pm.source.format,
+            source_mechanism: pm.source.name,
+            target_mechanism: pm.target.name,
         });
     }
     Ok(proofs)
@@ -279,72 +282,70 @@ fn pairs(plan: &Plan) -> Vec<(&str, &str)> {
     pairs
 }
 
-/// Chooses the wire format of every (source, target) pair (CONTRACT §1) and tells each
-/// token its mechanism for it: RFC 5649 where both sides make and read it, whatever each
-/// calls it, else RFC 3394; `lineage.wrap` pins one. Tokens linked through pairs use one
-/// format (a source's fingerprints are in one format, so all its targets must read it):
-/// the best that every token of the group has. No such format: an error naming a pair
-/// that lacks it, before anything is read or written.
-pub fn negotiate<'p>(plan: &'p Plan, tokens: &Tokens) -> Result<HashMap<&'p str, WrapMechanism>, HsmError> {
+/// The mechanisms of one (source, target) pair's wire format, each side's.
+#[derive(Debug, Clone, Copy)]
+pub struct PairMechanisms {
+    /// The source's mechanism.
+    pub source: WrapMechanism,
+    /// The target's mechanism.
+    pub target: WrapMechanism,
+}
+
+/// Chooses the wire format of every (source, target) pair (CONTRACT §1): RFC 5649 where
+/// both sides make and read it, whatever each calls it, else RFC 3394; a cluster's
+/// `lineage.wrap` pins the format of its pairs. Each pair gets its own: a source whose
+/// targets differ sends each what that target reads, and fingerprints in each format a
+/// pair needs. A token's run mechanism (its inventory's fingerprints) is its first pair's,
+/// in plan order. No common format for a pair: an error naming both clusters, before
+/// anything is read or written.
+pub fn negotiate<'p>(plan: &'p Plan, tokens: &Tokens) -> Result<HashMap<(&'p str, &'p str), PairMechanisms>, HsmError> {
     let pairs = pairs(plan);
     let clusters = plan.clusters_in_scope();
     let mut formats: HashMap<&str, Vec<WireFormat>> = HashMap::new();
+    let mut pins: HashMap<&str, Option<WireFormat>> = HashMap::new();
     for c in &clusters {
         formats.insert(&c.name, tokens.get(&c.name).capabilities()?.formats());
+        pins.insert(&c.name, c.wrap);
     }
-    // Groups of clusters linked by pairs (a union-find over a handful of names).
-    let mut group: HashMap<&str, usize> = clusters.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
-    for &(s, t) in &pairs {
-        let (gs, gt) = (group[s], group[t]);
-        if gs != gt {
-            for g in group.values_mut() {
-                if *g == gt {
-                    *g = gs;
-                }
-            }
-        }
-    }
+    let describe = |n: &str| match formats[n].as_slice() {
+        [] => format!("`{n}` has none"),
+        fs => format!(
+            "`{n}` has {}",
+            fs.iter().map(|f| f.code()).collect::<Vec<_>>().join(" and ")
+        ),
+    };
+    let mechanism = |cluster: &str, format: WireFormat| {
+        tokens
+            .get(cluster)
+            .capabilities()?
+            .mechanism_for(format)
+            .ok_or_else(|| HsmError::NoWrapMechanism {
+                cluster: cluster.to_string(),
+                found: format.code().into(),
+            })
+    };
     let mut chosen = HashMap::new();
-    for c in &clusters {
-        if chosen.contains_key(c.name.as_str()) {
-            continue;
-        }
-        let members: Vec<&crate::plan::Cluster> = clusters
-            .iter()
-            .copied()
-            .filter(|m| group[m.name.as_str()] == group[c.name.as_str()])
-            .collect();
-        let pinned: Vec<WireFormat> = members.iter().filter_map(|m| m.wrap).collect();
-        let candidates: Vec<WireFormat> = match pinned.first() {
-            Some(f) => vec![*f],
-            None => WireFormat::ALL.to_vec(),
-        };
-        let common = candidates
-            .iter()
-            .copied()
-            .find(|f| members.iter().all(|m| formats[m.name.as_str()].contains(f)));
-        let Some(format) = common else {
-            let describe = |n: &str| match formats[n].as_slice() {
-                [] => format!("`{n}` has none"),
-                fs => format!(
-                    "`{n}` has {}",
-                    fs.iter().map(|f| f.code()).collect::<Vec<_>>().join(" and ")
-                ),
-            };
-            let (s, t) = pairs
-                .iter()
-                .copied()
-                .find(|(s, t)| {
-                    group[*s] == group[c.name.as_str()]
-                        && !candidates
-                            .iter()
-                            .any(|f| formats[*s].contains(f) && formats[*t].contains(f))
+    let mut primary: HashMap<&str, WrapMechanism> = HashMap::new();
+    for &(s, t) in &pairs {
+        let candidates: Vec<WireFormat> = match (pins[s], pins[t]) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(HsmError::NoCommonFormat {
+                    source_cluster: s.into(),
+                    target: t.into(),
+                    detail: format!("`{s}` pins `lineage.wrap: {a}` and `{t}` pins `{b}`"),
                 })
-                .or_else(|| pairs.iter().copied().find(|(s, _)| group[*s] == group[c.name.as_str()]))
-                .unwrap_or((c.name.as_str(), c.name.as_str()));
-            let pin = match pinned.first() {
-                Some(f) => format!(" (`lineage.wrap: {f}` pins it)"),
-                None => String::new(),
+            }
+            (Some(f), _) | (None, Some(f)) => vec![f],
+            (None, None) => WireFormat::ALL.to_vec(),
+        };
+        let Some(format) = candidates
+            .iter()
+            .copied()
+            .find(|f| formats[s].contains(f) && formats[t].contains(f))
+        else {
+            let pin = match candidates.as_slice() {
+                [f] if pins[s].or(pins[t]).is_some() => format!(" (`lineage.wrap: {f}` pins it)"),
+                _ => String::new(),
             };
             return Err(HsmError::NoCommonFormat {
                 source_cluster: s.into(),
@@ -352,18 +353,29 @@ pub fn negotiate<'p>(plan: &'p Plan, tokens: &Tokens) -> Result<HashMap<&'p str,
                 detail: format!("{}, {}{pin}", describe(s), describe(t)),
             });
         };
-        for m in members {
-            let token = tokens.get(&m.name);
-            let mechanism = token
-                .capabilities()?
-                .mechanism_for(format)
-                .ok_or_else(|| HsmError::NoWrapMechanism {
-                    cluster: m.name.clone(),
-                    found: format.code().into(),
-                })?;
-            token.use_wrap(mechanism);
-            chosen.insert(m.name.as_str(), mechanism);
+        let pm = PairMechanisms {
+            source: mechanism(s, format)?,
+            target: mechanism(t, format)?,
+        };
+        primary.entry(s).or_insert(pm.source);
+        primary.entry(t).or_insert(pm.target);
+        chosen.insert((s, t), pm);
+    }
+    // A cluster in no pair (a lone one in scope) uses its own best format, or its pin.
+    for c in &clusters {
+        if primary.contains_key(c.name.as_str()) {
+            continue;
         }
+        let best = match c.wrap {
+            Some(f) => Some(f),
+            None => formats[c.name.as_str()].first().copied(),
+        };
+        if let Some(f) = best {
+            primary.insert(&c.name, mechanism(&c.name, f)?);
+        }
+    }
+    for (c, m) in primary {
+        tokens.get(c).use_wrap(m);
     }
     Ok(chosen)
 }
@@ -385,12 +397,12 @@ fn side_by_side<T: Sync, R: Send>(items: &[T], width: usize, f: impl Fn(&T) -> R
     out
 }
 
-/// The proof of CONTRACT.md §1: a fresh session key wrapped on the source under the
-/// domain key, unwrapped on the target, and both sides' encryptions of a random
+/// The proof of CONTRACT.md §1, in the pair's `format`: a fresh session key wrapped on
+/// the source under the domain key, unwrapped on the target, and both sides' encryptions of a random
 /// 16-byte challenge compared in full.
-pub fn prove(tokens: &Tokens, source: &str, target: &str) -> Result<(), HsmError> {
-    let src = tokens.get(source).session()?;
-    let dst = tokens.get(target).session()?;
+pub fn prove(tokens: &Tokens, source: &str, target: &str, format: Option<WireFormat>) -> Result<(), HsmError> {
+    let src = tokens.get(source).session_in(format)?;
+    let dst = tokens.get(target).session_in(format)?;
     let mut challenge = [0u8; 16];
     challenge.copy_from_slice(&src.random(16)?);
     let (blob, expected) = src.lineage_offer(&challenge)?;

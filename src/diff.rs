@@ -550,7 +550,7 @@ fn decide(
 ) -> DiffItem {
     let mut it = decide_action(names, target, k, src_inv, role, inv);
     if it.action == Action::Create {
-        it.mechanism = src_inv.wire;
+        it.mechanism = src_inv.pair_format(target);
     }
     it
 }
@@ -568,6 +568,9 @@ fn decide_action(
     let twins_on_source = src_inv.by_identity(&id).len();
     let tinv = inv.get(target);
     let on_target = tinv.map(|t| t.by_identity(&id)).unwrap_or_default();
+    // Both sides' fingerprints in the pair's own format (CONTRACT §1).
+    let wire = src_inv.pair_format(target);
+    let k_fp = src_inv.fingerprint_in(k, wire);
     let mk =
         |action, why: Why, dst: Option<&Arc<KeyObject>>| item(names, target, k.key_ref(), action, why, Some(k), dst);
     let because = |r: Reason, detail: Option<String>| Why::one(r, detail);
@@ -601,13 +604,13 @@ fn decide_action(
     }
     // A deferred fingerprint (apply's first sync, a key no other cluster holds) is not a
     // blocker: the copy job's own wrap is the test of wrappability then.
-    if k.class != KeyClass::PublicKey && (!k.flags.extractable || k.fingerprint == Fingerprint::NotWrappable) {
+    if k.class != KeyClass::PublicKey && (!k.flags.extractable || *k_fp == Fingerprint::NotWrappable) {
         blockers.add(Reason::NotExtractable, None);
     }
     for (r, d) in table.into_iter().filter(|(r, _)| !first(r)) {
         blockers.add(r, d);
     }
-    if let Some(d) = src_inv.wire.and_then(|w| kind::not_carried(k, w)) {
+    if let Some(d) = wire.and_then(|w| kind::not_carried(k, w)) {
         blockers.add(Reason::NoCommonMechanism, Some(d));
     }
     // An EdDSA key leaves only a source whose wrap mechanism the probe saw carry one.
@@ -640,7 +643,7 @@ fn decide_action(
     // value): its fingerprints would differ on every plan. The other way it arrives
     // zero-padded, which the odd-length rule covers.
     if let (Some(t), Some(len)) = (tinv, k.value_len) {
-        if k.class == KeyClass::SecretKey && len % 8 != 0 && t.zero_pads && !src_inv.zero_pads {
+        if k.class == KeyClass::SecretKey && len % 8 != 0 && t.zero_pads_in(wire) && !src_inv.zero_pads_in(wire) {
             blockers.add(
                 Reason::OddLengthSecret,
                 Some(format!(
@@ -660,7 +663,8 @@ fn decide_action(
     match on_target.as_slice() {
         [] => mk(Action::Create, Why::none(), None),
         [t] => {
-            if t.fingerprint.known().is_none() && tinv.in_flight.contains(&id.journal_key()) {
+            let t_fp = tinv.fingerprint_in(t, wire);
+            if t_fp.known().is_none() && tinv.in_flight.contains(&id.journal_key()) {
                 // A copy an interrupted run was making and never verified: it is ours,
                 // and unreadable, so it is replaced.
                 return mk(
@@ -672,7 +676,7 @@ fn decide_action(
                     Some(t),
                 );
             }
-            if t.fingerprint.known().is_none() {
+            if t_fp.known().is_none() {
                 return mk(
                     Action::Conflict,
                     because(
@@ -682,7 +686,7 @@ fn decide_action(
                     Some(t),
                 );
             }
-            if t.fingerprint.known() != k.fingerprint.known() {
+            if t_fp.known() != k_fp.known() {
                 return mk(Action::Conflict, because(Reason::DifferentKeyMaterial, None), Some(t));
             }
             // Fingerprints digest the wrapped value only: one value under two key types
@@ -826,6 +830,8 @@ mod tests {
                     zero_pads: false,
                     missing_types: Vec::new(),
                     learned: Vec::new(),
+                    peer_wire: Default::default(),
+                    alt: Default::default(),
                 },
             ),
             (
@@ -838,6 +844,8 @@ mod tests {
                     zero_pads: false,
                     missing_types: Vec::new(),
                     learned: Vec::new(),
+                    peer_wire: Default::default(),
+                    alt: Default::default(),
                 },
             ),
         ])

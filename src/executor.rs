@@ -18,6 +18,7 @@ use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject};
 use crate::domain::kind::{self, Proof, Travel};
 use crate::domain::outcome::{Outcome, Status};
+use crate::domain::wire::WireFormat;
 use crate::hsm::{is_transient, public_fingerprint, HsmError, KeySession, KeyStore, Wrapped};
 use crate::interrupt::Stop;
 use crate::progress::Reporter;
@@ -36,19 +37,29 @@ enum Unit {
     Delete(usize),
 }
 
-/// A worker's sessions, opened on first use and reopened after a transient error.
+/// A worker's sessions, opened on first use and reopened after a transient error; by
+/// cluster and wire format (a copy's sessions wrap in its pair's format, which is not
+/// the run's where a source's targets read different ones).
 struct Sessions<'t, S: KeyStore> {
     store: &'t S,
-    open: HashMap<String, S::Session>,
+    open: HashMap<(String, Option<WireFormat>), S::Session>,
+    /// The format the unit at work moves keys in (`None`: the run's).
+    format: Option<WireFormat>,
 }
 
 impl<S: KeyStore> Sessions<'_, S> {
     fn get(&mut self, cluster: &str) -> Result<&S::Session, HsmError> {
-        if !self.open.contains_key(cluster) {
-            let s = self.store.open_session(cluster)?;
-            self.open.insert(cluster.to_string(), s);
+        let key = (cluster.to_string(), self.format);
+        if !self.open.contains_key(&key) {
+            let s = self.store.open_session_in(cluster, self.format)?;
+            self.open.insert(key.clone(), s);
         }
-        Ok(&self.open[cluster])
+        Ok(&self.open[&key])
+    }
+
+    /// Closes this worker's session on `cluster` in the current format.
+    fn drop_session(&mut self, cluster: &str) {
+        self.open.remove(&(cluster.to_string(), self.format));
     }
 
     /// Runs `op` on a session of `cluster`, retrying transient errors with backoff on a
@@ -63,7 +74,7 @@ impl<S: KeyStore> Sessions<'_, S> {
             let r = self.get(cluster).and_then(&mut op);
             match r {
                 Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
-                    self.open.remove(cluster);
+                    self.drop_session(cluster);
                     std::thread::sleep(BACKOFF * 2u32.pow(attempt - 1));
                     attempt += 1;
                 }
@@ -101,19 +112,23 @@ pub(crate) fn execute<S: KeyStore>(
     stop: &Stop,
 ) -> Vec<Outcome> {
     let mut units = Vec::new();
-    let mut copies: HashMap<(std::sync::Arc<str>, Handle), usize> = HashMap::new();
+    // One copy unit per source key and wire format: each wrap serves the targets that
+    // read its format.
+    let mut copies: HashMap<(std::sync::Arc<str>, Handle, Option<WireFormat>), usize> = HashMap::new();
     let mut per_target: Vec<(String, u64)> = Vec::new();
     for (i, it) in diff.items.iter().enumerate() {
         let runs = match it.action {
             Action::Create => {
                 let Some(k) = &it.source_key else { continue };
-                let slot = *copies.entry((it.source.clone(), k.handle)).or_insert_with(|| {
-                    units.push(Unit::Copy {
-                        source: it.source.to_string(),
-                        items: Vec::new(),
+                let slot = *copies
+                    .entry((it.source.clone(), k.handle, it.mechanism))
+                    .or_insert_with(|| {
+                        units.push(Unit::Copy {
+                            source: it.source.to_string(),
+                            items: Vec::new(),
+                        });
+                        units.len() - 1
                     });
-                    units.len() - 1
-                });
                 if let Unit::Copy { items, .. } = &mut units[slot] {
                     items.push(i);
                 }
@@ -147,6 +162,7 @@ pub(crate) fn execute<S: KeyStore>(
             Mutex::new(Sessions {
                 store,
                 open: HashMap::new(),
+                format: None,
             })
         })
         .collect();
@@ -211,6 +227,11 @@ fn run_unit<S: KeyStore>(
     unit: &Unit,
     stop: &Stop,
 ) -> Vec<(usize, Outcome)> {
+    // A copy moves its key in its pair's format; updates and deletions wrap nothing.
+    sessions.format = match unit {
+        Unit::Copy { items, .. } => items.first().and_then(|i| diff.items[*i].mechanism),
+        _ => None,
+    };
     match unit {
         Unit::Copy { source, items } => copy(sessions, diff, source, items, stop),
         Unit::Update(i) => {
@@ -377,7 +398,7 @@ fn place<S: KeyStore>(
                 return (verified, attempt);
             }
             Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
-                sessions.open.remove(target);
+                sessions.drop_session(target);
                 std::thread::sleep(BACKOFF * 2u32.pow(attempt - 1));
                 attempt += 1;
                 // The failed call may still have created the object: adopt a verified copy.

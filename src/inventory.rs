@@ -105,6 +105,92 @@ pub(crate) fn read_all<S: KeyStore>(
     Ok(out)
 }
 
+/// Gives `inv` its pairs' formats (`peers`: the other cluster and the pair's format) and,
+/// for each format that is not its run's, the fingerprints its keys have in it: each key
+/// whose fingerprint is a wrap digest, wrapped again by a session in that format (a
+/// source whose targets read different formats; CONTRACT §1, one format per pair).
+pub(crate) fn add_pair_formats<S: KeyStore>(
+    tokens: &S,
+    inv: &mut Inventory,
+    peers: &[(&str, crate::domain::wire::WireFormat)],
+    workers: usize,
+) -> Result<(), HsmError> {
+    use crate::domain::inventory::AltFingerprints;
+    for (peer, f) in peers {
+        inv.peer_wire.insert((*peer).to_string(), *f);
+    }
+    let mut extra: Vec<crate::domain::wire::WireFormat> =
+        peers.iter().map(|(_, f)| *f).filter(|f| Some(*f) != inv.wire).collect();
+    extra.sort_unstable_by_key(|f| f.code());
+    extra.dedup();
+    for f in extra {
+        let which: Vec<usize> = (0..inv.keys.len())
+            .filter(|&i| wrap_digested(&inv.keys[i], inv))
+            .collect();
+        let first = tokens.open_session_in(&inv.cluster, Some(f))?;
+        let keys = &inv.keys;
+        let view = InFormat {
+            store: tokens,
+            format: f,
+        };
+        let found = in_chunks(&view, &inv.cluster, &first, &which, workers, |s, &i| {
+            Ok(Some((
+                keys[i].handle,
+                Fingerprint::tried(s.fingerprint_at(keys[i].handle, keys[i].class)?),
+            )))
+        })?;
+        inv.alt.insert(
+            f,
+            AltFingerprints {
+                by_handle: found.into_iter().collect(),
+                zero_pads: first.zero_pads(),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Whether `k`'s fingerprint is a digest of its wrap (so differs by format): a secret
+/// key's, and a private key's that has no public half to be fingerprinted by.
+fn wrap_digested(k: &KeyObject, inv: &Inventory) -> bool {
+    if !matches!(k.fingerprint, Fingerprint::Known(_)) {
+        return false;
+    }
+    match (k.class, k.key_type) {
+        (KeyClass::SecretKey, _) => true,
+        (KeyClass::PublicKey, _) => false,
+        (KeyClass::PrivateKey, KeyType::Rsa) => k.public().modulus.is_empty(),
+        (KeyClass::PrivateKey, t) if is_curve(t) => {
+            let mut public = k.clone();
+            public.class = KeyClass::PublicKey;
+            k.id.is_empty() || !inv.by_identity(&public.identity()).iter().any(|p| p.key_type == t)
+        }
+        (KeyClass::PrivateKey, _) => true,
+    }
+}
+
+/// A key store whose sessions wrap in one wire format (a pair's that is not the run's).
+struct InFormat<'a, S> {
+    store: &'a S,
+    format: crate::domain::wire::WireFormat,
+}
+
+impl<S: KeyStore> KeyStore for InFormat<'_, S> {
+    type Session = S::Session;
+
+    fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError> {
+        self.store.open_session_in(cluster, Some(self.format))
+    }
+
+    fn listed_len(&self, _cluster: &str) -> Option<usize> {
+        None
+    }
+
+    fn take_listed_keys(&self, _cluster: &str) -> Option<Vec<crate::domain::handle::Handle>> {
+        None
+    }
+}
+
 /// Fingerprints the keys of `inv` at `which`, with up to `workers` sessions.
 fn fingerprint_some<S: KeyStore>(
     tokens: &S,
@@ -244,6 +330,8 @@ fn read_one<S: KeyStore>(
         zero_pads: first.zero_pads(),
         missing_types: tokens.missing_key_types(name),
         learned: learned.into_inner().unwrap_or_default(),
+        peer_wire: Default::default(),
+        alt: Default::default(),
     })
 }
 
@@ -344,6 +432,8 @@ mod tests {
             zero_pads: false,
             missing_types: Vec::new(),
             learned: Vec::new(),
+            peer_wire: Default::default(),
+            alt: Default::default(),
         };
         for k in &keys {
             let id = k.identity();

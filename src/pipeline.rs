@@ -97,8 +97,11 @@ pub(crate) fn online_diff(
     for p in &proofs {
         for c in [p.source.as_str(), p.target.as_str()] {
             if tokens.has_unique_ids(c) {
+                // The cache holds the run's fingerprints: its token's own format, which
+                // is not every pair's where pairs differ.
                 let id = crate::state::id_of(&ids, c);
-                scopes.insert(c, crate::state::cache_scope(id, &p.format.to_string(), &p.fingerprint));
+                let format = tokens.get(c).wrap_mechanism().map_or(p.format, |m| m.format);
+                scopes.insert(c, crate::state::cache_scope(id, &format.to_string(), &p.fingerprint));
             }
         }
     }
@@ -128,6 +131,21 @@ pub(crate) fn online_diff(
             &cache,
         )
     })?;
+    // A cluster whose pairs differ in format (a target that reads only RFC 3394 beside
+    // one that reads RFC 5649): its keys fingerprinted in each (CONTRACT §1).
+    for name in &names {
+        let peers: Vec<(&str, crate::domain::wire::WireFormat)> = proofs
+            .iter()
+            .filter_map(|p| match (p.source.as_str(), p.target.as_str()) {
+                (s, t) if s == *name => Some((t, p.format)),
+                (s, t) if t == *name => Some((s, p.format)),
+                _ => None,
+            })
+            .collect();
+        if let Some(inv) = inventories.get_mut(*name) {
+            crate::inventory::add_pair_formats(&tokens, inv, &peers, limits.inventory())?;
+        }
+    }
     if let Some(store) = &store {
         if writer.is_some() || !on_tokens {
             for (c, scope) in &scopes {

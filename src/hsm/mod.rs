@@ -494,6 +494,29 @@ impl Token {
 
     /// A new read-write session (one per worker; the login is shared by all).
     pub fn session(&self) -> Result<TokenSession, HsmError> {
+        self.session_with(self.wrap_mechanism()?)
+    }
+
+    /// A session that wraps and unwraps in `format` (a pair of this token's whose format
+    /// is not its first pair's), or in this run's mechanism when `None` or the same.
+    pub fn session_in(&self, format: Option<WireFormat>) -> Result<TokenSession, HsmError> {
+        let primary = self.wrap_mechanism()?;
+        match format {
+            Some(f) if f != primary.format => {
+                let m = self
+                    .capabilities()?
+                    .mechanism_for(f)
+                    .ok_or_else(|| HsmError::NoWrapMechanism {
+                        cluster: self.cluster.clone(),
+                        found: f.code().into(),
+                    })?;
+                self.session_with(m)
+            }
+            _ => self.session_with(primary),
+        }
+    }
+
+    fn session_with(&self, wrap: WrapMechanism) -> Result<TokenSession, HsmError> {
         let s = trace::call("C_OpenSession", || self.ctx.open_rw_session(self.slot))
             .map_err(self.pk("opening a session"))?;
         let mut dk = self.domain_key.lock().unwrap_or_else(|p| p.into_inner());
@@ -512,7 +535,7 @@ impl Token {
             domain_key,
             self.profile(),
             self.raw.clone(),
-            self.wrap_mechanism()?,
+            wrap,
             self.ladder.clone(),
         ))
     }

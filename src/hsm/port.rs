@@ -4,6 +4,7 @@
 
 use crate::domain::handle::Handle;
 use crate::domain::key::{KeyClass, KeyObject, KeyType};
+use crate::domain::wire::WireFormat;
 
 use super::{DataObject, HsmError, TokenSession, Wrapped};
 
@@ -15,6 +16,13 @@ pub(crate) trait KeyStore: Sync {
 
     /// Opens a session on `cluster`'s token (logged in already).
     fn open_session(&self, cluster: &str) -> Result<Self::Session, HsmError>;
+
+    /// A session on `cluster`'s token that wraps in `format` (one of its pairs' formats);
+    /// `None`: the run's own. A store without formats opens its one kind of session.
+    fn open_session_in(&self, cluster: &str, format: Option<WireFormat>) -> Result<Self::Session, HsmError> {
+        let _ = format;
+        self.open_session(cluster)
+    }
 
     /// How many keys login's search met on `cluster` (the domain key included), while
     /// the inventory has not taken them; `None` when unknown.

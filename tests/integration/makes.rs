@@ -402,6 +402,89 @@ fn a_sha2_hmac_key_type_is_right_where_cryptoki_reads_the_key() {
     assert_eq!(inventory(&w, "dr"), s);
 }
 
+/// One wire format per (source, target) pair (CONTRACT §1): SoftHSM → `dr` (Kryoptic,
+/// RFC 5649 only) and `dr2` (Kryoptic, RFC 3394 only). No format is common to all three,
+/// which once stopped the run; now each target gets what it reads, both sides of each
+/// pair fingerprint in its format, and a second plan finds the copies unchanged.
+#[test]
+fn each_pair_of_one_source_travels_in_its_own_format() {
+    let w = World::new()
+        .tokens(&["primary", "dr@kryoptic-kwp", "dr2@kryoptic-kw"])
+        .domain_key(&["primary", "dr", "dr2"])
+        .key("primary", "a1", "aes-256", &[])
+        .key_pair("primary", "e1", "ec", &["--ec", "p256"]);
+    let plan = Plan::new(
+        vec![
+            ClusterSpec::new("primary"),
+            ClusterSpec::new("dr").cloned_from("primary"),
+            ClusterSpec::new("dr2").cloned_from("primary"),
+        ],
+        "primary",
+        &["dr", "dr2"],
+    )
+    .select(Sel::label("*"))
+    .kryoptic("dr")
+    .kryoptic("dr2");
+    let w = w.plan(&plan);
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    for line in [
+        "wire format: primary → dr: rfc5649 (primary CKM_AES_KEY_WRAP_PAD, dr CKM_AES_KEY_WRAP_KWP)",
+        "wire format: primary → dr2: rfc3394 (primary CKM_AES_KEY_WRAP, dr2 CKM_AES_KEY_WRAP)",
+    ] {
+        assert!(v.stdout.contains(line), "{line}\n{}", v.stdout);
+    }
+
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 3, "the EC pair cannot reach dr2: {a:?}");
+    let r = a.report();
+    let job = |target: &str, label: &str, class: KeyClass| {
+        r.jobs
+            .iter()
+            .find(|j| j.target == target && j.key.label == label && j.key.class == Some(class))
+            .unwrap_or_else(|| panic!("no job for {label} on {target}: {:?}", r.jobs))
+    };
+    for (target, format) in [("dr", "rfc5649"), ("dr2", "rfc3394")] {
+        let aes = job(target, "aes-256", KeyClass::SecretKey);
+        assert_eq!((aes.action, aes.status), (Action::Create, Status::Ok), "{aes:?}");
+        assert_eq!(aes.mechanism.map(|m| m.code()), Some(format), "{aes:?}");
+        let listed = inventory(&w, target);
+        let copy = listed.iter().find(|k| k.0 == "aes-256").expect("the AES copy");
+        assert_eq!(
+            copy.3.as_str(),
+            aes.fingerprint.as_deref(),
+            "{target}: the copy was proven in its pair's format, which {target} lists in"
+        );
+    }
+    assert_ne!(
+        job("dr", "aes-256", KeyClass::SecretKey).fingerprint,
+        job("dr2", "aes-256", KeyClass::SecretKey).fingerprint,
+        "two formats, two digests of one key"
+    );
+    for class in [KeyClass::PrivateKey, KeyClass::PublicKey] {
+        let ec = job("dr", "ec", class);
+        assert_eq!((ec.action, ec.status), (Action::Create, Status::Ok), "{ec:?}");
+    }
+    let private = job("dr2", "ec", KeyClass::PrivateKey);
+    assert_eq!(
+        private.reason.map(|r| r.code()),
+        Some("no-common-mechanism"),
+        "{private:?}"
+    );
+    assert_eq!(
+        job("dr2", "ec", KeyClass::PublicKey).reason.map(|r| r.code()),
+        Some("pair-incomplete")
+    );
+
+    let again = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let s = &again.summary;
+    assert_eq!(
+        (s.create, s.unchanged, s.blocked, s.conflict),
+        (0, 4, 2, 0),
+        "{again:#?}"
+    );
+}
+
 #[test]
 fn a_target_with_rfc3394_only_gets_what_rfc3394_carries() {
     let w = mixed("softhsm", "kryoptic-kw")

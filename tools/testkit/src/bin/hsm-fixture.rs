@@ -8,7 +8,7 @@
 //! token (a slot of `DIR/kryoptic.toml`, its database in `DIR/kryoptic/`). Two "vendor
 //! personalities" deny it mechanisms: `NAME@kryoptic-kw` has RFC 3394 only (no 0x210B,
 //! no 0x210C), `NAME@kryoptic-nowrap` no AES key wrap at all, `NAME@kryoptic-nosha384`
-//! no HMAC-SHA-384. Every later
+//! no HMAC-SHA-384, `NAME@kryoptic-kwp` RFC 5649 only (no 0x2109). Every later
 //! command finds its make in `DIR/makes`. Kryoptic's module comes from
 //! `$HSM_SYNC_KRYOPTIC_MODULE` (the tests build it: `testkit::build::kryoptic`, or
 //! `testkit::build::kryoptic_eddsa` for Ed25519 keys).
@@ -210,7 +210,7 @@ enum Make {
 }
 
 /// `DIR/makes`: one `NAME MAKE` line per token `init` made (`kryoptic`,
-/// `kryoptic-kw`, `kryoptic-nowrap`, `kryoptic-nosha384`, `nss`; SoftHSM tokens need none).
+/// `kryoptic-kw`, `kryoptic-nowrap`, `kryoptic-nosha384`, `kryoptic-kwp`, `nss`; SoftHSM tokens need none).
 fn read_makes(dir: &Path) -> Vec<(String, Make, String)> {
     let text = std::fs::read_to_string(dir.join("makes")).unwrap_or_default();
     text.lines()
@@ -234,6 +234,7 @@ fn denied(personality: &str) -> &'static [&'static str] {
         "kryoptic-kw" => &["CKM_AES_KEY_WRAP_KWP", "CKM_AES_KEY_WRAP_PKCS7"],
         "kryoptic-nowrap" => &["CKM_AES_KEY_WRAP", "CKM_AES_KEY_WRAP_KWP", "CKM_AES_KEY_WRAP_PKCS7"],
         "kryoptic-nosha384" => &["CKM_SHA384_HMAC", "CKM_SHA384_HMAC_GENERAL"],
+        "kryoptic-kwp" => &["CKM_AES_KEY_WRAP"],
         _ => &[],
     }
 }
