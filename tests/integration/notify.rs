@@ -713,7 +713,9 @@ fn racing_notify_failed_runs_never_both_send() {
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let sent = down.bodies().len();
-    assert!(sent <= 1, "both sent: {a:?}\n{b:?}");
+    // The bodies too: if this ever fails, whether two runs sent or one delivery was
+    // received twice is the first thing to know.
+    assert!(sent <= 1, "both sent: {a:?}\n{b:?}\n{:#?}", down.bodies());
     let codes = [a.status.code(), b.status.code()];
     assert!(
         codes.iter().all(|c| matches!(c, Some(0 | 4))),
