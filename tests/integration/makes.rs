@@ -435,7 +435,10 @@ fn each_pair_of_one_source_travels_in_its_own_format() {
         assert!(v.stdout.contains(line), "{line}\n{}", v.stdout);
     }
 
-    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    // Through a saved plan: its digests cover both pairs' fingerprints.
+    let saved = w.run(&["plan", "plan.yaml", "--out", "saved.json"]);
+    assert_eq!(saved.code, 0, "{saved:?}");
+    let a = w.run(&["apply", "saved.json", "--report", "-"]);
     assert_eq!(a.code, 3, "the EC pair cannot reach dr2: {a:?}");
     let r = a.report();
     let job = |target: &str, label: &str, class: KeyClass| {
