@@ -124,8 +124,12 @@ pub(crate) fn add_pair_formats<S: KeyStore>(
     extra.sort_unstable_by_key(|f| f.code());
     extra.dedup();
     for f in extra {
+        // A key the format cannot carry is blocked for that pair before any comparison;
+        // wrapping it anyway would be refused (a strict RFC 3394 and an odd length).
         let which: Vec<usize> = (0..inv.keys.len())
-            .filter(|&i| wrap_digested(&inv.keys[i], inv))
+            .filter(|&i| {
+                wrap_digested(&inv.keys[i], inv) && crate::domain::kind::not_carried(&inv.keys[i], f).is_none()
+            })
             .collect();
         let first = tokens.open_session_in(&inv.cluster, Some(f))?;
         let keys = &inv.keys;

@@ -402,18 +402,25 @@ fn a_sha2_hmac_key_type_is_right_where_cryptoki_reads_the_key() {
     assert_eq!(inventory(&w, "dr"), s);
 }
 
-/// One wire format per (source, target) pair (CONTRACT §1): SoftHSM → `dr` (Kryoptic,
-/// RFC 5649 only) and `dr2` (Kryoptic, RFC 3394 only). No format is common to all three,
-/// which once stopped the run; now each target gets what it reads, both sides of each
-/// pair fingerprint in its format, and a second plan finds the copies unchanged.
-#[test]
-fn each_pair_of_one_source_travels_in_its_own_format() {
+/// One wire format per (source, target) pair (CONTRACT §1): `primary` on `src` → `dr`
+/// (Kryoptic, RFC 5649 only) and `dr2` (Kryoptic, RFC 3394 only). No format is common to
+/// all three, which once stopped the run; now each target gets what it reads, both sides
+/// of each pair fingerprint in its format, a 28-byte HMAC key that RFC 3394 cannot carry
+/// is blocked for `dr2` only (and never wrapped in it: Kryoptic's strict RFC 3394 would
+/// refuse it), and a second plan finds the copies unchanged.
+fn each_pair_travels_in_its_own_format(src: &str) {
     let w = World::new()
-        .tokens(&["primary", "dr@kryoptic-kwp", "dr2@kryoptic-kw"])
+        .tokens(&[&token("primary", src), "dr@kryoptic-kwp", "dr2@kryoptic-kw"])
         .domain_key(&["primary", "dr", "dr2"])
         .key("primary", "a1", "aes-256", &[])
+        .key(
+            "primary",
+            SHA224.id,
+            SHA224.label,
+            &["--hmac", "sha224", "--bytes", "28"],
+        )
         .key_pair("primary", "e1", "ec", &["--ec", "p256"]);
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         vec![
             ClusterSpec::new("primary"),
             ClusterSpec::new("dr").cloned_from("primary"),
@@ -425,14 +432,22 @@ fn each_pair_of_one_source_travels_in_its_own_format() {
     .select(Sel::label("*"))
     .kryoptic("dr")
     .kryoptic("dr2");
+    if src != "softhsm" {
+        plan = plan.kryoptic("primary");
+    }
     let w = w.plan(&plan);
     let v = w.run(&["validate", "plan.yaml", "--online"]);
     assert_eq!(v.code, 0, "{v:?}");
+    let kwp = if src == "softhsm" {
+        "CKM_AES_KEY_WRAP_PAD"
+    } else {
+        "CKM_AES_KEY_WRAP_KWP"
+    };
     for line in [
-        "wire format: primary → dr: rfc5649 (primary CKM_AES_KEY_WRAP_PAD, dr CKM_AES_KEY_WRAP_KWP)",
-        "wire format: primary → dr2: rfc3394 (primary CKM_AES_KEY_WRAP, dr2 CKM_AES_KEY_WRAP)",
+        format!("wire format: primary → dr: rfc5649 (primary {kwp}, dr CKM_AES_KEY_WRAP_KWP)"),
+        "wire format: primary → dr2: rfc3394 (primary CKM_AES_KEY_WRAP, dr2 CKM_AES_KEY_WRAP)".to_string(),
     ] {
-        assert!(v.stdout.contains(line), "{line}\n{}", v.stdout);
+        assert!(v.stdout.contains(&line), "{line}\n{}", v.stdout);
     }
 
     // Through a saved plan: its digests cover both pairs' fingerprints.
@@ -464,6 +479,10 @@ fn each_pair_of_one_source_travels_in_its_own_format() {
         job("dr2", "aes-256", KeyClass::SecretKey).fingerprint,
         "two formats, two digests of one key"
     );
+    let hmac = job("dr", SHA224.label, KeyClass::SecretKey);
+    assert_eq!((hmac.action, hmac.status), (Action::Create, Status::Ok), "{hmac:?}");
+    let hmac = job("dr2", SHA224.label, KeyClass::SecretKey);
+    assert_eq!(hmac.reason.map(|r| r.code()), Some("no-common-mechanism"), "{hmac:?}");
     for class in [KeyClass::PrivateKey, KeyClass::PublicKey] {
         let ec = job("dr", "ec", class);
         assert_eq!((ec.action, ec.status), (Action::Create, Status::Ok), "{ec:?}");
@@ -483,9 +502,19 @@ fn each_pair_of_one_source_travels_in_its_own_format() {
     let s = &again.summary;
     assert_eq!(
         (s.create, s.unchanged, s.blocked, s.conflict),
-        (0, 4, 2, 0),
+        (0, 5, 3, 0),
         "{again:#?}"
     );
+}
+
+#[test]
+fn each_pair_of_a_softhsm_source_travels_in_its_own_format() {
+    each_pair_travels_in_its_own_format("softhsm");
+}
+
+#[test]
+fn each_pair_of_a_kryoptic_source_travels_in_its_own_format() {
+    each_pair_travels_in_its_own_format("kryoptic");
 }
 
 #[test]
