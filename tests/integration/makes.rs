@@ -517,6 +517,63 @@ fn each_pair_of_a_kryoptic_source_travels_in_its_own_format() {
     each_pair_travels_in_its_own_format("kryoptic");
 }
 
+/// The target side of per-pair formats: `dr` (Kryoptic, both formats) hears from
+/// `primary` (SoftHSM) in RFC 5649 and from `src2` (Kryoptic, RFC 3394 only) in RFC 3394,
+/// so its copies are fingerprinted in both, and a second plan compares each copy with its
+/// own source in that pair's format: all unchanged, no false conflict.
+#[test]
+fn a_target_of_two_sources_compares_each_pair_in_its_format() {
+    let w = World::new()
+        .tokens(&["primary", "dr@kryoptic", "src2@kryoptic-kw"])
+        .domain_key(&["primary", "dr", "src2"])
+        .key("primary", "a1", "a-key", &[])
+        .key("src2", "b1", "b-key", &[]);
+    let plan = format!(
+        "version: 1
+clusters:
+{}{}{}sync:
+  - name: from-primary
+    source: primary
+    targets: [dr]
+    keys:
+      - label: \"a-*\"
+  - name: from-src2
+    source: src2
+    targets: [dr]
+    keys:
+      - label: \"b-*\"
+",
+        cluster_yaml("primary", None),
+        cluster_yaml("dr", Some("primary")).replace("{module}", "{kryoptic}"),
+        cluster_yaml("src2", Some("primary")).replace("{module}", "{kryoptic}")
+    );
+    let w = w.plan(plan.as_str());
+    let v = w.run(&["validate", "plan.yaml", "--online"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout.contains("wire format: primary → dr: rfc5649"), "{}", v.stdout);
+    assert!(v.stdout.contains("wire format: src2 → dr: rfc3394"), "{}", v.stdout);
+    let a = w.run(&["apply", "plan.yaml", "--report", "-"]);
+    assert_eq!(a.code, 0, "{a:?}");
+    let r = a.report();
+    let mechanisms: Vec<(String, Option<&str>)> = r
+        .jobs
+        .iter()
+        .map(|j| (j.source.clone(), j.mechanism.map(|m| m.code())))
+        .collect();
+    assert_eq!(
+        mechanisms,
+        [
+            ("primary".to_string(), Some("rfc5649")),
+            ("src2".to_string(), Some("rfc3394"))
+        ],
+        "{:?}",
+        r.jobs
+    );
+    let again = w.run(&["plan", "plan.yaml", "--format", "json"]).report();
+    let s = &again.summary;
+    assert_eq!((s.create, s.unchanged, s.conflict), (0, 2, 0), "{again:#?}");
+}
+
 #[test]
 fn a_target_with_rfc3394_only_gets_what_rfc3394_carries() {
     let w = mixed("softhsm", "kryoptic-kw")
