@@ -398,17 +398,11 @@ impl StateStore for PgState {
         // Claimers of one token take turns; readers and apply's appends do not wait.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&advisory_key("claims", token)])
             .map_err(&err)?;
-        let mut states = HashMap::new();
-        for row in tx
-            .query(
-                "SELECT identity, record FROM hsm_sync_records WHERE token = $1 AND identity = ANY($2)",
-                &[&token, &identities],
-            )
-            .map_err(&err)?
-        {
-            let st = parse_record(token, row.get(0), row.get(1))?;
-            states.insert(row.get::<_, String>(0), st);
-        }
+        // Claims first, then records: each statement has its own snapshot, and another
+        // run appends its records and then releases its claim without this lock. Read in
+        // the other order, a run finishing between the two reads left its old records
+        // and no claim in view, and both runs sent (seen once in a dozen racing
+        // `notify --failed` runs under load). A claim gone now means its records are in.
         let mut claims = HashMap::new();
         for row in tx
             .query(
@@ -424,6 +418,17 @@ impl StateStore for PgState {
                 pid: u32::try_from(pid).unwrap_or_default(),
             };
             claims.insert(row.get::<_, String>(0), claim);
+        }
+        let mut states = HashMap::new();
+        for row in tx
+            .query(
+                "SELECT identity, record FROM hsm_sync_records WHERE token = $1 AND identity = ANY($2)",
+                &[&token, &identities],
+            )
+            .map_err(&err)?
+        {
+            let st = parse_record(token, row.get(0), row.get(1))?;
+            states.insert(row.get::<_, String>(0), st);
         }
         let now = SystemTime::now();
         let mut refused = Vec::new();
