@@ -42,24 +42,28 @@ enum Unit {
 /// the run's where a source's targets read different ones).
 struct Sessions<'t, S: KeyStore> {
     store: &'t S,
-    open: HashMap<(String, Option<WireFormat>), S::Session>,
+    // By format, then cluster: looked up by `&str` on every call of a job, never
+    // allocating a key on this hot path.
+    open: HashMap<Option<WireFormat>, HashMap<String, S::Session>>,
     /// The format the unit at work moves keys in (`None`: the run's).
     format: Option<WireFormat>,
 }
 
 impl<S: KeyStore> Sessions<'_, S> {
     fn get(&mut self, cluster: &str) -> Result<&S::Session, HsmError> {
-        let key = (cluster.to_string(), self.format);
-        if !self.open.contains_key(&key) {
-            let s = self.store.open_session_in(cluster, self.format)?;
-            self.open.insert(key.clone(), s);
+        let (store, format) = (self.store, self.format);
+        let open = self.open.entry(format).or_default();
+        if !open.contains_key(cluster) {
+            open.insert(cluster.to_string(), store.open_session_in(cluster, format)?);
         }
-        Ok(&self.open[&key])
+        Ok(&open[cluster])
     }
 
     /// Closes this worker's session on `cluster` in the current format.
     fn drop_session(&mut self, cluster: &str) {
-        self.open.remove(&(cluster.to_string(), self.format));
+        if let Some(open) = self.open.get_mut(&self.format) {
+            open.remove(cluster);
+        }
     }
 
     /// Runs `op` on a session of `cluster`, retrying transient errors with backoff on a

@@ -131,12 +131,12 @@ pub(crate) fn add_pair_formats<S: KeyStore>(
                 wrap_digested(&inv.keys[i], inv) && crate::domain::kind::not_carried(&inv.keys[i], f).is_none()
             })
             .collect();
-        let first = tokens.open_session_in(&inv.cluster, Some(f))?;
-        let keys = &inv.keys;
         let view = InFormat {
             store: tokens,
             format: f,
         };
+        let first = view.open_session(&inv.cluster)?;
+        let keys = &inv.keys;
         let found = in_chunks(&view, &inv.cluster, &first, &which, workers, |s, &i| {
             Ok(Some((
                 keys[i].handle,
@@ -165,9 +165,8 @@ fn wrap_digested(k: &KeyObject, inv: &Inventory) -> bool {
         (KeyClass::PublicKey, _) => false,
         (KeyClass::PrivateKey, KeyType::Rsa) => k.public().modulus.is_empty(),
         (KeyClass::PrivateKey, t) if is_curve(t) => {
-            let mut public = k.clone();
-            public.class = KeyClass::PublicKey;
-            k.id.is_empty() || !inv.by_identity(&public.identity()).iter().any(|p| p.key_type == t)
+            let public = crate::domain::key::Identity::Id(KeyClass::PublicKey, k.id.clone());
+            k.id.is_empty() || !inv.by_identity(&public).iter().any(|p| p.key_type == t)
         }
         (KeyClass::PrivateKey, _) => true,
     }
