@@ -208,7 +208,7 @@ fn owned_by_user(k: &KeyObject, source: &Inventory) -> bool {
         KeyClass::PublicKey => {
             !k.id.is_empty()
                 && source
-                    .by_identity(&Identity::Id(KeyClass::PrivateKey, k.id.clone()))
+                    .by_identity(&Identity::Id(KeyClass::PrivateKey, k.id.to_vec()))
                     .iter()
                     .any(|p| p.flags.private)
         }
@@ -254,8 +254,8 @@ fn protection_mismatch(src: &KeyObject, dst: &KeyObject) -> Vec<&'static str> {
 
 fn matches(m: &KeyMatcher, k: &KeyObject) -> bool {
     match m {
-        KeyMatcher::Id(id) => &k.id == id,
-        KeyMatcher::Label(l) => &k.label == l,
+        KeyMatcher::Id(id) => k.id.as_slice() == id.as_slice(),
+        KeyMatcher::Label(l) => k.label == l,
         KeyMatcher::LabelGlob(_, g) => g.is_match(&k.label),
         KeyMatcher::Handle(h) => k.handle == *h,
     }
@@ -786,7 +786,7 @@ mod tests {
             handle: Handle::fixture(handle),
             class: KeyClass::SecretKey,
             key_type: KeyType::Aes,
-            id: hex::decode(id).unwrap(),
+            id: hex::decode(id).unwrap().into(),
             label: label.into(),
             flags: KeyFlags {
                 private: true,
@@ -969,7 +969,7 @@ mod tests {
         };
         let mut derive = hmac.clone();
         derive.handle = Handle::fixture(2);
-        derive.id = vec![2];
+        derive.id = smallvec::smallvec![2];
         derive.flags.derive = true;
         let d = dif(&p, &inv(vec![hmac, derive], vec![]));
         assert_eq!(

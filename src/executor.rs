@@ -543,8 +543,8 @@ mod tests {
             handle: Handle::fixture(0),
             class: KeyClass::SecretKey,
             key_type: KeyType::Aes,
-            id: vec![id],
-            label: format!("k{id}"),
+            id: smallvec::smallvec![id],
+            label: format!("k{id}").into(),
             flags: KeyFlags {
                 private: true,
                 sensitive: true,

@@ -165,7 +165,7 @@ fn wrap_digested(k: &KeyObject, inv: &Inventory) -> bool {
         (KeyClass::PublicKey, _) => false,
         (KeyClass::PrivateKey, KeyType::Rsa) => k.public().modulus.is_empty(),
         (KeyClass::PrivateKey, t) if is_curve(t) => {
-            let public = crate::domain::key::Identity::Id(KeyClass::PublicKey, k.id.clone());
+            let public = crate::domain::key::Identity::Id(KeyClass::PublicKey, k.id.to_vec());
             k.id.is_empty() || !inv.by_identity(&public).iter().any(|p| p.key_type == t)
         }
         (KeyClass::PrivateKey, _) => true,
@@ -305,7 +305,7 @@ fn read_one<S: KeyStore>(
         let cached_fp = uid.as_ref().and_then(|u| cache.get(u));
         match (k.class, cached_fp) {
             (KeyClass::PublicKey, _) | (_, None) => k.fingerprint = Fingerprint::tried(s.fingerprint(&k)?),
-            (_, Some(fp)) => k.fingerprint = Fingerprint::Known(fp.clone()),
+            (_, Some(fp)) => k.fingerprint = Fingerprint::Known(fp.as_str().into()),
         }
         if let (Some(u), None, false) = (uid, cached_fp, k.class == KeyClass::PublicKey) {
             if let Some(fp) = k.fingerprint.known() {
@@ -377,7 +377,7 @@ fn pair_ec_halves<S: KeySession>(s: &S, keys: &mut [Arc<KeyObject>]) -> Result<(
     for (i, fp) in found {
         let k = Arc::make_mut(&mut keys[i]);
         k.fingerprint = match fp {
-            Some(fp) => Fingerprint::Known(fp),
+            Some(fp) => Fingerprint::Known(fp.into()),
             None => Fingerprint::tried(s.fingerprint(k)?),
         };
     }
@@ -395,7 +395,7 @@ mod tests {
             handle: Handle::fixture(handle),
             class,
             key_type: KeyType::Aes,
-            id: id.to_vec(),
+            id: id.into(),
             label: label.into(),
             flags: KeyFlags::default(),
             value_len: None,
@@ -474,7 +474,7 @@ mod tests {
             inv[cluster]
                 .keys
                 .iter()
-                .find(|k| k.id == [id])
+                .find(|k| k.id.as_slice() == [id])
                 .map(|k| k.fingerprint.clone())
                 .unwrap_or_else(|| panic!("no key {id} on {cluster}"))
         }

@@ -559,7 +559,7 @@ mod tests {
                 handle: Handle::fixture(3),
                 class: crate::domain::key::KeyClass::SecretKey,
                 key_type: crate::domain::key::KeyType::Aes,
-                id: vec![0xa1],
+                id: smallvec::smallvec![0xa1],
                 label: label.into(),
                 flags: Default::default(),
                 value_len: None,

@@ -17,7 +17,7 @@ pub(crate) fn header(scenarios: usize) {
     println!("keys/s = source key objects copied to every target per second (a pair is 2 objects)");
     println!("apply = the `apply` command run in-process (load, connect, inventory, diff, jobs, report); raw = wrap → unwrap → verify only; each the best of two rounds on fresh targets");
     println!("exec = apply's jobs alone (the report's timings.execute_ms: apply minus connect, inventory and diff)");
-    println!("rec% = share of apply spent writing the lifecycle records (timings.notify_ms); -rec/raw = apply without them, against raw");
+    println!("rec% = share of apply spent writing the lifecycle records (timings.notify_ms), the larger of the two rounds (the second writes over the first's records and compacts them); -rec/raw = the best apply without them, against raw");
     println!(
         "plan = the `plan --format json` command in-process (all unchanged); inv = find + 1 C_GetAttributeValue/object"
     );

@@ -84,7 +84,7 @@ pub(super) fn run(p: &Printer, a: &InventoryArgs) -> Result<ExitStatus> {
                 class: k.class,
                 key_type: k.key_type,
                 id: hex::encode(&k.id),
-                label: k.label,
+                label: k.label.into(),
                 flags: k.flags,
                 fingerprint: k.fingerprint.known().map(String::from),
             })

@@ -7,7 +7,7 @@
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Fingerprint {
     /// The digest (CONTRACT.md §1): equal on every token for equal keys.
-    Known(String),
+    Known(compact_str::CompactString),
     /// A wrap was tried and refused: the key cannot leave its token.
     NotWrappable,
     /// Not tried: the copy job's wrap will fingerprint (or fail) it.
@@ -18,7 +18,7 @@ pub enum Fingerprint {
 impl Fingerprint {
     /// The result of a try: a digest, or `None` when the key cannot be wrapped.
     pub fn tried(digest: Option<String>) -> Fingerprint {
-        digest.map_or(Fingerprint::NotWrappable, Fingerprint::Known)
+        digest.map_or(Fingerprint::NotWrappable, |d| Fingerprint::Known(d.into()))
     }
 
     /// The digest, where known.

@@ -225,10 +225,10 @@ pub struct KeyObject {
     pub class: KeyClass,
     /// Key type.
     pub key_type: KeyType,
-    /// `CKA_ID`.
-    pub id: Vec<u8>,
-    /// `CKA_LABEL`.
-    pub label: String,
+    /// `CKA_ID` (inline up to 16 bytes).
+    pub id: smallvec::SmallVec<[u8; 16]>,
+    /// `CKA_LABEL` (inline up to 24 bytes).
+    pub label: compact_str::CompactString,
     /// Boolean attributes.
     pub flags: KeyFlags,
     /// `CKA_VALUE_LEN` where the token reports one (0 on SoftHSM for unwrapped keys).
@@ -267,9 +267,9 @@ impl KeyObject {
     /// The cross-cluster identity of this key.
     pub fn identity(&self) -> Identity {
         if self.id.is_empty() {
-            Identity::Label(self.class, self.label.clone())
+            Identity::Label(self.class, self.label.to_string())
         } else {
-            Identity::Id(self.class, self.id.clone())
+            Identity::Id(self.class, self.id.to_vec())
         }
     }
 
@@ -321,7 +321,7 @@ impl KeyObject {
     pub fn key_ref(&self) -> KeyRef {
         KeyRef {
             id: hex::encode(&self.id),
-            label: self.label.clone(),
+            label: self.label.to_string(),
             class: Some(self.class),
             key_type: Some(self.key_type),
             handle: Some(self.handle),

@@ -265,7 +265,7 @@ mod tests {
             handle: crate::domain::handle::Handle::fixture(1),
             class,
             key_type,
-            id: vec![1],
+            id: smallvec::smallvec![1],
             label: "k".into(),
             flags: KeyFlags::default(),
             value_len: None,

@@ -76,7 +76,7 @@ impl MemoryStore {
     pub(crate) fn add(&self, cluster: &str, mut key: KeyObject, material: &[u8]) -> KeyObject {
         self.with(cluster, |c| {
             key.handle = c.mint();
-            key.fingerprint = Fingerprint::Known(fingerprint_of(key.class, material));
+            key.fingerprint = Fingerprint::Known(fingerprint_of(key.class, material).into());
             c.objects.push(Obj {
                 key: key.clone(),
                 material: material.to_vec(),
@@ -178,13 +178,13 @@ impl RecordSession for MemorySession {
             .with(&self.cluster, |c| c.records.iter().map(|d| d.handle).collect()))
     }
 
-    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+    fn create_record(&self, name: &str, record: &[u8]) -> Result<DataObject, HsmError> {
         self.fail("write_record")?;
         Ok(self.store.with(&self.cluster, |c| {
             let d = DataObject {
                 handle: c.mint(),
                 label: name.to_string(),
-                value: record.as_bytes().to_vec(),
+                value: record.to_vec(),
             };
             c.records.push(d.clone());
             d
@@ -292,7 +292,7 @@ impl KeySession for MemorySession {
         Ok(found
             .into_iter()
             .map(|(mut k, m)| {
-                k.fingerprint = Fingerprint::Known(fingerprint_of(k.class, &m));
+                k.fingerprint = Fingerprint::Known(fingerprint_of(k.class, &m).into());
                 k
             })
             .collect())

@@ -127,7 +127,7 @@ pub(crate) trait RecordSession {
     /// Handles of every hsm-sync data object on the token.
     fn data_handles(&self) -> Result<Vec<Handle>, HsmError>;
     /// Creates a data object named `name` holding `record`.
-    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError>;
+    fn create_record(&self, name: &str, record: &[u8]) -> Result<DataObject, HsmError>;
     /// The hsm-sync data objects labelled exactly `label` (one search, then a read each).
     fn find_named(&self, label: &str) -> Result<Vec<DataObject>, HsmError>;
     /// Destroys a data object (one already gone counts as destroyed).
@@ -144,7 +144,7 @@ impl RecordSession for TokenSession {
     fn data_handles(&self) -> Result<Vec<Handle>, HsmError> {
         TokenSession::data_handles(self)
     }
-    fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
+    fn create_record(&self, name: &str, record: &[u8]) -> Result<DataObject, HsmError> {
         TokenSession::create_record(self, name, record)
     }
     fn destroy_record(&self, d: &DataObject) -> Result<(), HsmError> {

@@ -119,12 +119,12 @@ impl TokenSession {
     }
 
     /// Creates a data object named `name` (no spaces) holding `record`.
-    pub fn create_record(&self, name: &str, record: &str) -> Result<DataObject, HsmError> {
-        let handle = self.create_data(name, record.as_bytes())?;
+    pub fn create_record(&self, name: &str, record: &[u8]) -> Result<DataObject, HsmError> {
+        let handle = self.create_data(name, record)?;
         Ok(DataObject {
             handle,
             label: name.into(),
-            value: record.as_bytes().to_vec(),
+            value: record.to_vec(),
         })
     }
 

@@ -302,8 +302,8 @@ impl TokenSession {
                 handle: raw::handle(h),
                 class,
                 key_type,
-                id,
-                label,
+                id: id.into(),
+                label: label.into(),
                 flags: f,
                 value_len,
                 public_parts: (public != PublicParts::default()).then(|| Box::new(public)),
@@ -340,7 +340,7 @@ impl TokenSession {
         if like.id.is_empty() {
             template.push(Attribute::Label(like.label.as_bytes().to_vec()));
         } else {
-            template.push(Attribute::Id(like.id.clone()));
+            template.push(Attribute::Id(like.id.to_vec()));
         }
         let mut out = Vec::new();
         for h in trace::call("C_FindObjects", || self.s.find_objects(&template)).map_err(self.pk("finding keys"))? {

@@ -96,7 +96,7 @@ impl TokenSession {
         let mut t = vec![
             Attribute::Class(ck_class(like.class)),
             Attribute::Token(true),
-            Attribute::Id(like.id.clone()),
+            Attribute::Id(like.id.to_vec()),
             Attribute::Label(like.label.as_bytes().to_vec()),
             Attribute::Private(private),
         ];

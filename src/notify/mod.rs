@@ -113,7 +113,7 @@ fn picks(m: &KeyMatcher, key: &KeyInfo, handle: Option<Handle>) -> bool {
 fn info_of(k: &crate::domain::key::KeyObject) -> KeyInfo {
     KeyInfo {
         id: hex::encode(&k.id),
-        label: k.label.clone(),
+        label: k.label.to_string(),
         class: Some(k.class),
         key_type: Some(k.key_type),
         fingerprint: k.fingerprint.known().map(String::from),
@@ -776,7 +776,7 @@ mod tests {
                     handle: Handle::fixture(0),
                     class: KeyClass::SecretKey,
                     key_type: KeyType::Aes,
-                    id: vec![1],
+                    id: smallvec::smallvec![1],
                     label: "k".into(),
                     flags: KeyFlags::default(),
                     value_len: Some(32),

@@ -1,14 +1,19 @@
 //! The `token` state backend (the default): what hsm-sync remembers lives on the tokens.
 //!
 //! - **Records** go in *pages* on the source token: private data objects labelled
-//!   [`PAGE_PREFIX`]`<time>-<nonce>`, each holding the records of one write as JSON. An
-//!   `apply` adds one page per [`PAGE_MAX`] bytes of records (about 150 keys), not an
-//!   object per key; once a source holds [`COMPACT_AT`] of hsm-sync's objects and half as
-//!   many pages were written since the last compaction, the next write folds every page (and
-//!   the per-key records of earlier versions, [`STATE_PREFIX`]) into as few new pages as the
-//!   state needs and only then destroys what it folded, so a crash in between loses nothing
-//!   and the number of pages stays bounded. Pages are read in label order; a later record of a key wins. A
-//!   page is never changed in place (SoftHSM refuses to change a data object's value).
+//!   [`PAGE_PREFIX`]`<time>-<nonce>`, each holding the records of one write as
+//!   zlib-compressed JSON (version 2; version 1, plain JSON, is still read). An `apply`
+//!   adds one page per [`PAGE_MAX`] compressed bytes of records (about 900 keys), not an
+//!   object per key. Once a source holds [`COMPACT_AT`] of hsm-sync's objects, a write
+//!   destroys the pages whose every record a later page supersedes (nothing is lost, nothing
+//!   is written), and when the live pages are more than twice what their records need (the
+//!   pages of many small runs), or per-key records of earlier versions ([`STATE_PREFIX`])
+//!   remain, it folds them into as few new pages as the state needs and only then destroys
+//!   what it folded, so a crash in between loses nothing and the number of pages stays
+//!   bounded. Each page is destroyed once, which is what keeps compaction cheap: a destroy
+//!   rescans the token's directory on SoftHSM. Pages are read in label order; a later
+//!   record of a key wins. A page is never changed in place (SoftHSM refuses to change a
+//!   data object's value).
 //! - **Claims** of `notify` are objects made at notify time, one per key it is about to send
 //!   ([`CLAIM_PREFIX`]`<identity>`), checked after a settle time (see [`TokenState::claim`]).
 //! - **Journals** are the targets' own in-flight journals ([`crate::hsm`]).
@@ -31,16 +36,16 @@ pub(crate) const PAGE_PREFIX: &str = "hsm-sync/page/";
 pub(crate) const CLAIM_PREFIX: &str = "hsm-sync/claim/";
 /// The start of a fingerprint cache's label, followed by its scope (persisted).
 pub(crate) const FINGERPRINT_PREFIX: &str = "hsm-sync/fingerprints/";
-/// The most bytes one page's value holds before a write starts another. Small on
-/// purpose: SoftHSM numbers objects in the order of their addresses in its memory, and
+/// The most bytes one page's (compressed) value holds before a write starts another.
+/// Small on purpose: SoftHSM numbers objects in the order of their addresses in its memory, and
 /// one large object loaded among the keys renumbered them (measured with 300 keys: pages
 /// of 24 KiB and more moved keys' handles between runs, 8 and 16 KiB did not;
-/// PKCS11-NOTES.md); real HSMs cap object sizes too. About 150 keys' records fit in one
-/// (the records of a run share their event fields).
+/// PKCS11-NOTES.md); real HSMs cap object sizes too. About 900 keys' records fit in one
+/// (the records of a run share their event fields, and ids and labels compress).
 pub(crate) const PAGE_MAX: usize = 16 * 1024;
-/// How many of hsm-sync's objects a source may hold before a write looks at compacting:
-/// it folds the pages when half as many of them (or of older records) were written since
-/// the last compaction, so a source holds the compacted state plus at most that many.
+/// How many of hsm-sync's objects a source may hold before a write looks at compacting
+/// (below it, a write costs one search and its own pages): then superseded pages go, and
+/// the live ones are folded once they are more than twice what they need plus half this.
 pub(crate) const COMPACT_AT: usize = 16;
 
 /// One page's value (JSON, version 1): records grouped by what they share (an apply's
@@ -165,6 +170,27 @@ impl Loaded {
                 .chain(self.pages.iter().flat_map(|(_, rs)| rs.iter().cloned())),
         )
     }
+
+    /// Per page (in [`Loaded::pages`] order), whether it holds some key's latest record:
+    /// one that no later page supersedes, as [`Loaded::states`] reads them.
+    fn live_pages(&self) -> Vec<bool> {
+        let mut latest: HashMap<String, Option<usize>> = HashMap::new();
+        for (_, st) in &self.legacy {
+            latest.insert(st.identity(), None);
+        }
+        for (i, (_, records)) in self.pages.iter().enumerate() {
+            for r in records {
+                latest.insert(r.identity(), Some(i));
+            }
+        }
+        let mut live = vec![false; self.pages.len()];
+        for i in latest.into_values().flatten() {
+            if let Some(l) = live.get_mut(i) {
+                *l = true;
+            }
+        }
+        live
+    }
 }
 
 /// The token backend over a key store.
@@ -191,7 +217,7 @@ impl<'a, S: KeyStore> TokenState<'a, S> {
             let Some(d) = s.reread_data(h)? else { continue };
             if d.label.starts_with(PAGE_PREFIX) {
                 // A page that does not parse is no page (and is never folded away).
-                if let Ok(p) = serde_json::from_slice::<Page>(&d.value) {
+                if let Some(p) = decode(&d.value) {
                     out.pages
                         .push((d, p.groups.into_iter().flat_map(Group::records).collect()));
                 }
@@ -226,52 +252,101 @@ fn page_label() -> String {
     format!("{PAGE_PREFIX}{millis:013}-{}", hex::encode(nonce))
 }
 
+/// The most bytes a page's JSON may inflate to when read: a page holds at most
+/// [`PAGE_MAX`] compressed bytes, so anything near this is no page of ours.
+const INFLATED_MAX: u64 = 64 * 1024 * 1024;
+
+/// A page's value as stored: version 2 is the JSON of [`Page`] compressed with zlib
+/// (its records' ids, labels and shared fields compress ~4×, so a run of 10,000 keys
+/// writes ~11 pages, not ~40, and compaction destroys as many fewer: a destroy rescans the
+/// token's directory on SoftHSM, ~80 ms at 10,000 keys). Version 1 was the JSON itself
+/// and is still read.
+fn encode(page: &Page) -> Vec<u8> {
+    use std::io::Write;
+    // Plain strings and enums: serializing cannot fail; writing to a Vec neither.
+    let json = serde_json::to_vec(page).unwrap_or_default();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = z.write_all(&json);
+    z.finish().unwrap_or_default()
+}
+
+/// A page's records, from either version; `None` for a value that is no page.
+fn decode(value: &[u8]) -> Option<Page> {
+    use std::io::Read;
+    if value.first() == Some(&b'{') {
+        return serde_json::from_slice(value).ok();
+    }
+    let mut json = Vec::new();
+    flate2::read::ZlibDecoder::new(value)
+        .take(INFLATED_MAX)
+        .read_to_end(&mut json)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// `records` as one page: consecutive records that share their event fields in a group.
+fn page_of(records: &[KeyState]) -> Page {
+    let mut groups: Vec<Group> = Vec::new();
+    for r in records {
+        if groups.last().is_none_or(|g| !g.fits(r)) {
+            groups.push(Group::of(r));
+        }
+        if let Some(g) = groups.last_mut() {
+            g.keys.push(page_key(&r.key));
+        }
+    }
+    Page { version: 2, groups }
+}
+
+/// The bytes a record adds to a page's JSON, its group's fields included: what decides
+/// how many records are tried in one page before it is compressed.
+fn json_len(r: &KeyState) -> usize {
+    serde_json::to_string(&page_key(&r.key)).map_or(0, |j| j.len()) + 1
+}
+
+/// How much smaller than its JSON a page is expected to compress (measured ~3.9× on
+/// `bench-N` labels and 4-byte ids); a page that comes out larger is split in two.
+const EXPECTED_RATIO: usize = 3;
+
+/// `records` encoded as pages of at most [`PAGE_MAX`] bytes each (a single record larger
+/// than that is a page of its own), in order.
+fn encode_pages(records: &[KeyState]) -> Vec<Vec<u8>> {
+    fn push(records: &[KeyState], out: &mut Vec<Vec<u8>>) {
+        let value = encode(&page_of(records));
+        if value.len() <= PAGE_MAX || records.len() <= 1 {
+            out.push(value);
+            return;
+        }
+        let (a, b) = records.split_at(records.len() / 2);
+        push(a, out);
+        push(b, out);
+    }
+    let mut out = Vec::new();
+    let budget = PAGE_MAX.saturating_mul(EXPECTED_RATIO);
+    let (mut from, mut bytes) = (0, 0usize);
+    for (i, r) in records.iter().enumerate() {
+        let n = json_len(r);
+        if i > from && bytes.saturating_add(n) > budget {
+            push(&records[from..i], &mut out);
+            (from, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(n);
+    }
+    if from < records.len() {
+        push(&records[from..], &mut out);
+    }
+    out
+}
+
 /// Writes `records` as pages labelled `label`, `label.001`, … (each up to [`PAGE_MAX`]
 /// bytes; a run's records usually fill one).
 fn write_pages(s: &impl RecordSession, label: &str, records: &[KeyState]) -> Result<(), HsmError> {
-    // The JSON around the groups, and a margin for a group's own fields.
-    const FRAME: usize = 64;
-    let mut groups: Vec<Group> = Vec::new();
-    let mut bytes = FRAME;
-    let mut n = 0usize;
-    let flush = |groups: &mut Vec<Group>, n: &mut usize| -> Result<(), HsmError> {
-        let page = Page {
-            version: 1,
-            groups: std::mem::take(groups),
-        };
-        let name = match *n {
+    for (n, value) in encode_pages(records).iter().enumerate() {
+        let name = match n {
             0 => label.to_string(),
             k => format!("{label}.{k:03}"),
         };
-        *n += 1;
-        // Plain strings and enums: serializing cannot fail.
-        s.create_record(&name, &serde_json::to_string(&page).unwrap_or_default())?;
-        Ok(())
-    };
-    for r in records {
-        let key = page_key(&r.key);
-        let key_len = serde_json::to_string(&key).map_or(0, |j| j.len()) + 1;
-        let opens_group = !groups.last().is_some_and(|g| g.fits(r));
-        let group_len = if opens_group {
-            serde_json::to_string(&Group::of(r)).map_or(0, |j| j.len())
-        } else {
-            0
-        };
-        if !groups.is_empty() && bytes + key_len + group_len > PAGE_MAX {
-            flush(&mut groups, &mut n)?;
-            bytes = FRAME;
-        }
-        if groups.last().is_none_or(|g| !g.fits(r)) {
-            bytes += serde_json::to_string(&Group::of(r)).map_or(0, |j| j.len());
-            groups.push(Group::of(r));
-        }
-        bytes += key_len;
-        if let Some(g) = groups.last_mut() {
-            g.keys.push(key);
-        }
-    }
-    if !groups.is_empty() {
-        flush(&mut groups, &mut n)?;
+        s.create_record(&name, value)?;
     }
     Ok(())
 }
@@ -297,24 +372,32 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
         if objects + 1 < COMPACT_AT {
             return Ok(Vec::new());
         }
-        // Compaction: fold everything into one page written after the last one folded,
-        // then remove what was folded (new object first: a crash loses nothing).
         let loaded = self.load(&s)?;
         let Some(last) = loaded.pages.last().map(|(d, _)| d.label.clone()) else {
             return Ok(Vec::new());
         };
-        // Pages a compaction wrote (`~` in the label) hold the fleet's state, as few as
-        // it needs; only the runs' own pages since then, and old records, call for one.
-        let fresh = loaded.pages.iter().filter(|(d, _)| !d.label.contains('~')).count();
-        if fresh + loaded.legacy.len() < COMPACT_AT / 2 {
-            return Ok(Vec::new());
-        }
-        write_pages(&s, &format!("{last}~"), &loaded.states())?;
-        for (d, _) in &loaded.pages {
-            s.destroy_record(d)?;
-        }
-        for (d, _) in &loaded.legacy {
-            s.destroy_record(d)?;
+        let states = loaded.states();
+        let live = loaded.live_pages();
+        let live_count = live.iter().filter(|l| **l).count();
+        // A fold when the live pages are many more than their records need (the pages of
+        // many small runs) or records of earlier versions remain: everything into new
+        // pages written after the last one folded, then what was folded removed (new
+        // objects first: a crash loses nothing). Otherwise only the pages whose every
+        // record a later page supersedes go (a run that re-synced every key makes all the
+        // earlier pages such): nothing to write, nothing lost.
+        let needed = encode_pages(&states).len();
+        if !loaded.legacy.is_empty() || live_count > needed.saturating_mul(2) + COMPACT_AT / 2 {
+            write_pages(&s, &format!("{last}~"), &states)?;
+            for (d, _) in &loaded.pages {
+                s.destroy_record(d)?;
+            }
+            for (d, _) in &loaded.legacy {
+                s.destroy_record(d)?;
+            }
+        } else {
+            for ((d, _), _) in loaded.pages.iter().zip(&live).filter(|(_, live)| !**live) {
+                s.destroy_record(d)?;
+            }
         }
         // Claims of crashed runs (a live run's are younger than the TTL).
         let now = SystemTime::now();
@@ -382,7 +465,7 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
             if !out.refused.is_empty() {
                 return Ok(out);
             }
-            let d = s.create_record(&label, &value)?;
+            let d = s.create_record(&label, value.as_bytes())?;
             if let Ok(mut made) = self.made.lock() {
                 made.push((source.to_string(), id.clone(), d));
             }
@@ -477,7 +560,7 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
             }
         }
         all.extend(entries.iter().cloned());
-        s.create_record(&label, &serde_json::to_string(&all).unwrap_or_default())?;
+        s.create_record(&label, serde_json::to_string(&all).unwrap_or_default().as_bytes())?;
         for d in &old {
             s.destroy_record(d)?;
         }
@@ -514,34 +597,98 @@ mod tests {
         hs.into_iter().filter_map(|h| s.reread_data(h).unwrap()).collect()
     }
 
+    /// A record as a real run writes it: a 4-byte id, a numbered label, a fingerprint.
+    fn synced(i: u32) -> KeyState {
+        use sha2::Digest;
+        let mut r = record(&hex::encode(i.to_be_bytes()), Event::Synced);
+        r.key.label = format!("bench-{i}");
+        r.key.fingerprint = Some(hex::encode(&sha2::Sha256::digest(i.to_be_bytes())[..8]));
+        r
+    }
+
     #[test]
-    fn an_append_adds_a_page_per_page_max_of_records_not_an_object_per_key() {
+    fn an_append_adds_a_few_compressed_pages_not_an_object_per_key() {
         let store = MemoryStore::default();
         let state = TokenState::new(&store, TokenIds::new());
-        let many: Vec<KeyState> = (0..3000).map(|i| record(&format!("{i:04x}"), Event::Synced)).collect();
+        let many: Vec<KeyState> = (0..10_000).map(synced).collect();
         state.append("src", &many).unwrap();
         let pages = objects(&store);
         assert!(
             pages.iter().all(|d| d.value.len() <= PAGE_MAX),
             "every page within PAGE_MAX"
         );
-        // One group (the run's shared fields) and ~40 bytes a key: a few pages.
+        // ~64 bytes of JSON a key, ~17 compressed: 10,000 keys in about a dozen pages
+        // (as plain JSON they took 40).
         assert!(
-            (2..=10).contains(&pages.len()),
-            "3,000 records of one run: a few pages, not 3,000 objects: {}",
+            (5..=15).contains(&pages.len()),
+            "10,000 records of one run: a few pages, not 10,000 objects: {}",
             pages.len()
         );
-        let one: serde_json::Value = serde_json::from_slice(&pages[0].value).unwrap();
-        assert_eq!(
-            one["groups"].as_array().map(Vec::len),
-            Some(1),
-            "the run's keys share one group"
-        );
-        state.append("src", &[record("0001", Event::Deleted)]).unwrap();
+        let one = decode(&pages[0].value).expect("a page");
+        assert_eq!(one.version, 2);
+        assert_eq!(one.groups.len(), 1, "the run's keys share one group");
+        state.append("src", &[record("00000001", Event::Deleted)]).unwrap();
         let read = state.read("src").unwrap();
-        assert_eq!(read.len(), 3000);
-        let one = read.iter().find(|r| r.key.id == "0001").unwrap();
+        assert_eq!(read.len(), 10_000);
+        let one = read.iter().find(|r| r.key.id == "00000001").unwrap();
         assert_eq!(one.event, Event::Deleted, "a later page wins");
+        let other = read.iter().find(|r| r.key.id == "00000002").unwrap();
+        assert_eq!(other, &synced(2), "read back as written");
+    }
+
+    #[test]
+    fn pages_of_earlier_versions_are_still_read() {
+        let store = MemoryStore::default();
+        let s = store.open_session("src").unwrap();
+        // Version 1: the page's JSON, uncompressed.
+        let v1 = r#"{"version":1,"groups":[{"event":"synced","at":"2027-01-15T08:00:00.000Z","sync":"main","source":"src","targets":["dst"],"keys":[["a1","k","secret-key","aes","0011223344556677"]]}]}"#;
+        s.create_record(&format!("{PAGE_PREFIX}0000000000001-00000000"), v1.as_bytes())
+            .unwrap();
+        let state = TokenState::new(&store, TokenIds::new());
+        let read = state.read("src").unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].key.fingerprint.as_deref(), Some("0011223344556677"));
+        assert_eq!(read[0].event, Event::Synced);
+    }
+
+    #[test]
+    fn a_value_that_is_no_page_is_none_not_a_panic() {
+        assert!(decode(b"").is_none());
+        assert!(decode(b"{not json").is_none());
+        assert!(decode(&[0x78, 0x9c, 1, 2, 3]).is_none(), "a broken zlib stream");
+        assert!(decode(&encode(&page_of(&[synced(1)]))).is_some());
+    }
+
+    #[test]
+    fn a_run_that_supersedes_every_record_destroys_the_old_pages_and_writes_no_fold() {
+        let store = MemoryStore::default();
+        let state = TokenState::new(&store, TokenIds::new());
+        let first: Vec<KeyState> = (0..30_000).map(synced).collect();
+        state.append("src", &first).unwrap();
+        let before: Vec<String> = objects(&store).into_iter().map(|d| d.label).collect();
+        assert!(
+            before.len() >= COMPACT_AT,
+            "enough pages to look at compacting: {}",
+            before.len()
+        );
+        // Every key again, to another target (a new DR cluster): the earlier pages hold
+        // no latest record any more.
+        let again: Vec<KeyState> = first
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.targets = vec!["dr2".into()];
+                r
+            })
+            .collect();
+        state.append("src", &again).unwrap();
+        let after: Vec<String> = objects(&store).into_iter().map(|d| d.label).collect();
+        assert!(after.iter().all(|l| !before.contains(l)), "the superseded pages went");
+        assert!(after.iter().all(|l| !l.contains('~')), "nothing was folded: {after:?}");
+        assert_eq!(after.len(), before.len(), "the run's own pages only");
+        let read = state.read("src").unwrap();
+        assert_eq!(read.len(), 30_000, "nothing lost");
+        assert!(read.iter().all(|r| r.targets == ["dr2"]), "the latest records");
     }
 
     #[test]
@@ -569,7 +716,7 @@ mod tests {
         for i in 0..COMPACT_AT {
             let st = record(&format!("{i:02x}"), Event::Synced);
             // As versions before pages wrote them: one object per key.
-            s.create_record(&format!("{STATE_PREFIX}{}", st.identity()), &st.to_json())
+            s.create_record(&format!("{STATE_PREFIX}{}", st.identity()), st.to_json().as_bytes())
                 .unwrap();
         }
         let state = TokenState::new(&store, TokenIds::new());
