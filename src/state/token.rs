@@ -259,7 +259,7 @@ const INFLATED_MAX: u64 = 64 * 1024 * 1024;
 /// A page's value as stored: version 2 is the JSON of [`Page`] compressed with zlib
 /// (its records' ids, labels and shared fields compress ~4×, so a run of 10,000 keys
 /// writes ~11 pages, not ~40, and compaction destroys as many fewer: a destroy rescans the
-/// token's directory on SoftHSM, ~80 ms at 10,000 keys). Version 1 was the JSON itself
+/// token's directory on SoftHSM, tens of ms at 10,000 keys). Version 1 was the JSON itself
 /// and is still read.
 fn encode(page: &Page) -> Vec<u8> {
     use std::io::Write;
