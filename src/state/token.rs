@@ -341,7 +341,12 @@ fn encode_pages(records: &[KeyState]) -> Vec<Vec<u8>> {
 /// Writes `records` as pages labelled `label`, `label.001`, … (each up to [`PAGE_MAX`]
 /// bytes; a run's records usually fill one).
 fn write_pages(s: &impl RecordSession, label: &str, records: &[KeyState]) -> Result<(), HsmError> {
-    for (n, value) in encode_pages(records).iter().enumerate() {
+    write_encoded(s, label, &encode_pages(records))
+}
+
+/// Writes pages already encoded, labelled as [`write_pages`] labels them.
+fn write_encoded(s: &impl RecordSession, label: &str, pages: &[Vec<u8>]) -> Result<(), HsmError> {
+    for (n, value) in pages.iter().enumerate() {
         let name = match n {
             0 => label.to_string(),
             k => format!("{label}.{k:03}"),
@@ -376,7 +381,6 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
         let Some(last) = loaded.pages.last().map(|(d, _)| d.label.clone()) else {
             return Ok(Vec::new());
         };
-        let states = loaded.states();
         let live = loaded.live_pages();
         let live_count = live.iter().filter(|l| **l).count();
         // A fold when the live pages are many more than their records need (the pages of
@@ -384,19 +388,26 @@ impl<S: KeyStore> StateStore for TokenState<'_, S> {
         // pages written after the last one folded, then what was folded removed (new
         // objects first: a crash loses nothing). Otherwise only the pages whose every
         // record a later page supersedes go (a run that re-synced every key makes all the
-        // earlier pages such): nothing to write, nothing lost.
-        let needed = encode_pages(&states).len();
-        if !loaded.legacy.is_empty() || live_count > needed.saturating_mul(2) + COMPACT_AT / 2 {
-            write_pages(&s, &format!("{last}~"), &states)?;
-            for (d, _) in &loaded.pages {
-                s.destroy_record(d)?;
+        // earlier pages such): nothing to write, nothing lost. The state is encoded only
+        // where a fold is possible at all (it needs at least one page).
+        let legacy = !loaded.legacy.is_empty();
+        let fold = (legacy || live_count > 2 + COMPACT_AT / 2)
+            .then(|| encode_pages(&loaded.states()))
+            .filter(|pages| legacy || live_count > pages.len().saturating_mul(2) + COMPACT_AT / 2);
+        match fold {
+            Some(pages) => {
+                write_encoded(&s, &format!("{last}~"), &pages)?;
+                for (d, _) in &loaded.pages {
+                    s.destroy_record(d)?;
+                }
+                for (d, _) in &loaded.legacy {
+                    s.destroy_record(d)?;
+                }
             }
-            for (d, _) in &loaded.legacy {
-                s.destroy_record(d)?;
-            }
-        } else {
-            for ((d, _), _) in loaded.pages.iter().zip(&live).filter(|(_, live)| !**live) {
-                s.destroy_record(d)?;
+            None => {
+                for ((d, _), _) in loaded.pages.iter().zip(&live).filter(|(_, live)| !**live) {
+                    s.destroy_record(d)?;
+                }
             }
         }
         // Claims of crashed runs (a live run's are younger than the TTL).
