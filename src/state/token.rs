@@ -298,10 +298,13 @@ fn page_of(records: &[KeyState]) -> Page {
     Page { version: 2, groups }
 }
 
-/// The bytes a record adds to a page's JSON, its group's fields included: what decides
-/// how many records are tried in one page before it is compressed.
+/// The bytes a record's key adds to a page's JSON (its group's shared fields are not
+/// counted): what decides how many records are tried in one page before it is compressed.
+/// Serialized from borrows, as [`PageKey`] lays it out, without copying the strings.
 fn json_len(r: &KeyState) -> usize {
-    serde_json::to_string(&page_key(&r.key)).map_or(0, |j| j.len()) + 1
+    let k = &r.key;
+    let key = (&k.id, &k.label, k.class, k.key_type, &k.fingerprint);
+    serde_json::to_string(&key).map_or(0, |j| j.len()) + 1
 }
 
 /// How much smaller than its JSON a page is expected to compress (measured ~3.9× on
